@@ -1,0 +1,47 @@
+# Edgewise: two commands on a fresh machine (cargo, python3, pip):
+#   make up     run the fleet on this box with real models
+#   make test   run every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
+export ORT_DISABLE_TELEMETRY := 1
+
+.PHONY: help onnxruntime models fixtures build release test lint fmt up clean
+
+help:
+	@echo "make up           run an agent on this box with the real models"
+	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
+	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
+	@echo "make models       fetch and prepare the real models into models/"
+	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
+
+onnxruntime:
+	@bash tools/fetch_onnxruntime.sh
+
+models:
+	@bash tools/fetch_models.sh
+
+# The committed fixtures are byte-identical to what this writes (seeded).
+fixtures: models
+	build/venv/bin/python tools/prepare_models.py fixtures --out tests/fixtures/models
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/.
+test: onnxruntime models lint
+	EDGEWISE_TEST_REAL_MODELS=required $(CARGO) test --workspace --no-fail-fast
+
+up: onnxruntime models release
+	@bash deploy/dev/up.sh
+
+clean:
+	rm -rf build/state target

@@ -1,0 +1,82 @@
+//! `edgewise-agent models check`: load every model folder, run one smoke inference, report.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::models::manifest::Manifest;
+use crate::models::{LoadedModel, discover};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Serialize)]
+pub struct CheckResult {
+    pub folder: String,
+    pub name: String,
+    pub task: String,
+    pub quantization: String,
+    pub state: &'static str,
+    pub reason: String,
+    pub load_ms: f64,
+    pub smoke_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Checks every model folder under `dir`; never stops at a failure.
+pub fn check_dir(dir: &Path, rt: &Runtime, intra_threads: usize) -> std::io::Result<Vec<CheckResult>> {
+    let (folders, _) = discover(dir, &[])?;
+    Ok(folders.iter().map(|f| check_one(f, rt, intra_threads)).collect())
+}
+
+fn check_one(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
+    let folder_name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let mut r = CheckResult {
+        folder: folder.display().to_string(),
+        name: folder_name,
+        task: String::new(),
+        quantization: String::new(),
+        state: "failed",
+        reason: String::new(),
+        load_ms: 0.0,
+        smoke_ms: 0.0,
+    };
+    let manifest = match Manifest::load(&folder.join("model.toml")) {
+        Ok(m) => m,
+        Err(d) => {
+            r.reason = format!("invalid manifest: {d}");
+            return r;
+        }
+    };
+    r.name = manifest.name.clone();
+    r.task = manifest.task().to_string();
+    r.quantization = manifest.quantization.clone();
+    match LoadedModel::load(folder, manifest, rt, intra_threads) {
+        Err(e) => r.reason = e,
+        Ok(m) => {
+            r.load_ms = ms(m.load_time);
+            match m.smoke() {
+                Ok(t) => {
+                    r.smoke_ms = ms(t);
+                    r.state = "ready";
+                }
+                Err(e) => r.reason = e,
+            }
+        }
+    }
+    r
+}
+
+/// A table for people.
+pub fn render_table(results: &[CheckResult]) -> String {
+    let mut out = format!("{:<24} {:<9} {:<6} {:<7} {:>9} {:>9}  {}\n", "MODEL", "TASK", "QUANT", "STATE", "LOAD ms", "SMOKE ms", "REASON");
+    for r in results {
+        out.push_str(&format!(
+            "{:<24} {:<9} {:<6} {:<7} {:>9.1} {:>9.1}  {}\n",
+            r.name, r.task, r.quantization, r.state, r.load_ms, r.smoke_ms, r.reason
+        ));
+    }
+    out
+}

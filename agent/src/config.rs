@@ -1,0 +1,355 @@
+//! The agent's own configuration (`agent.toml`): a raw serde shape, then a validated type.
+//!
+//! Loaded with the `config` crate so that `EDGEWISE_SECTION__KEY` environment variables
+//! override the file (`EDGEWISE_REPORT__INTERVAL_MS=500`). Every problem is reported at once,
+//! as `file:line:column: path: message`. This module does no I/O beyond reading the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::diag::{Diagnostic, Diagnostics, TomlSource};
+
+/// Environment variables with this prefix override config keys; `__` separates sections.
+pub const ENV_PREFIX: &str = "EDGEWISE";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub models: RawModels,
+    #[serde(default)]
+    pub batching: RawBatching,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub report: RawReport,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub drain_timeout_ms: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModels {
+    pub dir: Option<PathBuf>,
+    /// Folder names to load; unset or empty loads every folder in `dir`.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, RawLimits>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_concurrency: Option<u32>,
+    pub max_queue: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatching {
+    pub max_batch_size: Option<u32>,
+    pub max_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub onnxruntime_library: Option<PathBuf>,
+    /// 0 or unset: one per core.
+    pub intra_op_threads: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<PathBuf>,
+}
+
+/// Validated configuration: everything past this point is typed and in range.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    /// Where gateways reach this agent; defaults to `http://{listen}`.
+    pub advertise: Option<String>,
+    pub drain_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub models_dir: PathBuf,
+    pub include: Vec<String>,
+    pub limits: BTreeMap<String, Limits>,
+    pub batching: BatchingConfig,
+    pub onnxruntime_library: Option<PathBuf>,
+    pub intra_op_threads: usize,
+    pub gateways: Vec<String>,
+    pub report_interval: Duration,
+    pub state_dir: PathBuf,
+}
+
+/// Per-model admission limits. Unset fields take the task's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_concurrency: Option<u32>,
+    pub max_queue: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchingConfig {
+    /// Most texts in one ONNX Runtime run of an embedder or classifier.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_delay: Duration,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self { max_batch_size: 32, max_delay: Duration::from_millis(2) }
+    }
+}
+
+impl AgentConfig {
+    /// Defaults for running from a checkout (`models/`, state under `build/state`).
+    pub fn for_models_dir(models_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            advertise: None,
+            drain_timeout: Duration::from_secs(10),
+            max_message_bytes: 4 << 20,
+            models_dir,
+            include: Vec::new(),
+            limits: BTreeMap::new(),
+            batching: BatchingConfig::default(),
+            onnxruntime_library: None,
+            intra_op_threads: default_threads(),
+            gateways: Vec::new(),
+            report_interval: Duration::from_secs(1),
+            state_dir: PathBuf::from("build/state/agent"),
+        }
+    }
+
+    /// Reads `path`, applies `EDGEWISE_*__*` overrides from `env`, validates.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: path.to_path_buf(),
+                position: None,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        let src = TomlSource::new(path, text);
+        // 1. The file alone, with exact spans for syntax errors and unknown or mistyped keys.
+        if let Err(e) = toml::from_str::<RawAgentConfig>(src.text()) {
+            return Err(Diagnostics(vec![src.from_toml_error(&e)]));
+        }
+        // 2. File + environment through the `config` crate; an error now comes from the environment.
+        let overrides: config::Map<String, String> =
+            env.iter().filter(|(k, _)| is_override(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let names: Vec<String> = overrides.keys().cloned().collect();
+        let raw: RawAgentConfig = config::Config::builder()
+            .add_source(config::File::from_str(src.text(), config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("report.gateways")
+                    .with_list_parse_key("models.include")
+                    .source(Some(overrides)),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| {
+                Diagnostics(vec![Diagnostic {
+                    file: path.to_path_buf(),
+                    position: None,
+                    path: format!("environment ({})", names.join(", ")),
+                    message: e.to_string(),
+                }])
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        validate(raw, &src, base, &names)
+    }
+}
+
+/// `EDGEWISE_SECTION__KEY`: only names with a section separator are config overrides, so
+/// unrelated `EDGEWISE_*` variables never break the config.
+fn is_override(name: &str) -> bool {
+    name.strip_prefix("EDGEWISE_").is_some_and(|rest| rest.contains("__"))
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn env_name(path: &str) -> String {
+    format!("{ENV_PREFIX}_{}", path.replace('.', "__").to_uppercase())
+}
+
+fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) -> Result<AgentConfig, Diagnostics> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, msg: String| {
+        let var = env_name(path);
+        if env.iter().any(|e| e == &var) {
+            problems.push(Diagnostic { file: src.file().to_path_buf(), position: None, path: format!("{path} (from {var})"), message: msg });
+        } else {
+            problems.push(src.diag(path, msg));
+        }
+    };
+    let mut cfg = AgentConfig::for_models_dir(PathBuf::from("models"));
+
+    if let Some(listen) = raw.server.listen {
+        match listen.parse::<SocketAddr>() {
+            Ok(a) => cfg.listen = a,
+            Err(e) => problem("server.listen", format!("`{listen}` is not an address like 127.0.0.1:7300 ({e})")),
+        }
+    }
+    if let Some(adv) = raw.server.advertise {
+        if adv.starts_with("http://") || adv.starts_with("https://") {
+            cfg.advertise = Some(adv);
+        } else {
+            problem("server.advertise", format!("`{adv}` must be a URL starting with http:// or https://"));
+        }
+    }
+    if let Some(ms) = raw.server.drain_timeout_ms {
+        cfg.drain_timeout = Duration::from_millis(ms);
+    }
+    if let Some(bytes) = raw.server.max_message_bytes {
+        if bytes < 1024 {
+            problem("server.max_message_bytes", format!("{bytes} is too small (at least 1024)"));
+        } else {
+            cfg.max_message_bytes = bytes;
+        }
+    }
+    if let Some(dir) = raw.models.dir {
+        cfg.models_dir = base.join(dir);
+    } else {
+        cfg.models_dir = base.join("models");
+    }
+    for (i, name) in raw.models.include.iter().enumerate() {
+        if name.is_empty() || name.contains('/') {
+            problem(&format!("models.include[{i}]"), format!("`{name}` is not a model folder name"));
+        }
+    }
+    cfg.include = raw.models.include;
+    for (name, l) in raw.models.limits {
+        if l.max_concurrency == Some(0) {
+            problem(&format!("models.limits.{name}.max_concurrency"), "must be at least 1".into());
+        }
+        cfg.limits.insert(name, Limits { max_concurrency: l.max_concurrency, max_queue: l.max_queue });
+    }
+    if let Some(n) = raw.batching.max_batch_size {
+        if n == 0 || n > 1024 {
+            problem("batching.max_batch_size", format!("{n} is out of range 1..=1024"));
+        } else {
+            cfg.batching.max_batch_size = n as usize;
+        }
+    }
+    if let Some(ms) = raw.batching.max_delay_ms {
+        if ms > 1000 {
+            problem("batching.max_delay_ms", format!("{ms} ms is more than 1000 ms"));
+        } else {
+            cfg.batching.max_delay = Duration::from_millis(ms);
+        }
+    }
+    cfg.onnxruntime_library = raw.runtime.onnxruntime_library.map(|p| base.join(p));
+    match raw.runtime.intra_op_threads {
+        None | Some(0) => {}
+        Some(n) if n > 256 => problem("runtime.intra_op_threads", format!("{n} is more than 256")),
+        Some(n) => cfg.intra_op_threads = n as usize,
+    }
+    for (i, g) in raw.report.gateways.iter().enumerate() {
+        if !(g.starts_with("http://") || g.starts_with("https://")) {
+            problem(&format!("report.gateways[{i}]"), format!("`{g}` must be a URL starting with http:// or https://"));
+        }
+    }
+    cfg.gateways = raw.report.gateways;
+    if let Some(ms) = raw.report.interval_ms {
+        if !(50..=60_000).contains(&ms) {
+            problem("report.interval_ms", format!("{ms} is out of range 50..=60000"));
+        } else {
+            cfg.report_interval = Duration::from_millis(ms);
+        }
+    }
+    cfg.state_dir = match raw.state.dir {
+        Some(d) => base.join(d),
+        None => PathBuf::from("/var/lib/edgewise-agent"),
+    };
+    if problems.is_empty() { Ok(cfg) } else { Err(Diagnostics(problems)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<AgentConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        AgentConfig::load(&path, &env).map_err(|d| d.to_string().replace(&format!("{}/", dir.path().display()), ""))
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_position() {
+        let err = load(
+            "[server]\nlisten = \"nowhere\"\n\n[report]\ninterval_ms = 5\ngateways = [\"127.0.0.1:1\"]\n",
+            &[],
+        )
+        .err();
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "agent.toml:2:10: server.listen: `nowhere` is not an address like 127.0.0.1:7300 (invalid socket address syntax)\n\
+                 agent.toml:6:13: report.gateways[0]: `127.0.0.1:1` must be a URL starting with http:// or https://\n\
+                 agent.toml:5:15: report.interval_ms: 5 is out of range 50..=60000"
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_point_at_the_file() {
+        let err = load("[runtime]\nintra_op_thread = 2\n", &[]).err().unwrap_or_default();
+        assert!(err.starts_with("agent.toml:2:1: unknown field `intra_op_thread`"), "{err}");
+        let err = load("[runtime]\nintra_op_threads = \"two\"\n", &[]).err().unwrap_or_default();
+        assert!(err.starts_with("agent.toml:2:20: invalid type: string \"two\""), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_named_in_errors() -> Result<(), String> {
+        let cfg = load(
+            "[report]\ninterval_ms = 1000\n",
+            &[("EDGEWISE_REPORT__INTERVAL_MS", "250"), ("EDGEWISE_UNRELATED", "x")],
+        )?;
+        assert_eq!(cfg.report_interval, Duration::from_millis(250));
+        let err = load("", &[("EDGEWISE_REPORT__INTERVAL_MS", "1")]).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("agent.toml: report.interval_ms (from EDGEWISE_REPORT__INTERVAL_MS): 1 is out of range 50..=60000")
+        );
+        Ok(())
+    }
+}

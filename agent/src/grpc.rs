@@ -1,0 +1,105 @@
+//! gRPC edge of the agent: the `edgewise.v1.Agent` service and the one place where
+//! `AgentError` becomes a `tonic::Status`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use edgewise_proto as pb;
+use futures::Stream;
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::error::AgentError;
+use crate::service::{Inference, deadline_from};
+
+/// Maps every request error to a status with a readable reason (exhaustive on purpose).
+pub fn status(e: &AgentError) -> Status {
+    let msg = e.to_string();
+    match e {
+        AgentError::UnknownModel(..) | AgentError::WrongTask { .. } | AgentError::InvalidRequest(_) => Status::invalid_argument(msg),
+        AgentError::NotReady { .. } | AgentError::Draining => Status::unavailable(msg),
+        AgentError::Overloaded { retry_after, .. } => {
+            let mut s = Status::resource_exhausted(msg);
+            if let Ok(v) = MetadataValue::try_from(retry_after.as_millis().to_string()) {
+                s.metadata_mut().insert("retry-after-ms", v);
+            }
+            s
+        }
+        AgentError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+        AgentError::Inference { .. } => Status::internal(msg),
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
+pub fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+pub struct AgentService {
+    pub inference: Inference,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    type GenerateStream = ChunkStream;
+
+    async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let deadline = deadline_from(grpc_timeout(&request));
+        let out = self.inference.generate(request.into_inner(), deadline).await.map_err(|e| status(&e))?;
+        let chunks = ReceiverStream::new(out.chunks).map(Ok);
+        // an early end (deadline, inference error) arrives after the chunks already buffered
+        let end = futures::stream::once(out.end).filter_map(|r| async move { r.ok().map(|e| Err(status(&e))) });
+        Ok(Response::new(Box::pin(chunks.chain(end))))
+    }
+
+    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let deadline = deadline_from(grpc_timeout(&request));
+        self.inference.embed(request.into_inner(), deadline).await.map(Response::new).map_err(|e| status(&e))
+    }
+
+    async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let deadline = deadline_from(grpc_timeout(&request));
+        self.inference.classify(request.into_inner(), deadline).await.map(Response::new).map_err(|e| status(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_carries_a_retry_hint() {
+        let s = status(&AgentError::Overloaded {
+            model: "m".into(),
+            in_flight: 1,
+            queued: 2,
+            max_queue: 2,
+            retry_after: Duration::from_millis(250),
+        });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()), Some("250"));
+        assert!(s.message().contains("queue limit 2"));
+    }
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        let mut r = Request::new(());
+        r.metadata_mut().insert("grpc-timeout", MetadataValue::from_static("1500m"));
+        assert_eq!(grpc_timeout(&r), Some(Duration::from_millis(1500)));
+    }
+}

@@ -1,0 +1,212 @@
+//! Edgewise node agent: serves quantized ONNX models over gRPC and reports capacity.
+//!
+//! `main.rs` only parses the command line and loads config; everything else is here so that
+//! tests can start a real agent on a port-0 listener with their own shutdown signal.
+
+pub mod check;
+pub mod config;
+pub mod diag;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod hardware;
+pub mod models;
+pub mod node;
+pub mod report;
+pub mod runtime;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+pub mod systemd;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgewise_proto as pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::config::AgentConfig;
+use crate::node::Node;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot create the state directory {0}: {1}")]
+    StateDir(String, std::io::Error),
+    #[error("{0}")]
+    Models(String),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// Health service name of one model.
+pub fn model_health_name(model: &str) -> String {
+    format!("edgewise.v1.Agent/{model}")
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    loaded: watch::Receiver<bool>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl Agent {
+    /// Loads ONNX Runtime, opens state, starts serving on `listener` (health NOT_SERVING),
+    /// starts reporting, and loads the models in the background.
+    pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<Self, StartError> {
+        let rt = runtime::init(config.onnxruntime_library.as_deref())?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
+        let store = store::Store::open(&config.state_dir)?;
+        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let node = Arc::new(Node::new(config, store, advertise).map_err(StartError::Models)?);
+        tracing::info!(node = %node.id, %addr, library = %rt.library.display(), "agent listening");
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+        for name in node.slots.keys() {
+            health.set_service_status(model_health_name(name), ServingStatus::NotServing).await;
+        }
+        let stop = CancellationToken::new();
+        // reporters and the watchdog outlive the drain; they stop last
+        let background = CancellationToken::new();
+        let max = node.config.max_message_bytes;
+        let service = pb::agent_server::AgentServer::new(grpc::AgentService { inference: service::Inference::new(node.clone()) })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let server_stop = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            // bounded concurrent streams per connection: one client cannot hog the box
+            .max_concurrent_streams(Some(256))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+        let server = tokio::spawn(server);
+
+        let reporters: Vec<JoinHandle<()>> = node
+            .config
+            .gateways
+            .iter()
+            .map(|g| tokio::spawn(report::report_to(node.clone(), g.clone(), background.clone())))
+            .collect();
+
+        let (loaded_tx, loaded) = watch::channel(false);
+        let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
+        let watchdog = systemd::spawn_watchdog(background.clone());
+
+        let task = tokio::spawn(lifecycle(node.clone(), stop.clone(), server, server_stop, Background { reporters, loader, watchdog, stop: background }, health));
+        Ok(Self { node, addr, loaded, stop, task })
+    }
+
+    /// Resolves once every model has finished loading (ready or failed).
+    pub async fn loaded(&mut self) {
+        let _ = self.loaded.wait_for(|l| *l).await;
+    }
+
+    /// Drains and stops; resolves when the agent has shut down.
+    pub async fn stop(self) -> Result<(), StartError> {
+        self.stop.cancel();
+        self.task.await.map_err(|e| StartError::Server(e.to_string()))?
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then drains within the configured grace period.
+pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let agent = Agent::start(config, listener).await?;
+    shutdown.await;
+    agent.stop().await
+}
+
+async fn load_models(node: Arc<Node>, rt: &'static runtime::Runtime, health: tonic_health::server::HealthReporter, done: watch::Sender<bool>) {
+    let total = node.slots.len();
+    for (i, slot) in node.slots.values().enumerate() {
+        systemd::status(&format!("loading model {}/{total}: {}", i + 1, slot.name));
+        // loading a large model on a small box can take a while: keep systemd waiting
+        systemd::extend_start_timeout(Duration::from_secs(120));
+        let (n, s) = (node.clone(), slot.clone());
+        let ok = tokio::task::spawn_blocking(move || n.load_slot(&s, rt).is_ok()).await.unwrap_or(false);
+        let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+        health.set_service_status(model_health_name(&slot.name), status).await;
+    }
+    if !node.is_draining() {
+        health.set_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+        systemd::ready();
+    }
+    let ready = node.slots.values().filter(|s| s.ready().is_some()).count();
+    tracing::info!(ready, failed = total - ready, "models loaded");
+    let _ = done.send(true);
+}
+
+/// Tasks that run beside the server and stop after the drain.
+struct Background {
+    reporters: Vec<JoinHandle<()>>,
+    loader: JoinHandle<()>,
+    watchdog: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+async fn lifecycle(
+    node: Arc<Node>,
+    stop: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server_stop: CancellationToken,
+    background: Background,
+    health: tonic_health::server::HealthReporter,
+) -> Result<(), StartError> {
+    let mut server = server;
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        r = &mut server => {
+            // the server ended on its own: a listener failure
+            stop.cancel();
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StartError::Server(e.to_string())),
+                Err(e) => Err(StartError::Server(e.to_string())),
+            };
+        }
+    }
+    // Shutdown, in order:
+    // 1. refuse new work and tell gateways and systemd (reports go out at once on drain);
+    node.start_drain();
+    systemd::stopping();
+    health.set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+    // 2. stop accepting connections and let in-flight requests finish, up to the grace period;
+    server_stop.cancel();
+    let grace = node.config.drain_timeout;
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlived the drain timeout; stopping anyway");
+        server.abort();
+    }
+    // 3. stop the background tasks;
+    background.loader.abort();
+    background.stop.cancel();
+    for r in background.reporters {
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
+    if let Some(w) = background.watchdog {
+        let _ = w.await;
+    }
+    // 4. persist counters and flush state.
+    node.save_counters();
+    node.store.flush()?;
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `edgewise-agent`: parse the command line, load config, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgewise_agent::config::AgentConfig;
+
+#[derive(Parser)]
+#[command(name = "edgewise-agent", version, about = "Edgewise node agent: serves quantized ONNX models and reports capacity")]
+struct Cli {
+    /// Agent config file (TOML). EDGEWISE_SECTION__KEY environment variables override it.
+    #[arg(long, short, global = true, default_value = "/etc/edgewise/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Check the config file and exit (for ExecStartPre= and ExecReload=).
+    Validate,
+    /// Model folder tools.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Load every model, run one smoke inference each, and report; non-zero exit if any failed.
+    Check {
+        /// Models directory (default: the config's models.dir, or ./models without a config).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgewise-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Validate => {
+            AgentConfig::load(&cli.config, &env_vars())?;
+            println!("{}: ok", cli.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command: ModelsCommand::Check { models_dir, json } } => {
+            let config = if cli.config.exists() {
+                AgentConfig::load(&cli.config, &env_vars())?
+            } else {
+                AgentConfig::for_models_dir(PathBuf::from("models"))
+            };
+            let dir = models_dir.unwrap_or(config.models_dir.clone());
+            let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
+            let results = edgewise_agent::check::check_dir(&dir, rt, config.intra_op_threads)
+                .with_context(|| format!("models directory {}", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                print!("{}", edgewise_agent::check::render_table(&results));
+            }
+            if results.is_empty() {
+                eprintln!("edgewise-agent: no model folders in {}", dir.display());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(if results.iter().all(|r| r.state == "ready") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Run => {
+            let config = AgentConfig::load(&cli.config, &env_vars())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                edgewise_agent::run(config, listener, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested; draining");
+}

@@ -1,0 +1,207 @@
+//! Model folders: `model.onnx`, `tokenizer.json` and the `model.toml` manifest.
+//!
+//! Owns loading one folder into a runnable model (manifest → tokenizer → ONNX session →
+//! interface check → smoke inference) and finding the folders in a directory. A folder that
+//! fails any step yields a reason string; it never takes the agent down.
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokenizers::Tokenizer;
+
+use crate::engine::decoder::Decoder;
+use crate::engine::encoder::{Encoder, Head};
+use crate::engine::open_session;
+use crate::error::AgentError;
+use crate::runtime::Runtime;
+use manifest::{Manifest, TaskSpec};
+
+pub enum Engine {
+    Decoder(Decoder),
+    Encoder(Encoder),
+}
+
+/// A model ready to run.
+pub struct LoadedModel {
+    pub manifest: Manifest,
+    pub tokenizer: Tokenizer,
+    pub engine: Engine,
+    /// Bytes of `model.onnx` on disk.
+    pub size_bytes: u64,
+    pub load_time: Duration,
+}
+
+/// A chat turn as the agent sees it.
+pub struct Turn<'a> {
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+/// The folders under `dir` that hold a `model.toml`, sorted; `include` (if not empty) filters
+/// by folder name, and a name in `include` with no folder is reported as missing.
+pub fn discover(dir: &Path, include: &[String]) -> std::io::Result<(Vec<PathBuf>, Vec<String>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if path.is_dir() && !hidden && (path.join("model.toml").exists() || path.join("model.onnx").exists()) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    if include.is_empty() {
+        return Ok((found, Vec::new()));
+    }
+    let name = |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let missing = include.iter().filter(|i| !found.iter().any(|p| &name(p) == *i)).cloned().collect();
+    found.retain(|p| include.contains(&name(p)));
+    Ok((found, missing))
+}
+
+impl LoadedModel {
+    /// Loads and checks one folder. `Err` is the reason the model is `failed`.
+    pub fn load(dir: &Path, manifest: Manifest, rt: &Runtime, intra_threads: usize) -> Result<Self, String> {
+        let started = Instant::now();
+        let onnx = dir.join("model.onnx");
+        let size_bytes = std::fs::metadata(&onnx).map_err(|e| format!("{}: {e}", onnx.display()))?.len();
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
+        let session = open_session(rt, &onnx, intra_threads).map_err(|e| format!("{}: {e}", onnx.display()))?;
+        let engine = match &manifest.spec {
+            TaskSpec::Generate(_) => Engine::Decoder(Decoder::new(session).map_err(|e| e.0)?),
+            TaskSpec::Embed(e) => Engine::Encoder(
+                Encoder::new(session, &e.output, Head::Embed { pooling: e.pooling, normalize: e.normalize }, pad_id(&tokenizer))
+                    .map_err(|e| e.0)?,
+            ),
+            TaskSpec::Classify(c) => {
+                Engine::Encoder(Encoder::new(session, &c.output, Head::Classify, pad_id(&tokenizer)).map_err(|e| e.0)?)
+            }
+        };
+        Ok(Self { manifest, tokenizer, engine, size_bytes, load_time: started.elapsed() })
+    }
+
+    /// One small inference that exercises the whole path; returns how long it took.
+    pub fn smoke(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        match &self.engine {
+            Engine::Decoder(d) => {
+                let ids = self.encode_prompt("Hello").map_err(|e| e.to_string())?;
+                let mut cache = d.new_cache().map_err(|e| e.0)?;
+                let logits = d.step(&mut cache, &ids).map_err(|e| e.0)?;
+                let next = crate::engine::sampling::argmax(&logits);
+                d.step(&mut cache, &[next]).map_err(|e| e.0)?;
+            }
+            Engine::Encoder(e) => {
+                let batch = self.encode_batch(&["hello world".to_string()]).map_err(|e| e.to_string())?;
+                let rows = e.run(&batch).map_err(|e| e.0)?;
+                let expect = match &self.manifest.spec {
+                    TaskSpec::Classify(c) => Some(c.labels.len()),
+                    TaskSpec::Embed(e) => e.dimensions.map(|d| d as usize),
+                    TaskSpec::Generate(_) => None,
+                };
+                if let (Some(n), Some(row)) = (expect, rows.first()) {
+                    if row.len() != n {
+                        return Err(format!(
+                            "the model outputs {} values per input, the manifest says {n}",
+                            row.len()
+                        ));
+                    }
+                }
+                if rows.iter().flatten().any(|v| !v.is_finite()) {
+                    return Err("the smoke inference produced non-finite values".into());
+                }
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, AgentError> {
+        self.tokenizer
+            .encode(text, special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| AgentError::InvalidRequest(format!("cannot tokenize the input: {e}")))
+    }
+
+    /// A raw prompt's token ids (with BOS when the manifest asks for it).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, AgentError> {
+        let mut ids = self.tokenize(text, false)?;
+        if let TaskSpec::Generate(g) = &self.manifest.spec {
+            if let (true, Some(bos)) = (g.add_bos, g.bos_token_id) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Renders chat turns with the manifest's template.
+    pub fn render_chat(&self, turns: &[Turn<'_>]) -> Result<String, AgentError> {
+        let TaskSpec::Generate(g) = &self.manifest.spec else {
+            return Err(AgentError::InvalidRequest("only generate models take chat messages".into()));
+        };
+        let Some(t) = &g.chat_template else {
+            return Err(AgentError::InvalidRequest(format!(
+                "model `{}` has no chat template; send a prompt instead",
+                self.manifest.name
+            )));
+        };
+        let mut out = String::new();
+        let turn = |role: &str, content: &str| t.message.replace("{role}", role).replace("{content}", content);
+        if let (Some(sys), false) = (&t.default_system, turns.iter().any(|m| m.role == "system")) {
+            out.push_str(&turn("system", sys));
+        }
+        for m in turns {
+            if !["system", "user", "assistant"].contains(&m.role) {
+                return Err(AgentError::InvalidRequest(format!(
+                    "chat role `{}` is not one of system, user, assistant",
+                    m.role
+                )));
+            }
+            out.push_str(&turn(m.role, m.content));
+        }
+        out.push_str(&t.generation_prompt);
+        Ok(out)
+    }
+
+    /// Token ids for an embed/classify batch, truncated to the context or refused.
+    pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Vec<u32>>, AgentError> {
+        let truncate = match &self.manifest.spec {
+            TaskSpec::Embed(e) => e.truncate,
+            TaskSpec::Classify(c) => c.truncate,
+            TaskSpec::Generate(_) => false,
+        };
+        let ctx = self.manifest.context_length as usize;
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            let mut ids = self.tokenize(t, true)?;
+            if ids.len() > ctx {
+                if !truncate {
+                    return Err(AgentError::InvalidRequest(format!(
+                        "texts[{i}] is {} tokens; model `{}` takes at most {ctx}",
+                        ids.len(),
+                        self.manifest.name
+                    )));
+                }
+                // keep the closing special token (e.g. [SEP]) when there is one
+                let last = ids.last().copied();
+                ids.truncate(ctx);
+                if let (Some(l), true) = (last, self.tokenizer.id_to_token(ids[ctx - 1]).is_some()) {
+                    if self.tokenizer.get_added_vocabulary().is_special_token(&self.tokenizer.id_to_token(l).unwrap_or_default()) {
+                        ids[ctx - 1] = l;
+                    }
+                }
+            }
+            out.push(ids);
+        }
+        Ok(out)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+}
+
+fn pad_id(tok: &Tokenizer) -> u32 {
+    tok.token_to_id("[PAD]").or_else(|| tok.token_to_id("<pad>")).unwrap_or(0)
+}

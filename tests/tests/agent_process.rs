@@ -1,0 +1,129 @@
+//! The real `edgewise-agent` binary: systemd notifications, SIGTERM drain, kill -9 and state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgewise_proto as pb;
+
+struct Notify {
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notify {
+    fn bind(path: &Path) -> Self {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        Self { sock, seen: Vec::new() }
+    }
+
+    /// Reads notifications until one contains `what` (deadline 30 s).
+    fn wait(&mut self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while !self.seen.iter().any(|m| m.lines().any(|l| l == what || l.starts_with(what))) {
+            assert!(Instant::now() < deadline, "no `{what}` from the agent; saw {:?}", self.seen);
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+fn spawn(config: &Path, notify: &Path) -> Child {
+    Command::new(agent_bin())
+        .arg("--config")
+        .arg(config)
+        .env("NOTIFY_SOCKET", notify)
+        .env("WATCHDOG_USEC", "200000")
+        .env("EDGEWISE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+}
+
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
+    let gw = FakeGateway::start().await;
+    let dir = models_dir(&["tiny-embed", "tiny-lm-fp32"]);
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 20000\n\n[models]\ndir = \"{}\"\n\n\
+             [runtime]\nintra_op_threads = 1\n\n[report]\ngateways = [\"{}\"]\ninterval_ms = 100\n\n[state]\ndir = \"state\"\n",
+            dir.path().display(),
+            gw.url
+        ),
+    )
+    .unwrap();
+
+    // 1. start: loading extends the start timeout, then READY=1, then watchdog pings
+    let mut notify = Notify::bind(&work.path().join("notify.sock"));
+    let mut child = spawn(&config, &work.path().join("notify.sock"));
+    notify.wait("EXTEND_TIMEOUT_USEC=");
+    notify.wait("READY=1");
+    notify.wait("WATCHDOG=1");
+    let r = gw.wait_report("models ready", |r| r.models.iter().all(|m| m.state == pb::ModelState::Ready as i32)).await;
+    let node_id = r.node_id.clone();
+    let first_addr = r.advertise_addr.clone();
+    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone()).await.unwrap();
+    for _ in 0..3 {
+        client.embed(pb::EmbedRequest { model: "tiny-embed".into(), texts: vec!["hello".into()] }).await.unwrap();
+    }
+    gw.wait_report("three requests reported", |r| r.models.iter().any(|m| m.name == "tiny-embed" && m.requests_total == 3)).await;
+
+    // 2. kill -9, restart: same node id, reported counters intact
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(notify);
+    std::fs::remove_file(work.path().join("notify.sock")).unwrap();
+    let mut notify = Notify::bind(&work.path().join("notify.sock"));
+    let mut child = spawn(&config, &work.path().join("notify.sock"));
+    notify.wait("READY=1");
+    let r = gw
+        .wait_report("the restarted agent reports (on a new port)", |r| r.advertise_addr != first_addr)
+        .await;
+    assert_eq!(r.node_id, node_id, "the node id survives kill -9");
+    let embed = r.models.iter().find(|m| m.name == "tiny-embed").unwrap();
+    assert_eq!(embed.requests_total, 3, "acknowledged counters survive kill -9");
+
+    // 3. SIGTERM while a generation streams: it completes, then the agent exits 0
+    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone()).await.unwrap();
+    let mut stream = client.generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 300)).await.unwrap().into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    signal(&child, "-TERM");
+    notify.wait("STOPPING=1");
+    let mut done = None;
+    while let Some(c) = stream.message().await.unwrap() {
+        done = c.done.or(done);
+    }
+    assert_eq!(done.unwrap().usage.unwrap().completion_tokens, 300, "the in-flight request finished");
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "exit status {status:?}");
+    gw.wait_report("the drain was reported", |r| r.draining).await;
+}

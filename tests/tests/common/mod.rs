@@ -1,0 +1,205 @@
+//! Test harness: real agents on port-0 listeners, a real `Fleet` receiver standing in for a
+//! gateway, and waiting on conditions with a deadline (never sleeping to synchronise).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use edgewise_agent::Agent;
+use edgewise_agent::config::{AgentConfig, Limits};
+use edgewise_proto as pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/models")
+}
+
+/// A models directory holding copies of the named fixture folders.
+pub fn models_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for n in names {
+        copy_dir(&fixtures().join(n), &dir.path().join(n));
+    }
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `Fleet` receiver: keeps the latest report and counts streams.
+#[derive(Clone)]
+pub struct FakeGateway {
+    pub url: String,
+    latest: watch::Receiver<Option<pb::NodeReport>>,
+    pub reports: watch::Receiver<u64>,
+}
+
+struct FleetSvc {
+    latest: watch::Sender<Option<pb::NodeReport>>,
+    count: watch::Sender<u64>,
+}
+
+#[tonic::async_trait]
+impl pb::fleet_server::Fleet for FleetSvc {
+    type ReportStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
+
+    async fn report(&self, req: Request<Streaming<pb::NodeReport>>) -> Result<Response<Self::ReportStream>, Status> {
+        let mut stream = req.into_inner();
+        let (latest, count) = (self.latest.clone(), self.count.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = stream.next().await {
+                let seq = r.seq;
+                latest.send_replace(Some(r));
+                count.send_modify(|c| *c += 1);
+                if tx.send(Ok(pb::ReportAck { gateway_id: "test".into(), seq })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl FakeGateway {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (latest_tx, latest) = watch::channel(None);
+        let (count_tx, reports) = watch::channel(0);
+        let svc = pb::fleet_server::FleetServer::new(FleetSvc { latest: latest_tx, count: count_tx });
+        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener)));
+        Self { url, latest, reports }
+    }
+
+    pub fn latest(&self) -> Option<pb::NodeReport> {
+        self.latest.borrow().clone()
+    }
+
+    pub fn model(&self, name: &str) -> Option<pb::ModelStatus> {
+        self.latest()?.models.into_iter().find(|m| m.name == name)
+    }
+
+    /// Waits until a report satisfies `cond`; returns it.
+    pub async fn wait_report(&self, what: &str, cond: impl Fn(&pb::NodeReport) -> bool) -> pb::NodeReport {
+        let mut rx = self.latest.clone();
+        let r = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| r.as_ref().is_some_and(&cond)))
+            .await
+            .unwrap_or_else(|_| panic!("no report where {what}; last: {:?}", self.latest()));
+        r.unwrap().clone().unwrap()
+    }
+}
+
+pub struct TestAgent {
+    pub agent: Option<Agent>,
+    pub client: pb::agent_client::AgentClient<tonic::transport::Channel>,
+    pub url: String,
+    _state: tempfile::TempDir,
+}
+
+pub fn config(models: &Path, gateway: Option<&FakeGateway>) -> (AgentConfig, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let mut c = AgentConfig::for_models_dir(models.to_path_buf());
+    c.state_dir = state.path().to_path_buf();
+    c.intra_op_threads = 1;
+    c.report_interval = Duration::from_millis(100);
+    c.drain_timeout = Duration::from_secs(5);
+    if let Some(g) = gateway {
+        c.gateways = vec![g.url.clone()];
+    }
+    (c, state)
+}
+
+pub fn limit(c: &mut AgentConfig, model: &str, max_concurrency: u32, max_queue: u32) {
+    c.limits.insert(model.into(), Limits { max_concurrency: Some(max_concurrency), max_queue: Some(max_queue) });
+}
+
+impl TestAgent {
+    pub async fn start(config: AgentConfig, state: tempfile::TempDir) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut agent = Agent::start(config, listener).await.unwrap();
+        agent.loaded().await;
+        let url = format!("http://{}", agent.addr);
+        let client = pb::agent_client::AgentClient::connect(url.clone()).await.unwrap();
+        Self { agent: Some(agent), client, url, _state: state }
+    }
+
+    pub fn slot(&self, name: &str) -> std::sync::Arc<edgewise_agent::node::ModelSlot> {
+        self.agent.as_ref().unwrap().node.slots.get(name).unwrap().clone()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop().await.unwrap();
+        }
+    }
+}
+
+pub fn prompt(model: &str, text: &str, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.into(),
+        input: Some(pb::generate_request::Input::Prompt(text.into())),
+        max_tokens,
+        ..Default::default()
+    }
+}
+
+/// Reads a whole generation stream: (text, final chunk).
+pub async fn collect(
+    client: &mut pb::agent_client::AgentClient<tonic::transport::Channel>,
+    req: impl tonic::IntoRequest<pb::GenerateRequest>,
+) -> Result<(String, pb::GenerateDone), Status> {
+    let mut stream = client.generate(req).await?.into_inner();
+    let mut text = String::new();
+    while let Some(chunk) = stream.message().await? {
+        text.push_str(&chunk.text);
+        if let Some(done) = chunk.done {
+            return Ok((text, done));
+        }
+    }
+    Err(Status::internal("stream ended without a final chunk"))
+}
+
+/// The agent binary built by this workspace (next to the test executable's deps folder).
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("edgewise-agent");
+    assert!(bin.exists(), "{} not built (run `cargo build --workspace`)", bin.display());
+    bin
+}

