@@ -26,13 +26,24 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Checks every model folder under `dir`; never stops at a failure.
-pub fn check_dir(dir: &Path, rt: &Runtime, intra_threads: usize) -> std::io::Result<Vec<CheckResult>> {
+pub fn check_dir(
+    dir: &Path,
+    rt: &Runtime,
+    intra_threads: usize,
+) -> std::io::Result<Vec<CheckResult>> {
     let (folders, _) = discover(dir, &[])?;
-    Ok(folders.iter().map(|f| check_one(f, rt, intra_threads)).collect())
+    Ok(folders
+        .iter()
+        .map(|f| check_one(f, rt, intra_threads))
+        .collect())
 }
 
 fn check_one(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
-    let folder_name = folder.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let folder_name = folder
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
     let mut r = CheckResult {
         folder: folder.display().to_string(),
         name: folder_name,
@@ -71,7 +82,10 @@ fn check_one(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
 
 /// A table for people.
 pub fn render_table(results: &[CheckResult]) -> String {
-    let mut out = format!("{:<24} {:<9} {:<6} {:<7} {:>9} {:>9}  {}\n", "MODEL", "TASK", "QUANT", "STATE", "LOAD ms", "SMOKE ms", "REASON");
+    let mut out = format!(
+        "{:<24} {:<9} {:<6} {:<7} {:>9} {:>9}  {}\n",
+        "MODEL", "TASK", "QUANT", "STATE", "LOAD ms", "SMOKE ms", "REASON"
+    );
     for r in results {
         out.push_str(&format!(
             "{:<24} {:<9} {:<6} {:<7} {:>9.1} {:>9.1}  {}\n",

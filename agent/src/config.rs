@@ -125,7 +125,10 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_delay: Duration::from_millis(2) }
+        Self {
+            max_batch_size: 32,
+            max_delay: Duration::from_millis(2),
+        }
     }
 }
 
@@ -165,8 +168,11 @@ impl AgentConfig {
             return Err(Diagnostics(vec![src.from_toml_error(&e)]));
         }
         // 2. File + environment through the `config` crate; an error now comes from the environment.
-        let overrides: config::Map<String, String> =
-            env.iter().filter(|(k, _)| is_override(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| is_override(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let names: Vec<String> = overrides.keys().cloned().collect();
         let raw: RawAgentConfig = config::Config::builder()
             .add_source(config::File::from_str(src.text(), config::FileFormat::Toml))
@@ -198,23 +204,36 @@ impl AgentConfig {
 /// `EDGEWISE_SECTION__KEY`: only names with a section separator are config overrides, so
 /// unrelated `EDGEWISE_*` variables never break the config.
 fn is_override(name: &str) -> bool {
-    name.strip_prefix("EDGEWISE_").is_some_and(|rest| rest.contains("__"))
+    name.strip_prefix("EDGEWISE_")
+        .is_some_and(|rest| rest.contains("__"))
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn env_name(path: &str) -> String {
     format!("{ENV_PREFIX}_{}", path.replace('.', "__").to_uppercase())
 }
 
-fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) -> Result<AgentConfig, Diagnostics> {
+fn validate(
+    raw: RawAgentConfig,
+    src: &TomlSource,
+    base: &Path,
+    env: &[String],
+) -> Result<AgentConfig, Diagnostics> {
     let mut problems = Vec::new();
     let mut problem = |path: &str, msg: String| {
         let var = env_name(path);
         if env.iter().any(|e| e == &var) {
-            problems.push(Diagnostic { file: src.file().to_path_buf(), position: None, path: format!("{path} (from {var})"), message: msg });
+            problems.push(Diagnostic {
+                file: src.file().to_path_buf(),
+                position: None,
+                path: format!("{path} (from {var})"),
+                message: msg,
+            });
         } else {
             problems.push(src.diag(path, msg));
         }
@@ -224,14 +243,20 @@ fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) 
     if let Some(listen) = raw.server.listen {
         match listen.parse::<SocketAddr>() {
             Ok(a) => cfg.listen = a,
-            Err(e) => problem("server.listen", format!("`{listen}` is not an address like 127.0.0.1:7300 ({e})")),
+            Err(e) => problem(
+                "server.listen",
+                format!("`{listen}` is not an address like 127.0.0.1:7300 ({e})"),
+            ),
         }
     }
     if let Some(adv) = raw.server.advertise {
         if adv.starts_with("http://") || adv.starts_with("https://") {
             cfg.advertise = Some(adv);
         } else {
-            problem("server.advertise", format!("`{adv}` must be a URL starting with http:// or https://"));
+            problem(
+                "server.advertise",
+                format!("`{adv}` must be a URL starting with http:// or https://"),
+            );
         }
     }
     if let Some(ms) = raw.server.drain_timeout_ms {
@@ -239,7 +264,10 @@ fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) 
     }
     if let Some(bytes) = raw.server.max_message_bytes {
         if bytes < 1024 {
-            problem("server.max_message_bytes", format!("{bytes} is too small (at least 1024)"));
+            problem(
+                "server.max_message_bytes",
+                format!("{bytes} is too small (at least 1024)"),
+            );
         } else {
             cfg.max_message_bytes = bytes;
         }
@@ -251,26 +279,44 @@ fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) 
     }
     for (i, name) in raw.models.include.iter().enumerate() {
         if name.is_empty() || name.contains('/') {
-            problem(&format!("models.include[{i}]"), format!("`{name}` is not a model folder name"));
+            problem(
+                &format!("models.include[{i}]"),
+                format!("`{name}` is not a model folder name"),
+            );
         }
     }
     cfg.include = raw.models.include;
     for (name, l) in raw.models.limits {
         if l.max_concurrency == Some(0) {
-            problem(&format!("models.limits.{name}.max_concurrency"), "must be at least 1".into());
+            problem(
+                &format!("models.limits.{name}.max_concurrency"),
+                "must be at least 1".into(),
+            );
         }
-        cfg.limits.insert(name, Limits { max_concurrency: l.max_concurrency, max_queue: l.max_queue });
+        cfg.limits.insert(
+            name,
+            Limits {
+                max_concurrency: l.max_concurrency,
+                max_queue: l.max_queue,
+            },
+        );
     }
     if let Some(n) = raw.batching.max_batch_size {
         if n == 0 || n > 1024 {
-            problem("batching.max_batch_size", format!("{n} is out of range 1..=1024"));
+            problem(
+                "batching.max_batch_size",
+                format!("{n} is out of range 1..=1024"),
+            );
         } else {
             cfg.batching.max_batch_size = n as usize;
         }
     }
     if let Some(ms) = raw.batching.max_delay_ms {
         if ms > 1000 {
-            problem("batching.max_delay_ms", format!("{ms} ms is more than 1000 ms"));
+            problem(
+                "batching.max_delay_ms",
+                format!("{ms} ms is more than 1000 ms"),
+            );
         } else {
             cfg.batching.max_delay = Duration::from_millis(ms);
         }
@@ -283,13 +329,19 @@ fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) 
     }
     for (i, g) in raw.report.gateways.iter().enumerate() {
         if !(g.starts_with("http://") || g.starts_with("https://")) {
-            problem(&format!("report.gateways[{i}]"), format!("`{g}` must be a URL starting with http:// or https://"));
+            problem(
+                &format!("report.gateways[{i}]"),
+                format!("`{g}` must be a URL starting with http:// or https://"),
+            );
         }
     }
     cfg.gateways = raw.report.gateways;
     if let Some(ms) = raw.report.interval_ms {
         if !(50..=60_000).contains(&ms) {
-            problem("report.interval_ms", format!("{ms} is out of range 50..=60000"));
+            problem(
+                "report.interval_ms",
+                format!("{ms} is out of range 50..=60000"),
+            );
         } else {
             cfg.report_interval = Duration::from_millis(ms);
         }
@@ -298,7 +350,11 @@ fn validate(raw: RawAgentConfig, src: &TomlSource, base: &Path, env: &[String]) 
         Some(d) => base.join(d),
         None => PathBuf::from("/var/lib/edgewise-agent"),
     };
-    if problems.is_empty() { Ok(cfg) } else { Err(Diagnostics(problems)) }
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(Diagnostics(problems))
+    }
 }
 
 #[cfg(test)]
@@ -309,8 +365,14 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        AgentConfig::load(&path, &env).map_err(|d| d.to_string().replace(&format!("{}/", dir.path().display()), ""))
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AgentConfig::load(&path, &env).map_err(|d| {
+            d.to_string()
+                .replace(&format!("{}/", dir.path().display()), "")
+        })
     }
 
     #[test]
@@ -332,23 +394,38 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_point_at_the_file() {
-        let err = load("[runtime]\nintra_op_thread = 2\n", &[]).err().unwrap_or_default();
-        assert!(err.starts_with("agent.toml:2:1: unknown field `intra_op_thread`"), "{err}");
-        let err = load("[runtime]\nintra_op_threads = \"two\"\n", &[]).err().unwrap_or_default();
-        assert!(err.starts_with("agent.toml:2:20: invalid type: string \"two\""), "{err}");
+        let err = load("[runtime]\nintra_op_thread = 2\n", &[])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("agent.toml:2:1: unknown field `intra_op_thread`"),
+            "{err}"
+        );
+        let err = load("[runtime]\nintra_op_threads = \"two\"\n", &[])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("agent.toml:2:20: invalid type: string \"two\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn environment_overrides_the_file_and_is_named_in_errors() -> Result<(), String> {
         let cfg = load(
             "[report]\ninterval_ms = 1000\n",
-            &[("EDGEWISE_REPORT__INTERVAL_MS", "250"), ("EDGEWISE_UNRELATED", "x")],
+            &[
+                ("EDGEWISE_REPORT__INTERVAL_MS", "250"),
+                ("EDGEWISE_UNRELATED", "x"),
+            ],
         )?;
         assert_eq!(cfg.report_interval, Duration::from_millis(250));
         let err = load("", &[("EDGEWISE_REPORT__INTERVAL_MS", "1")]).err();
         assert_eq!(
             err.as_deref(),
-            Some("agent.toml: report.interval_ms (from EDGEWISE_REPORT__INTERVAL_MS): 1 is out of range 50..=60000")
+            Some(
+                "agent.toml: report.interval_ms (from EDGEWISE_REPORT__INTERVAL_MS): 1 is out of range 50..=60000"
+            )
         );
         Ok(())
     }

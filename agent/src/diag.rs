@@ -61,7 +61,11 @@ pub struct TomlSource {
 impl TomlSource {
     pub fn new(file: &Path, text: String) -> Self {
         let doc = toml_edit::Document::parse(text.clone()).ok();
-        Self { file: file.to_path_buf(), text, doc }
+        Self {
+            file: file.to_path_buf(),
+            text,
+            doc,
+        }
     }
 
     pub fn text(&self) -> &str {
@@ -105,13 +109,23 @@ impl TomlSource {
 
     /// A diagnostic for `path`, placed in this file.
     pub fn diag(&self, path: &str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { file: self.file.clone(), position: self.locate(path), path: path.to_string(), message: message.into() }
+        Diagnostic {
+            file: self.file.clone(),
+            position: self.locate(path),
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
 
     /// A TOML syntax or shape error (from the `toml` deserializer), placed at its span.
     pub fn from_toml_error(&self, err: &toml::de::Error) -> Diagnostic {
         let position = err.span().map(|s| self.line_col(s.start));
-        Diagnostic { file: self.file.clone(), position, path: String::new(), message: err.message().trim().to_string() }
+        Diagnostic {
+            file: self.file.clone(),
+            position,
+            path: String::new(),
+            message: err.message().trim().to_string(),
+        }
     }
 }
 
@@ -163,6 +177,9 @@ mod tests {
         // missing leaf: its closest parent
         assert_eq!(src.locate("classify.output"), Some((3, 1)));
         let d = src.diag("classify.labels[2]", "must not be empty");
-        assert_eq!(d.to_string(), "m.toml:4:21: classify.labels[2]: must not be empty");
+        assert_eq!(
+            d.to_string(),
+            "m.toml:4:21: classify.labels[2]: must not be empty"
+        );
     }
 }

@@ -7,13 +7,30 @@ pub enum AgentError {
     #[error("unknown model `{0}`; this agent serves: {1}")]
     UnknownModel(String, String),
     #[error("model `{model}` is a {actual} model; {call} needs a {wanted} model")]
-    WrongTask { model: String, actual: &'static str, wanted: &'static str, call: &'static str },
+    WrongTask {
+        model: String,
+        actual: &'static str,
+        wanted: &'static str,
+        call: &'static str,
+    },
     #[error("model `{model}` is not ready ({state}): {reason}")]
-    NotReady { model: String, state: &'static str, reason: String },
+    NotReady {
+        model: String,
+        state: &'static str,
+        reason: String,
+    },
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("model `{model}` is at capacity: {in_flight} running and {queued} queued (queue limit {max_queue}); retry in {retry_after:?}")]
-    Overloaded { model: String, in_flight: u32, queued: u32, max_queue: u32, retry_after: Duration },
+    #[error(
+        "model `{model}` is at capacity: {in_flight} running and {queued} queued (queue limit {max_queue}); retry in {retry_after:?}"
+    )]
+    Overloaded {
+        model: String,
+        in_flight: u32,
+        queued: u32,
+        max_queue: u32,
+        retry_after: Duration,
+    },
     #[error("deadline exceeded {0}")]
     DeadlineExceeded(String),
     #[error("the agent is draining for shutdown; send new requests elsewhere")]

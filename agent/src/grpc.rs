@@ -18,7 +18,9 @@ use crate::service::{Inference, deadline_from};
 pub fn status(e: &AgentError) -> Status {
     let msg = e.to_string();
     match e {
-        AgentError::UnknownModel(..) | AgentError::WrongTask { .. } | AgentError::InvalidRequest(_) => Status::invalid_argument(msg),
+        AgentError::UnknownModel(..)
+        | AgentError::WrongTask { .. }
+        | AgentError::InvalidRequest(_) => Status::invalid_argument(msg),
         AgentError::NotReady { .. } | AgentError::Draining => Status::unavailable(msg),
         AgentError::Overloaded { retry_after, .. } => {
             let mut s = Status::resource_exhausted(msg);
@@ -58,23 +60,45 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> 
 impl pb::agent_server::Agent for AgentService {
     type GenerateStream = ChunkStream;
 
-    async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
         let deadline = deadline_from(grpc_timeout(&request));
-        let out = self.inference.generate(request.into_inner(), deadline).await.map_err(|e| status(&e))?;
+        let out = self
+            .inference
+            .generate(request.into_inner(), deadline)
+            .await
+            .map_err(|e| status(&e))?;
         let chunks = ReceiverStream::new(out.chunks).map(Ok);
         // an early end (deadline, inference error) arrives after the chunks already buffered
-        let end = futures::stream::once(out.end).filter_map(|r| async move { r.ok().map(|e| Err(status(&e))) });
+        let end = futures::stream::once(out.end)
+            .filter_map(|r| async move { r.ok().map(|e| Err(status(&e))) });
         Ok(Response::new(Box::pin(chunks.chain(end))))
     }
 
-    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
         let deadline = deadline_from(grpc_timeout(&request));
-        self.inference.embed(request.into_inner(), deadline).await.map(Response::new).map_err(|e| status(&e))
+        self.inference
+            .embed(request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(|e| status(&e))
     }
 
-    async fn classify(&self, request: Request<pb::ClassifyRequest>) -> Result<Response<pb::ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let deadline = deadline_from(grpc_timeout(&request));
-        self.inference.classify(request.into_inner(), deadline).await.map(Response::new).map_err(|e| status(&e))
+        self.inference
+            .classify(request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+            .map_err(|e| status(&e))
     }
 }
 
@@ -92,14 +116,20 @@ mod tests {
             retry_after: Duration::from_millis(250),
         });
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(s.metadata().get("retry-after-ms").and_then(|v| v.to_str().ok()), Some("250"));
+        assert_eq!(
+            s.metadata()
+                .get("retry-after-ms")
+                .and_then(|v| v.to_str().ok()),
+            Some("250")
+        );
         assert!(s.message().contains("queue limit 2"));
     }
 
     #[test]
     fn parses_grpc_timeouts() {
         let mut r = Request::new(());
-        r.metadata_mut().insert("grpc-timeout", MetadataValue::from_static("1500m"));
+        r.metadata_mut()
+            .insert("grpc-timeout", MetadataValue::from_static("1500m"));
         assert_eq!(grpc_timeout(&r), Some(Duration::from_millis(1500)));
     }
 }

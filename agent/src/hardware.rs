@@ -6,7 +6,9 @@ pub fn snapshot() -> pb::Hardware {
     let (total, available) = meminfo().unwrap_or((0, 0));
     pb::Hardware {
         arch: std::env::consts::ARCH.to_string(),
-        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_total_bytes: total,
         memory_available_bytes: available,
     }

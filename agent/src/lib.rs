@@ -71,25 +71,35 @@ impl Agent {
     /// starts reporting, and loads the models in the background.
     pub async fn start(config: AgentConfig, listener: TcpListener) -> Result<Self, StartError> {
         let rt = runtime::init(config.onnxruntime_library.as_deref())?;
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
         let store = store::Store::open(&config.state_dir)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
-        let advertise = config.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
         let node = Arc::new(Node::new(config, store, advertise).map_err(StartError::Models)?);
         tracing::info!(node = %node.id, %addr, library = %rt.library.display(), "agent listening");
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+        health
+            .set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>()
+            .await;
         for name in node.slots.keys() {
-            health.set_service_status(model_health_name(name), ServingStatus::NotServing).await;
+            health
+                .set_service_status(model_health_name(name), ServingStatus::NotServing)
+                .await;
         }
         let stop = CancellationToken::new();
         // reporters and the watchdog outlive the drain; they stop last
         let background = CancellationToken::new();
         let max = node.config.max_message_bytes;
-        let service = pb::agent_server::AgentServer::new(grpc::AgentService { inference: service::Inference::new(node.clone()) })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+        let service = pb::agent_server::AgentServer::new(grpc::AgentService {
+            inference: service::Inference::new(node.clone()),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
         let server_stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
             // bounded concurrent streams per connection: one client cannot hog the box
@@ -97,22 +107,49 @@ impl Agent {
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), server_stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                server_stop.clone().cancelled_owned(),
+            );
         let server = tokio::spawn(server);
 
         let reporters: Vec<JoinHandle<()>> = node
             .config
             .gateways
             .iter()
-            .map(|g| tokio::spawn(report::report_to(node.clone(), g.clone(), background.clone())))
+            .map(|g| {
+                tokio::spawn(report::report_to(
+                    node.clone(),
+                    g.clone(),
+                    background.clone(),
+                ))
+            })
             .collect();
 
         let (loaded_tx, loaded) = watch::channel(false);
         let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
         let watchdog = systemd::spawn_watchdog(background.clone());
 
-        let task = tokio::spawn(lifecycle(node.clone(), stop.clone(), server, server_stop, Background { reporters, loader, watchdog, stop: background }, health));
-        Ok(Self { node, addr, loaded, stop, task })
+        let task = tokio::spawn(lifecycle(
+            node.clone(),
+            stop.clone(),
+            server,
+            server_stop,
+            Background {
+                reporters,
+                loader,
+                watchdog,
+                stop: background,
+            },
+            health,
+        ));
+        Ok(Self {
+            node,
+            addr,
+            loaded,
+            stop,
+            task,
+        })
     }
 
     /// Resolves once every model has finished loading (ready or failed).
@@ -123,30 +160,51 @@ impl Agent {
     /// Drains and stops; resolves when the agent has shut down.
     pub async fn stop(self) -> Result<(), StartError> {
         self.stop.cancel();
-        self.task.await.map_err(|e| StartError::Server(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| StartError::Server(e.to_string()))?
     }
 }
 
 /// Runs the agent until `shutdown` resolves, then drains within the configured grace period.
-pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let agent = Agent::start(config, listener).await?;
     shutdown.await;
     agent.stop().await
 }
 
-async fn load_models(node: Arc<Node>, rt: &'static runtime::Runtime, health: tonic_health::server::HealthReporter, done: watch::Sender<bool>) {
+async fn load_models(
+    node: Arc<Node>,
+    rt: &'static runtime::Runtime,
+    health: tonic_health::server::HealthReporter,
+    done: watch::Sender<bool>,
+) {
     let total = node.slots.len();
     for (i, slot) in node.slots.values().enumerate() {
         systemd::status(&format!("loading model {}/{total}: {}", i + 1, slot.name));
         // loading a large model on a small box can take a while: keep systemd waiting
         systemd::extend_start_timeout(Duration::from_secs(120));
         let (n, s) = (node.clone(), slot.clone());
-        let ok = tokio::task::spawn_blocking(move || n.load_slot(&s, rt).is_ok()).await.unwrap_or(false);
-        let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
-        health.set_service_status(model_health_name(&slot.name), status).await;
+        let ok = tokio::task::spawn_blocking(move || n.load_slot(&s, rt).is_ok())
+            .await
+            .unwrap_or(false);
+        let status = if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health
+            .set_service_status(model_health_name(&slot.name), status)
+            .await;
     }
     if !node.is_draining() {
-        health.set_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+        health
+            .set_serving::<pb::agent_server::AgentServer<grpc::AgentService>>()
+            .await;
         systemd::ready();
     }
     let ready = node.slots.values().filter(|s| s.ready().is_some()).count();
@@ -187,12 +245,17 @@ async fn lifecycle(
     // 1. refuse new work and tell gateways and systemd (reports go out at once on drain);
     node.start_drain();
     systemd::stopping();
-    health.set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>().await;
+    health
+        .set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>()
+        .await;
     // 2. stop accepting connections and let in-flight requests finish, up to the grace period;
     server_stop.cancel();
     let grace = node.config.drain_timeout;
     if tokio::time::timeout(grace, &mut server).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlived the drain timeout; stopping anyway");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests outlived the drain timeout; stopping anyway"
+        );
         server.abort();
     }
     // 3. stop the background tasks;

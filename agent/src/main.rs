@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use edgewise_agent::config::AgentConfig;
 
 #[derive(Parser)]
-#[command(name = "edgewise-agent", version, about = "Edgewise node agent: serves quantized ONNX models and reports capacity")]
+#[command(
+    name = "edgewise-agent",
+    version,
+    about = "Edgewise node agent: serves quantized ONNX models and reports capacity"
+)]
 struct Cli {
     /// Agent config file (TOML). EDGEWISE_SECTION__KEY environment variables override it.
     #[arg(long, short, global = true, default_value = "/etc/edgewise/agent.toml")]
@@ -50,7 +54,8 @@ fn env_vars() -> Vec<(String, String)> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -71,7 +76,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}: ok", cli.config.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models { command: ModelsCommand::Check { models_dir, json } } => {
+        Command::Models {
+            command: ModelsCommand::Check { models_dir, json },
+        } => {
             let config = if cli.config.exists() {
                 AgentConfig::load(&cli.config, &env_vars())?
             } else {
@@ -90,11 +97,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 eprintln!("edgewise-agent: no model folders in {}", dir.display());
                 return Ok(ExitCode::from(1));
             }
-            Ok(if results.iter().all(|r| r.state == "ready") { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if results.iter().all(|r| r.state == "ready") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Run => {
             let config = AgentConfig::load(&cli.config, &env_vars())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await

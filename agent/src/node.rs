@@ -21,7 +21,10 @@ use crate::store::{Counters, SavedState, Store};
 
 pub enum SlotState {
     Loading,
-    Ready { model: Arc<LoadedModel>, batcher: Option<Batcher> },
+    Ready {
+        model: Arc<LoadedModel>,
+        batcher: Option<Batcher>,
+    },
     Failed(String),
 }
 
@@ -71,7 +74,10 @@ fn limits_for(task: Option<Task>, limits: Option<&Limits>, batch: usize) -> (u32
         None => (1, 0),
     };
     let l = limits.copied().unwrap_or_default();
-    (l.max_concurrency.unwrap_or(c).max(1), l.max_queue.unwrap_or(q))
+    (
+        l.max_concurrency.unwrap_or(c).max(1),
+        l.max_queue.unwrap_or(q),
+    )
 }
 
 pub struct Node {
@@ -93,43 +99,98 @@ impl Node {
         let (folders, missing) = crate::models::discover(&config.models_dir, &config.include)
             .map_err(|e| format!("models directory {}: {e}", config.models_dir.display()))?;
         let mut slots = BTreeMap::new();
-        let add = |slots: &mut BTreeMap<String, Arc<ModelSlot>>, name: String, folder: PathBuf, manifest: Option<Manifest>, failed: Option<String>| {
+        let add = |slots: &mut BTreeMap<String, Arc<ModelSlot>>,
+                   name: String,
+                   folder: PathBuf,
+                   manifest: Option<Manifest>,
+                   failed: Option<String>| {
             let task = manifest.as_ref().map(Manifest::task);
-            let (c, q) = limits_for(task, config.limits.get(&name), config.batching.max_batch_size);
+            let (c, q) = limits_for(
+                task,
+                config.limits.get(&name),
+                config.batching.max_batch_size,
+            );
             let stats = Arc::new(ModelStats::default());
             if let Ok(saved) = store.counters(&name) {
-                stats.requests_total.store(saved.requests, Ordering::Relaxed);
+                stats
+                    .requests_total
+                    .store(saved.requests, Ordering::Relaxed);
                 stats.errors_total.store(saved.errors, Ordering::Relaxed);
-                stats.rejected_total.store(saved.rejected, Ordering::Relaxed);
-                stats.tokens_generated_total.store(saved.tokens_generated, Ordering::Relaxed);
+                stats
+                    .rejected_total
+                    .store(saved.rejected, Ordering::Relaxed);
+                stats
+                    .tokens_generated_total
+                    .store(saved.tokens_generated, Ordering::Relaxed);
             }
             let state = RwLock::new(match failed {
                 Some(r) => SlotState::Failed(r),
                 None => SlotState::Loading,
             });
-            slots.insert(name.clone(), Arc::new(ModelSlot { name, folder, manifest, state, stats, admission: Admission::new(c, q) }));
+            slots.insert(
+                name.clone(),
+                Arc::new(ModelSlot {
+                    name,
+                    folder,
+                    manifest,
+                    state,
+                    stats,
+                    admission: Admission::new(c, q),
+                }),
+            );
         };
         for folder in folders {
-            let dir_name = folder.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+            let dir_name = folder
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model")
+                .to_string();
             match Manifest::load(&folder.join("model.toml")) {
                 Ok(m) => {
                     let name = m.name.clone();
                     // a second folder claiming a name already served is refused, by folder name
                     if slots.contains_key(&name) {
-                        add(&mut slots, dir_name, folder, None, Some(format!("duplicate model name `{name}`")));
+                        add(
+                            &mut slots,
+                            dir_name,
+                            folder,
+                            None,
+                            Some(format!("duplicate model name `{name}`")),
+                        );
                     } else {
                         add(&mut slots, name, folder, Some(m), None);
                     }
                 }
-                Err(d) => add(&mut slots, dir_name, folder, None, Some(format!("invalid manifest: {d}"))),
+                Err(d) => add(
+                    &mut slots,
+                    dir_name,
+                    folder,
+                    None,
+                    Some(format!("invalid manifest: {d}")),
+                ),
             }
         }
         for name in missing {
             let folder = config.models_dir.join(&name);
-            add(&mut slots, name, folder.clone(), None, Some(format!("no model folder {}", folder.display())));
+            add(
+                &mut slots,
+                name,
+                folder.clone(),
+                None,
+                Some(format!("no model folder {}", folder.display())),
+            );
         }
         let (changes, _) = watch::channel(0);
-        Ok(Self { id, advertise, config, slots, store, draining: AtomicBool::new(false), changes, started: Instant::now() })
+        Ok(Self {
+            id,
+            advertise,
+            config,
+            slots,
+            store,
+            draining: AtomicBool::new(false),
+            changes,
+            started: Instant::now(),
+        })
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -143,7 +204,13 @@ impl Node {
     fn set_state(&self, slot: &ModelSlot, state: SlotState) {
         *slot.state.write().unwrap_or_else(|p| p.into_inner()) = state;
         let (name, reason) = slot.state_name();
-        if let Err(e) = self.store.save_model_state(&slot.name, &SavedState { state: name.into(), reason }) {
+        if let Err(e) = self.store.save_model_state(
+            &slot.name,
+            &SavedState {
+                state: name.into(),
+                reason,
+            },
+        ) {
             tracing::warn!(model = %slot.name, error = %e, "could not persist model state");
         }
         self.changed();
@@ -177,7 +244,11 @@ impl Node {
         let batcher = match &model.engine {
             Engine::Encoder(_) => {
                 let run: Arc<dyn EncoderRun> = Arc::new(EncoderHandle(model.clone()));
-                Some(Batcher::start(run, self.config.batching, slot.stats.clone()))
+                Some(Batcher::start(
+                    run,
+                    self.config.batching,
+                    slot.stats.clone(),
+                ))
             }
             Engine::Decoder(_) => None,
         };
@@ -196,8 +267,15 @@ impl Node {
 
     /// Persists the lifetime counters (flushed).
     pub fn save_counters(&self) {
-        let all: Vec<(String, Counters)> = self.slots.values().map(|s| (s.name.clone(), s.counters())).collect();
-        if let Err(e) = self.store.save_counters(all.iter().map(|(n, c)| (n.as_str(), *c))) {
+        let all: Vec<(String, Counters)> = self
+            .slots
+            .values()
+            .map(|s| (s.name.clone(), s.counters()))
+            .collect();
+        if let Err(e) = self
+            .store
+            .save_counters(all.iter().map(|(n, c)| (n.as_str(), *c)))
+        {
             tracing::warn!(error = %e, "could not persist counters");
         }
     }
@@ -205,12 +283,19 @@ impl Node {
     /// What a capacity report says about this node now.
     pub fn report(&self, seq: u64) -> pb::NodeReport {
         let now = Instant::now();
-        let models = self.slots.values().map(|s| self.model_status(s, now)).collect();
+        let models = self
+            .slots
+            .values()
+            .map(|s| self.model_status(s, now))
+            .collect();
         pb::NodeReport {
             node_id: self.id.clone(),
             advertise_addr: self.advertise.clone(),
             seq,
-            sent_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            sent_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             hardware: Some(crate::hardware::snapshot()),
             models,
             report_interval_ms: self.config.report_interval.as_millis() as u32,
@@ -224,7 +309,9 @@ impl Node {
         let st = &s.stats;
         let m = s.manifest.as_ref();
         let size_bytes = s.ready().map(|(m, _)| m.size_bytes).unwrap_or_else(|| {
-            std::fs::metadata(s.folder.join("model.onnx")).map(|m| m.len()).unwrap_or(0)
+            std::fs::metadata(s.folder.join("model.onnx"))
+                .map(|m| m.len())
+                .unwrap_or(0)
         });
         pb::ModelStatus {
             name: s.name.clone(),
@@ -251,7 +338,8 @@ impl Node {
             max_queue: s.admission.max_queue,
             ewma_latency_ms: st.ewma_latency_ms(),
             ewma_time_per_output_token_ms: st.ewma_tpot_ms(),
-            tokens_per_s: st.tokens_per_s(now, self.config.report_interval.min(Duration::from_secs(1))),
+            tokens_per_s: st
+                .tokens_per_s(now, self.config.report_interval.min(Duration::from_secs(1))),
             requests_total: st.requests_total.load(Ordering::Relaxed),
             errors_total: st.errors_total.load(Ordering::Relaxed),
             rejected_total: st.rejected_total.load(Ordering::Relaxed),

@@ -33,7 +33,9 @@ pub async fn report_to(node: Arc<Node>, gateway: String, stop: CancellationToken
             Ok(Outcome::Healthy) => {
                 delays = backoff(); // the stream worked: start over from the shortest delay
             }
-            Err(e) => tracing::debug!(gateway = %gateway, error = %e, "report stream failed"),
+            Err(e) => {
+                tracing::debug!(gateway = %gateway, error = %e, "report stream failed; redialling")
+            }
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
         tokio::select! {
@@ -50,7 +52,11 @@ enum Outcome {
     Healthy,
 }
 
-async fn stream_once(node: &Arc<Node>, gateway: &str, stop: &CancellationToken) -> Result<Outcome, String> {
+async fn stream_once(
+    node: &Arc<Node>,
+    gateway: &str,
+    stop: &CancellationToken,
+) -> Result<Outcome, String> {
     let channel = tonic::transport::Endpoint::from_shared(gateway.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
@@ -65,7 +71,11 @@ async fn stream_once(node: &Arc<Node>, gateway: &str, stop: &CancellationToken) 
     // the first report is queued before the call, so the gateway hears from us at once
     node.save_counters();
     tx.send(node.report(seq)).await.map_err(|e| e.to_string())?;
-    let mut acks = client.report(ReceiverStream::new(rx)).await.map_err(|e| e.to_string())?.into_inner();
+    let mut acks = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
     tracing::info!(gateway = %gateway, node = %node.id, "reporting to gateway");
     let mut tick = tokio::time::interval(node.config.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,9 +83,20 @@ async fn stream_once(node: &Arc<Node>, gateway: &str, stop: &CancellationToken) 
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                // a last report, so the gateway sees the drain before the stream ends
+                // A last report, then a clean end of stream; waiting (briefly) for its ack keeps
+                // the report from being lost in a stream reset when the process exits.
                 seq += 1;
-                let _ = tx.try_send(node.report(seq));
+                node.save_counters();
+                let _ = tx.send(node.report(seq)).await;
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Ok(Some(ack)) = acks.message().await {
+                        if ack.seq >= seq {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 return Ok(Outcome::Stopped);
             }
             _ = tick.tick() => {}

@@ -37,14 +37,29 @@ static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The candidate places, in lookup order, each with where it came from.
 pub fn candidates(configured: Option<&Path>) -> Vec<(String, Option<PathBuf>)> {
-    let env = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("build").join("onnxruntime").join(LIBRARY_FILE);
+    let env = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("build")
+        .join("onnxruntime")
+        .join(LIBRARY_FILE);
     vec![
-        ("runtime.onnxruntime_library".into(), configured.map(Path::to_path_buf)),
+        (
+            "runtime.onnxruntime_library".into(),
+            configured.map(Path::to_path_buf),
+        ),
         ("ORT_DYLIB_PATH".into(), env),
-        ("build/onnxruntime in the working directory".into(), Some(Path::new("build/onnxruntime").join(LIBRARY_FILE))),
+        (
+            "build/onnxruntime in the working directory".into(),
+            Some(Path::new("build/onnxruntime").join(LIBRARY_FILE)),
+        ),
         ("build/onnxruntime in the checkout".into(), Some(checkout)),
-        ("system install".into(), Some(Path::new("/usr/lib/edgewise").join(LIBRARY_FILE))),
+        (
+            "system install".into(),
+            Some(Path::new("/usr/lib/edgewise").join(LIBRARY_FILE)),
+        ),
     ]
 }
 
@@ -60,12 +75,16 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> 
                 searched.push_str(&format!("  - {origin}: {} (missing)\n", p.display()));
                 if i < 2 {
                     // configured explicitly: stop here, with what was asked for named
-                    return Err(RuntimeError::NotFound { searched: searched.trim_end().to_string() });
+                    return Err(RuntimeError::NotFound {
+                        searched: searched.trim_end().to_string(),
+                    });
                 }
             }
         }
     }
-    Err(RuntimeError::NotFound { searched: searched.trim_end().to_string() })
+    Err(RuntimeError::NotFound {
+        searched: searched.trim_end().to_string(),
+    })
 }
 
 /// Loads ONNX Runtime once per process (telemetry off) and returns it.
@@ -75,14 +94,20 @@ pub fn init(configured: Option<&Path>) -> Result<&'static Runtime, RuntimeError>
         return Ok(rt);
     }
     let library = find_library(configured)?;
-    let load_err = |message: String| RuntimeError::Load { path: library.clone(), message };
+    let load_err = |message: String| RuntimeError::Load {
+        path: library.clone(),
+        message,
+    };
     let env = ort::init_from(&library)
         .map_err(|e| load_err(e.to_string()))?
         .with_name("edgewise-agent")
         .with_telemetry(false)
         .build()
         .map_err(|e| load_err(e.to_string()))?;
-    let _ = RUNTIME.set(Runtime { env, library: library.clone() });
+    let _ = RUNTIME.set(Runtime {
+        env,
+        library: library.clone(),
+    });
     RUNTIME.get().ok_or(RuntimeError::Conflict(library))
 }
 
@@ -92,9 +117,14 @@ mod tests {
 
     #[test]
     fn configured_path_that_is_missing_is_named() {
-        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).err().map(|e| e.to_string());
+        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so")))
+            .err()
+            .map(|e| e.to_string());
         let msg = err.unwrap_or_default();
-        assert!(msg.contains("runtime.onnxruntime_library: /nonexistent/libonnxruntime.so (missing)"), "{msg}");
+        assert!(
+            msg.contains("runtime.onnxruntime_library: /nonexistent/libonnxruntime.so (missing)"),
+            "{msg}"
+        );
         assert!(msg.contains("make onnxruntime"), "{msg}");
     }
 }

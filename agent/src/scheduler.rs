@@ -47,7 +47,11 @@ struct Averages {
 const EWMA_ALPHA: f64 = 0.2;
 
 fn ewma(old: f64, new: f64) -> f64 {
-    if old == 0.0 { new } else { old + EWMA_ALPHA * (new - old) }
+    if old == 0.0 {
+        new
+    } else {
+        old + EWMA_ALPHA * (new - old)
+    }
 }
 
 impl ModelStats {
@@ -60,7 +64,10 @@ impl ModelStats {
     }
 
     pub fn ewma_latency_ms(&self) -> f64 {
-        self.ewma.lock().unwrap_or_else(|p| p.into_inner()).latency_ms
+        self.ewma
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latency_ms
     }
 
     pub fn ewma_tpot_ms(&self) -> f64 {
@@ -77,7 +84,8 @@ impl ModelStats {
                 a.rate_tokens = total;
             }
             Some(at) if now.duration_since(at) >= window => {
-                a.tokens_per_s = total.saturating_sub(a.rate_tokens) as f64 / now.duration_since(at).as_secs_f64();
+                a.tokens_per_s = total.saturating_sub(a.rate_tokens) as f64
+                    / now.duration_since(at).as_secs_f64();
                 a.rate_at = Some(now);
                 a.rate_tokens = total;
             }
@@ -117,14 +125,26 @@ impl Drop for QueuedGuard<'_> {
 
 impl Admission {
     pub fn new(max_concurrency: u32, max_queue: u32) -> Self {
-        Self { slots: Arc::new(Semaphore::new(max_concurrency as usize)), max_concurrency, max_queue }
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrency as usize)),
+            max_concurrency,
+            max_queue,
+        }
     }
 
     /// Takes a slot now, or waits in the queue until `deadline`, or refuses when the queue is full.
-    pub async fn enter(&self, model: &str, stats: &Arc<ModelStats>, deadline: Option<Instant>) -> Result<SlotGuard, AgentError> {
+    pub async fn enter(
+        &self,
+        model: &str,
+        stats: &Arc<ModelStats>,
+        deadline: Option<Instant>,
+    ) -> Result<SlotGuard, AgentError> {
         let admitted = |permit| {
             stats.in_flight.fetch_add(1, Ordering::SeqCst);
-            SlotGuard { _permit: permit, stats: stats.clone() }
+            SlotGuard {
+                _permit: permit,
+                stats: stats.clone(),
+            }
         };
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(admitted(p));
@@ -142,18 +162,29 @@ impl Admission {
                     retry_after: self.retry_hint(stats, queued),
                 });
             }
-            match stats.queued.compare_exchange(queued, queued + 1, Ordering::SeqCst, Ordering::SeqCst) {
+            match stats.queued.compare_exchange(
+                queued,
+                queued + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
                 Ok(_) => break,
                 Err(now) => queued = now,
             }
         }
-        stats.queue_high_water.fetch_max(queued + 1, Ordering::SeqCst);
+        stats
+            .queue_high_water
+            .fetch_max(queued + 1, Ordering::SeqCst);
         let waiting = QueuedGuard(stats);
         let acquire = self.slots.clone().acquire_owned();
         let permit = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), acquire).await {
                 Ok(p) => p,
-                Err(_) => return Err(AgentError::DeadlineExceeded(format!("while queued for model `{model}`"))),
+                Err(_) => {
+                    return Err(AgentError::DeadlineExceeded(format!(
+                        "while queued for model `{model}`"
+                    )));
+                }
             },
             None => acquire.await,
         };
@@ -189,7 +220,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batching task for `encoder`. Admission bounds what reaches it.
-    pub fn start(encoder: Arc<dyn EncoderRun>, cfg: BatchingConfig, stats: Arc<ModelStats>) -> Self {
+    pub fn start(
+        encoder: Arc<dyn EncoderRun>,
+        cfg: BatchingConfig,
+        stats: Arc<ModelStats>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(encoder, rx, cfg, stats));
         Self { tx }
@@ -197,8 +232,11 @@ impl Batcher {
 
     pub async fn run(&self, ids: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { ids, reply }).map_err(|_| EngineError("the model's batcher has stopped".into()))?;
-        rx.await.map_err(|_| EngineError("the model's batcher dropped the request".into()))?
+        self.tx
+            .send(Job { ids, reply })
+            .map_err(|_| EngineError("the model's batcher has stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError("the model's batcher dropped the request".into()))?
     }
 }
 
@@ -213,7 +251,12 @@ impl EncoderRun for Encoder {
     }
 }
 
-async fn batch_loop(encoder: Arc<dyn EncoderRun>, mut rx: mpsc::UnboundedReceiver<Job>, cfg: BatchingConfig, stats: Arc<ModelStats>) {
+async fn batch_loop(
+    encoder: Arc<dyn EncoderRun>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    cfg: BatchingConfig,
+    stats: Arc<ModelStats>,
+) {
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -230,7 +273,10 @@ async fn batch_loop(encoder: Arc<dyn EncoderRun>, mut rx: mpsc::UnboundedReceive
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(_) if cfg.max_delay.is_zero() => None,
-                Err(_) => tokio::time::timeout_at(until, rx.recv()).await.ok().flatten(),
+                Err(_) => tokio::time::timeout_at(until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
             };
             let Some(job) = next else { break };
             if texts + job.ids.len() > cfg.max_batch_size {
@@ -269,7 +315,10 @@ mod tests {
     struct Echo;
     impl EncoderRun for Echo {
         fn run_batch(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EngineError> {
-            Ok(batch.iter().map(|ids| vec![ids.len() as f32, batch.len() as f32]).collect())
+            Ok(batch
+                .iter()
+                .map(|ids| vec![ids.len() as f32, batch.len() as f32])
+                .collect())
         }
     }
 
@@ -282,13 +331,22 @@ mod tests {
         let mut waiters = Vec::new();
         for _ in 0..2 {
             let (a, s) = (adm.clone(), stats.clone());
-            waiters.push(tokio::spawn(async move { a.enter("m", &s, None).await.map(|_| ()) }));
+            waiters.push(tokio::spawn(async move {
+                a.enter("m", &s, None).await.map(|_| ())
+            }));
         }
         while stats.queued.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }
         let refused = adm.enter("m", &stats, None).await;
-        assert!(matches!(refused, Err(AgentError::Overloaded { queued: 2, max_queue: 2, .. })));
+        assert!(matches!(
+            refused,
+            Err(AgentError::Overloaded {
+                queued: 2,
+                max_queue: 2,
+                ..
+            })
+        ));
         assert_eq!(stats.rejected_total.load(Ordering::SeqCst), 1);
         drop(held);
         for w in waiters {
@@ -304,7 +362,13 @@ mod tests {
         let stats = Arc::new(ModelStats::default());
         let adm = Admission::new(1, 4);
         let _held = adm.enter("m", &stats, None).await;
-        let r = adm.enter("m", &stats, Some(Instant::now() + Duration::from_millis(20))).await;
+        let r = adm
+            .enter(
+                "m",
+                &stats,
+                Some(Instant::now() + Duration::from_millis(20)),
+            )
+            .await;
         assert!(matches!(r, Err(AgentError::DeadlineExceeded(_))));
         assert_eq!(stats.queued.load(Ordering::SeqCst), 0);
     }
@@ -312,7 +376,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_jobs_share_one_run_and_get_their_own_rows() {
         let stats = Arc::new(ModelStats::default());
-        let cfg = BatchingConfig { max_batch_size: 8, max_delay: Duration::from_secs(5) };
+        let cfg = BatchingConfig {
+            max_batch_size: 8,
+            max_delay: Duration::from_secs(5),
+        };
         let b = Batcher::start(Arc::new(Echo), cfg, stats.clone());
         // 3 + 5 texts fill the batch of 8 exactly, so the run starts without waiting for the delay
         let (r1, r2) = tokio::join!(b.run(vec![vec![1]; 3]), b.run(vec![vec![1, 2]; 5]));

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::sampling::{SamplingParams, sample};
-use crate::engine::text::TextStream;
+use crate::engine::text::{Detokenizer, TextStream};
 use crate::error::AgentError;
 use crate::models::manifest::{Task, TaskSpec};
 use crate::models::{Engine, LoadedModel, Turn};
@@ -55,25 +55,54 @@ impl Inference {
             return Err(AgentError::Draining);
         }
         let slot = self.node.slots.get(name).cloned().ok_or_else(|| {
-            AgentError::UnknownModel(name.to_string(), self.node.slots.keys().cloned().collect::<Vec<_>>().join(", "))
+            AgentError::UnknownModel(
+                name.to_string(),
+                self.node
+                    .slots
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
         })?;
         if let Some(m) = &slot.manifest {
             if m.task() != wanted {
-                return Err(AgentError::WrongTask { model: name.into(), actual: m.task().as_str(), wanted: wanted.as_str(), call });
+                return Err(AgentError::WrongTask {
+                    model: name.into(),
+                    actual: m.task().as_str(),
+                    wanted: wanted.as_str(),
+                    call,
+                });
             }
         }
         match slot.ready() {
-            Some((model, batcher)) => Ok(Ready { slot, model, batcher }),
+            Some((model, batcher)) => Ok(Ready {
+                slot,
+                model,
+                batcher,
+            }),
             None => {
                 let (state, reason) = slot.state_name();
-                let reason = if reason.is_empty() { "still loading".to_string() } else { reason };
-                Err(AgentError::NotReady { model: name.into(), state, reason })
+                let reason = if reason.is_empty() {
+                    "still loading".to_string()
+                } else {
+                    reason
+                };
+                Err(AgentError::NotReady {
+                    model: name.into(),
+                    state,
+                    reason,
+                })
             }
         }
     }
 
     /// Validates and admits a generation; the stream carries text, then the final chunk.
-    pub async fn generate(&self, req: pb::GenerateRequest, deadline: Option<Instant>) -> Result<GenerationStream, AgentError> {
+    pub async fn generate(
+        &self,
+        req: pb::GenerateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<GenerationStream, AgentError> {
         let arrived = Instant::now();
         let r = self.ready(&req.model, Task::Generate, "Generate")?;
         let (eos, default_max_tokens) = match &r.model.manifest.spec {
@@ -86,10 +115,21 @@ impl Inference {
                 if c.messages.is_empty() {
                     return Err(AgentError::InvalidRequest("chat.messages is empty".into()));
                 }
-                let turns: Vec<Turn<'_>> = c.messages.iter().map(|m| Turn { role: &m.role, content: &m.content }).collect();
+                let turns: Vec<Turn<'_>> = c
+                    .messages
+                    .iter()
+                    .map(|m| Turn {
+                        role: &m.role,
+                        content: &m.content,
+                    })
+                    .collect();
                 r.model.render_chat(&turns)?
             }
-            None => return Err(AgentError::InvalidRequest("one of prompt or chat is required".into())),
+            None => {
+                return Err(AgentError::InvalidRequest(
+                    "one of prompt or chat is required".into(),
+                ));
+            }
         };
         let params = sampling_params(&req)?;
         if req.stop.len() > MAX_STOP_SEQUENCES || req.stop.iter().any(|s| s.len() > MAX_STOP_LEN) {
@@ -101,7 +141,11 @@ impl Inference {
         if prompt.is_empty() {
             return Err(AgentError::InvalidRequest("the prompt is empty".into()));
         }
-        let max_tokens = if req.max_tokens == 0 { default_max_tokens } else { req.max_tokens };
+        let max_tokens = if req.max_tokens == 0 {
+            default_max_tokens
+        } else {
+            req.max_tokens
+        };
         let ctx = r.model.manifest.context_length as usize;
         if prompt.len() + max_tokens as usize > ctx {
             return Err(AgentError::InvalidRequest(format!(
@@ -110,7 +154,11 @@ impl Inference {
                 req.model
             )));
         }
-        let guard = r.slot.admission.enter(&req.model, &r.slot.stats, deadline).await?;
+        let guard = r
+            .slot
+            .admission
+            .enter(&req.model, &r.slot.stats, deadline)
+            .await?;
         let (tx, chunks) = mpsc::channel(STREAM_BUFFER);
         let (end_tx, end) = oneshot::channel();
         let job = Generation {
@@ -129,31 +177,68 @@ impl Inference {
         Ok(GenerationStream { chunks, end })
     }
 
-    pub async fn embed(&self, req: pb::EmbedRequest, deadline: Option<Instant>) -> Result<pb::EmbedResponse, AgentError> {
-        let (rows, tokens) = self.encode(&req.model, &req.texts, Task::Embed, "Embed", deadline).await?;
+    pub async fn embed(
+        &self,
+        req: pb::EmbedRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::EmbedResponse, AgentError> {
+        let (rows, tokens) = self
+            .encode(&req.model, &req.texts, Task::Embed, "Embed", deadline)
+            .await?;
         Ok(pb::EmbedResponse {
-            embeddings: rows.into_iter().map(|values| pb::Embedding { values }).collect(),
-            usage: Some(pb::Usage { prompt_tokens: tokens, completion_tokens: 0 }),
+            embeddings: rows
+                .into_iter()
+                .map(|values| pb::Embedding { values })
+                .collect(),
+            usage: Some(pb::Usage {
+                prompt_tokens: tokens,
+                completion_tokens: 0,
+            }),
             model: req.model,
         })
     }
 
-    pub async fn classify(&self, req: pb::ClassifyRequest, deadline: Option<Instant>) -> Result<pb::ClassifyResponse, AgentError> {
-        let labels = match self.node.slots.get(&req.model).and_then(|s| s.manifest.as_ref()).map(|m| &m.spec) {
+    pub async fn classify(
+        &self,
+        req: pb::ClassifyRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ClassifyResponse, AgentError> {
+        let labels = match self
+            .node
+            .slots
+            .get(&req.model)
+            .and_then(|s| s.manifest.as_ref())
+            .map(|m| &m.spec)
+        {
             Some(TaskSpec::Classify(c)) => c.labels.clone(),
             _ => Vec::new(),
         };
-        let (rows, tokens) = self.encode(&req.model, &req.texts, Task::Classify, "Classify", deadline).await?;
+        let (rows, tokens) = self
+            .encode(&req.model, &req.texts, Task::Classify, "Classify", deadline)
+            .await?;
         let results = rows
             .into_iter()
             .map(|probs| {
-                let mut scored: Vec<pb::LabelScore> =
-                    labels.iter().zip(probs).map(|(l, p)| pb::LabelScore { label: l.clone(), probability: p }).collect();
+                let mut scored: Vec<pb::LabelScore> = labels
+                    .iter()
+                    .zip(probs)
+                    .map(|(l, p)| pb::LabelScore {
+                        label: l.clone(),
+                        probability: p,
+                    })
+                    .collect();
                 scored.sort_by(|a, b| b.probability.total_cmp(&a.probability));
                 pb::Classification { labels: scored }
             })
             .collect();
-        Ok(pb::ClassifyResponse { results, usage: Some(pb::Usage { prompt_tokens: tokens, completion_tokens: 0 }), model: req.model })
+        Ok(pb::ClassifyResponse {
+            results,
+            usage: Some(pb::Usage {
+                prompt_tokens: tokens,
+                completion_tokens: 0,
+            }),
+            model: req.model,
+        })
     }
 
     async fn encode(
@@ -169,13 +254,22 @@ impl Inference {
             return Err(AgentError::InvalidRequest("texts is empty".into()));
         }
         if texts.len() > MAX_BATCH_TEXTS {
-            return Err(AgentError::InvalidRequest(format!("{} texts in one request; the limit is {MAX_BATCH_TEXTS}", texts.len())));
+            return Err(AgentError::InvalidRequest(format!(
+                "{} texts in one request; the limit is {MAX_BATCH_TEXTS}",
+                texts.len()
+            )));
         }
         let ids = r.model.encode_batch(texts)?;
         let tokens = ids.iter().map(Vec::len).sum::<usize>() as u32;
         let started = Instant::now();
-        let _guard = r.slot.admission.enter(model, &r.slot.stats, deadline).await?;
-        let batcher = r.batcher.ok_or_else(|| AgentError::InvalidRequest(format!("model `{model}` is not an encoder")))?;
+        let _guard = r
+            .slot
+            .admission
+            .enter(model, &r.slot.stats, deadline)
+            .await?;
+        let batcher = r.batcher.ok_or_else(|| {
+            AgentError::InvalidRequest(format!("model `{model}` is not an encoder"))
+        })?;
         let stats = &r.slot.stats;
         let result = batcher.run(ids).await;
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +280,10 @@ impl Inference {
             }
             Err(e) => {
                 stats.errors_total.fetch_add(1, Ordering::Relaxed);
-                Err(AgentError::Inference { model: model.into(), message: e.0 })
+                Err(AgentError::Inference {
+                    model: model.into(),
+                    message: e.0,
+                })
             }
         }
     }
@@ -194,12 +291,22 @@ impl Inference {
 
 fn sampling_params(req: &pb::GenerateRequest) -> Result<SamplingParams, AgentError> {
     if !req.temperature.is_finite() || !(0.0..=5.0).contains(&req.temperature) {
-        return Err(AgentError::InvalidRequest(format!("temperature {} must be in 0..=5", req.temperature)));
+        return Err(AgentError::InvalidRequest(format!(
+            "temperature {} must be in 0..=5",
+            req.temperature
+        )));
     }
     if !req.top_p.is_finite() || !(0.0..=1.0).contains(&req.top_p) {
-        return Err(AgentError::InvalidRequest(format!("top_p {} must be in 0..=1", req.top_p)));
+        return Err(AgentError::InvalidRequest(format!(
+            "top_p {} must be in 0..=1",
+            req.top_p
+        )));
     }
-    Ok(SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: req.top_k as usize })
+    Ok(SamplingParams {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k as usize,
+    })
 }
 
 /// One admitted generation, run as its own task.
@@ -224,14 +331,30 @@ enum Stop {
 }
 
 impl Generation {
-    async fn run(mut self, tx: mpsc::Sender<pb::GenerateChunk>, end: oneshot::Sender<AgentError>, _slot: SlotGuard) {
+    async fn run(
+        mut self,
+        tx: mpsc::Sender<pb::GenerateChunk>,
+        end: oneshot::Sender<AgentError>,
+        _slot: SlotGuard,
+    ) {
         let stats = self.slot.stats.clone();
         let mut generated: Vec<u32> = Vec::new();
         let mut text = TextStream::new(std::mem::take(&mut self.stops));
+        let mut detok = Detokenizer::default();
         let mut first_token_at = None;
-        let outcome = self.decode_loop(&tx, &mut generated, &mut text, &mut first_token_at).await;
+        let outcome = self
+            .decode_loop(
+                &tx,
+                &mut generated,
+                &mut detok,
+                &mut text,
+                &mut first_token_at,
+            )
+            .await;
         let n = generated.len() as u32;
-        stats.tokens_generated_total.fetch_add(u64::from(n), Ordering::Relaxed);
+        stats
+            .tokens_generated_total
+            .fetch_add(u64::from(n), Ordering::Relaxed);
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
         let ttft = first_token_at.map(|t: Instant| t.duration_since(self.arrived));
         let tpot = match (first_token_at, n) {
@@ -241,14 +364,28 @@ impl Generation {
         match outcome {
             Stop::Finished(reason) => {
                 stats.record_latency(self.arrived.elapsed(), tpot);
-                let tail = if reason == pb::FinishReason::StopSequence { String::new() } else { text.finish() };
+                let tail = if reason == pb::FinishReason::StopSequence {
+                    String::new()
+                } else {
+                    let held = detok.finish(|ids| self.model.decode(ids));
+                    let pushed = text.push(&held);
+                    pushed.text + &text.finish()
+                };
                 let done = pb::GenerateDone {
                     finish_reason: reason as i32,
-                    usage: Some(pb::Usage { prompt_tokens: self.prompt.len() as u32, completion_tokens: n }),
+                    usage: Some(pb::Usage {
+                        prompt_tokens: self.prompt.len() as u32,
+                        completion_tokens: n,
+                    }),
                     time_to_first_token_ms: ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                     time_per_output_token_ms: tpot.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 };
-                let _ = tx.send(pb::GenerateChunk { text: tail, done: Some(done) }).await;
+                let _ = tx
+                    .send(pb::GenerateChunk {
+                        text: tail,
+                        done: Some(done),
+                    })
+                    .await;
             }
             Stop::Gone => {
                 stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
@@ -273,12 +410,15 @@ impl Generation {
         &mut self,
         tx: &mpsc::Sender<pb::GenerateChunk>,
         generated: &mut Vec<u32>,
+        detok: &mut Detokenizer,
         text: &mut TextStream,
         first_token_at: &mut Option<Instant>,
     ) -> Stop {
         let name = self.model.manifest.name.clone();
         let Engine::Decoder(_) = &self.model.engine else {
-            return Stop::Failed(AgentError::InvalidRequest(format!("model `{name}` is not a decoder")));
+            return Stop::Failed(AgentError::InvalidRequest(format!(
+                "model `{name}` is not a decoder"
+            )));
         };
         let mut cache = None;
         let mut feed = self.prompt.clone();
@@ -288,7 +428,10 @@ impl Generation {
                 return Stop::Gone;
             }
             if self.past_deadline() {
-                return Stop::Failed(AgentError::DeadlineExceeded(format!("after {} generated tokens", generated.len())));
+                return Stop::Failed(AgentError::DeadlineExceeded(format!(
+                    "after {} generated tokens",
+                    generated.len()
+                )));
             }
             let model = self.model.clone();
             let step_feed = std::mem::take(&mut feed);
@@ -307,8 +450,18 @@ impl Generation {
             .await;
             let (c, logits) = match result {
                 Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Stop::Failed(AgentError::Inference { model: name, message: e.0 }),
-                Err(e) => return Stop::Failed(AgentError::Inference { model: name, message: format!("inference task failed: {e}") }),
+                Ok(Err(e)) => {
+                    return Stop::Failed(AgentError::Inference {
+                        model: name,
+                        message: e.0,
+                    });
+                }
+                Err(e) => {
+                    return Stop::Failed(AgentError::Inference {
+                        model: name,
+                        message: format!("inference task failed: {e}"),
+                    });
+                }
             };
             cache = c;
             let token = sample(&logits, &self.params, &mut self.rng);
@@ -317,9 +470,13 @@ impl Generation {
                 return Stop::Finished(pb::FinishReason::Stop);
             }
             generated.push(token);
-            let pushed = text.push(self.model.decode(generated));
+            let piece = detok.push(token, |ids| self.model.decode(ids));
+            let pushed = text.push(&piece);
             if !pushed.text.is_empty() {
-                let chunk = pb::GenerateChunk { text: pushed.text, done: None };
+                let chunk = pb::GenerateChunk {
+                    text: pushed.text,
+                    done: None,
+                };
                 let sent = match self.deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), tx.send(chunk)).await {
                         Ok(r) => r,

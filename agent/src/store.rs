@@ -42,12 +42,18 @@ impl Store {
             .path(dir)
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(|source| StoreError { path: path.clone(), source })?;
+            .map_err(|source| StoreError {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self { db, path })
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
-        StoreError { path: self.path.clone(), source }
+        StoreError {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// This node's id, created (and flushed) on first use.
@@ -57,9 +63,16 @@ impl Store {
         }
         let id = uuid::Uuid::new_v4().to_string();
         // compare-and-swap: two processes racing on one store agree on one id
-        let _ = self.db.compare_and_swap("node_id", None as Option<&[u8]>, Some(id.as_bytes())).map_err(|e| self.err(e))?;
+        let _ = self
+            .db
+            .compare_and_swap("node_id", None as Option<&[u8]>, Some(id.as_bytes()))
+            .map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
-        let v = self.db.get("node_id").map_err(|e| self.err(e))?.unwrap_or_default();
+        let v = self
+            .db
+            .get("node_id")
+            .map_err(|e| self.err(e))?
+            .unwrap_or_default();
         Ok(String::from_utf8_lossy(&v).into_owned())
     }
 
@@ -69,11 +82,17 @@ impl Store {
 
     pub fn counters(&self, model: &str) -> Result<Counters, StoreError> {
         let t = self.tree("counters")?;
-        Ok(t.get(model).map_err(|e| self.err(e))?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+        Ok(t.get(model)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
     }
 
     /// Writes every model's counters and flushes.
-    pub fn save_counters<'a>(&self, all: impl IntoIterator<Item = (&'a str, Counters)>) -> Result<(), StoreError> {
+    pub fn save_counters<'a>(
+        &self,
+        all: impl IntoIterator<Item = (&'a str, Counters)>,
+    ) -> Result<(), StoreError> {
         let t = self.tree("counters")?;
         for (model, c) in all {
             let v = serde_json::to_vec(&c).unwrap_or_default();
@@ -85,12 +104,15 @@ impl Store {
 
     pub fn model_state(&self, model: &str) -> Result<Option<SavedState>, StoreError> {
         let t = self.tree("models")?;
-        Ok(t.get(model).map_err(|e| self.err(e))?.and_then(|v| serde_json::from_slice(&v).ok()))
+        Ok(t.get(model)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     pub fn save_model_state(&self, model: &str, state: &SavedState) -> Result<(), StoreError> {
         let t = self.tree("models")?;
-        t.insert(model, serde_json::to_vec(state).unwrap_or_default()).map_err(|e| self.err(e))?;
+        t.insert(model, serde_json::to_vec(state).unwrap_or_default())
+            .map_err(|e| self.err(e))?;
         t.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -111,14 +133,31 @@ mod tests {
             let s = Store::open(dir.path())?;
             let id = s.node_id()?;
             assert_eq!(s.node_id()?, id);
-            s.save_counters([("m", Counters { requests: 3, errors: 1, rejected: 0, tokens_generated: 40 })])?;
-            s.save_model_state("m", &SavedState { state: "ready".into(), reason: String::new() })?;
+            s.save_counters([(
+                "m",
+                Counters {
+                    requests: 3,
+                    errors: 1,
+                    rejected: 0,
+                    tokens_generated: 40,
+                },
+            )])?;
+            s.save_model_state(
+                "m",
+                &SavedState {
+                    state: "ready".into(),
+                    reason: String::new(),
+                },
+            )?;
             id
         };
         let s = Store::open(dir.path())?;
         assert_eq!(s.node_id()?, id);
         assert_eq!(s.counters("m")?.tokens_generated, 40);
-        assert_eq!(s.model_state("m")?.map(|m| m.state), Some("ready".to_string()));
+        assert_eq!(
+            s.model_state("m")?.map(|m| m.state),
+            Some("ready".to_string())
+        );
         Ok(())
     }
 }

@@ -16,11 +16,19 @@ pub fn status(text: &str) {
 
 /// Asks systemd for more start-up time (model loading can be slow on a small box).
 pub fn extend_start_timeout(by: Duration) {
-    let _ = sd_notify::notify(false, &[NotifyState::ExtendTimeoutUsec(by.as_micros().min(u128::from(u32::MAX)) as u32)]);
+    let _ = sd_notify::notify(
+        false,
+        &[NotifyState::ExtendTimeoutUsec(
+            by.as_micros().min(u128::from(u32::MAX)) as u32,
+        )],
+    );
 }
 
 pub fn stopping() {
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping, NotifyState::Status("draining")]);
+    let _ = sd_notify::notify(
+        false,
+        &[NotifyState::Stopping, NotifyState::Status("draining")],
+    );
 }
 
 /// Pings the watchdog at half the unit's `WatchdogSec` until `stop`, when it is enabled.

@@ -17,17 +17,34 @@ async fn a_full_queue_is_refused_at_once_and_reports_show_the_load() {
     limit(&mut cfg, "tiny-lm-fp32", 1, 2);
     let a = TestAgent::start(cfg, state).await;
 
-    let first = gw.wait_report("every model is ready", |r| r.models.iter().all(|m| m.state == pb::ModelState::Ready as i32)).await;
+    let first = gw
+        .wait_report("every model is ready", |r| {
+            r.models
+                .iter()
+                .all(|m| m.state == pb::ModelState::Ready as i32)
+        })
+        .await;
     let hw = first.hardware.clone().unwrap();
     assert!(hw.cores >= 1 && hw.memory_total_bytes > 0 && !hw.arch.is_empty());
-    let lm = first.models.iter().find(|m| m.name == "tiny-lm-fp32").unwrap();
-    assert_eq!((lm.task, lm.max_concurrency, lm.max_queue), (pb::Task::Generate as i32, 1, 2));
+    let lm = first
+        .models
+        .iter()
+        .find(|m| m.name == "tiny-lm-fp32")
+        .unwrap();
+    assert_eq!(
+        (lm.task, lm.max_concurrency, lm.max_queue),
+        (pb::Task::Generate as i32, 1, 2)
+    );
     assert_eq!(lm.context_length, 512);
     assert!(lm.size_bytes > 400_000 && lm.parameters > 0 && (lm.quality - 0.2).abs() < 1e-6);
 
     // A holds the only slot: it reads one chunk and then stops reading, so it stays in flight.
-    let mut c = a.client.clone();
-    let mut holder = c.generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 400)).await.unwrap().into_inner();
+    let mut c = slow_reader(&a.url).await;
+    let mut holder = c
+        .generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 490))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(holder.message().await.unwrap().is_some());
     // B and C wait in the queue.
     let queued: Vec<_> = (0..2)
@@ -36,21 +53,45 @@ async fn a_full_queue_is_refused_at_once_and_reports_show_the_load() {
             tokio::spawn(async move { collect(&mut c, prompt("tiny-lm-fp32", "Hi", 4)).await })
         })
         .collect();
-    let r = gw.wait_report("one running and two queued", |r| {
-        r.models.iter().any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 1 && m.queue_depth == 2)
-    })
-    .await;
+    let r = gw
+        .wait_report("one running and two queued", |r| {
+            r.models
+                .iter()
+                .any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 1 && m.queue_depth == 2)
+        })
+        .await;
     assert!(r.seq > first.seq);
     // D finds the queue full: refused at once, with a retry hint.
     let mut c = a.client.clone();
-    let err = c.generate(prompt("tiny-lm-fp32", "Hi", 4)).await.unwrap_err();
+    let err = c
+        .generate(prompt("tiny-lm-fp32", "Hi", 4))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    assert!(err.message().starts_with("model `tiny-lm-fp32` is at capacity: 1 running and 2 queued (queue limit 2)"), "{}", err.message());
-    let hint: u64 = err.metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(
+        err.message().starts_with(
+            "model `tiny-lm-fp32` is at capacity: 1 running and 2 queued (queue limit 2)"
+        ),
+        "{}",
+        err.message()
+    );
+    let hint: u64 = err
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(hint >= 50);
     // the other model is not affected
     let mut c = a.client.clone();
-    c.embed(pb::EmbedRequest { model: "tiny-embed".into(), texts: vec!["hello".into()] }).await.unwrap();
+    c.embed(pb::EmbedRequest {
+        model: "tiny-embed".into(),
+        texts: vec!["hello".into()],
+    })
+    .await
+    .unwrap();
 
     // A goes away: its generation stops and B and C run.
     drop(holder);
@@ -59,10 +100,19 @@ async fn a_full_queue_is_refused_at_once_and_reports_show_the_load() {
         assert_eq!(done.usage.unwrap().completion_tokens, 4);
     }
     let slot = a.slot("tiny-lm-fp32");
-    assert_eq!(slot.stats.queue_high_water.load(Ordering::SeqCst), 2, "the queue never exceeded its bound");
+    assert_eq!(
+        slot.stats.queue_high_water.load(Ordering::SeqCst),
+        2,
+        "the queue never exceeded its bound"
+    );
     let r = gw
         .wait_report("the load is gone and counted", |r| {
-            r.models.iter().any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 0 && m.queue_depth == 0 && m.requests_total == 3)
+            r.models.iter().any(|m| {
+                m.name == "tiny-lm-fp32"
+                    && m.in_flight == 0
+                    && m.queue_depth == 0
+                    && m.requests_total == 3
+            })
         })
         .await;
     let lm = r.models.iter().find(|m| m.name == "tiny-lm-fp32").unwrap();
@@ -83,15 +133,25 @@ async fn reports_go_out_at_once_on_drain_and_reconnect_after_the_gateway_returns
     cfg.gateways = vec![format!("http://{gw_addr}")];
     cfg.report_interval = Duration::from_secs(30); // only connect and state changes send reports
     let mut a = TestAgent::start(cfg, state).await;
-    a.client.embed(pb::EmbedRequest { model: "tiny-embed".into(), texts: vec!["hello".into()] }).await.unwrap();
+    a.client
+        .embed(pb::EmbedRequest {
+            model: "tiny-embed".into(),
+            texts: vec!["hello".into()],
+        })
+        .await
+        .unwrap();
 
     let gw = FakeGateway::start_on(gw_addr).await;
-    let r = gw.wait_report("the agent found the gateway", |r| !r.draining).await;
+    let r = gw
+        .wait_report("the agent found the gateway", |r| !r.draining)
+        .await;
     assert_eq!(r.models[0].requests_total, 1);
     let agent = a.agent.take().unwrap();
     let node_id = agent.node.id.clone();
     let stopping = tokio::spawn(agent.stop());
-    let r = gw.wait_report("the drain was reported", |r| r.draining).await;
+    let r = gw
+        .wait_report("the drain was reported", |r| r.draining)
+        .await;
     assert_eq!(r.node_id, node_id);
     stopping.await.unwrap().unwrap();
 }

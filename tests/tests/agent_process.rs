@@ -19,26 +19,42 @@ struct Notify {
 impl Notify {
     fn bind(path: &Path) -> Self {
         let sock = UnixDatagram::bind(path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        Self { sock, seen: Vec::new() }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self {
+            sock,
+            seen: Vec::new(),
+        }
     }
 
     /// Reads notifications until one contains `what` (deadline 30 s).
     fn wait(&mut self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 4096];
-        while !self.seen.iter().any(|m| m.lines().any(|l| l == what || l.starts_with(what))) {
-            assert!(Instant::now() < deadline, "no `{what}` from the agent; saw {:?}", self.seen);
+        while !self
+            .seen
+            .iter()
+            .any(|m| m.lines().any(|l| l == what || l.starts_with(what)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no `{what}` from the agent; saw {:?}",
+                self.seen
+            );
             if let Ok(n) = self.sock.recv(&mut buf) {
-                self.seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
     }
 }
 
 fn spawn(config: &Path, notify: &Path) -> Child {
-    Command::new(agent_bin())
-        .arg("--config")
+    // as systemd does: WATCHDOG_PID names the service's own pid (`exec` keeps the shell's)
+    Command::new("sh")
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" --config \"$1\"")
+        .arg(agent_bin())
         .arg(config)
         .env("NOTIFY_SOCKET", notify)
         .env("WATCHDOG_USEC", "200000")
@@ -50,7 +66,11 @@ fn spawn(config: &Path, notify: &Path) -> Child {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
 }
 
@@ -88,14 +108,33 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
     notify.wait("EXTEND_TIMEOUT_USEC=");
     notify.wait("READY=1");
     notify.wait("WATCHDOG=1");
-    let r = gw.wait_report("models ready", |r| r.models.iter().all(|m| m.state == pb::ModelState::Ready as i32)).await;
+    let r = gw
+        .wait_report("models ready", |r| {
+            r.models
+                .iter()
+                .all(|m| m.state == pb::ModelState::Ready as i32)
+        })
+        .await;
     let node_id = r.node_id.clone();
     let first_addr = r.advertise_addr.clone();
-    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone()).await.unwrap();
+    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone())
+        .await
+        .unwrap();
     for _ in 0..3 {
-        client.embed(pb::EmbedRequest { model: "tiny-embed".into(), texts: vec!["hello".into()] }).await.unwrap();
+        client
+            .embed(pb::EmbedRequest {
+                model: "tiny-embed".into(),
+                texts: vec!["hello".into()],
+            })
+            .await
+            .unwrap();
     }
-    gw.wait_report("three requests reported", |r| r.models.iter().any(|m| m.name == "tiny-embed" && m.requests_total == 3)).await;
+    gw.wait_report("three requests reported", |r| {
+        r.models
+            .iter()
+            .any(|m| m.name == "tiny-embed" && m.requests_total == 3)
+    })
+    .await;
 
     // 2. kill -9, restart: same node id, reported counters intact
     child.kill().unwrap();
@@ -106,15 +145,26 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
     let mut child = spawn(&config, &work.path().join("notify.sock"));
     notify.wait("READY=1");
     let r = gw
-        .wait_report("the restarted agent reports (on a new port)", |r| r.advertise_addr != first_addr)
+        .wait_report("the restarted agent reports (on a new port)", |r| {
+            r.advertise_addr != first_addr
+        })
         .await;
     assert_eq!(r.node_id, node_id, "the node id survives kill -9");
     let embed = r.models.iter().find(|m| m.name == "tiny-embed").unwrap();
-    assert_eq!(embed.requests_total, 3, "acknowledged counters survive kill -9");
+    assert_eq!(
+        embed.requests_total, 3,
+        "acknowledged counters survive kill -9"
+    );
 
     // 3. SIGTERM while a generation streams: it completes, then the agent exits 0
-    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone()).await.unwrap();
-    let mut stream = client.generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 300)).await.unwrap().into_inner();
+    let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone())
+        .await
+        .unwrap();
+    let mut stream = client
+        .generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 300))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(stream.message().await.unwrap().is_some());
     signal(&child, "-TERM");
     notify.wait("STOPPING=1");
@@ -122,8 +172,13 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
     while let Some(c) = stream.message().await.unwrap() {
         done = c.done.or(done);
     }
-    assert_eq!(done.unwrap().usage.unwrap().completion_tokens, 300, "the in-flight request finished");
+    assert_eq!(
+        done.unwrap().usage.unwrap().completion_tokens,
+        300,
+        "the in-flight request finished"
+    );
     let status = wait_exit(&mut child).await;
     assert!(status.success(), "exit status {status:?}");
-    gw.wait_report("the drain was reported", |r| r.draining).await;
+    gw.wait_report("the drain was reported", |r| r.draining)
+        .await;
 }

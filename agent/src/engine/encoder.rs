@@ -16,7 +16,10 @@ use crate::models::manifest::Pooling;
 /// What to do with the output rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
-    Embed { pooling: Pooling, normalize: bool },
+    Embed {
+        pooling: Pooling,
+        normalize: bool,
+    },
     /// Softmax over the output row.
     Classify,
 }
@@ -35,11 +38,19 @@ impl Encoder {
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         for need in ["input_ids", "attention_mask"] {
             if !inputs.contains(&need) {
-                return Err(EngineError(format!("encoder graph has no input `{need}` (inputs: {})", inputs.join(", "))));
+                return Err(EngineError(format!(
+                    "encoder graph has no input `{need}` (inputs: {})",
+                    inputs.join(", ")
+                )));
             }
         }
-        if let Some(extra) = inputs.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n)) {
-            return Err(EngineError(format!("encoder graph has an input `{extra}` this agent cannot feed")));
+        if let Some(extra) = inputs
+            .iter()
+            .find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n))
+        {
+            return Err(EngineError(format!(
+                "encoder graph has an input `{extra}` this agent cannot feed"
+            )));
         }
         if !outputs.contains(&output) {
             return Err(EngineError(format!(
@@ -48,7 +59,13 @@ impl Encoder {
             )));
         }
         let has_token_type_ids = inputs.contains(&"token_type_ids");
-        Ok(Self { session: Mutex::new(session), output: output.to_string(), head, has_token_type_ids, pad_id })
+        Ok(Self {
+            session: Mutex::new(session),
+            output: output.to_string(),
+            head,
+            has_token_type_ids,
+            pad_id,
+        })
     }
 
     /// One ONNX Runtime run over all `batch` token sequences; one output vector per sequence.
@@ -71,11 +88,19 @@ impl Encoder {
             "attention_mask" => Tensor::from_array(([b, s], mask.clone()))?,
         ];
         if self.has_token_type_ids {
-            inputs.push(("token_type_ids".into(), Tensor::from_array(([b, s], vec![0i64; b * s]))?.into()));
+            inputs.push((
+                "token_type_ids".into(),
+                Tensor::from_array(([b, s], vec![0i64; b * s]))?.into(),
+            ));
         }
-        let mut session = self.session.lock().map_err(|_| EngineError("encoder session poisoned".into()))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| EngineError("encoder session poisoned".into()))?;
         let out = session.run(inputs)?;
-        let value = out.get(self.output.as_str()).ok_or_else(|| EngineError(format!("no `{}` output", self.output)))?;
+        let value = out
+            .get(self.output.as_str())
+            .ok_or_else(|| EngineError(format!("no `{}` output", self.output)))?;
         let (shape, data) = value.try_extract_tensor::<f32>()?;
         let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let rows: Vec<Vec<f32>> = match (dims.as_slice(), self.head) {
@@ -100,7 +125,10 @@ impl Encoder {
                 .collect(),
             ([ob, n], _) if *ob == b => (0..b).map(|r| data[r * n..(r + 1) * n].to_vec()).collect(),
             (other, _) => {
-                return Err(EngineError(format!("output `{}` has shape {other:?}, expected [{b}, {s}, hidden] or [{b}, n]", self.output)));
+                return Err(EngineError(format!(
+                    "output `{}` has shape {other:?}, expected [{b}, {s}, hidden] or [{b}, n]",
+                    self.output
+                )));
             }
         };
         Ok(rows.into_iter().map(|v| self.finish(v)).collect())
@@ -108,7 +136,9 @@ impl Encoder {
 
     fn finish(&self, mut v: Vec<f32>) -> Vec<f32> {
         match self.head {
-            Head::Embed { normalize: true, .. } => {
+            Head::Embed {
+                normalize: true, ..
+            } => {
                 let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if norm > 0.0 {
                     v.iter_mut().for_each(|x| *x /= norm);

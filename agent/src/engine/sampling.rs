@@ -15,7 +15,11 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+        }
     }
 }
 
@@ -41,7 +45,10 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         idx.truncate(p.top_k);
     }
     let max = logits[idx[0]];
-    let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i] - max) / p.temperature).exp()).collect();
+    let mut probs: Vec<f32> = idx
+        .iter()
+        .map(|&i| ((logits[i] - max) / p.temperature).exp())
+        .collect();
     let sum: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= sum);
     if p.top_p > 0.0 && p.top_p < 1.0 {
@@ -79,19 +86,32 @@ mod tests {
     fn greedy_takes_the_largest() {
         assert_eq!(argmax(&[0.1, 3.0, 2.9]), 1);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(sample(&[0.1, 3.0, 2.9], &SamplingParams::greedy(), &mut rng), 1);
+        assert_eq!(
+            sample(&[0.1, 3.0, 2.9], &SamplingParams::greedy(), &mut rng),
+            1
+        );
     }
 
     #[test]
     fn top_k_one_is_greedy_and_seeds_repeat() {
         let logits = [1.0, 2.0, 1.5, 0.3];
-        let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 1 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 1,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         assert!((0..50).all(|_| sample(&logits, &p, &mut rng) == 1));
-        let p = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 0 };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 0,
+        };
         let draw = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..20).map(|_| sample(&logits, &p, &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| sample(&logits, &p, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         // top-p 0.9 drops the least likely token (index 3, p ~ 0.07)

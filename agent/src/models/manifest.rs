@@ -173,7 +173,8 @@ impl Manifest {
 
     pub fn parse(path: &Path, text: String) -> Result<Self, Diagnostics> {
         let src = TomlSource::new(path, text);
-        let raw: RawManifest = toml::from_str(src.text()).map_err(|e| Diagnostics(vec![src.from_toml_error(&e)]))?;
+        let raw: RawManifest =
+            toml::from_str(src.text()).map_err(|e| Diagnostics(vec![src.from_toml_error(&e)]))?;
         validate(raw, &src)
     }
 }
@@ -182,11 +183,29 @@ const QUANTIZATIONS: &[&str] = &["fp32", "fp16", "bf16", "int8", "q8", "q4", "q4
 
 fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics> {
     let mut p = Vec::new();
-    if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        p.push(src.diag("name", format!("`{}` must be non-empty and use only letters, digits, `-`, `_` and `.`", raw.name)));
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        p.push(src.diag(
+            "name",
+            format!(
+                "`{}` must be non-empty and use only letters, digits, `-`, `_` and `.`",
+                raw.name
+            ),
+        ));
     }
     if !QUANTIZATIONS.contains(&raw.quantization.as_str()) {
-        p.push(src.diag("quantization", format!("`{}` is not one of {}", raw.quantization, QUANTIZATIONS.join(", "))));
+        p.push(src.diag(
+            "quantization",
+            format!(
+                "`{}` is not one of {}",
+                raw.quantization,
+                QUANTIZATIONS.join(", ")
+            ),
+        ));
     }
     if !(0.0..=1.0).contains(&raw.quality) || raw.quality.is_nan() {
         p.push(src.diag("quality", format!("{} must be in 0..=1", raw.quality)));
@@ -197,10 +216,20 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
     if raw.parameters == 0 {
         p.push(src.diag("parameters", "must be at least 1"));
     }
-    let sections = [("generate", raw.generate.is_some()), ("embed", raw.embed.is_some()), ("classify", raw.classify.is_some())];
+    let sections = [
+        ("generate", raw.generate.is_some()),
+        ("embed", raw.embed.is_some()),
+        ("classify", raw.classify.is_some()),
+    ];
     for (section, present) in sections {
         if present && section != raw.task {
-            p.push(src.diag(section, format!("section [{section}] does not belong to a `{}` model", raw.task)));
+            p.push(src.diag(
+                section,
+                format!(
+                    "section [{section}] does not belong to a `{}` model",
+                    raw.task
+                ),
+            ));
         }
     }
     let spec = match raw.task.as_str() {
@@ -216,17 +245,27 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                 if g.add_bos && g.bos_token_id.is_none() {
                     p.push(src.diag("generate.bos_token_id", "is required when add_bos = true"));
                 }
-                let max = g.default_max_tokens.unwrap_or(256);
+                let max = g.default_max_tokens.unwrap_or(raw.context_length.min(256));
                 if max == 0 || max > raw.context_length {
-                    p.push(src.diag("generate.default_max_tokens", format!("{max} must be in 1..={}", raw.context_length)));
+                    p.push(src.diag(
+                        "generate.default_max_tokens",
+                        format!("{max} must be in 1..={}", raw.context_length),
+                    ));
                 }
                 let chat = g.chat_template.map(|t| {
                     for key in ["{role}", "{content}"] {
                         if !t.message.contains(key) {
-                            p.push(src.diag("generate.chat_template.message", format!("must contain `{key}`")));
+                            p.push(src.diag(
+                                "generate.chat_template.message",
+                                format!("must contain `{key}`"),
+                            ));
                         }
                     }
-                    ChatTemplate { message: t.message, generation_prompt: t.generation_prompt, default_system: t.default_system }
+                    ChatTemplate {
+                        message: t.message,
+                        generation_prompt: t.generation_prompt,
+                        default_system: t.default_system,
+                    }
                 });
                 Some(TaskSpec::Generate(GenerateSpec {
                     eos_token_ids: g.eos_token_ids,
@@ -248,7 +287,10 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                     "cls" => Pooling::Cls,
                     "none" => Pooling::None,
                     other => {
-                        p.push(src.diag("embed.pooling", format!("`{other}` is not one of mean, cls, none")));
+                        p.push(src.diag(
+                            "embed.pooling",
+                            format!("`{other}` is not one of mean, cls, none"),
+                        ));
                         Pooling::Mean
                     }
                 };
@@ -277,14 +319,24 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                     if l.trim().is_empty() {
                         p.push(src.diag(&format!("classify.labels[{i}]"), "must not be empty"));
                     } else if c.labels[..i].contains(l) {
-                        p.push(src.diag(&format!("classify.labels[{i}]"), format!("`{l}` is listed twice")));
+                        p.push(src.diag(
+                            &format!("classify.labels[{i}]"),
+                            format!("`{l}` is listed twice"),
+                        ));
                     }
                 }
-                Some(TaskSpec::Classify(ClassifySpec { output: c.output, labels: c.labels, truncate: c.truncate }))
+                Some(TaskSpec::Classify(ClassifySpec {
+                    output: c.output,
+                    labels: c.labels,
+                    truncate: c.truncate,
+                }))
             }
         },
         other => {
-            p.push(src.diag("task", format!("`{other}` is not one of generate, embed, classify")));
+            p.push(src.diag(
+                "task",
+                format!("`{other}` is not one of generate, embed, classify"),
+            ));
             None
         }
     };
@@ -334,21 +386,29 @@ mod tests {
                 "m/model.toml:1:8: name: `bad name` must be non-empty and use only letters, digits, `-`, `_` and `.`\n\
                  m/model.toml:4:16: quantization: `int3` is not one of fp32, fp16, bf16, int8, q8, q4, q4f16\n\
                  m/model.toml:5:11: quality: 1.5 must be in 0..=1\n\
-                 m/model.toml:9:15: classify.labels[1]: `a` is listed twice"
+                 m/model.toml:9:16: classify.labels[1]: `a` is listed twice"
             )
         );
     }
 
     #[test]
     fn missing_and_unknown_fields_are_located() {
-        let err = parse("name = \"x\"\ntask = \"embed\"\n").err().unwrap_or_default();
-        assert!(err.starts_with("m/model.toml:1:1: missing field `parameters`"), "{err}");
+        let err = parse("name = \"x\"\ntask = \"embed\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("m/model.toml:1:1: missing field `parameters`"),
+            "{err}"
+        );
         let err = parse(
             "name = \"x\"\ntask = \"embed\"\nparameters = 1\nquantization = \"fp32\"\nquality = 0.1\ncontext_length = 8\n\
              [embed]\noutput = \"y\"\npooling = \"max\"\nnormalise = true\n",
         )
         .err()
         .unwrap_or_default();
-        assert!(err.starts_with("m/model.toml:10:1: unknown field `normalise`"), "{err}");
+        assert!(
+            err.starts_with("m/model.toml:10:1: unknown field `normalise`"),
+            "{err}"
+        );
     }
 }

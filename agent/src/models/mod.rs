@@ -45,8 +45,14 @@ pub fn discover(dir: &Path, include: &[String]) -> std::io::Result<(Vec<PathBuf>
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if path.is_dir() && !hidden && (path.join("model.toml").exists() || path.join("model.onnx").exists()) {
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if path.is_dir()
+            && !hidden
+            && (path.join("model.toml").exists() || path.join("model.onnx").exists())
+        {
             found.push(path);
         }
     }
@@ -54,32 +60,65 @@ pub fn discover(dir: &Path, include: &[String]) -> std::io::Result<(Vec<PathBuf>
     if include.is_empty() {
         return Ok((found, Vec::new()));
     }
-    let name = |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    let missing = include.iter().filter(|i| !found.iter().any(|p| &name(p) == *i)).cloned().collect();
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let missing = include
+        .iter()
+        .filter(|i| !found.iter().any(|p| &name(p) == *i))
+        .cloned()
+        .collect();
     found.retain(|p| include.contains(&name(p)));
     Ok((found, missing))
 }
 
 impl LoadedModel {
     /// Loads and checks one folder. `Err` is the reason the model is `failed`.
-    pub fn load(dir: &Path, manifest: Manifest, rt: &Runtime, intra_threads: usize) -> Result<Self, String> {
+    pub fn load(
+        dir: &Path,
+        manifest: Manifest,
+        rt: &Runtime,
+        intra_threads: usize,
+    ) -> Result<Self, String> {
         let started = Instant::now();
         let onnx = dir.join("model.onnx");
-        let size_bytes = std::fs::metadata(&onnx).map_err(|e| format!("{}: {e}", onnx.display()))?.len();
+        let size_bytes = std::fs::metadata(&onnx)
+            .map_err(|e| format!("{}: {e}", onnx.display()))?
+            .len();
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
-        let session = open_session(rt, &onnx, intra_threads).map_err(|e| format!("{}: {e}", onnx.display()))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
+        let session = open_session(rt, &onnx, intra_threads)
+            .map_err(|e| format!("{}: {e}", onnx.display()))?;
         let engine = match &manifest.spec {
             TaskSpec::Generate(_) => Engine::Decoder(Decoder::new(session).map_err(|e| e.0)?),
             TaskSpec::Embed(e) => Engine::Encoder(
-                Encoder::new(session, &e.output, Head::Embed { pooling: e.pooling, normalize: e.normalize }, pad_id(&tokenizer))
+                Encoder::new(
+                    session,
+                    &e.output,
+                    Head::Embed {
+                        pooling: e.pooling,
+                        normalize: e.normalize,
+                    },
+                    pad_id(&tokenizer),
+                )
+                .map_err(|e| e.0)?,
+            ),
+            TaskSpec::Classify(c) => Engine::Encoder(
+                Encoder::new(session, &c.output, Head::Classify, pad_id(&tokenizer))
                     .map_err(|e| e.0)?,
             ),
-            TaskSpec::Classify(c) => {
-                Engine::Encoder(Encoder::new(session, &c.output, Head::Classify, pad_id(&tokenizer)).map_err(|e| e.0)?)
-            }
         };
-        Ok(Self { manifest, tokenizer, engine, size_bytes, load_time: started.elapsed() })
+        Ok(Self {
+            manifest,
+            tokenizer,
+            engine,
+            size_bytes,
+            load_time: started.elapsed(),
+        })
     }
 
     /// One small inference that exercises the whole path; returns how long it took.
@@ -94,7 +133,9 @@ impl LoadedModel {
                 d.step(&mut cache, &[next]).map_err(|e| e.0)?;
             }
             Engine::Encoder(e) => {
-                let batch = self.encode_batch(&["hello world".to_string()]).map_err(|e| e.to_string())?;
+                let batch = self
+                    .encode_batch(&["hello world".to_string()])
+                    .map_err(|e| e.to_string())?;
                 let rows = e.run(&batch).map_err(|e| e.0)?;
                 let expect = match &self.manifest.spec {
                     TaskSpec::Classify(c) => Some(c.labels.len()),
@@ -138,7 +179,9 @@ impl LoadedModel {
     /// Renders chat turns with the manifest's template.
     pub fn render_chat(&self, turns: &[Turn<'_>]) -> Result<String, AgentError> {
         let TaskSpec::Generate(g) = &self.manifest.spec else {
-            return Err(AgentError::InvalidRequest("only generate models take chat messages".into()));
+            return Err(AgentError::InvalidRequest(
+                "only generate models take chat messages".into(),
+            ));
         };
         let Some(t) = &g.chat_template else {
             return Err(AgentError::InvalidRequest(format!(
@@ -147,7 +190,11 @@ impl LoadedModel {
             )));
         };
         let mut out = String::new();
-        let turn = |role: &str, content: &str| t.message.replace("{role}", role).replace("{content}", content);
+        let turn = |role: &str, content: &str| {
+            t.message
+                .replace("{role}", role)
+                .replace("{content}", content)
+        };
         if let (Some(sys), false) = (&t.default_system, turns.iter().any(|m| m.role == "system")) {
             out.push_str(&turn("system", sys));
         }
@@ -186,8 +233,13 @@ impl LoadedModel {
                 // keep the closing special token (e.g. [SEP]) when there is one
                 let last = ids.last().copied();
                 ids.truncate(ctx);
-                if let (Some(l), true) = (last, self.tokenizer.id_to_token(ids[ctx - 1]).is_some()) {
-                    if self.tokenizer.get_added_vocabulary().is_special_token(&self.tokenizer.id_to_token(l).unwrap_or_default()) {
+                if let (Some(l), true) = (last, self.tokenizer.id_to_token(ids[ctx - 1]).is_some())
+                {
+                    if self
+                        .tokenizer
+                        .get_added_vocabulary()
+                        .is_special_token(&self.tokenizer.id_to_token(l).unwrap_or_default())
+                    {
                         ids[ctx - 1] = l;
                     }
                 }
@@ -203,5 +255,7 @@ impl LoadedModel {
 }
 
 fn pad_id(tok: &Tokenizer) -> u32 {
-    tok.token_to_id("[PAD]").or_else(|| tok.token_to_id("<pad>")).unwrap_or(0)
+    tok.token_to_id("[PAD]")
+        .or_else(|| tok.token_to_id("<pad>"))
+        .unwrap_or(0)
 }

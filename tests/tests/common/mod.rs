@@ -17,7 +17,10 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn fixtures() -> PathBuf {
@@ -52,7 +55,10 @@ where
         if cond().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -72,9 +78,13 @@ struct FleetSvc {
 
 #[tonic::async_trait]
 impl pb::fleet_server::Fleet for FleetSvc {
-    type ReportStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
+    type ReportStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
 
-    async fn report(&self, req: Request<Streaming<pb::NodeReport>>) -> Result<Response<Self::ReportStream>, Status> {
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::NodeReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
         let mut stream = req.into_inner();
         let (latest, count) = (self.latest.clone(), self.count.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -83,7 +93,14 @@ impl pb::fleet_server::Fleet for FleetSvc {
                 let seq = r.seq;
                 latest.send_replace(Some(r));
                 count.send_modify(|c| *c += 1);
-                if tx.send(Ok(pb::ReportAck { gateway_id: "test".into(), seq })).await.is_err() {
+                if tx
+                    .send(Ok(pb::ReportAck {
+                        gateway_id: "test".into(),
+                        seq,
+                    }))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -102,9 +119,20 @@ impl FakeGateway {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (latest_tx, latest) = watch::channel(None);
         let (count_tx, reports) = watch::channel(0);
-        let svc = pb::fleet_server::FleetServer::new(FleetSvc { latest: latest_tx, count: count_tx });
-        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener)));
-        Self { url, latest, reports }
+        let svc = pb::fleet_server::FleetServer::new(FleetSvc {
+            latest: latest_tx,
+            count: count_tx,
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self {
+            url,
+            latest,
+            reports,
+        }
     }
 
     pub fn latest(&self) -> Option<pb::NodeReport> {
@@ -116,11 +144,18 @@ impl FakeGateway {
     }
 
     /// Waits until a report satisfies `cond`; returns it.
-    pub async fn wait_report(&self, what: &str, cond: impl Fn(&pb::NodeReport) -> bool) -> pb::NodeReport {
+    pub async fn wait_report(
+        &self,
+        what: &str,
+        cond: impl Fn(&pb::NodeReport) -> bool,
+    ) -> pb::NodeReport {
         let mut rx = self.latest.clone();
-        let r = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| r.as_ref().is_some_and(&cond)))
-            .await
-            .unwrap_or_else(|_| panic!("no report where {what}; last: {:?}", self.latest()));
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            rx.wait_for(|r| r.as_ref().is_some_and(&cond)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no report where {what}; last: {:?}", self.latest()));
         r.unwrap().clone().unwrap()
     }
 }
@@ -146,7 +181,13 @@ pub fn config(models: &Path, gateway: Option<&FakeGateway>) -> (AgentConfig, tem
 }
 
 pub fn limit(c: &mut AgentConfig, model: &str, max_concurrency: u32, max_queue: u32) {
-    c.limits.insert(model.into(), Limits { max_concurrency: Some(max_concurrency), max_queue: Some(max_queue) });
+    c.limits.insert(
+        model.into(),
+        Limits {
+            max_concurrency: Some(max_concurrency),
+            max_queue: Some(max_queue),
+        },
+    );
 }
 
 impl TestAgent {
@@ -155,12 +196,26 @@ impl TestAgent {
         let mut agent = Agent::start(config, listener).await.unwrap();
         agent.loaded().await;
         let url = format!("http://{}", agent.addr);
-        let client = pb::agent_client::AgentClient::connect(url.clone()).await.unwrap();
-        Self { agent: Some(agent), client, url, _state: state }
+        let client = pb::agent_client::AgentClient::connect(url.clone())
+            .await
+            .unwrap();
+        Self {
+            agent: Some(agent),
+            client,
+            url,
+            _state: state,
+        }
     }
 
     pub fn slot(&self, name: &str) -> std::sync::Arc<edgewise_agent::node::ModelSlot> {
-        self.agent.as_ref().unwrap().node.slots.get(name).unwrap().clone()
+        self.agent
+            .as_ref()
+            .unwrap()
+            .node
+            .slots
+            .get(name)
+            .unwrap()
+            .clone()
     }
 
     pub async fn stop(mut self) {
@@ -168,6 +223,19 @@ impl TestAgent {
             a.stop().await.unwrap();
         }
     }
+}
+
+/// A client whose HTTP/2 receive window is tiny: a stream it stops reading fills within a
+/// few hundred bytes, so the agent's generation blocks on it deterministically.
+pub async fn slow_reader(url: &str) -> pb::agent_client::AgentClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    pb::agent_client::AgentClient::new(ch)
 }
 
 pub fn prompt(model: &str, text: &str, max_tokens: u32) -> pb::GenerateRequest {
@@ -200,6 +268,10 @@ pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("edgewise-agent");
-    assert!(bin.exists(), "{} not built (run `cargo build --workspace`)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built (run `cargo build --workspace`)",
+        bin.display()
+    );
     bin
 }

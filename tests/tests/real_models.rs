@@ -1,0 +1,112 @@
+//! The real models from `make models`: SmolLM2 answers, MiniLM embeds, the classifiers classify.
+//! `make test` sets EDGEWISE_TEST_REAL_MODELS=required, so there a missing models/ fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use edgewise_proto as pb;
+
+fn real_models() -> Option<std::path::PathBuf> {
+    let dir = repo_root().join("models");
+    if dir.join("smollm2-135m-int8/model.onnx").exists() {
+        return Some(dir);
+    }
+    assert_ne!(
+        std::env::var("EDGEWISE_TEST_REAL_MODELS").as_deref(),
+        Ok("required"),
+        "models/ is missing: run `make models`"
+    );
+    eprintln!("skipping: models/ is missing (run `make models`)");
+    None
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[tokio::test]
+async fn smollm2_int8_answers_and_minilm_models_agree_with_their_sources() {
+    let Some(dir) = real_models() else { return };
+    let (mut cfg, state) = config(&dir, None);
+    cfg.include = vec![
+        "smollm2-135m-int8".into(),
+        "minilm-l6-int8".into(),
+        "minilm-difficulty".into(),
+    ];
+    cfg.intra_op_threads = 2;
+    let mut a = TestAgent::start(cfg, state).await;
+    for name in ["smollm2-135m-int8", "minilm-l6-int8", "minilm-difficulty"] {
+        assert!(
+            a.slot(name).ready().is_some(),
+            "{name} is not ready: {:?}",
+            a.slot(name).state_name()
+        );
+    }
+
+    let req = pb::GenerateRequest {
+        model: "smollm2-135m-int8".into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+        })),
+        max_tokens: 32,
+        ..Default::default()
+    };
+    let (text, done) = collect(&mut a.client, req).await.unwrap();
+    println!("SmolLM2 int8: {text:?} ({done:?})");
+    assert!(text.contains("Paris"), "{text:?}");
+
+    let texts = [
+        "What is the capital of France?",
+        "Paris is the capital city of France.",
+        "Implement a lock-free hash map in Rust.",
+    ];
+    let e = a
+        .client
+        .embed(pb::EmbedRequest {
+            model: "minilm-l6-int8".into(),
+            texts: texts.map(String::from).to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let v: Vec<&[f32]> = e.embeddings.iter().map(|e| e.values.as_slice()).collect();
+    assert_eq!(v[0].len(), 384);
+    assert!(
+        cosine(v[0], v[1]) > cosine(v[0], v[2]) + 0.2,
+        "{} vs {}",
+        cosine(v[0], v[1]),
+        cosine(v[0], v[2])
+    );
+
+    let c = a
+        .client
+        .classify(pb::ClassifyRequest {
+            model: "minilm-difficulty".into(),
+            texts: vec![
+                "What is the capital of France?".into(),
+                "Implement a lock-free concurrent hash map and prove it is linearizable.".into(),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hard = |i: usize| {
+        c.results[i]
+            .labels
+            .iter()
+            .find(|l| l.label == "hard")
+            .unwrap()
+            .probability
+    };
+    assert!(
+        hard(0) < 0.3 && hard(1) > 0.7,
+        "P(hard) = {} and {}",
+        hard(0),
+        hard(1)
+    );
+    a.stop().await;
+}
