@@ -65,15 +65,15 @@ impl Inference {
                     .join(", "),
             )
         })?;
-        if let Some(m) = &slot.manifest {
-            if m.task() != wanted {
-                return Err(AgentError::WrongTask {
-                    model: name.into(),
-                    actual: m.task().as_str(),
-                    wanted: wanted.as_str(),
-                    call,
-                });
-            }
+        if let Some(m) = &slot.manifest
+            && m.task() != wanted
+        {
+            return Err(AgentError::WrongTask {
+                model: name.into(),
+                actual: m.task().as_str(),
+                wanted: wanted.as_str(),
+                call,
+            });
         }
         match slot.ready() {
             Some((model, batcher)) => Ok(Ready {

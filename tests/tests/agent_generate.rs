@@ -218,7 +218,7 @@ async fn chat_messages_use_the_template_and_bad_requests_are_named() {
 async fn a_deadline_stops_generation_and_frees_the_slot() {
     let dir = models_dir(&["tiny-lm-fp32"]);
     let (cfg, state) = config(dir.path(), None);
-    let mut a = TestAgent::start(cfg, state).await;
+    let a = TestAgent::start(cfg, state).await;
     let slot = a.slot("tiny-lm-fp32");
     // The caller reads one chunk and then stops reading: generation blocks on the full
     // stream buffer, and the deadline (not the end of the text) must end it.

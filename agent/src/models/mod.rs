@@ -142,13 +142,13 @@ impl LoadedModel {
                     TaskSpec::Embed(e) => e.dimensions.map(|d| d as usize),
                     TaskSpec::Generate(_) => None,
                 };
-                if let (Some(n), Some(row)) = (expect, rows.first()) {
-                    if row.len() != n {
-                        return Err(format!(
-                            "the model outputs {} values per input, the manifest says {n}",
-                            row.len()
-                        ));
-                    }
+                if let (Some(n), Some(row)) = (expect, rows.first())
+                    && row.len() != n
+                {
+                    return Err(format!(
+                        "the model outputs {} values per input, the manifest says {n}",
+                        row.len()
+                    ));
                 }
                 if rows.iter().flatten().any(|v| !v.is_finite()) {
                     return Err("the smoke inference produced non-finite values".into());
@@ -168,10 +168,10 @@ impl LoadedModel {
     /// A raw prompt's token ids (with BOS when the manifest asks for it).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, AgentError> {
         let mut ids = self.tokenize(text, false)?;
-        if let TaskSpec::Generate(g) = &self.manifest.spec {
-            if let (true, Some(bos)) = (g.add_bos, g.bos_token_id) {
-                ids.insert(0, bos);
-            }
+        if let TaskSpec::Generate(g) = &self.manifest.spec
+            && let (true, Some(bos)) = (g.add_bos, g.bos_token_id)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
@@ -231,22 +231,21 @@ impl LoadedModel {
                     )));
                 }
                 // keep the closing special token (e.g. [SEP]) when there is one
-                let last = ids.last().copied();
+                let last = ids[ids.len() - 1];
                 ids.truncate(ctx);
-                if let (Some(l), true) = (last, self.tokenizer.id_to_token(ids[ctx - 1]).is_some())
-                {
-                    if self
-                        .tokenizer
-                        .get_added_vocabulary()
-                        .is_special_token(&self.tokenizer.id_to_token(l).unwrap_or_default())
-                    {
-                        ids[ctx - 1] = l;
-                    }
+                if self.is_special(last) {
+                    ids[ctx - 1] = last;
                 }
             }
             out.push(ids);
         }
         Ok(out)
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.tokenizer
+            .id_to_token(id)
+            .is_some_and(|t| self.tokenizer.get_added_vocabulary().is_special_token(&t))
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {
