@@ -10,7 +10,7 @@ export ORT_DISABLE_TELEMETRY := 1
 .PHONY: help onnxruntime models fixtures build release test lint fmt up clean
 
 help:
-	@echo "make up           run an agent on this box with the real models"
+	@echo "make up           run an agent on this box with the real models (ONCE=1: self-check, then exit)"
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
 	@echo "make models       fetch and prepare the real models into models/"
@@ -40,8 +40,9 @@ lint:
 test: onnxruntime models lint
 	EDGEWISE_TEST_REAL_MODELS=required $(CARGO) test --workspace --no-fail-fast
 
+ONCE ?= 0
 up: onnxruntime models release
-	@bash deploy/dev/up.sh
+	@ONCE=$(ONCE) bash deploy/dev/up.sh
 
 clean:
 	rm -rf build/state target

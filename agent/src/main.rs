@@ -32,6 +32,41 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Call a running agent (for trying a model by hand).
+    Call {
+        /// The agent's address.
+        #[arg(long, default_value = "http://127.0.0.1:7300")]
+        addr: String,
+        #[command(subcommand)]
+        command: CallCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallCommand {
+    /// Stream a generation to stdout.
+    Generate {
+        #[arg(long)]
+        model: String,
+        /// Send the text as a user chat message (rendered with the model's chat template).
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        text: String,
+    },
+    /// Print the embedding of each text (dimensions and the first values).
+    Embed {
+        #[arg(long)]
+        model: String,
+        texts: Vec<String>,
+    },
+    /// Print the label probabilities of each text.
+    Classify {
+        #[arg(long)]
+        model: String,
+        texts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +138,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Call { addr, command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(call(&addr, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run => {
             let config = AgentConfig::load(&cli.config, &env_vars())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -118,6 +158,39 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
+    use edgewise_agent::call;
+    match command {
+        CallCommand::Generate { model, chat, max_tokens, text } => {
+            let done = call::generate(addr, &model, &text, chat, max_tokens).await?;
+            let usage = done.usage.unwrap_or_default();
+            eprintln!(
+                "[{model}: {} prompt + {} completion tokens, first token {:.0} ms, {:.1} ms/token, finish {:?}]",
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                done.time_to_first_token_ms,
+                done.time_per_output_token_ms,
+                done.finish_reason()
+            );
+        }
+        CallCommand::Embed { model, texts } => {
+            let r = call::embed(addr, &model, texts.clone()).await?;
+            for (t, e) in texts.iter().zip(r.embeddings) {
+                let head: Vec<String> = e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                println!("{t:?}: {} dims [{}, ...]", e.values.len(), head.join(", "));
+            }
+        }
+        CallCommand::Classify { model, texts } => {
+            let r = call::classify(addr, &model, texts.clone()).await?;
+            for (t, c) in texts.iter().zip(r.results) {
+                let top: Vec<String> = c.labels.iter().take(3).map(|l| format!("{} {:.2}", l.label, l.probability)).collect();
+                println!("{t:?}: {}", top.join(", "));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
