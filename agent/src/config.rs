@@ -348,7 +348,7 @@ fn validate(
     }
     cfg.state_dir = match raw.state.dir {
         Some(d) => base.join(d),
-        None => PathBuf::from("/var/lib/edgewise-agent"),
+        None => PathBuf::from("/var/lib/edgewise/agent"),
     };
     if problems.is_empty() {
         Ok(cfg)
