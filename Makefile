@@ -23,7 +23,8 @@ models:
 	@bash tools/fetch_models.sh
 
 # The committed fixtures are byte-identical to what this writes (seeded).
-fixtures: models
+fixtures:
+	@bash tools/fetch_models.sh --venv-only
 	build/venv/bin/python tools/prepare_models.py fixtures --out tests/fixtures/models
 
 build:

