@@ -38,7 +38,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/.
+# The binaries are built first: tests/ runs the real edgewise-agent (cargo test builds only
+# the binaries of the package under test).
 test: onnxruntime models lint
+	$(CARGO) build --workspace --bins
 	EDGEWISE_TEST_REAL_MODELS=required $(CARGO) test --workspace --no-fail-fast
 
 ONCE ?= 0

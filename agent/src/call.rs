@@ -14,22 +14,38 @@ pub enum CallError {
     Io(#[from] std::io::Error),
 }
 
-async fn client(addr: &str) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, CallError> {
+async fn client(
+    addr: &str,
+) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, CallError> {
     pb::agent_client::AgentClient::connect(addr.to_string())
         .await
         .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))
 }
 
 /// Streams a generation to stdout; returns the final chunk's summary.
-pub async fn generate(addr: &str, model: &str, text: &str, chat: bool, max_tokens: u32) -> Result<pb::GenerateDone, CallError> {
+pub async fn generate(
+    addr: &str,
+    model: &str,
+    text: &str,
+    chat: bool,
+    max_tokens: u32,
+) -> Result<pb::GenerateDone, CallError> {
     let input = if chat {
         pb::generate_request::Input::Chat(pb::ChatMessages {
-            messages: vec![pb::ChatMessage { role: "user".into(), content: text.into() }],
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: text.into(),
+            }],
         })
     } else {
         pb::generate_request::Input::Prompt(text.into())
     };
-    let req = pb::GenerateRequest { model: model.into(), input: Some(input), max_tokens, ..Default::default() };
+    let req = pb::GenerateRequest {
+        model: model.into(),
+        input: Some(input),
+        max_tokens,
+        ..Default::default()
+    };
     let mut stream = client(addr).await?.generate(req).await?.into_inner();
     let mut out = std::io::stdout();
     let mut done = None;
@@ -39,13 +55,39 @@ pub async fn generate(addr: &str, model: &str, text: &str, chat: bool, max_token
         done = chunk.done.or(done);
     }
     writeln!(out)?;
-    done.ok_or_else(|| CallError::Status(tonic::Status::internal("the stream ended without a final chunk")))
+    done.ok_or_else(|| {
+        CallError::Status(tonic::Status::internal(
+            "the stream ended without a final chunk",
+        ))
+    })
 }
 
-pub async fn embed(addr: &str, model: &str, texts: Vec<String>) -> Result<pb::EmbedResponse, CallError> {
-    Ok(client(addr).await?.embed(pb::EmbedRequest { model: model.into(), texts }).await?.into_inner())
+pub async fn embed(
+    addr: &str,
+    model: &str,
+    texts: Vec<String>,
+) -> Result<pb::EmbedResponse, CallError> {
+    Ok(client(addr)
+        .await?
+        .embed(pb::EmbedRequest {
+            model: model.into(),
+            texts,
+        })
+        .await?
+        .into_inner())
 }
 
-pub async fn classify(addr: &str, model: &str, texts: Vec<String>) -> Result<pb::ClassifyResponse, CallError> {
-    Ok(client(addr).await?.classify(pb::ClassifyRequest { model: model.into(), texts }).await?.into_inner())
+pub async fn classify(
+    addr: &str,
+    model: &str,
+    texts: Vec<String>,
+) -> Result<pb::ClassifyResponse, CallError> {
+    Ok(client(addr)
+        .await?
+        .classify(pb::ClassifyRequest {
+            model: model.into(),
+            texts,
+        })
+        .await?
+        .into_inner())
 }

@@ -139,7 +139,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Call { addr, command } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(call(&addr, command))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -163,7 +165,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
 async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
     use edgewise_agent::call;
     match command {
-        CallCommand::Generate { model, chat, max_tokens, text } => {
+        CallCommand::Generate {
+            model,
+            chat,
+            max_tokens,
+            text,
+        } => {
             let done = call::generate(addr, &model, &text, chat, max_tokens).await?;
             let usage = done.usage.unwrap_or_default();
             eprintln!(
@@ -178,14 +185,20 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
         CallCommand::Embed { model, texts } => {
             let r = call::embed(addr, &model, texts.clone()).await?;
             for (t, e) in texts.iter().zip(r.embeddings) {
-                let head: Vec<String> = e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                let head: Vec<String> =
+                    e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
                 println!("{t:?}: {} dims [{}, ...]", e.values.len(), head.join(", "));
             }
         }
         CallCommand::Classify { model, texts } => {
             let r = call::classify(addr, &model, texts.clone()).await?;
             for (t, c) in texts.iter().zip(r.results) {
-                let top: Vec<String> = c.labels.iter().take(3).map(|l| format!("{} {:.2}", l.label, l.probability)).collect();
+                let top: Vec<String> = c
+                    .labels
+                    .iter()
+                    .take(3)
+                    .map(|l| format!("{} {:.2}", l.label, l.probability))
+                    .collect();
                 println!("{t:?}: {}", top.join(", "));
             }
         }

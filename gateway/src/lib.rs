@@ -3,3 +3,5 @@
 //!
 //! Not built yet: this crate holds the place in the workspace for the gateway issue, which
 //! adds the policy files, the pure decision core, the fleet registry and the providers.
+
+pub mod routing;

@@ -1,0 +1,424 @@
+//! The routing decision: pure, no I/O, no clock. It takes a policy, a fleet snapshot, the
+//! providers' prices, today's spend and a request, and returns the decision with a trace of
+//! why every other candidate was excluded. Randomness (power of two choices) comes from the
+//! caller's RNG, so a seeded RNG makes decisions reproducible.
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+
+use super::types::*;
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Local {
+        node: String,
+        addr: String,
+        model: String,
+    },
+    External {
+        provider: String,
+        model: String,
+        worst_case_usd: f64,
+    },
+}
+
+/// Why nothing may serve a request; each maps to one gRPC code at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No route, or no adequate model and external not permitted.
+    NoAdequateModel(String),
+    /// Adequate models exist but none has capacity, and there is no fallback.
+    NoCapacity(String),
+    /// Only external could serve, and policy forbids it for this data class.
+    Forbidden(String),
+}
+
+/// One candidate that was not chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// `node/model`, or `external:provider/model`.
+    pub candidate: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub data_class: DataClass,
+    /// The route that matched (empty when none did).
+    pub route: String,
+    /// Which rule chose the target, e.g. `smallest`, `spill: larger`, `external: no_adequate_local`.
+    pub rule: String,
+    pub outcome: Result<Target, Refusal>,
+    pub excluded: Vec<Exclusion>,
+}
+
+/// Everything `decide` reads besides the request.
+pub struct Inputs<'a> {
+    pub policy: &'a Policy,
+    pub fleet: &'a FleetSnapshot,
+    pub providers: &'a BTreeMap<String, ProviderPrice>,
+    pub budgets: &'a Budgets,
+}
+
+struct Candidate<'a> {
+    node: &'a NodeView,
+    model: &'a ModelView,
+}
+
+pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> Decision {
+    let data_class = req.data_class.unwrap_or(inputs.policy.default_data_class);
+    let mut excluded = Vec::new();
+    let Some(route) = match_route(inputs.policy, req, data_class) else {
+        let named = req
+            .route
+            .as_deref()
+            .map(|r| format!(" named `{r}`"))
+            .unwrap_or_default();
+        return Decision {
+            data_class,
+            route: String::new(),
+            rule: "no route".into(),
+            outcome: Err(Refusal::NoAdequateModel(format!(
+                "no route{named} matches tenant `{}`, task {}, data class {data_class}",
+                req.tenant, req.task
+            ))),
+            excluded,
+        };
+    };
+    let need_quality = req.min_quality.unwrap_or(0.0).max(route.min_quality);
+    let need_context = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
+
+    // 1. adequate local candidates
+    let mut adequate: Vec<Candidate<'_>> = Vec::new();
+    for node in &inputs.fleet.nodes {
+        for model in node.models.iter().filter(|m| m.task == req.task) {
+            let why = if !node.live {
+                Some("node is not live".to_string())
+            } else if req.exclude_nodes.contains(&node.id) {
+                Some("node already failed this request".to_string())
+            } else if !model.ready {
+                Some("model is not ready".to_string())
+            } else if model.quality < need_quality {
+                Some(format!(
+                    "quality {} is below the required {need_quality}",
+                    model.quality
+                ))
+            } else if u64::from(model.context_length) < need_context {
+                Some(format!(
+                    "context {} is shorter than prompt + max_tokens ({need_context})",
+                    model.context_length
+                ))
+            } else {
+                None
+            };
+            match why {
+                Some(reason) => excluded.push(Exclusion {
+                    candidate: format!("{}/{}", node.id, model.name),
+                    reason,
+                }),
+                None => adequate.push(Candidate { node, model }),
+            }
+        }
+    }
+    // smallest first: parameters, then bytes, then name (a stable order for equal sizes)
+    adequate.sort_by(|a, b| {
+        (
+            a.model.parameters,
+            a.model.size_bytes,
+            &a.model.name,
+            &a.node.id,
+        )
+            .cmp(&(
+                b.model.parameters,
+                b.model.size_bytes,
+                &b.model.name,
+                &b.node.id,
+            ))
+    });
+    let decision = |rule: String, outcome, excluded| Decision {
+        data_class,
+        route: route.name.clone(),
+        rule,
+        outcome,
+        excluded,
+    };
+
+    if adequate.is_empty() {
+        return match external(
+            inputs,
+            route,
+            req,
+            data_class,
+            ExternalCondition::NoAdequateLocal,
+            &mut excluded,
+        ) {
+            Ok(t) => decision("external: no_adequate_local".into(), Ok(t), excluded),
+            Err(ExternalRefusal::Forbidden(why)) => decision(
+                "refused".into(),
+                Err(Refusal::Forbidden(format!(
+                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
+                    route.name, req.task
+                ))),
+                excluded,
+            ),
+            Err(ExternalRefusal::NotPermitted(why)) => decision(
+                "refused".into(),
+                Err(Refusal::NoAdequateModel(format!(
+                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
+                    route.name, req.task
+                ))),
+                excluded,
+            ),
+        };
+    }
+
+    // 2. the smallest adequate model, on a node with a free slot
+    let smallest = adequate[0].model.name.clone();
+    if let Some(c) = two_choices(
+        tier(&adequate, &smallest).filter(|c| c.model.has_free_slot()),
+        rng,
+    ) {
+        note_others(
+            &adequate,
+            c,
+            &mut excluded,
+            "a smaller or less loaded candidate was chosen",
+        );
+        return decision("smallest".into(), Ok(local(c)), excluded);
+    }
+
+    // 3. the route's spill rule
+    let busy = |excluded: &mut Vec<Exclusion>| {
+        for c in &adequate {
+            excluded.push(Exclusion {
+                candidate: format!("{}/{}", c.node.id, c.model.name),
+                reason: format!(
+                    "no free slot ({} busy of {})",
+                    c.model.busy(),
+                    c.model.max_concurrency
+                ),
+            });
+        }
+    };
+    match route.spill {
+        Spill::Larger => {
+            let mut names: Vec<&str> = Vec::new();
+            for c in &adequate {
+                if !names.contains(&c.model.name.as_str()) {
+                    names.push(&c.model.name);
+                }
+            }
+            for name in names.into_iter().skip(1) {
+                if let Some(c) = two_choices(
+                    tier(&adequate, name).filter(|c| c.model.has_free_slot()),
+                    rng,
+                ) {
+                    note_others(
+                        &adequate,
+                        c,
+                        &mut excluded,
+                        "no free slot, or a smaller model with capacity was chosen",
+                    );
+                    return decision("spill: larger".into(), Ok(local(c)), excluded);
+                }
+            }
+        }
+        Spill::Wait => {
+            let queued = tier(&adequate, &smallest)
+                .filter(|c| c.model.has_queue_room())
+                .min_by(|a, b| {
+                    a.model
+                        .load()
+                        .total_cmp(&b.model.load())
+                        .then_with(|| a.node.id.cmp(&b.node.id))
+                });
+            if let Some(c) = queued {
+                note_others(&adequate, c, &mut excluded, "a shorter queue was chosen");
+                return decision("spill: wait".into(), Ok(local(c)), excluded);
+            }
+        }
+        Spill::External => {}
+    }
+    busy(&mut excluded);
+    match external(
+        inputs,
+        route,
+        req,
+        data_class,
+        ExternalCondition::NoLocalCapacity,
+        &mut excluded,
+    ) {
+        Ok(t) => decision("external: no_local_capacity".into(), Ok(t), excluded),
+        Err(ExternalRefusal::Forbidden(why) | ExternalRefusal::NotPermitted(why)) => decision(
+            "refused".into(),
+            Err(Refusal::NoCapacity(format!(
+                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
+                route.name,
+                req.task,
+                spill_name(route.spill)
+            ))),
+            excluded,
+        ),
+    }
+}
+
+fn spill_name(s: Spill) -> &'static str {
+    match s {
+        Spill::Larger => "larger",
+        Spill::Wait => "wait",
+        Spill::External => "external",
+    }
+}
+
+fn match_route<'p>(policy: &'p Policy, req: &RouteRequest, class: DataClass) -> Option<&'p Route> {
+    policy.routes.iter().find(|r| {
+        req.route.as_ref().is_none_or(|n| &r.name == n)
+            && (r.tenants.is_empty() || r.tenants.contains(&req.tenant))
+            && (r.tasks.is_empty() || r.tasks.contains(&req.task))
+            && (r.data_classes.is_empty() || r.data_classes.contains(&class))
+    })
+}
+
+/// The candidates that run model `name`.
+fn tier<'c, 'a>(
+    adequate: &'c [Candidate<'a>],
+    name: &'c str,
+) -> impl Iterator<Item = &'c Candidate<'a>> {
+    adequate.iter().filter(move |c| c.model.name == name)
+}
+
+fn local(c: &Candidate<'_>) -> Target {
+    Target::Local {
+        node: c.node.id.clone(),
+        addr: c.node.addr.clone(),
+        model: c.model.name.clone(),
+    }
+}
+
+/// Power of two choices: two candidates at random, the less loaded wins.
+fn two_choices<'c, 'a>(
+    candidates: impl Iterator<Item = &'c Candidate<'a>>,
+    rng: &mut impl Rng,
+) -> Option<&'c Candidate<'a>>
+where
+    'a: 'c,
+{
+    let pool: Vec<&Candidate<'_>> = candidates.collect();
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0]),
+        n => {
+            let i = rng.random_range(0..n);
+            let mut j = rng.random_range(0..n - 1);
+            if j >= i {
+                j += 1;
+            }
+            let (a, b) = (pool[i], pool[j]);
+            Some(if b.model.load() < a.model.load() {
+                b
+            } else {
+                a
+            })
+        }
+    }
+}
+
+fn note_others(
+    all: &[Candidate<'_>],
+    chosen: &Candidate<'_>,
+    excluded: &mut Vec<Exclusion>,
+    reason: &str,
+) {
+    for c in all {
+        if !(std::ptr::eq(c.node, chosen.node) && std::ptr::eq(c.model, chosen.model)) {
+            excluded.push(Exclusion {
+                candidate: format!("{}/{}", c.node.id, c.model.name),
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+enum ExternalRefusal {
+    /// Policy forbids this data class externally.
+    Forbidden(String),
+    /// Not allowed for another reason (no external block, condition, budget, provider).
+    NotPermitted(String),
+}
+
+/// External only when every condition holds: the route allows it, the data class is
+/// permitted (sensitive classes only when named), the condition applies, the provider is
+/// configured, and the tenant's budget has room for the worst case.
+fn external(
+    inputs: &Inputs<'_>,
+    route: &Route,
+    req: &RouteRequest,
+    class: DataClass,
+    condition: ExternalCondition,
+    excluded: &mut Vec<Exclusion>,
+) -> Result<Target, ExternalRefusal> {
+    let Some(ext) = &route.external else {
+        return Err(ExternalRefusal::NotPermitted(
+            "the route allows no external provider".into(),
+        ));
+    };
+    let candidate = format!("external:{}/{}", ext.provider, ext.model);
+    let refuse = |excluded: &mut Vec<Exclusion>, r: ExternalRefusal| {
+        let (ExternalRefusal::Forbidden(why) | ExternalRefusal::NotPermitted(why)) = &r;
+        excluded.push(Exclusion {
+            candidate: candidate.clone(),
+            reason: why.clone(),
+        });
+        Err(r)
+    };
+    if !ext.data_classes.contains(&class) {
+        return refuse(
+            excluded,
+            ExternalRefusal::Forbidden(format!(
+                "external provider `{}` is not permitted for {class} data",
+                ext.provider
+            )),
+        );
+    }
+    if !ext.conditions.contains(&condition) {
+        return refuse(
+            excluded,
+            ExternalRefusal::NotPermitted(format!(
+                "the route does not go external on {}",
+                condition.as_str()
+            )),
+        );
+    }
+    let Some(price) = inputs.providers.get(&ext.provider) else {
+        return refuse(
+            excluded,
+            ExternalRefusal::NotPermitted(format!("provider `{}` is not configured", ext.provider)),
+        );
+    };
+    let cost = price.worst_case_usd(req.prompt_tokens, req.max_tokens);
+    let spent = inputs
+        .budgets
+        .spent_usd
+        .get(&(req.tenant.clone(), ext.provider.clone()))
+        .copied()
+        .unwrap_or(0.0);
+    if spent + cost > ext.daily_budget_usd {
+        return refuse(
+            excluded,
+            ExternalRefusal::NotPermitted(format!(
+                "tenant `{}` has ${:.4} of its ${} daily budget for `{}` left, and this request may cost ${cost:.4}",
+                req.tenant,
+                (ext.daily_budget_usd - spent).max(0.0),
+                ext.daily_budget_usd,
+                ext.provider
+            )),
+        );
+    }
+    Ok(Target::External {
+        provider: ext.provider.clone(),
+        model: ext.model.clone(),
+        worst_case_usd: cost,
+    })
+}

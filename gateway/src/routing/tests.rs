@@ -1,0 +1,390 @@
+//! Unit and property tests of the pure decision core.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+
+fn model(name: &str, task: Task, params: u64, quality: f32) -> ModelView {
+    ModelView {
+        name: name.into(),
+        task,
+        ready: true,
+        quality,
+        parameters: params,
+        size_bytes: params,
+        context_length: 2048,
+        in_flight: 0,
+        queue_depth: 0,
+        max_concurrency: 2,
+        max_queue: 4,
+        gateway_in_flight: 0,
+    }
+}
+
+fn node(id: &str, models: Vec<ModelView>) -> NodeView {
+    NodeView {
+        id: id.into(),
+        addr: format!("http://{id}:7300"),
+        live: true,
+        models,
+    }
+}
+
+fn route(name: &str, spill: Spill, external: Option<ExternalRule>) -> Route {
+    Route {
+        name: name.into(),
+        tenants: vec![],
+        tasks: vec![],
+        data_classes: vec![],
+        min_quality: 0.3,
+        latency_target_ms: None,
+        spill,
+        external,
+    }
+}
+
+fn ext(classes: &[DataClass], conditions: &[ExternalCondition], budget: f64) -> ExternalRule {
+    ExternalRule {
+        provider: "openai".into(),
+        model: "gpt-x".into(),
+        data_classes: classes.to_vec(),
+        conditions: conditions.to_vec(),
+        daily_budget_usd: budget,
+    }
+}
+
+fn request(task: Task, class: DataClass) -> RouteRequest {
+    RouteRequest {
+        tenant: "shop".into(),
+        task,
+        data_class: Some(class),
+        min_quality: None,
+        max_latency_ms: None,
+        route: None,
+        prompt_tokens: 100,
+        max_tokens: 100,
+        exclude_nodes: vec![],
+    }
+}
+
+fn prices() -> BTreeMap<String, ProviderPrice> {
+    BTreeMap::from([(
+        "openai".to_string(),
+        ProviderPrice {
+            input_per_million_usd: 1.0,
+            output_per_million_usd: 2.0,
+        },
+    )])
+}
+
+fn run(policy: &Policy, fleet: &FleetSnapshot, budgets: &Budgets, req: &RouteRequest) -> Decision {
+    let providers = prices();
+    let inputs = Inputs {
+        policy,
+        fleet,
+        providers: &providers,
+        budgets,
+    };
+    decide(&inputs, req, &mut ChaCha8Rng::seed_from_u64(1))
+}
+
+fn two_lms() -> FleetSnapshot {
+    FleetSnapshot {
+        nodes: vec![
+            node(
+                "a",
+                vec![
+                    model("lm-small", Task::Generate, 135, 0.3),
+                    model("embed", Task::Embed, 22, 0.8),
+                ],
+            ),
+            node("b", vec![model("lm-large", Task::Generate, 360, 0.5)]),
+        ],
+    }
+}
+
+fn policy(routes: Vec<Route>) -> Policy {
+    Policy {
+        default_data_class: DataClass::Internal,
+        routes,
+    }
+}
+
+fn local_model(d: &Decision) -> Option<&str> {
+    match &d.outcome {
+        Ok(Target::Local { model, .. }) => Some(model),
+        _ => None,
+    }
+}
+
+#[test]
+fn chooses_the_smallest_adequate_model() {
+    let p = policy(vec![route("default", Spill::Larger, None)]);
+    let d = run(
+        &p,
+        &two_lms(),
+        &Budgets::default(),
+        &request(Task::Generate, DataClass::Internal),
+    );
+    assert_eq!(local_model(&d), Some("lm-small"));
+    assert_eq!(d.rule, "smallest");
+    assert_eq!(d.route, "default");
+    assert!(d.excluded.iter().any(|e| e.candidate == "b/lm-large"));
+    // a higher quality floor skips it, and says why
+    let mut req = request(Task::Generate, DataClass::Internal);
+    req.min_quality = Some(0.4);
+    let d = run(&p, &two_lms(), &Budgets::default(), &req);
+    assert_eq!(local_model(&d), Some("lm-large"));
+    let why = d
+        .excluded
+        .iter()
+        .find(|e| e.candidate == "a/lm-small")
+        .map(|e| e.reason.as_str());
+    assert_eq!(why, Some("quality 0.3 is below the required 0.4"));
+}
+
+#[test]
+fn a_saturated_smallest_model_spills_by_the_route_rule() {
+    let mut fleet = two_lms();
+    fleet.nodes[0].models[0].in_flight = 2;
+    let req = request(Task::Generate, DataClass::Internal);
+    let d = run(
+        &policy(vec![route("r", Spill::Larger, None)]),
+        &fleet,
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(
+        (local_model(&d), d.rule.as_str()),
+        (Some("lm-large"), "spill: larger")
+    );
+    let d = run(
+        &policy(vec![route("r", Spill::Wait, None)]),
+        &fleet,
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(
+        (local_model(&d), d.rule.as_str()),
+        (Some("lm-small"), "spill: wait")
+    );
+    let d = run(
+        &policy(vec![route("r", Spill::External, None)]),
+        &fleet,
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::NoCapacity(
+            "route `r`: every adequate local generate model is at capacity (spill: external) and the route allows no external provider"
+                .into()
+        ))
+    );
+    // the gateway's own in-flight count counts before the next report does
+    let mut fleet = two_lms();
+    fleet.nodes[0].models[0].gateway_in_flight = 2;
+    let d = run(
+        &policy(vec![route("r", Spill::Larger, None)]),
+        &fleet,
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(local_model(&d), Some("lm-large"));
+}
+
+#[test]
+fn confidential_data_never_leaves_unless_a_route_names_it() {
+    let fleet = FleetSnapshot::default();
+    let all = [
+        ExternalCondition::NoAdequateLocal,
+        ExternalCondition::NoLocalCapacity,
+    ];
+    let p = policy(vec![route(
+        "r",
+        Spill::External,
+        Some(ext(&[DataClass::Public, DataClass::Internal], &all, 10.0)),
+    )]);
+    let d = run(
+        &p,
+        &fleet,
+        &Budgets::default(),
+        &request(Task::Generate, DataClass::Confidential),
+    );
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Forbidden(
+            "route `r`: no adequate local generate model (quality >= 0.3, context >= 200) and external provider `openai` is not permitted for confidential data".into()
+        ))
+    );
+    let d = run(
+        &p,
+        &fleet,
+        &Budgets::default(),
+        &request(Task::Generate, DataClass::Internal),
+    );
+    assert_eq!(d.rule, "external: no_adequate_local");
+    assert!(matches!(d.outcome, Ok(Target::External { ref provider, .. }) if provider == "openai"));
+}
+
+#[test]
+fn the_budget_bounds_external_calls() {
+    let p = policy(vec![route(
+        "r",
+        Spill::External,
+        Some(ext(
+            &[DataClass::Internal],
+            &[ExternalCondition::NoAdequateLocal],
+            0.001,
+        )),
+    )]);
+    let req = request(Task::Generate, DataClass::Internal); // worst case 100*1 + 100*2 per million = $0.0003
+    let mut budgets = Budgets::default();
+    assert!(
+        run(&p, &FleetSnapshot::default(), &budgets, &req)
+            .outcome
+            .is_ok()
+    );
+    budgets
+        .spent_usd
+        .insert(("shop".into(), "openai".into()), 0.0008);
+    let d = run(&p, &FleetSnapshot::default(), &budgets, &req);
+    assert!(
+        matches!(&d.outcome, Err(Refusal::NoAdequateModel(m)) if m.contains("has $0.0002 of its $0.001 daily budget")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn no_route_and_excluded_nodes() {
+    let mut r = route("only-embed", Spill::Larger, None);
+    r.tasks = vec![Task::Embed];
+    let p = policy(vec![r]);
+    let d = run(
+        &p,
+        &two_lms(),
+        &Budgets::default(),
+        &request(Task::Generate, DataClass::Public),
+    );
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::NoAdequateModel(
+            "no route matches tenant `shop`, task generate, data class public".into()
+        ))
+    );
+    let p = policy(vec![route("r", Spill::Larger, None)]);
+    let mut req = request(Task::Generate, DataClass::Public);
+    req.exclude_nodes = vec!["a".into()];
+    let d = run(&p, &two_lms(), &Budgets::default(), &req);
+    assert_eq!(local_model(&d), Some("lm-large"));
+}
+
+fn arb_model() -> impl Strategy<Value = ModelView> {
+    (
+        0u8..3,
+        1u64..1000,
+        0u8..=10,
+        0u32..4,
+        1u32..4,
+        any::<bool>(),
+        1u32..4096,
+    )
+        .prop_map(|(t, params, q, in_flight, max_concurrency, ready, ctx)| {
+            let task = [Task::Generate, Task::Embed, Task::Classify][t as usize];
+            ModelView {
+                name: format!("m{params}"),
+                task,
+                ready,
+                quality: f32::from(q) / 10.0,
+                parameters: params,
+                size_bytes: params * 2,
+                context_length: ctx,
+                in_flight,
+                queue_depth: 0,
+                max_concurrency,
+                max_queue: 2,
+                gateway_in_flight: 0,
+            }
+        })
+}
+
+fn arb_fleet() -> impl Strategy<Value = FleetSnapshot> {
+    prop::collection::vec(
+        (prop::collection::vec(arb_model(), 0..4), any::<bool>()),
+        0..5,
+    )
+    .prop_map(|nodes| FleetSnapshot {
+        nodes: nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (models, live))| NodeView {
+                id: format!("n{i}"),
+                addr: String::new(),
+                live,
+                models,
+            })
+            .collect(),
+    })
+}
+
+fn arb_class() -> impl Strategy<Value = DataClass> {
+    prop::sample::select(DataClass::ALL.to_vec())
+}
+
+proptest! {
+    /// Sensitive data goes external only through a route whose external block names its class.
+    #[test]
+    fn sensitive_data_goes_external_only_when_named(
+        fleet in arb_fleet(),
+        class in arb_class(),
+        allowed in prop::collection::vec(arb_class(), 0..4),
+        spill in prop::sample::select(vec![Spill::Larger, Spill::Wait, Spill::External]),
+        seed in any::<u64>(),
+    ) {
+        let all = [ExternalCondition::NoAdequateLocal, ExternalCondition::NoLocalCapacity];
+        let p = policy(vec![route("r", spill, Some(ext(&allowed, &all, 1e9)))]);
+        let providers = prices();
+        let budgets = Budgets::default();
+        let inputs = Inputs { policy: &p, fleet: &fleet, providers: &providers, budgets: &budgets };
+        let d = decide(&inputs, &request(Task::Generate, class), &mut ChaCha8Rng::seed_from_u64(seed));
+        if let Ok(Target::External { .. }) = d.outcome {
+            prop_assert!(allowed.contains(&class));
+        }
+    }
+
+    /// A local choice is adequate, has a free slot (or the route waits), and no smaller
+    /// adequate model had a free slot.
+    #[test]
+    fn the_choice_is_the_smallest_adequate_with_capacity(fleet in arb_fleet(), q in 0u8..=10, seed in any::<u64>()) {
+        let mut r = route("r", Spill::Larger, None);
+        r.min_quality = f32::from(q) / 10.0;
+        let p = policy(vec![r]);
+        let providers = prices();
+        let budgets = Budgets::default();
+        let inputs = Inputs { policy: &p, fleet: &fleet, providers: &providers, budgets: &budgets };
+        let req = request(Task::Generate, DataClass::Internal);
+        let d = decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(seed));
+        let adequate = |n: &NodeView, m: &ModelView| n.live && m.ready && m.task == Task::Generate
+            && m.quality >= f32::from(q) / 10.0 && u64::from(m.context_length) >= 200;
+        if let Ok(Target::Local { node, model, .. }) = &d.outcome {
+            let n = fleet.nodes.iter().find(|n| &n.id == node).unwrap();
+            let m = n.models.iter().find(|m| &m.name == model).unwrap();
+            prop_assert!(adequate(n, m) && m.has_free_slot());
+            for n2 in &fleet.nodes {
+                for m2 in &n2.models {
+                    if adequate(n2, m2) && m2.has_free_slot() {
+                        prop_assert!((m.parameters, m.size_bytes) <= (m2.parameters, m2.size_bytes));
+                    }
+                }
+            }
+        } else {
+            // nothing local was chosen: then no adequate model had a free slot
+            let any_free = fleet.nodes.iter().any(|n| n.models.iter().any(|m| adequate(n, m) && m.has_free_slot()));
+            prop_assert!(!any_free, "{:?}", d);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The validated inputs of a routing decision: policy, fleet snapshot, request, budgets.
+//!
+//! These are plain data with no I/O; the policy loader, the fleet registry and the ledger
+//! build them, and `decide` reads them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DataClass {
+    Public,
+    Internal,
+    Confidential,
+    Restricted,
+}
+
+impl DataClass {
+    pub const ALL: [DataClass; 4] = [
+        DataClass::Public,
+        DataClass::Internal,
+        DataClass::Confidential,
+        DataClass::Restricted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataClass::Public => "public",
+            DataClass::Internal => "internal",
+            DataClass::Confidential => "confidential",
+            DataClass::Restricted => "restricted",
+        }
+    }
+
+    /// Classes that may leave the box only when a route names them explicitly.
+    pub fn is_sensitive(self) -> bool {
+        matches!(self, DataClass::Confidential | DataClass::Restricted)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        DataClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for DataClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Task {
+    Generate,
+    Embed,
+    Classify,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Generate => "generate",
+            Task::Embed => "embed",
+            Task::Classify => "classify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Task::Generate, Task::Embed, Task::Classify]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a route does when its smallest adequate model has no free capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spill {
+    /// Use the next larger adequate model that has capacity.
+    Larger,
+    /// Queue on the smallest adequate model (the node with the shortest queue that has room).
+    Wait,
+    /// Go to the route's external provider (if every external condition holds).
+    External,
+}
+
+/// When a route may go external.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExternalCondition {
+    /// No local model is adequate (task, quality, context).
+    NoAdequateLocal,
+    /// Adequate models exist but none has capacity.
+    NoLocalCapacity,
+}
+
+impl ExternalCondition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalCondition::NoAdequateLocal => "no_adequate_local",
+            ExternalCondition::NoLocalCapacity => "no_local_capacity",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalRule {
+    pub provider: String,
+    pub model: String,
+    /// Data classes that may go to the provider; sensitive classes only when listed here.
+    pub data_classes: Vec<DataClass>,
+    pub conditions: Vec<ExternalCondition>,
+    /// Per tenant, per UTC day, in USD.
+    pub daily_budget_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Empty: any tenant.
+    pub tenants: Vec<String>,
+    /// Empty: any task.
+    pub tasks: Vec<Task>,
+    /// Empty: any data class.
+    pub data_classes: Vec<DataClass>,
+    pub min_quality: f32,
+    pub latency_target_ms: Option<u32>,
+    pub spill: Spill,
+    /// `None`: this route never goes external.
+    pub external: Option<ExternalRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub default_data_class: DataClass,
+    /// In file order; the first route that matches a request serves it.
+    pub routes: Vec<Route>,
+}
+
+/// Prices of a configured provider, per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderPrice {
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+}
+
+impl ProviderPrice {
+    /// Worst-case cost of a request: every prompt token in, `max_tokens` out.
+    pub fn worst_case_usd(&self, prompt_tokens: u32, max_tokens: u32) -> f64 {
+        (f64::from(prompt_tokens) * self.input_per_million_usd
+            + f64::from(max_tokens) * self.output_per_million_usd)
+            / 1e6
+    }
+}
+
+/// One ready-or-not model on one node, as the registry last heard it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelView {
+    pub name: String,
+    pub task: Task,
+    pub ready: bool,
+    pub quality: f32,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub context_length: u32,
+    pub in_flight: u32,
+    pub queue_depth: u32,
+    pub max_concurrency: u32,
+    pub max_queue: u32,
+    /// Requests this gateway has sent and not yet seen finish (ahead of the next report).
+    pub gateway_in_flight: u32,
+}
+
+impl ModelView {
+    /// Requests running or promised to run, counting the gateway's own.
+    pub fn busy(&self) -> u32 {
+        self.in_flight
+            .max(self.gateway_in_flight)
+            .saturating_add(self.queue_depth)
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.busy() < self.max_concurrency
+    }
+
+    pub fn has_queue_room(&self) -> bool {
+        self.busy() < self.max_concurrency.saturating_add(self.max_queue)
+    }
+
+    /// Load as a fraction of the slots.
+    pub fn load(&self) -> f64 {
+        f64::from(self.busy()) / f64::from(self.max_concurrency.max(1))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: String,
+    pub addr: String,
+    /// A live node is reporting and not draining.
+    pub live: bool,
+    pub models: Vec<ModelView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetSnapshot {
+    pub nodes: Vec<NodeView>,
+}
+
+/// What the caller asked for, with the tenant taken from its credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRequest {
+    pub tenant: String,
+    pub task: Task,
+    pub data_class: Option<DataClass>,
+    pub min_quality: Option<f32>,
+    pub max_latency_ms: Option<u32>,
+    pub route: Option<String>,
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+    /// Nodes already tried for this request (retries decide again without them).
+    pub exclude_nodes: Vec<String>,
+}
+
+/// Spent (and reserved) today per (tenant, provider), in USD, as the ledger sees it now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    pub spent_usd: BTreeMap<(String, String), f64>,
+}
