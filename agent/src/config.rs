@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::diag::{Diagnostic, Diagnostics, TomlSource};
+use edgewise_diag::{Diagnostic, Diagnostics, TomlSource};
 
 /// Environment variables with this prefix override config keys; `__` separates sections.
 pub const ENV_PREFIX: &str = "EDGEWISE";

@@ -6,7 +6,6 @@
 pub mod call;
 pub mod check;
 pub mod config;
-pub mod diag;
 pub mod engine;
 pub mod error;
 pub mod grpc;

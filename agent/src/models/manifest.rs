@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::diag::{Diagnostics, TomlSource};
+use edgewise_diag::{Diagnostics, TomlSource};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +161,7 @@ impl Manifest {
 
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![crate::diag::Diagnostic {
+            Diagnostics(vec![edgewise_diag::Diagnostic {
                 file: path.to_path_buf(),
                 position: None,
                 path: String::new(),

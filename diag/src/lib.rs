@@ -1,8 +1,8 @@
 //! Diagnostics that point at the input: `file:line:column: path: message`.
 //!
-//! Owns turning TOML parse errors and validation problems into located messages. Validation
-//! code collects every problem (it does not stop at the first) and this module places each
-//! one in the file it came from.
+//! Owns turning parse errors and validation problems into located messages, shared by the
+//! agent's and the gateway's config and policy files. Validation code collects every problem
+//! (it does not stop at the first) and this crate places each one in the file it came from.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

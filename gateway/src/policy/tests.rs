@@ -1,0 +1,115 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::routing::{ExternalCondition, Spill};
+
+fn check(files: &[(&str, &str)]) -> Result<Policy, String> {
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect();
+    parse(&files).map_err(|d| d.to_string())
+}
+
+#[test]
+fn the_shipped_default_policy_is_valid() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let p = load(&[root]).map_err(|d| d.to_string());
+    let p = p.as_ref().map_err(String::as_str);
+    assert!(p.is_ok(), "{p:?}");
+    let p = p.unwrap_or_else(|_| unreachable!());
+    assert_eq!(p.routes.len(), 3);
+    let report = confidentiality_report(p);
+    let by_class = |c: DataClass| {
+        report
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| v.len())
+            .unwrap_or(99)
+    };
+    assert_eq!(by_class(DataClass::Confidential), 0);
+    assert_eq!(by_class(DataClass::Restricted), 0);
+    assert_eq!(by_class(DataClass::Internal), 1);
+}
+
+#[test]
+fn parses_a_route_with_an_external_block() -> Result<(), String> {
+    let p = check(&[(
+        "p.yaml",
+        "default_data_class: public\nroutes:\n  - name: r\n    match: {tasks: [generate], tenants: [shop]}\n    min_quality: 0.4\n    spill: external\n    external:\n      allowed: true\n      provider: openai\n      model: m\n      data_classes: [public, confidential]\n      when: [no_local_capacity]\n      daily_budget_usd: 2.5\n",
+    )])?;
+    assert_eq!(p.default_data_class, DataClass::Public);
+    let r = &p.routes[0];
+    assert_eq!(
+        (r.spill, r.min_quality, r.tenants.clone()),
+        (Spill::External, 0.4, vec!["shop".to_string()])
+    );
+    let e = r.external.as_ref().map(|e| {
+        (
+            e.data_classes.clone(),
+            e.conditions.clone(),
+            e.daily_budget_usd,
+        )
+    });
+    assert_eq!(
+        e,
+        Some((
+            vec![DataClass::Public, DataClass::Confidential],
+            vec![ExternalCondition::NoLocalCapacity],
+            2.5
+        ))
+    );
+    Ok(())
+}
+
+#[test]
+fn every_problem_is_reported_with_file_line_and_column() {
+    let err = check(&[
+        (
+            "policies/a.yaml",
+            "routes:\n  - name: r1\n    match:\n      tasks: [generate, dance]\n      data_classes: [secret]\n    min_quality: 1.5\n    spill: sideways\n    external:\n      allowed: true\n      provider: openai\n      data_classes: [public]\n      when: [always]\n      daily_budget_usd: -1\n",
+        ),
+        ("policies/b.yaml", "default_data_class: internal\nroutes:\n  - name: r1\n    spill: external\n"),
+    ])
+    .err();
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "policies/a.yaml:4:25: routes[0].match.tasks[1]: `dance` is not a task (generate, embed, classify)\n\
+             policies/a.yaml:5:22: routes[0].match.data_classes[0]: `secret` is not a data class (public, internal, confidential, restricted)\n\
+             policies/a.yaml:6:18: routes[0].min_quality: 1.5 must be in 0..=1\n\
+             policies/a.yaml:7:12: routes[0].spill: `sideways` is not one of larger, wait, external\n\
+             policies/a.yaml:9:14: routes[0].external.model: is required when allowed: true\n\
+             policies/a.yaml:12:14: routes[0].external.when[0]: `always` is not one of no_adequate_local, no_local_capacity\n\
+             policies/a.yaml:13:25: routes[0].external.daily_budget_usd: -1 must be a non-negative amount\n\
+             policies/b.yaml:3:11: routes[0].name: route `r1` is already defined in policies/a.yaml\n\
+             policies/b.yaml:4:12: routes[0].spill: `external` needs an allowed external block"
+        )
+    );
+}
+
+#[test]
+fn syntax_and_shape_errors_are_located() {
+    let err = check(&[("p.yaml", "routes:\n  - name: r\n    min_qualty: 0.3\n")])
+        .err()
+        .unwrap_or_default();
+    assert_eq!(
+        err,
+        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external"
+    );
+    let err = check(&[("p.yaml", "routes:\n  - name: r\n    min_quality: high\n")])
+        .err()
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("p.yaml:3:18: routes[0].min_quality: "),
+        "{err}"
+    );
+    let err = check(&[("p.yaml", "routes: [\n")])
+        .err()
+        .unwrap_or_default();
+    assert!(err.starts_with("p.yaml:2:1: YAML syntax: "), "{err}");
+    let err = check(&[("p.yaml", "routes: []\nroutes: []\n")])
+        .err()
+        .unwrap_or_default();
+    assert_eq!(err, "p.yaml:2:1: duplicate key `routes`");
+}

@@ -1,0 +1,272 @@
+//! Raw policy files → one validated `Policy`, collecting every problem.
+
+use std::path::{Path, PathBuf};
+
+use edgewise_diag::Diagnostic;
+use marked_yaml::Spanned;
+
+use super::raw::{RawExternal, RawPolicyFile, RawRoute, pos};
+use crate::routing::{DataClass, ExternalCondition, ExternalRule, Policy, Route, Spill, Task};
+
+struct Ctx<'a> {
+    file: &'a Path,
+    problems: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn at<T>(&mut self, v: &Spanned<T>, path: String, message: impl Into<String>) {
+        self.problems.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position: pos(v),
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+pub fn validate(files: &[(PathBuf, RawPolicyFile)], problems: &mut Vec<Diagnostic>) -> Policy {
+    let mut policy = Policy {
+        default_data_class: super::DEFAULT_DATA_CLASS,
+        routes: Vec::new(),
+    };
+    let mut default_set: Option<PathBuf> = None;
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    for (file, raw) in files {
+        let mut cx = Ctx { file, problems };
+        if let Some(d) = &raw.default_data_class {
+            match DataClass::parse(d) {
+                Some(c) => match &default_set {
+                    Some(first) => cx.at(
+                        d,
+                        "default_data_class".into(),
+                        format!("already set in {}", first.display()),
+                    ),
+                    None => {
+                        policy.default_data_class = c;
+                        default_set = Some(file.clone());
+                    }
+                },
+                None => cx.at(d, "default_data_class".into(), bad_class(d)),
+            }
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == r.name.as_str()) {
+                let first = first.display().to_string();
+                cx.at(
+                    &r.name,
+                    format!("{path}.name"),
+                    format!("route `{}` is already defined in {first}", r.name.as_str()),
+                );
+            } else {
+                names.push((r.name.to_string(), file.clone()));
+            }
+            if let Some(route) = route(&mut cx, &path, r) {
+                policy.routes.push(route);
+            }
+        }
+    }
+    policy
+}
+
+fn bad_class(v: &str) -> String {
+    format!("`{v}` is not a data class (public, internal, confidential, restricted)")
+}
+
+fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
+    let before = cx.problems.len();
+    if r.name.is_empty()
+        || !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        cx.at(
+            &r.name,
+            format!("{path}.name"),
+            "must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        );
+    }
+    let m = r.matcher.as_ref();
+    let tenants: Vec<String> = m
+        .map(|m| m.tenants.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default();
+    let mut tasks = Vec::new();
+    for (i, t) in m
+        .map(|m| m.tasks.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match Task::parse(t) {
+            Some(t) => tasks.push(t),
+            None => cx.at(
+                t,
+                format!("{path}.match.tasks[{i}]"),
+                format!("`{}` is not a task (generate, embed, classify)", t.as_str()),
+            ),
+        }
+    }
+    let data_classes = classes(
+        cx,
+        &format!("{path}.match.data_classes"),
+        m.map(|m| m.data_classes.as_slice()).unwrap_or_default(),
+    );
+    let min_quality = match &r.min_quality {
+        Some(q) if !(0.0..=1.0).contains(&**q) => {
+            cx.at(
+                q,
+                format!("{path}.min_quality"),
+                format!("{} must be in 0..=1", **q),
+            );
+            0.0
+        }
+        Some(q) => **q as f32,
+        None => 0.0,
+    };
+    if let Some(p) = &r.prefer
+        && p.as_str() != "smallest"
+    {
+        cx.at(
+            p,
+            format!("{path}.prefer"),
+            format!("`{}` is not supported (smallest)", p.as_str()),
+        );
+    }
+    let spill = match r.spill.as_ref().map(|s| (s, s.as_str())) {
+        None | Some((_, "larger")) => Spill::Larger,
+        Some((_, "wait")) => Spill::Wait,
+        Some((_, "external")) => Spill::External,
+        Some((s, other)) => {
+            cx.at(
+                s,
+                format!("{path}.spill"),
+                format!("`{other}` is not one of larger, wait, external"),
+            );
+            Spill::Larger
+        }
+    };
+    if let Some(t) = &r.latency_target_ms
+        && **t == 0
+    {
+        cx.at(t, format!("{path}.latency_target_ms"), "must be at least 1");
+    }
+    let external = match &r.external {
+        Some(e) if *e.allowed => external(cx, &format!("{path}.external"), e),
+        _ => None,
+    };
+    if spill == Spill::External && external.is_none() {
+        let at = Spanned::new(*r.spill.as_ref().map_or(r.name.span(), |s| s.span()), ());
+        cx.at(
+            &at,
+            format!("{path}.spill"),
+            "`external` needs an allowed external block",
+        );
+    }
+    (cx.problems.len() == before).then(|| Route {
+        name: r.name.to_string(),
+        tenants,
+        tasks,
+        data_classes,
+        min_quality,
+        latency_target_ms: r.latency_target_ms.as_ref().map(|t| **t),
+        spill,
+        external,
+    })
+}
+
+fn classes(cx: &mut Ctx<'_>, path: &str, raw: &[Spanned<String>]) -> Vec<DataClass> {
+    let mut out = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        match DataClass::parse(c) {
+            Some(c) => out.push(c),
+            None => cx.at(c, format!("{path}[{i}]"), bad_class(c)),
+        }
+    }
+    out
+}
+
+fn external(cx: &mut Ctx<'_>, path: &str, e: &Spanned<RawExternal>) -> Option<ExternalRule> {
+    let missing = |cx: &mut Ctx<'_>, key: &str| {
+        cx.at(e, format!("{path}.{key}"), "is required when allowed: true")
+    };
+    let provider = e.provider.as_ref().map(|p| p.to_string());
+    let model = e.model.as_ref().map(|m| m.to_string());
+    if provider.is_none() {
+        missing(cx, "provider");
+    }
+    if model.is_none() {
+        missing(cx, "model");
+    }
+    // sensitive classes leave the box only when listed here by name: there is no wildcard
+    let data_classes = classes(cx, &format!("{path}.data_classes"), &e.data_classes);
+    if e.data_classes.is_empty() {
+        cx.at(
+            e,
+            format!("{path}.data_classes"),
+            "must list the data classes that may go external",
+        );
+    }
+    let mut conditions = Vec::new();
+    for (i, w) in e.when.iter().enumerate() {
+        match w.as_str() {
+            "no_adequate_local" => conditions.push(ExternalCondition::NoAdequateLocal),
+            "no_local_capacity" => conditions.push(ExternalCondition::NoLocalCapacity),
+            other => cx.at(
+                w,
+                format!("{path}.when[{i}]"),
+                format!("`{other}` is not one of no_adequate_local, no_local_capacity"),
+            ),
+        }
+    }
+    if e.when.is_empty() {
+        cx.at(
+            e,
+            format!("{path}.when"),
+            "must list when to go external (no_adequate_local, no_local_capacity)",
+        );
+    }
+    let budget = match &e.daily_budget_usd {
+        Some(b) if !(**b >= 0.0 && b.is_finite()) => {
+            cx.at(
+                b,
+                format!("{path}.daily_budget_usd"),
+                format!("{} must be a non-negative amount", **b),
+            );
+            0.0
+        }
+        Some(b) => **b,
+        None => {
+            missing(cx, "daily_budget_usd");
+            0.0
+        }
+    };
+    Some(ExternalRule {
+        provider: provider?,
+        model: model?,
+        data_classes,
+        conditions,
+        daily_budget_usd: budget,
+    })
+}
+
+/// For each data class, the routes through which it can reach an external provider.
+pub fn confidentiality_report(policy: &Policy) -> Vec<(DataClass, Vec<String>)> {
+    DataClass::ALL
+        .into_iter()
+        .map(|class| {
+            let paths = policy
+                .routes
+                .iter()
+                .filter(|r| r.data_classes.is_empty() || r.data_classes.contains(&class))
+                .filter_map(|r| {
+                    let e = r.external.as_ref()?;
+                    e.data_classes
+                        .contains(&class)
+                        .then(|| format!("route `{}` → {}/{}", r.name, e.provider, e.model))
+                })
+                .collect();
+            (class, paths)
+        })
+        .collect()
+}
