@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/edgewise/v1/common.proto",
         "proto/edgewise/v1/agent.proto",
         "proto/edgewise/v1/fleet.proto",
+        "proto/edgewise/v1/gateway.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,8 +1,104 @@
 //! Edgewise gateway: receives capacity reports from agents, routes each request to the
 //! smallest adequate local model, and falls back to a hosted API only where policy permits.
 //!
-//! So far: the validated policy files (`policy`) and the pure routing decision (`routing`).
-//! The fleet registry, the gRPC service and the providers come with the rest of the gateway.
+//! Built so far: policy files (`policy`), the pure decision (`routing`), the fleet registry
+//! (`fleet`) and the gRPC service forwarding to agents with retries (`grpc`). Calling hosted
+//! providers, the budget ledger, audit, hot reload and gateway.toml are still to come.
 
+pub mod error;
+pub mod fleet;
+pub mod grpc;
 pub mod policy;
 pub mod routing;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edgewise_proto as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::state::{ActivePolicy, State};
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Policy files or directories.
+    pub policies: Vec<PathBuf>,
+    /// A stable id for this gateway (shown to agents and in FleetStatus).
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("policy:\n{0}")]
+    Policy(edgewise_diag::Diagnostics),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Gateway {
+    /// Validates the policy and serves `Gateway`, `Fleet` and health on `listener`.
+    pub async fn start(config: GatewayConfig, listener: TcpListener) -> Result<Self, StartError> {
+        let policy = ActivePolicy::load(&config.policies).map_err(StartError::Policy)?;
+        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        tracing::info!(%addr, policy = %policy.hash, routes = policy.policy.routes.len(), "gateway listening");
+        let state = Arc::new(State::new(config.id.clone(), policy));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()
+            .await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
+                registry: state.registry.clone(),
+                gateway_id: config.id,
+            }))
+            .add_service(pb::gateway_server::GatewayServer::new(
+                grpc::GatewayService {
+                    state: state.clone(),
+                },
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.clone().cancelled_owned(),
+            );
+        let task = tokio::spawn(server);
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let g = Gateway::start(config, listener).await?;
+    shutdown.await;
+    g.stop().await;
+    Ok(())
+}

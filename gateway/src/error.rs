@@ -1,0 +1,35 @@
+//! The gateway's request errors, mapped to `tonic::Status` in one place (`grpc::status`).
+
+use crate::routing::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no tenant: send the `x-edgewise-tenant` metadata header")]
+    NoTenant,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error(
+        "external provider `{0}` was chosen, but calling external providers is not available in this gateway"
+    )]
+    ProviderUnavailable(String),
+    #[error("agent {node} ({model}): {status}")]
+    Agent {
+        node: String,
+        model: String,
+        status: tonic::Status,
+    },
+    #[error("no agent could serve the request after {attempts} attempts; last: {last}")]
+    RetriesExhausted { attempts: usize, last: String },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NoAdequateModel(m) | Refusal::NoCapacity(m) | Refusal::Forbidden(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}

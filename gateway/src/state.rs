@@ -1,0 +1,90 @@
+//! What the gateway's request handlers share: the fleet registry, the active policy (swapped
+//! atomically as a whole), provider prices and agent connections.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::fleet::Registry;
+use crate::grpc::AgentPool;
+use crate::routing::{Policy, ProviderPrice};
+
+/// A validated policy and the hash of the files it came from.
+pub struct ActivePolicy {
+    pub policy: Policy,
+    pub hash: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl ActivePolicy {
+    /// Loads and validates the policy files (a directory: its *.yaml files, by name).
+    pub fn load(paths: &[PathBuf]) -> Result<Self, edgewise_diag::Diagnostics> {
+        let policy = crate::policy::load(paths)?;
+        let mut h = Sha256::new();
+        let mut files = Vec::new();
+        for p in paths {
+            if p.is_dir() {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                found.retain(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"));
+                found.sort();
+                files.extend(found);
+            } else {
+                files.push(p.clone());
+            }
+        }
+        for f in &files {
+            h.update(f.to_string_lossy().as_bytes());
+            h.update(std::fs::read(f).unwrap_or_default());
+        }
+        let hash = h
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            policy,
+            hash,
+            files,
+        })
+    }
+}
+
+pub struct State {
+    pub id: String,
+    pub registry: Arc<Registry>,
+    policy: RwLock<Arc<ActivePolicy>>,
+    pub providers: BTreeMap<String, ProviderPrice>,
+    pub agents: AgentPool,
+    /// How many other nodes a request may try after an agent fails before its first token.
+    pub retry_budget: usize,
+}
+
+impl State {
+    pub fn new(id: String, policy: ActivePolicy) -> Self {
+        Self {
+            id,
+            registry: Arc::new(Registry::default()),
+            policy: RwLock::new(Arc::new(policy)),
+            providers: BTreeMap::new(),
+            agents: AgentPool::default(),
+            retry_budget: 2,
+        }
+    }
+
+    /// The policy in force now (a cheap clone of an `Arc`; a reload swaps it whole).
+    pub fn policy(&self) -> Arc<ActivePolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn swap_policy(&self, next: ActivePolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+}

@@ -1,0 +1,308 @@
+//! The gateway with real agents on tiny fixture models: smallest adequate model, spill to a
+//! larger one under load, routing again when an agent refuses, and nodes leaving routing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use edgewise_gateway::{Gateway, GatewayConfig};
+use edgewise_proto as pb;
+use tonic::Request;
+
+const POLICY: &str = "default_data_class: internal\nroutes:\n  - name: local\n    min_quality: 0.1\n    spill: larger\n";
+
+async fn gateway(policy: &str) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = GatewayConfig {
+        policies: vec![dir.path().to_path_buf()],
+        id: "gw-test".into(),
+    };
+    (Gateway::start(config, listener).await.unwrap(), dir)
+}
+
+fn client(g: &Gateway) -> pb::gateway_client::GatewayClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
+        .unwrap()
+        .connect_lazy();
+    pb::gateway_client::GatewayClient::new(ch)
+}
+
+fn with_tenant<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("x-edgewise-tenant", "shop".parse().unwrap());
+    r
+}
+
+fn gen_req(max_tokens: u32) -> pb::GatewayGenerateRequest {
+    pb::GatewayGenerateRequest {
+        request: Some(prompt("", "Hello, tiny LM!", max_tokens)),
+        routing: None,
+    }
+}
+
+/// Reads a gateway stream: (decision, text, done).
+async fn run_gen(
+    c: &mut pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    max_tokens: u32,
+) -> (pb::Decision, String) {
+    let mut s = c
+        .generate(with_tenant(gen_req(max_tokens)))
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = s.message().await.unwrap().unwrap().decision.unwrap();
+    let mut text = String::new();
+    while let Some(m) = s.message().await.unwrap() {
+        text.push_str(&m.chunk.unwrap().text);
+    }
+    (decision, text)
+}
+
+fn local(d: &pb::Decision) -> (String, String) {
+    match &d.target {
+        Some(pb::decision::Target::Local(l)) => (l.node_id.clone(), l.model.clone()),
+        other => panic!("not local: {other:?}"),
+    }
+}
+
+async fn agent_for(g: &Gateway, models: &[&str], limits: &[(&str, u32, u32)]) -> TestAgent {
+    let dir = models_dir(
+        &models
+            .iter()
+            .copied()
+            .filter(|m| *m != "tiny-lm-big")
+            .collect::<Vec<_>>(),
+    );
+    if models.contains(&"tiny-lm-big") {
+        // the fp32 test model again, declared larger: a bigger sibling for spill tests
+        copy_dir(
+            &fixtures().join("tiny-lm-fp32"),
+            &dir.path().join("tiny-lm-big"),
+        );
+        let m = std::fs::read_to_string(dir.path().join("tiny-lm-big/model.toml")).unwrap();
+        let m = m
+            .replace("name = \"tiny-lm-fp32\"", "name = \"tiny-lm-big\"")
+            .replace("parameters = 107200", "parameters = 500000");
+        std::fs::write(dir.path().join("tiny-lm-big/model.toml"), m).unwrap();
+    }
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.gateways = vec![format!("http://{}", g.addr)];
+    for (m, c, q) in limits {
+        limit(&mut cfg, m, *c, *q);
+    }
+    let a = TestAgent::start(cfg, state).await;
+    std::mem::forget(dir); // the agent's models stay on disk for the test's lifetime
+    a
+}
+
+async fn wait_live(
+    c: &mut pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    nodes: usize,
+) {
+    let c2 = c.clone();
+    wait_for(
+        "the gateway sees the agents' ready models",
+        Duration::from_secs(20),
+        || {
+            let mut c = c2.clone();
+            async move {
+                let s = c
+                    .fleet_status(pb::FleetStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                s.nodes
+                    .iter()
+                    .filter(|n| {
+                        n.live
+                            && n.models
+                                .iter()
+                                .all(|m| m.state == pb::ModelState::Ready as i32)
+                    })
+                    .count()
+                    == nodes
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated() {
+    let (g, _p) = gateway(POLICY).await;
+    // the fp32 test model (it never stops early, so a held request keeps its slot) and a
+    // larger sibling on another node
+    let small = agent_for(
+        &g,
+        &["tiny-lm-fp32", "tiny-embed"],
+        &[("tiny-lm-fp32", 1, 0)],
+    )
+    .await;
+    let large = agent_for(&g, &["tiny-lm-big", "tiny-classify"], &[]).await;
+    let mut c = client(&g);
+    wait_live(&mut c, 2).await;
+
+    let (d, text) = run_gen(&mut c, 6).await;
+    assert_eq!(local(&d).1, "tiny-lm-fp32");
+    assert_eq!(
+        (d.route.as_str(), d.rule.as_str(), d.data_class.as_str()),
+        ("local", "smallest", "internal")
+    );
+    assert!(!text.is_empty());
+    assert!(
+        d.excluded
+            .iter()
+            .any(|e| e.candidate.ends_with("/tiny-lm-big")),
+        "{:?}",
+        d.excluded
+    );
+
+    // hold the q4 model's only slot (a caller that stops reading); the next request spills
+    let mut slow = pb::gateway_client::GatewayClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
+            .unwrap()
+            .initial_stream_window_size(Some(1024))
+            .initial_connection_window_size(Some(1024))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut held = slow
+        .generate(with_tenant(gen_req(490)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = held.message().await.unwrap().unwrap().decision.unwrap();
+    assert_eq!(local(&first).1, "tiny-lm-fp32");
+    let (d, _) = run_gen(&mut c, 4).await;
+    assert_eq!(
+        (local(&d).1.as_str(), d.rule.as_str()),
+        ("tiny-lm-big", "spill: larger"),
+        "{:?}",
+        d.excluded
+    );
+
+    // embed and classify route to the only model of their task, and say so
+    let e = c
+        .embed(with_tenant(pb::GatewayEmbedRequest {
+            request: Some(pb::EmbedRequest {
+                model: String::new(),
+                texts: vec!["hello".into()],
+            }),
+            routing: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(local(&e.decision.unwrap()).1, "tiny-embed");
+    assert_eq!(e.response.unwrap().embeddings[0].values.len(), 32);
+
+    // no tenant: refused
+    let err = c.generate(gen_req(4)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    drop(held);
+
+    // a stopped agent leaves routing when its stream ends
+    let large_id = large.agent.as_ref().unwrap().node.id.clone();
+    large.stop().await;
+    let c2 = c.clone();
+    wait_for(
+        "the stopped node is no longer live",
+        Duration::from_secs(10),
+        || {
+            let mut c = c2.clone();
+            let id = large_id.clone();
+            async move {
+                let s = c
+                    .fleet_status(pb::FleetStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                s.nodes.iter().any(|n| n.node_id == id && !n.live)
+            }
+        },
+    )
+    .await;
+    let explain = c
+        .explain(with_tenant(pb::ExplainRequest {
+            task: pb::Task::Classify as i32,
+            routing: None,
+            text: "x".into(),
+            max_tokens: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(explain.rule, "refused");
+    assert_eq!(
+        explain.refusal,
+        "route `local`: no adequate local classify model (quality >= 0.1, context >= 1) and the route allows no external provider"
+    );
+    assert!(
+        explain
+            .excluded
+            .iter()
+            .any(|e| e.reason == "node is not live"),
+        "{:?}",
+        explain.excluded
+    );
+    let err = c
+        .classify(with_tenant(pb::GatewayClassifyRequest {
+            request: Some(pb::ClassifyRequest {
+                model: String::new(),
+                texts: vec!["x".into()],
+            }),
+            routing: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    small.stop().await;
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_is_routed_again_when_its_agent_refuses_before_the_first_token() {
+    let (g, _p) = gateway(POLICY).await;
+    // the smallest model's agent reports rarely, so the gateway's view of it goes stale
+    let dir = models_dir(&["tiny-lm-fp32"]);
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.gateways = vec![format!("http://{}", g.addr)];
+    cfg.report_interval = Duration::from_secs(60);
+    limit(&mut cfg, "tiny-lm-fp32", 1, 0);
+    let a = TestAgent::start(cfg, state).await;
+    let b = agent_for(&g, &["tiny-lm-big"], &[]).await;
+    let mut c = client(&g);
+    wait_live(&mut c, 2).await;
+    // a caller holds the small model's only slot directly at the agent; the gateway cannot know
+    let mut direct = slow_reader(&a.url).await;
+    let mut held = direct
+        .generate(prompt("tiny-lm-fp32", "Hello, tiny LM!", 490))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(held.message().await.unwrap().is_some());
+
+    let (d, text) = run_gen(&mut c, 4).await;
+    let a_id = a.agent.as_ref().unwrap().node.id.clone();
+    assert_eq!(local(&d).1, "tiny-lm-big");
+    assert_eq!(d.retried.len(), 1, "{:?}", d.retried);
+    assert_eq!(d.retried[0].candidate, format!("{a_id}/tiny-lm-fp32"));
+    assert!(
+        d.retried[0]
+            .reason
+            .starts_with("ResourceExhausted: model `tiny-lm-fp32` is at capacity"),
+        "{:?}",
+        d.retried
+    );
+    assert!(!text.is_empty());
+    drop(held);
+    a.stop().await;
+    b.stop().await;
+    g.stop().await;
+}
