@@ -5,10 +5,12 @@
 //! (`fleet`) and the gRPC service forwarding to agents with retries (`grpc`). Calling hosted
 //! providers, the budget ledger, audit, hot reload and gateway.toml are still to come.
 
+pub mod cli;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod policy;
+pub mod reload;
 pub mod routing;
 pub mod state;
 
@@ -43,6 +45,8 @@ pub enum StartError {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub state: Arc<State>,
+    /// Notify to reload the policy now (what SIGHUP does).
+    pub reload: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -64,7 +68,7 @@ impl Gateway {
             .add_service(health_service)
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
                 registry: state.registry.clone(),
-                gateway_id: config.id,
+                gateway_id: config.id.clone(),
             }))
             .add_service(pb::gateway_server::GatewayServer::new(
                 grpc::GatewayService {
@@ -76,9 +80,17 @@ impl Gateway {
                 stop.clone().cancelled_owned(),
             );
         let task = tokio::spawn(server);
+        let reload = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(reload::watch(
+            state.clone(),
+            config.policies.clone(),
+            reload.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             addr,
             state,
+            reload,
             stop,
             task,
         })

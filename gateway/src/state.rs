@@ -22,36 +22,45 @@ impl ActivePolicy {
     /// Loads and validates the policy files (a directory: its *.yaml files, by name).
     pub fn load(paths: &[PathBuf]) -> Result<Self, edgewise_diag::Diagnostics> {
         let policy = crate::policy::load(paths)?;
-        let mut h = Sha256::new();
-        let mut files = Vec::new();
-        for p in paths {
-            if p.is_dir() {
-                let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                    .unwrap_or_default();
-                found.retain(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"));
-                found.sort();
-                files.extend(found);
-            } else {
-                files.push(p.clone());
-            }
-        }
-        for f in &files {
-            h.update(f.to_string_lossy().as_bytes());
-            h.update(std::fs::read(f).unwrap_or_default());
-        }
-        let hash = h
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let (files, hash) = hash_files(paths);
         Ok(Self {
             policy,
             hash,
             files,
         })
     }
+}
+
+/// The policy files named by `paths`, and a hash of their names and contents (what the
+/// watcher compares to notice an edit).
+pub fn hash_files(paths: &[PathBuf]) -> (Vec<PathBuf>, String) {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            found.retain(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"));
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut h = Sha256::new();
+    for f in &files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(f).unwrap_or_default());
+        h.update([0]);
+    }
+    let hash = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (files, hash)
 }
 
 pub struct State {
@@ -62,6 +71,9 @@ pub struct State {
     pub agents: AgentPool,
     /// How many other nodes a request may try after an agent fails before its first token.
     pub retry_budget: usize,
+    /// Policy reloads applied, and edits rejected (the previous policy stayed in force).
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub reload_failures: std::sync::atomic::AtomicU64,
 }
 
 impl State {
@@ -73,6 +85,8 @@ impl State {
             providers: BTreeMap::new(),
             agents: AgentPool::default(),
             retry_budget: 2,
+            reloads: Default::default(),
+            reload_failures: Default::default(),
         }
     }
 

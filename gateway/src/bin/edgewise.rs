@@ -1,14 +1,30 @@
-//! `edgewise`: the operator's command line. So far: `policy check`.
+//! `edgewise`: the operator's command line: policy check, route explain, generate, fleet status.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgewise_gateway::policy;
+use edgewise_gateway::{cli, policy};
 
 #[derive(Parser)]
 #[command(name = "edgewise", version, about = "Edgewise operator tools")]
 struct Cli {
+    /// The gateway to talk to.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:7400",
+        env = "EDGEWISE_GATEWAY"
+    )]
+    gateway: String,
+    /// The tenant to act as (sent as the x-edgewise-tenant header).
+    #[arg(
+        long,
+        global = true,
+        default_value = "default",
+        env = "EDGEWISE_TENANT"
+    )]
+    tenant: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +35,27 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Routing decisions.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// Stream a generation through the gateway, then print the decision.
+    Generate {
+        #[command(flatten)]
+        hints: cli::Hints,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// Send the text as a raw prompt instead of a user chat message.
+        #[arg(long)]
+        raw: bool,
+        text: String,
+    },
+    /// The fleet as the gateway sees it.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
 }
 
@@ -32,34 +69,114 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Which target a request would go to, and why (no inference).
+    Explain {
+        /// generate | embed | classify
+        #[arg(long, default_value = "generate")]
+        task: String,
+        #[command(flatten)]
+        hints: cli::Hints,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        text: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// A table of nodes, models, state and load.
+    Status,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let args = Cli::parse();
+    let result = match args.command {
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => match policy::load(&files) {
-            Err(problems) => {
-                eprintln!("{problems}");
-                eprintln!("policy check: {} problem(s)", problems.0.len());
-                ExitCode::from(1)
-            }
-            Ok(p) => {
-                println!(
-                    "policy ok: {} route(s), default data class {}",
-                    p.routes.len(),
-                    p.default_data_class
-                );
-                println!("external paths by data class:");
-                for (class, paths) in policy::confidentiality_report(&p) {
-                    if paths.is_empty() {
-                        println!("  {:<13} never leaves the box", class.as_str());
-                    }
-                    for path in paths {
-                        println!("  {:<13} {path}", class.as_str());
-                    }
+        } => return policy_check(&files),
+        other => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("edgewise: {e}");
+                    return ExitCode::from(1);
                 }
-                ExitCode::SUCCESS
+            };
+            rt.block_on(async {
+                match other {
+                    Command::Route {
+                        command:
+                            RouteCommand::Explain {
+                                task,
+                                hints,
+                                max_tokens,
+                                text,
+                            },
+                    } => {
+                        cli::explain(
+                            &args.gateway,
+                            &args.tenant,
+                            &task,
+                            &hints,
+                            max_tokens,
+                            &text,
+                        )
+                        .await
+                    }
+                    Command::Generate {
+                        hints,
+                        max_tokens,
+                        raw,
+                        text,
+                    } => {
+                        cli::generate(&args.gateway, &args.tenant, &hints, max_tokens, raw, &text)
+                            .await
+                    }
+                    Command::Fleet {
+                        command: FleetCommand::Status,
+                    } => cli::fleet_status(&args.gateway).await,
+                    Command::Policy { .. } => Ok(()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgewise: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    match policy::load(files) {
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("policy check: {} problem(s)", problems.0.len());
+            ExitCode::from(1)
+        }
+        Ok(p) => {
+            println!(
+                "policy ok: {} route(s), default data class {}",
+                p.routes.len(),
+                p.default_data_class
+            );
+            println!("external paths by data class:");
+            for (class, paths) in policy::confidentiality_report(&p) {
+                if paths.is_empty() {
+                    println!("  {:<13} never leaves the box", class.as_str());
+                }
+                for path in paths {
+                    println!("  {:<13} {path}", class.as_str());
+                }
             }
-        },
+            ExitCode::SUCCESS
+        }
     }
 }

@@ -1,0 +1,219 @@
+//! The `edgewise` command line's calls to a gateway, and how it prints their answers.
+
+use std::io::Write;
+
+use edgewise_proto as pb;
+use tonic::Request;
+use tonic::transport::Channel;
+
+/// Routing hints as command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Hints {
+    /// public | internal | confidential | restricted (default: the policy's)
+    #[arg(long)]
+    pub data_class: Option<String>,
+    #[arg(long)]
+    pub min_quality: Option<f32>,
+    /// Use only this route.
+    #[arg(long)]
+    pub route: Option<String>,
+}
+
+impl Hints {
+    fn proto(&self) -> pb::RoutingHints {
+        pb::RoutingHints {
+            data_class: self.data_class.clone().unwrap_or_default(),
+            min_quality: self.min_quality,
+            max_latency_ms: None,
+            route: self.route.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the gateway at {0}: {1}")]
+    Connect(String, String),
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn connect(addr: &str) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
+    pb::gateway_client::GatewayClient::connect(addr.to_string())
+        .await
+        .map_err(|e| CliError::Connect(addr.into(), e.to_string()))
+}
+
+fn with_tenant<T>(msg: T, tenant: &str) -> Result<Request<T>, CliError> {
+    let mut r = Request::new(msg);
+    let v = tenant
+        .parse()
+        .map_err(|_| CliError::Usage(format!("tenant `{tenant}` is not a valid header value")))?;
+    r.metadata_mut().insert("x-edgewise-tenant", v);
+    Ok(r)
+}
+
+/// A decision as people read it.
+pub fn render_decision(d: &pb::Decision) -> String {
+    let mut out = String::new();
+    let target = match &d.target {
+        Some(pb::decision::Target::Local(l)) => {
+            format!("local {} on node {} ({})", l.model, l.node_id, l.addr)
+        }
+        Some(pb::decision::Target::External(e)) => {
+            format!(
+                "external {}/{} (worst case ${:.4})",
+                e.provider, e.model, e.worst_case_usd
+            )
+        }
+        None => format!("refused: {}", d.refusal),
+    };
+    out.push_str(&format!(
+        "decision {}\n  route: {}  rule: {}  data class: {}\n  target: {target}\n",
+        d.decision_id, d.route, d.rule, d.data_class
+    ));
+    for r in &d.retried {
+        out.push_str(&format!("  retried: {} — {}\n", r.candidate, r.reason));
+    }
+    for e in &d.excluded {
+        out.push_str(&format!("  excluded: {} — {}\n", e.candidate, e.reason));
+    }
+    out
+}
+
+pub async fn explain(
+    addr: &str,
+    tenant: &str,
+    task: &str,
+    hints: &Hints,
+    max_tokens: u32,
+    text: &str,
+) -> Result<(), CliError> {
+    let task = match task {
+        "generate" => pb::Task::Generate,
+        "embed" => pb::Task::Embed,
+        "classify" => pb::Task::Classify,
+        other => {
+            return Err(CliError::Usage(format!(
+                "--task `{other}` is not one of generate, embed, classify"
+            )));
+        }
+    };
+    let req = pb::ExplainRequest {
+        task: task as i32,
+        routing: Some(hints.proto()),
+        text: text.into(),
+        max_tokens,
+    };
+    let d = connect(addr)
+        .await?
+        .explain(with_tenant(req, tenant)?)
+        .await?
+        .into_inner();
+    print!("{}", render_decision(&d));
+    Ok(())
+}
+
+pub async fn generate(
+    addr: &str,
+    tenant: &str,
+    hints: &Hints,
+    max_tokens: u32,
+    raw: bool,
+    text: &str,
+) -> Result<(), CliError> {
+    let input = if raw {
+        pb::generate_request::Input::Prompt(text.into())
+    } else {
+        pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: text.into(),
+            }],
+        })
+    };
+    let req = pb::GatewayGenerateRequest {
+        request: Some(pb::GenerateRequest {
+            input: Some(input),
+            max_tokens,
+            ..Default::default()
+        }),
+        routing: Some(hints.proto()),
+    };
+    let mut stream = connect(addr)
+        .await?
+        .generate(with_tenant(req, tenant)?)
+        .await?
+        .into_inner();
+    let (mut decision, mut done) = (None, None);
+    let mut out = std::io::stdout();
+    while let Some(m) = stream.message().await? {
+        decision = m.decision.or(decision);
+        if let Some(c) = m.chunk {
+            out.write_all(c.text.as_bytes())?;
+            out.flush()?;
+            done = c.done.or(done);
+        }
+    }
+    writeln!(out)?;
+    if let Some(d) = done {
+        let u = d.usage.unwrap_or_default();
+        eprintln!(
+            "[{} prompt + {} completion tokens, first token {:.0} ms, {:.1} ms/token, finish {:?}]",
+            u.prompt_tokens,
+            u.completion_tokens,
+            d.time_to_first_token_ms,
+            d.time_per_output_token_ms,
+            d.finish_reason()
+        );
+    }
+    if let Some(d) = decision {
+        eprint!("{}", render_decision(&d));
+    }
+    Ok(())
+}
+
+pub async fn fleet_status(addr: &str) -> Result<(), CliError> {
+    let s = connect(addr)
+        .await?
+        .fleet_status(pb::FleetStatusRequest {})
+        .await?
+        .into_inner();
+    println!("gateway {}  policy {}", s.gateway_id, s.policy_hash);
+    println!(
+        "{:<38} {:<5} {:<22} {:<9} {:<8} {:>5} {:>5} {:>7} {:>9}",
+        "NODE", "LIVE", "MODEL", "TASK", "STATE", "BUSY", "QUEUE", "LAT ms", "TOK/s"
+    );
+    for n in &s.nodes {
+        for m in &n.models {
+            let task = pb::Task::try_from(m.task)
+                .map(|t| t.as_str_name().trim_start_matches("TASK_").to_lowercase())
+                .unwrap_or_default();
+            let state = pb::ModelState::try_from(m.state)
+                .map(|t| {
+                    t.as_str_name()
+                        .trim_start_matches("MODEL_STATE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<38} {:<5} {:<22} {:<9} {:<8} {:>2}/{:<2} {:>5} {:>7.1} {:>9.1}",
+                n.node_id,
+                if n.live { "yes" } else { "no" },
+                m.name,
+                task,
+                state,
+                m.in_flight,
+                m.max_concurrency,
+                m.queue_depth,
+                m.ewma_latency_ms,
+                m.tokens_per_s
+            );
+        }
+    }
+    Ok(())
+}
