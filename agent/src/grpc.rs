@@ -2,7 +2,6 @@
 //! `AgentError` becomes a `tonic::Status`.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use edgewise_proto as pb;
 use futures::Stream;
@@ -34,22 +33,6 @@ pub fn status(e: &AgentError) -> Status {
     }
 }
 
-/// The caller's deadline from the `grpc-timeout` header (e.g. `500m`, `2S`).
-pub fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 pub struct AgentService {
     pub inference: Inference,
 }
@@ -64,7 +47,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let deadline = deadline_from(grpc_timeout(&request));
+        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         let out = self
             .inference
             .generate(request.into_inner(), deadline)
@@ -81,7 +64,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let deadline = deadline_from(grpc_timeout(&request));
+        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         self.inference
             .embed(request.into_inner(), deadline)
             .await
@@ -93,7 +76,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        let deadline = deadline_from(grpc_timeout(&request));
+        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         self.inference
             .classify(request.into_inner(), deadline)
             .await
@@ -104,6 +87,8 @@ impl pb::agent_server::Agent for AgentService {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -123,13 +108,5 @@ mod tests {
             Some("250")
         );
         assert!(s.message().contains("queue limit 2"));
-    }
-
-    #[test]
-    fn parses_grpc_timeouts() {
-        let mut r = Request::new(());
-        r.metadata_mut()
-            .insert("grpc-timeout", MetadataValue::from_static("1500m"));
-        assert_eq!(grpc_timeout(&r), Some(Duration::from_millis(1500)));
     }
 }

@@ -42,19 +42,15 @@ fn tenant<T>(req: &Request<T>) -> Result<String, GatewayError> {
         .ok_or(GatewayError::NoTenant)
 }
 
-fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
-    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// The routing request for an embed or classify batch: its longest text must fit.
+fn texts_route(
+    tenant: String,
+    task: Task,
+    h: Option<&pb::RoutingHints>,
+    texts: &[String],
+) -> Result<RouteRequest, Status> {
+    let tokens = texts.iter().map(|t| estimate_tokens(t)).max().unwrap_or(0);
+    hints(tenant, task, h, tokens, 0).map_err(|e| status(&e))
 }
 
 /// Tokens a text will take, estimated without the model's tokenizer (about 4 bytes a token);
@@ -296,7 +292,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
+        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
         let body = request.into_inner();
         let gen_req = body
             .request
@@ -391,19 +387,12 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayEmbedRequest>,
     ) -> Result<Response<pb::GatewayEmbedResponse>, Status> {
         let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
+        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
         let body = request.into_inner();
         let inner = body
             .request
             .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let tokens = inner
-            .texts
-            .iter()
-            .map(|t| estimate_tokens(t))
-            .max()
-            .unwrap_or(0);
-        let route_req =
-            hints(tenant, Task::Embed, body.routing.as_ref(), tokens, 0).map_err(|e| status(&e))?;
+        let route_req = texts_route(tenant, Task::Embed, body.routing.as_ref(), &inner.texts)?;
         let call = |mut client: pb::agent_client::AgentClient<Channel>,
                     model: String,
                     timeout: Option<Duration>| {
@@ -431,19 +420,12 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayClassifyRequest>,
     ) -> Result<Response<pb::GatewayClassifyResponse>, Status> {
         let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = grpc_timeout(&request).map(|t| Instant::now() + t);
+        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
         let body = request.into_inner();
         let inner = body
             .request
             .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let tokens = inner
-            .texts
-            .iter()
-            .map(|t| estimate_tokens(t))
-            .max()
-            .unwrap_or(0);
-        let route_req = hints(tenant, Task::Classify, body.routing.as_ref(), tokens, 0)
-            .map_err(|e| status(&e))?;
+        let route_req = texts_route(tenant, Task::Classify, body.routing.as_ref(), &inner.texts)?;
         let call = |mut client: pb::agent_client::AgentClient<Channel>,
                     model: String,
                     timeout: Option<Duration>| {
