@@ -1,4 +1,7 @@
-//! Compiles `proto/edgewise/v1/*.proto` with `protox` (pure Rust), so no system `protoc` is needed.
+//! Compiles `proto/edgewise/v1/*.proto` with `protox` (pure Rust), so no system `protoc` is
+//! needed, and writes the encoded descriptor set for gRPC server reflection.
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -11,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("edgewise_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

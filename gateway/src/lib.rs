@@ -39,6 +39,8 @@ pub enum StartError {
     Policy(edgewise_diag::Diagnostics),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
 }
 
 /// A running gateway.
@@ -62,10 +64,17 @@ impl Gateway {
         health
             .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()
             .await;
+        // reflection lets grpcurl and similar tools call the gateway without the .proto files
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
                 registry: state.registry.clone(),
                 gateway_id: config.id.clone(),

@@ -12,6 +12,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded descriptor set of every `edgewise.v1` file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/edgewise_descriptor.bin"));
+
 /// The caller's deadline from the `grpc-timeout` header (`500m`, `2S`, ...), which the agent
 /// and the gateway both honour for streams (tonic enforces it only up to the first message).
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {

@@ -306,3 +306,54 @@ async fn a_request_is_routed_again_when_its_agent_refuses_before_the_first_token
     b.stop().await;
     g.stop().await;
 }
+
+#[tokio::test]
+async fn the_gateway_serves_reflection_and_health() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let (g, _p) = gateway(POLICY).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut r = ServerReflectionClient::new(ch.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "edgewise.v1.Gateway",
+        "edgewise.v1.Fleet",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{names:?}");
+    }
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "edgewise.v1.Gateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    g.stop().await;
+}
