@@ -8,10 +8,16 @@ use edgewise_proto as pb;
 pub enum CallError {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status(s)
+    }
 }
 
 async fn client(
@@ -90,4 +96,34 @@ pub async fn classify(
         })
         .await?
         .into_inner())
+}
+
+/// Waits until the agent reports SERVING (every model has finished loading), up to `wait`.
+pub async fn wait_ready(addr: &str, wait: std::time::Duration) -> Result<(), CallError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let serving = match tonic::transport::Endpoint::from_shared(addr.to_string()) {
+            Ok(ep) => match ep.connect().await {
+                Ok(ch) => tonic_health::pb::health_client::HealthClient::new(ch)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "edgewise.v1.Agent".into(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32),
+                Err(_) => false,
+            },
+            Err(e) => return Err(CallError::Connect(addr.to_string(), e.to_string())),
+        };
+        if serving {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CallError::Connect(
+                addr.to_string(),
+                format!("not serving after {wait:?}"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

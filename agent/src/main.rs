@@ -67,6 +67,11 @@ enum CallCommand {
         model: String,
         texts: Vec<String>,
     },
+    /// Wait until the agent serves (all models loaded); non-zero exit if it does not in time.
+    WaitReady {
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +194,10 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
                     e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
                 println!("{t:?}: {} dims [{}, ...]", e.values.len(), head.join(", "));
             }
+        }
+        CallCommand::WaitReady { timeout_secs } => {
+            call::wait_ready(addr, std::time::Duration::from_secs(timeout_secs)).await?;
+            eprintln!("{addr}: serving");
         }
         CallCommand::Classify { model, texts } => {
             let r = call::classify(addr, &model, texts.clone()).await?;

@@ -17,12 +17,8 @@ stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid"; }
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-# wait (up to 120 s) until the agent answers
-for _ in $(seq 1 240); do
-  "$BIN" call --addr "$ADDR" embed --model minilm-l6-int8 "ping" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { echo "the agent exited during start-up" >&2; exit 1; }
-  sleep 0.5
-done
+# wait (up to 120 s) until every model has loaded
+"$BIN" call --addr "$ADDR" wait-ready --timeout-secs 120 || { echo "the agent did not become ready" >&2; exit 1; }
 
 failed=0
 check() {

@@ -35,11 +35,17 @@ pub enum CliError {
     #[error("cannot reach the gateway at {0}: {1}")]
     Connect(String, String),
     #[error("{:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Status(s)
+    }
 }
 
 async fn connect(addr: &str) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
