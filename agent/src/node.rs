@@ -89,7 +89,6 @@ pub struct Node {
     draining: AtomicBool,
     /// Bumped on every model state change and on drain, so reports go out at once.
     changes: watch::Sender<u64>,
-    started: Instant,
 }
 
 impl Node {
@@ -189,7 +188,6 @@ impl Node {
             store,
             draining: AtomicBool::new(false),
             changes,
-            started: Instant::now(),
         })
     }
 
@@ -345,10 +343,6 @@ impl Node {
             rejected_total: st.rejected_total.load(Ordering::Relaxed),
             tokens_generated_total: st.tokens_generated_total.load(Ordering::Relaxed),
         }
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 

@@ -165,7 +165,7 @@ impl AgentPool {
 fn retriable(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::Unknown | Code::Cancelled
+        Code::Unavailable | Code::ResourceExhausted | Code::Unknown
     )
 }
 
