@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use edgewise_diag::{Diagnostic, Diagnostics, TomlSource};
-
-/// Environment variables with this prefix override config keys; `__` separates sections.
-pub const ENV_PREFIX: &str = "EDGEWISE";
+use edgewise_diag::{Diagnostics, Layered};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,58 +151,10 @@ impl AgentConfig {
 
     /// Reads `path`, applies `EDGEWISE_*__*` overrides from `env`, validates.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic {
-                file: path.to_path_buf(),
-                position: None,
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        let src = TomlSource::new(path, text);
-        // 1. The file alone, with exact spans for syntax errors and unknown or mistyped keys.
-        if let Err(e) = toml::from_str::<RawAgentConfig>(src.text()) {
-            return Err(Diagnostics(vec![src.from_toml_error(&e)]));
-        }
-        // 2. File + environment through the `config` crate; an error now comes from the environment.
-        let overrides: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| is_override(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let names: Vec<String> = overrides.keys().cloned().collect();
-        let raw: RawAgentConfig = config::Config::builder()
-            .add_source(config::File::from_str(src.text(), config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("report.gateways")
-                    .with_list_parse_key("models.include")
-                    .source(Some(overrides)),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| {
-                Diagnostics(vec![Diagnostic {
-                    file: path.to_path_buf(),
-                    position: None,
-                    path: format!("environment ({})", names.join(", ")),
-                    message: e.to_string(),
-                }])
-            })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        validate(raw, &src, base, &names)
+        let layered =
+            Layered::<RawAgentConfig>::load(path, env, &["report.gateways", "models.include"])?;
+        validate(layered)
     }
-}
-
-/// `EDGEWISE_SECTION__KEY`: only names with a section separator are config overrides, so
-/// unrelated `EDGEWISE_*` variables never break the config.
-fn is_override(name: &str) -> bool {
-    name.strip_prefix("EDGEWISE_")
-        .is_some_and(|rest| rest.contains("__"))
 }
 
 pub fn default_threads() -> usize {
@@ -214,30 +163,11 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-fn env_name(path: &str) -> String {
-    format!("{ENV_PREFIX}_{}", path.replace('.', "__").to_uppercase())
-}
-
-fn validate(
-    raw: RawAgentConfig,
-    src: &TomlSource,
-    base: &Path,
-    env: &[String],
-) -> Result<AgentConfig, Diagnostics> {
+fn validate(layered: Layered<RawAgentConfig>) -> Result<AgentConfig, Diagnostics> {
+    let (raw, at) = layered.split();
     let mut problems = Vec::new();
-    let mut problem = |path: &str, msg: String| {
-        let var = env_name(path);
-        if env.iter().any(|e| e == &var) {
-            problems.push(Diagnostic {
-                file: src.file().to_path_buf(),
-                position: None,
-                path: format!("{path} (from {var})"),
-                message: msg,
-            });
-        } else {
-            problems.push(src.diag(path, msg));
-        }
-    };
+    let mut problem = |path: &str, msg: String| problems.push(at.problem(path, msg));
+    let base = at.base();
     let mut cfg = AgentConfig::for_models_dir(PathBuf::from("models"));
 
     if let Some(listen) = raw.server.listen {

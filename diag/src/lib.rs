@@ -7,6 +7,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod layered;
+
+pub use layered::{ENV_PREFIX, Layered, env_name};
+
 /// One problem in an input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {

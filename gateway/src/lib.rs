@@ -6,6 +6,7 @@
 //! providers, the budget ledger, audit, hot reload and gateway.toml are still to come.
 
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
@@ -31,6 +32,18 @@ pub struct GatewayConfig {
     pub policies: Vec<PathBuf>,
     /// A stable id for this gateway (shown to agents and in FleetStatus).
     pub id: String,
+    /// How many other nodes a request may try after an agent fails before its first token.
+    pub retry_budget: usize,
+}
+
+impl GatewayConfig {
+    pub fn new(policies: Vec<PathBuf>, id: impl Into<String>) -> Self {
+        Self {
+            policies,
+            id: id.into(),
+            retry_budget: 2,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +72,9 @@ impl Gateway {
         let policy = ActivePolicy::load(&config.policies).map_err(StartError::Policy)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         tracing::info!(%addr, policy = %policy.hash, routes = policy.policy.routes.len(), "gateway listening");
-        let state = Arc::new(State::new(config.id.clone(), policy));
+        let mut state = State::new(config.id.clone(), policy);
+        state.retry_budget = config.retry_budget;
+        let state = Arc::new(state);
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()

@@ -1,10 +1,10 @@
-//! `edgewise-gateway`: parse the command line, call the library.
+//! `edgewise-gateway`: parse the command line, load config, call the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use edgewise_gateway::GatewayConfig;
+use clap::{Parser, Subcommand};
+use edgewise_gateway::config::GatewayFile;
 
 #[derive(Parser)]
 #[command(
@@ -13,15 +13,24 @@ use edgewise_gateway::GatewayConfig;
     about = "Edgewise gateway: routes requests to the smallest adequate local model"
 )]
 struct Cli {
-    /// Address for the Gateway, Fleet and health services.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    listen: std::net::SocketAddr,
-    /// Policy files or directories (a directory means its *.yaml files).
-    #[arg(long, default_value = "/etc/edgewise/policies")]
-    policies: Vec<PathBuf>,
-    /// This gateway's id, as agents and FleetStatus show it.
-    #[arg(long, default_value = "gateway")]
-    id: String,
+    /// Gateway config file (TOML). EDGEWISE_SECTION__KEY environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/edgewise/gateway.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Check the config and the policy files, and exit (for ExecStartPre= and ExecReload=).
+    Validate,
 }
 
 fn main() -> ExitCode {
@@ -33,10 +42,30 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let config = GatewayConfig {
-        policies: cli.policies,
-        id: cli.id,
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let file = match GatewayFile::load(&cli.config, &env) {
+        Ok(f) => f,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::from(1);
+        }
     };
+    if let Some(Command::Validate) = cli.command {
+        return match edgewise_gateway::policy::load(&file.gateway.policies) {
+            Ok(p) => {
+                println!(
+                    "{}: ok; policy ok: {} route(s)",
+                    cli.config.display(),
+                    p.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("{problems}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,10 +77,10 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cli.listen)
+        let listener = tokio::net::TcpListener::bind(file.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
-        edgewise_gateway::run(config, listener, shutdown_signal())
+            .map_err(|e| format!("cannot listen on {}: {e}", file.listen))?;
+        edgewise_gateway::run(file.gateway, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     });

@@ -44,10 +44,7 @@ async fn valid_edits_apply_under_load_and_invalid_ones_are_rejected() {
     write(&file, &policy("v1"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let g = Gateway::start(
-        GatewayConfig {
-            policies: vec![dir.path().to_path_buf()],
-            id: "gw".into(),
-        },
+        GatewayConfig::new(vec![dir.path().to_path_buf()], "gw"),
         listener,
     )
     .await

@@ -17,10 +17,7 @@ async fn gateway(policy: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = GatewayConfig {
-        policies: vec![dir.path().to_path_buf()],
-        id: "gw-test".into(),
-    };
+    let config = GatewayConfig::new(vec![dir.path().to_path_buf()], "gw-test");
     (Gateway::start(config, listener).await.unwrap(), dir)
 }
 
