@@ -166,16 +166,43 @@ fn edgewise_gateway_validate_checks_config_and_policies() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
     let policies = common::repo_root().join("policies");
-    std::fs::write(&cfg, format!("[policies]\npaths = [\"{}\"]\n", policies.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[policies]\npaths = [\"{}\"]\n", policies.display()),
+    )
+    .unwrap();
     let gw = common::agent_bin().with_file_name("edgewise-gateway");
-    let out = Command::new(&gw).arg("--config").arg(&cfg).arg("validate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&gw)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok; policy ok: 3 route(s)\n"));
 
-    std::fs::write(dir.path().join("bad.yaml"), "routes:\n  - name: x\n    spill: sometimes\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "routes:\n  - name: x\n    spill: sometimes\n",
+    )
+    .unwrap();
     std::fs::write(&cfg, "[policies]\npaths = [\"bad.yaml\"]\n").unwrap();
-    let out = Command::new(&gw).arg("--config").arg(&cfg).arg("validate").output().unwrap();
+    let out = Command::new(&gw)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("validate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml:3:12: routes[0].spill: `sometimes` is not one of larger, wait, external"), "{err}");
+    assert!(
+        err.contains(
+            "bad.yaml:3:12: routes[0].spill: `sometimes` is not one of larger, wait, external"
+        ),
+        "{err}"
+    );
 }
