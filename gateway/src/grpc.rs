@@ -281,6 +281,49 @@ fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
     r
 }
 
+/// Sends the decision, then the agent's chunks, to the caller; stops when either side ends.
+async fn pipe(
+    tx: &tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, Status>>,
+    decision: pb::Decision,
+    first: Option<pb::GenerateChunk>,
+    mut stream: tonic::Streaming<pb::GenerateChunk>,
+    node: &str,
+    model: &str,
+) {
+    let head = pb::GatewayGenerateChunk {
+        chunk: None,
+        decision: Some(decision),
+    };
+    if tx.send(Ok(head)).await.is_err() {
+        return;
+    }
+    let mut next = first;
+    while let Some(chunk) = next {
+        if tx
+            .send(Ok(pb::GatewayGenerateChunk {
+                chunk: Some(chunk),
+                decision: None,
+            }))
+            .await
+            .is_err()
+        {
+            return; // the caller left: dropping the agent stream cancels the generation
+        }
+        next = match stream.message().await {
+            Ok(c) => c,
+            Err(s) => {
+                let e = GatewayError::Agent {
+                    node: node.to_string(),
+                    model: model.to_string(),
+                    status: s,
+                };
+                let _ = tx.send(Err(status(&e))).await;
+                return;
+            }
+        };
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GatewayGenerateChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -333,49 +376,19 @@ impl pb::gateway_server::Gateway for GatewayService {
                 Ok((first, stream))
             }
         };
-        let ((first, mut stream), routed) = self
+        let ((first, stream), routed) = self
             .with_retries(route_req, deadline, call)
             .await
             .map_err(|e| status(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let decision = routed.decision.clone();
         tokio::spawn(async move {
-            let _in_flight = routed.guard;
-            if tx
-                .send(Ok(pb::GatewayGenerateChunk {
-                    chunk: None,
-                    decision: Some(decision),
-                }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut next = first;
-            while let Some(chunk) = next {
-                if tx
-                    .send(Ok(pb::GatewayGenerateChunk {
-                        chunk: Some(chunk),
-                        decision: None,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    return; // the caller left: dropping the agent stream cancels the generation
-                }
-                next = match stream.message().await {
-                    Ok(c) => c,
-                    Err(s) => {
-                        let e = GatewayError::Agent {
-                            node: routed.node.clone(),
-                            model: routed.model.clone(),
-                            status: s,
-                        };
-                        let _ = tx.send(Err(status(&e))).await;
-                        return;
-                    }
-                };
-            }
+            let in_flight = routed.guard;
+            let (node, model) = (routed.node, routed.model);
+            pipe(&tx, decision, first, stream, &node, &model).await;
+            // the model's slot is released before the caller sees the end of the stream
+            drop(in_flight);
+            drop(tx);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

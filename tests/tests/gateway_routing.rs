@@ -159,6 +159,27 @@ async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated()
         d.excluded
     );
 
+    // reports lag: wait until the gateway has heard that the first request finished
+    let c2 = c.clone();
+    wait_for(
+        "the small model is idle in the gateway's view",
+        Duration::from_secs(10),
+        || {
+            let mut c = c2.clone();
+            async move {
+                let s = c
+                    .fleet_status(pb::FleetStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                s.nodes
+                    .iter()
+                    .flat_map(|n| &n.models)
+                    .any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 0)
+            }
+        },
+    )
+    .await;
     // hold the q4 model's only slot (a caller that stops reading); the next request spills
     let mut slow = pb::gateway_client::GatewayClient::new(
         tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
