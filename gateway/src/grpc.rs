@@ -281,6 +281,83 @@ fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
     r
 }
 
+/// An agent call on a batch of texts (Embed, Classify): one routing and retry path for both.
+trait TextsCall: Clone + Send + Sync + 'static {
+    type Out: Send + 'static;
+    const TASK: Task;
+    fn texts(&self) -> &[String];
+    fn for_model(&self, model: String) -> Self;
+    fn call(
+        client: pb::agent_client::AgentClient<Channel>,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>>;
+}
+
+impl TextsCall for pb::EmbedRequest {
+    type Out = pb::EmbedResponse;
+    const TASK: Task = Task::Embed;
+    fn texts(&self) -> &[String] {
+        &self.texts
+    }
+    fn for_model(&self, model: String) -> Self {
+        Self {
+            model,
+            ..self.clone()
+        }
+    }
+    fn call(
+        mut client: pb::agent_client::AgentClient<Channel>,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
+        Box::pin(async move { client.embed(req).await.map(Response::into_inner) })
+    }
+}
+
+impl TextsCall for pb::ClassifyRequest {
+    type Out = pb::ClassifyResponse;
+    const TASK: Task = Task::Classify;
+    fn texts(&self) -> &[String] {
+        &self.texts
+    }
+    fn for_model(&self, model: String) -> Self {
+        Self {
+            model,
+            ..self.clone()
+        }
+    }
+    fn call(
+        mut client: pb::agent_client::AgentClient<Channel>,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
+        Box::pin(async move { client.classify(req).await.map(Response::into_inner) })
+    }
+}
+
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t)
+}
+
+impl GatewayService {
+    async fn texts<Q: TextsCall>(
+        &self,
+        tenant: String,
+        deadline: Option<Instant>,
+        inner: Option<Q>,
+        routing: Option<pb::RoutingHints>,
+    ) -> Result<(Q::Out, pb::Decision), Status> {
+        let inner = inner.ok_or_else(|| Status::invalid_argument("request is required"))?;
+        let route_req = texts_route(tenant, Q::TASK, routing.as_ref(), inner.texts())?;
+        let call = |client, model: String, timeout: Option<Duration>| {
+            Q::call(client, with_timeout(inner.for_model(model), timeout))
+        };
+        let (out, routed) = self
+            .with_retries(route_req, deadline, call)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok((out, routed.decision))
+    }
+}
+
 /// Sends the decision, then the agent's chunks, to the caller; stops when either side ends.
 async fn pipe(
     tx: &tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, Status>>,
@@ -335,7 +412,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+        let deadline = deadline_of(&request);
         let body = request.into_inner();
         let gen_req = body
             .request
@@ -399,32 +476,17 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::GatewayEmbedRequest>,
     ) -> Result<Response<pb::GatewayEmbedResponse>, Status> {
-        let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+        let (tenant, deadline) = (
+            tenant(&request).map_err(|e| status(&e))?,
+            deadline_of(&request),
+        );
         let body = request.into_inner();
-        let inner = body
-            .request
-            .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let route_req = texts_route(tenant, Task::Embed, body.routing.as_ref(), &inner.texts)?;
-        let call = |mut client: pb::agent_client::AgentClient<Channel>,
-                    model: String,
-                    timeout: Option<Duration>| {
-            let mut r = inner.clone();
-            r.model = model;
-            async move {
-                client
-                    .embed(with_timeout(r, timeout))
-                    .await
-                    .map(Response::into_inner)
-            }
-        };
-        let (response, routed) = self
-            .with_retries(route_req, deadline, call)
-            .await
-            .map_err(|e| status(&e))?;
+        let (response, decision) = self
+            .texts(tenant, deadline, body.request, body.routing)
+            .await?;
         Ok(Response::new(pb::GatewayEmbedResponse {
             response: Some(response),
-            decision: Some(routed.decision),
+            decision: Some(decision),
         }))
     }
 
@@ -432,32 +494,17 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::GatewayClassifyRequest>,
     ) -> Result<Response<pb::GatewayClassifyResponse>, Status> {
-        let tenant = tenant(&request).map_err(|e| status(&e))?;
-        let deadline = edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+        let (tenant, deadline) = (
+            tenant(&request).map_err(|e| status(&e))?,
+            deadline_of(&request),
+        );
         let body = request.into_inner();
-        let inner = body
-            .request
-            .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let route_req = texts_route(tenant, Task::Classify, body.routing.as_ref(), &inner.texts)?;
-        let call = |mut client: pb::agent_client::AgentClient<Channel>,
-                    model: String,
-                    timeout: Option<Duration>| {
-            let mut r = inner.clone();
-            r.model = model;
-            async move {
-                client
-                    .classify(with_timeout(r, timeout))
-                    .await
-                    .map(Response::into_inner)
-            }
-        };
-        let (response, routed) = self
-            .with_retries(route_req, deadline, call)
-            .await
-            .map_err(|e| status(&e))?;
+        let (response, decision) = self
+            .texts(tenant, deadline, body.request, body.routing)
+            .await?;
         Ok(Response::new(pb::GatewayClassifyResponse {
             response: Some(response),
-            decision: Some(routed.decision),
+            decision: Some(decision),
         }))
     }
 

@@ -34,19 +34,7 @@ impl ActivePolicy {
 /// The policy files named by `paths`, and a hash of their names and contents (what the
 /// watcher compares to notice an edit).
 pub fn hash_files(paths: &[PathBuf]) -> (Vec<PathBuf>, String) {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            found.retain(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"));
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(p.clone());
-        }
-    }
+    let files = crate::policy::files(paths);
     let mut h = Sha256::new();
     for f in &files {
         h.update(f.to_string_lossy().as_bytes());

@@ -68,6 +68,12 @@ pub fn parse(files: &[(PathBuf, String)]) -> Result<Policy, Diagnostics> {
     }
 }
 
+/// The policy files that `paths` name: files as given, directories as their *.yaml / *.yml
+/// files sorted by name (unreadable directories are skipped).
+pub fn files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    expand(paths, &mut Vec::new())
+}
+
 fn expand(paths: &[PathBuf], problems: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
