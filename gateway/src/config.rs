@@ -1,11 +1,16 @@
 //! The gateway's own configuration (`gateway.toml`): raw shape → validated `GatewayFile`.
 //! `EDGEWISE_SECTION__KEY` environment variables override the file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use edgewise_diag::{Diagnostics, Layered};
 use serde::Deserialize;
+
+use crate::providers::{Kind, ProviderConfig, Secret};
+use crate::routing::ProviderPrice;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +21,33 @@ pub struct RawGatewayConfig {
     pub policies: RawPolicies,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    /// A file holding the API key (relative paths are taken from the config file's folder).
+    pub key_file: Option<PathBuf>,
+    /// A systemd credential name: the key is read from `$CREDENTIALS_DIRECTORY/NAME`.
+    pub key_credential: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub input_usd_per_million: Option<f64>,
+    pub output_usd_per_million: Option<f64>,
+    pub timeout_ms: Option<u64>,
+    pub max_retries: Option<u32>,
+    pub default_max_tokens: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +125,21 @@ impl GatewayFile {
                 format!("{retry_budget} is more than 10"),
             ));
         }
+        let state_dir = raw
+            .state
+            .dir
+            .map(|d| at.base().join(d))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/edgewise/gateway"));
+        let credentials = env
+            .iter()
+            .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
+            .map(|(_, v)| PathBuf::from(v));
+        let mut providers = Vec::new();
+        for (name, p) in raw.providers {
+            if let Some(p) = provider(&at, &name, p, credentials.as_deref(), &mut problems) {
+                providers.push(p);
+            }
+        }
         if !problems.is_empty() {
             return Err(Diagnostics(problems));
         }
@@ -102,9 +149,165 @@ impl GatewayFile {
                 policies,
                 id,
                 retry_budget: retry_budget as usize,
+                state_dir: Some(state_dir),
+                providers,
             },
         })
     }
+}
+
+/// Validates one `[providers.NAME]` block and reads its key (never echoing it).
+fn provider(
+    at: &Layered<()>,
+    name: &str,
+    p: RawProvider,
+    credentials: Option<&Path>,
+    problems: &mut Vec<edgewise_diag::Diagnostic>,
+) -> Option<ProviderConfig> {
+    let path = |key: &str| format!("providers.{name}.{key}");
+    let before = problems.len();
+    let kind = match p.kind.as_deref() {
+        Some(k) => Kind::parse(k).or_else(|| {
+            problems.push(at.problem(
+                &path("kind"),
+                format!("`{k}` is not one of openai, anthropic"),
+            ));
+            None
+        }),
+        None => {
+            problems.push(at.problem(
+                &format!("providers.{name}"),
+                "`kind` is required (openai or anthropic)",
+            ));
+            None
+        }
+    };
+    let base_url = match p.base_url.as_deref().map(reqwest::Url::parse) {
+        Some(Ok(u)) if u.scheme() == "https" => Some(u),
+        Some(Ok(u)) => {
+            problems.push(at.problem(
+                &path("base_url"),
+                format!(
+                    "must be https:// (got {}://); keys are never sent in clear text",
+                    u.scheme()
+                ),
+            ));
+            None
+        }
+        Some(Err(e)) => {
+            problems.push(at.problem(&path("base_url"), format!("not a URL ({e})")));
+            None
+        }
+        None => {
+            problems.push(at.problem(
+                &format!("providers.{name}"),
+                "`base_url` is required, e.g. https://api.openai.com/v1",
+            ));
+            None
+        }
+    };
+    let key_path = match (&p.key_file, &p.key_credential) {
+        (Some(f), None) => Some((path("key_file"), at.base().join(f))),
+        (None, Some(c)) => match credentials {
+            Some(dir) if !c.contains('/') && !c.is_empty() => {
+                Some((path("key_credential"), dir.join(c)))
+            }
+            Some(_) => {
+                problems
+                    .push(at.problem(&path("key_credential"), "must be a plain credential name"));
+                None
+            }
+            None => {
+                problems.push(at.problem(
+                    &path("key_credential"),
+                    "CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit, or key_file)",
+                ));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(at.problem(
+                &path("key_credential"),
+                "set key_file or key_credential, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(at.problem(
+                &format!("providers.{name}"),
+                "an API key is required: key_file or key_credential",
+            ));
+            None
+        }
+    };
+    let key = key_path.and_then(|(at_path, file)| match std::fs::read_to_string(&file) {
+        Ok(k) if !k.trim().is_empty() => Some(Secret::new(k.trim().to_string())),
+        Ok(_) => {
+            problems.push(at.problem(&at_path, format!("{} is empty", file.display())));
+            None
+        }
+        Err(e) => {
+            problems.push(at.problem(&at_path, format!("cannot read {}: {e}", file.display())));
+            None
+        }
+    });
+    let ca_file = p.ca_file.map(|f| at.base().join(f));
+    if let Some(f) = &ca_file
+        && !f.is_file()
+    {
+        problems.push(at.problem(&path("ca_file"), format!("{} does not exist", f.display())));
+    }
+    let mut price = |key: &str, v: Option<f64>| match v {
+        Some(x) if x.is_finite() && x >= 0.0 => x,
+        Some(x) => {
+            problems.push(at.problem(&path(key), format!("{x} is not a price >= 0")));
+            0.0
+        }
+        None => {
+            problems.push(at.problem(
+                &format!("providers.{name}"),
+                format!("`{key}` is required (USD per million tokens)"),
+            ));
+            0.0
+        }
+    };
+    let input = price("input_usd_per_million", p.input_usd_per_million);
+    let output = price("output_usd_per_million", p.output_usd_per_million);
+    let timeout_ms = p.timeout_ms.unwrap_or(120_000);
+    if !(100..=3_600_000).contains(&timeout_ms) {
+        problems.push(at.problem(
+            &path("timeout_ms"),
+            format!("{timeout_ms} is not in 100..=3600000"),
+        ));
+    }
+    let max_retries = p.max_retries.unwrap_or(2);
+    if max_retries > 10 {
+        problems.push(at.problem(
+            &path("max_retries"),
+            format!("{max_retries} is more than 10"),
+        ));
+    }
+    let default_max_tokens = p.default_max_tokens.unwrap_or(1024);
+    if default_max_tokens == 0 {
+        problems.push(at.problem(&path("default_max_tokens"), "must be at least 1"));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(ProviderConfig {
+        name: name.to_string(),
+        kind: kind?,
+        base_url: base_url?,
+        key: key?,
+        ca_file,
+        price: ProviderPrice {
+            input_per_million_usd: input,
+            output_per_million_usd: output,
+        },
+        timeout: Duration::from_millis(timeout_ms),
+        max_retries,
+        default_max_tokens,
+    })
 }
 
 #[cfg(test)]
@@ -142,5 +345,51 @@ mod tests {
             .map_err(|d| d.to_string());
         assert_eq!(ok, Ok(9999));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn providers_are_validated_and_keys_never_echoed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("policies")).ok();
+        std::fs::write(dir.path().join("key"), "sk-canary-123\n").ok();
+        let file = dir.path().join("gateway.toml");
+        let text = "[policies]\npaths = [\"policies\"]\n\n[providers.openai]\nkind = \"openai\"\nbase_url = \"https://api.example.com/v1\"\nkey_file = \"key\"\ninput_usd_per_million = 0.15\noutput_usd_per_million = 0.6\n\n[providers.claude]\nkind = \"antropic\"\nbase_url = \"http://api.example.com\"\nkey_credential = \"claude-key\"\ninput_usd_per_million = -1\noutput_usd_per_million = 15\n";
+        std::fs::write(&file, text).ok();
+        let err = GatewayFile::load(&file, &[])
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let f = file.display();
+        assert_eq!(
+            err,
+            format!(
+                "{f}:12:8: providers.claude.kind: `antropic` is not one of openai, anthropic\n\
+                 {f}:13:12: providers.claude.base_url: must be https:// (got http://); keys are never sent in clear text\n\
+                 {f}:14:18: providers.claude.key_credential: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit, or key_file)\n\
+                 {f}:15:25: providers.claude.input_usd_per_million: -1 is not a price >= 0"
+            )
+        );
+        let creds = dir.path().join("creds");
+        std::fs::create_dir_all(&creds).ok();
+        std::fs::write(creds.join("claude-key"), "sk-canary-456").ok();
+        let fixed = text
+            .replace("antropic", "anthropic")
+            .replace("http://", "https://")
+            .replace("= -1", "= 3");
+        std::fs::write(&file, fixed).ok();
+        let env = [(
+            "CREDENTIALS_DIRECTORY".to_string(),
+            creds.display().to_string(),
+        )];
+        let g = GatewayFile::load(&file, &env).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = g
+            .gateway
+            .providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["claude", "openai"]);
+        assert_eq!(g.gateway.providers[1].key.expose(), "sk-canary-123");
+        assert!(!format!("{:?}", g.gateway).contains("canary"));
     }
 }

@@ -10,10 +10,10 @@ pub enum GatewayError {
     InvalidRequest(String),
     #[error("{0}")]
     Refused(Refusal),
-    #[error(
-        "external provider `{0}` was chosen, but calling external providers is not available in this gateway"
-    )]
-    ProviderUnavailable(String),
+    #[error("{0}")]
+    Provider(crate::providers::ProviderError),
+    #[error("the budget ledger failed, so no external call was made: {0}")]
+    Ledger(String),
     #[error("agent {node} ({model}): {status}")]
     Agent {
         node: String,

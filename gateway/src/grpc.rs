@@ -1,21 +1,22 @@
-//! gRPC edge of the gateway: `edgewise.v1.Gateway`, forwarding to agents, and the one place
-//! where `GatewayError` becomes a `tonic::Status`.
+//! gRPC edge of the gateway: `edgewise.v1.Gateway`, and the one place where `GatewayError`
+//! becomes a `tonic::Status`.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgewise_proto as pb;
-use futures::Stream;
-use tonic::transport::{Channel, Endpoint};
+use futures::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
+use crate::dispatch::{self, AgentClient, Served};
 use crate::error::GatewayError;
-use crate::routing::{
-    self, Budgets, DataClass, Decision, Inputs, Refusal, RouteRequest, Target, Task,
-};
+use crate::external::{CallEnd, ExternalCall};
+use crate::providers::{self, Event, Finish, GenerateCall, Message, ProviderError, Usage};
+use crate::routing::{DataClass, Refusal, RouteRequest, Task};
 use crate::state::State;
+
+pub use crate::dispatch::settle_abandoned;
 
 /// Maps every gateway error to a status with a readable reason (exhaustive on purpose).
 pub fn status(e: &GatewayError) -> Status {
@@ -26,9 +27,25 @@ pub fn status(e: &GatewayError) -> Status {
         GatewayError::Refused(Refusal::NoAdequateModel(_)) => Status::failed_precondition(msg),
         GatewayError::Refused(Refusal::NoCapacity(_)) => Status::resource_exhausted(msg),
         GatewayError::Refused(Refusal::Forbidden(_)) => Status::permission_denied(msg),
-        GatewayError::ProviderUnavailable(_) => Status::unavailable(msg),
+        GatewayError::Provider(p) => Status::new(provider_code(p), msg),
+        GatewayError::Ledger(_) => Status::internal(msg),
         GatewayError::Agent { status, .. } => Status::new(status.code(), msg),
         GatewayError::RetriesExhausted { .. } => Status::unavailable(msg),
+    }
+}
+
+fn provider_code(e: &ProviderError) -> Code {
+    match e {
+        ProviderError::Deadline { .. } => Code::DeadlineExceeded,
+        ProviderError::Connect { .. } => Code::Unavailable,
+        ProviderError::Status { status, .. } => match status {
+            429 => Code::ResourceExhausted,
+            400 | 413 | 422 => Code::InvalidArgument,
+            401 | 403 | 404 => Code::FailedPrecondition,
+            _ => Code::Unavailable,
+        },
+        ProviderError::Protocol { .. } => Code::Internal,
+        ProviderError::Unsupported { .. } => Code::FailedPrecondition,
     }
 }
 
@@ -42,28 +59,23 @@ fn tenant<T>(req: &Request<T>) -> Result<String, GatewayError> {
         .ok_or(GatewayError::NoTenant)
 }
 
-/// The routing request for an embed or classify batch: its longest text must fit.
-fn texts_route(
-    tenant: String,
-    task: Task,
-    h: Option<&pb::RoutingHints>,
-    texts: &[String],
-) -> Result<RouteRequest, Status> {
-    let tokens = texts.iter().map(|t| estimate_tokens(t)).max().unwrap_or(0);
-    hints(tenant, task, h, tokens, 0).map_err(|e| status(&e))
-}
-
 /// Tokens a text will take, estimated without the model's tokenizer (about 4 bytes a token);
 /// the agent enforces the exact context length.
 pub fn estimate_tokens(text: &str) -> u32 {
     (text.len() / 4 + 1) as u32
 }
 
+/// An upper bound on a text's tokens under any byte-level tokenizer (a token covers at least
+/// one byte), with room for the template tokens hosted APIs add around a message.
+pub fn max_tokens_of(text: &str) -> u32 {
+    (text.len() as u32).saturating_add(8)
+}
+
 fn hints(
     tenant: String,
     task: Task,
     h: Option<&pb::RoutingHints>,
-    prompt_tokens: u32,
+    (prompt_tokens, prompt_tokens_max): (u32, u32),
     max_tokens: u32,
 ) -> Result<RouteRequest, GatewayError> {
     let data_class = match h.map(|h| h.data_class.as_str()).unwrap_or("") {
@@ -90,187 +102,54 @@ fn hints(
         max_latency_ms: h.and_then(|h| h.max_latency_ms),
         route: h.map(|h| h.route.clone()).filter(|r| !r.is_empty()),
         prompt_tokens,
+        prompt_tokens_max,
         max_tokens,
         exclude_nodes: Vec::new(),
     })
 }
 
-fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
-    let target = match &d.outcome {
-        Ok(Target::Local { node, addr, model }) => {
-            Some(pb::decision::Target::Local(pb::LocalTarget {
-                node_id: node.clone(),
-                addr: addr.clone(),
-                model: model.clone(),
-            }))
-        }
-        Ok(Target::External {
-            provider,
-            model,
-            worst_case_usd,
-        }) => Some(pb::decision::Target::External(pb::ExternalTarget {
-            provider: provider.clone(),
-            model: model.clone(),
-            worst_case_usd: *worst_case_usd,
-        })),
-        Err(_) => None,
-    };
-    pb::Decision {
-        decision_id: id.to_string(),
-        route: d.route.clone(),
-        rule: d.rule.clone(),
-        data_class: d.data_class.as_str().to_string(),
-        target,
-        excluded: d
-            .excluded
+/// The prompt's estimated and maximum tokens: the longest text of a batch must fit a model's
+/// context; every text counts towards an external call's cost.
+fn texts_tokens(texts: &[String]) -> (u32, u32) {
+    let longest = texts.iter().map(|t| estimate_tokens(t)).max().unwrap_or(0);
+    let total = texts
+        .iter()
+        .fold(0u32, |a, t| a.saturating_add(max_tokens_of(t)));
+    (longest, total)
+}
+
+fn generate_input(r: &pb::GenerateRequest) -> Result<(Vec<Message>, (u32, u32)), Status> {
+    let messages: Vec<Message> = match &r.input {
+        Some(pb::generate_request::Input::Prompt(p)) => vec![Message {
+            role: "user".into(),
+            content: p.clone(),
+        }],
+        Some(pb::generate_request::Input::Chat(c)) => c
+            .messages
             .iter()
-            .map(|e| pb::Excluded {
-                candidate: e.candidate.clone(),
-                reason: e.reason.clone(),
+            .map(|m| Message {
+                role: m.role.clone(),
+                content: m.content.clone(),
             })
             .collect(),
-        refusal: d
-            .outcome
-            .as_ref()
-            .err()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        retried: retried.to_vec(),
-    }
-}
-
-/// Agent connections, one lazily connected channel per address.
-#[derive(Default)]
-pub struct AgentPool {
-    channels: Mutex<HashMap<String, Channel>>,
-}
-
-impl AgentPool {
-    fn client(&self, addr: &str) -> Result<pb::agent_client::AgentClient<Channel>, String> {
-        let mut m = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get(addr) {
-            return Ok(pb::agent_client::AgentClient::new(c.clone()));
+        None => {
+            return Err(Status::invalid_argument(
+                "request.input: one of prompt or chat is required",
+            ));
         }
-        let ch = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| format!("bad agent address `{addr}`: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        m.insert(addr.to_string(), ch.clone());
-        Ok(pb::agent_client::AgentClient::new(ch))
-    }
+    };
+    let estimate = messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content) + 4)
+        .sum();
+    let max = messages
+        .iter()
+        .fold(8u32, |a, m| a.saturating_add(max_tokens_of(&m.content)));
+    Ok((messages, (estimate, max)))
 }
 
-/// An agent failure that happened before any token reached the caller: decide again without it.
-fn retriable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::Unknown
-    )
-}
-
-pub struct GatewayService {
-    pub state: Arc<State>,
-}
-
-struct Routed {
-    decision: pb::Decision,
-    node: String,
-    model: String,
-    addr: String,
-    guard: crate::fleet::InFlight,
-}
-
-impl GatewayService {
-    fn decide(&self, req: &RouteRequest) -> Decision {
-        let policy = self.state.policy();
-        let fleet = self.state.registry.snapshot(Instant::now());
-        let inputs = Inputs {
-            policy: &policy.policy,
-            fleet: &fleet,
-            providers: &self.state.providers,
-            budgets: &Budgets::default(),
-        };
-        routing::decide(&inputs, req, &mut rand::rng())
-    }
-
-    /// Decides, and on a local target counts the request against that model.
-    fn route(&self, req: &RouteRequest, retried: &[pb::Excluded]) -> Result<Routed, GatewayError> {
-        let d = self.decide(req);
-        let id = uuid::Uuid::new_v4().to_string();
-        let proto = to_proto(&d, &id, retried);
-        match d.outcome {
-            Ok(Target::Local { node, addr, model }) => {
-                tracing::debug!(decision = %id, route = %d.route, rule = %d.rule, node = %node, model = %model, "routed");
-                let guard = self.state.registry.track(&node, &model);
-                Ok(Routed {
-                    decision: proto,
-                    node,
-                    model,
-                    addr,
-                    guard,
-                })
-            }
-            Ok(Target::External { provider, .. }) => {
-                Err(GatewayError::ProviderUnavailable(provider))
-            }
-            Err(r) => {
-                tracing::info!(decision = %id, route = %d.route, reason = %r, "refused");
-                Err(GatewayError::Refused(r))
-            }
-        }
-    }
-
-    /// Runs `call` on the routed agent; on a retriable failure decides again without that node.
-    async fn with_retries<T, F, Fut>(
-        &self,
-        mut req: RouteRequest,
-        deadline: Option<Instant>,
-        call: F,
-    ) -> Result<(T, Routed), GatewayError>
-    where
-        F: Fn(pb::agent_client::AgentClient<Channel>, String, Option<Duration>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
-    {
-        let mut retried: Vec<pb::Excluded> = Vec::new();
-        let budget = self.state.retry_budget;
-        loop {
-            let routed = self.route(&req, &retried)?;
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let result = match self.state.agents.client(&routed.addr) {
-                Ok(client) => call(client, routed.model.clone(), remaining).await,
-                Err(e) => Err(Status::unavailable(e)),
-            };
-            match result {
-                Ok(v) => return Ok((v, routed)),
-                Err(s)
-                    if retriable(&s)
-                        && retried.len() < budget
-                        && deadline.is_none_or(|d| Instant::now() < d) =>
-                {
-                    tracing::info!(node = %routed.node, model = %routed.model, code = ?s.code(), "agent failed before the first token; routing again");
-                    retried.push(pb::Excluded {
-                        candidate: format!("{}/{}", routed.node, routed.model),
-                        reason: format!("{:?}: {}", s.code(), s.message()),
-                    });
-                    req.exclude_nodes.push(routed.node.clone());
-                }
-                Err(s) if retriable(&s) && !retried.is_empty() => {
-                    return Err(GatewayError::RetriesExhausted {
-                        attempts: retried.len() + 1,
-                        last: format!("{:?}: {}", s.code(), s.message()),
-                    });
-                }
-                Err(status) => {
-                    return Err(GatewayError::Agent {
-                        node: routed.node,
-                        model: routed.model,
-                        status,
-                    });
-                }
-            }
-        }
-    }
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t)
 }
 
 fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
@@ -281,6 +160,16 @@ fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
     r
 }
 
+/// Provider failures that happen before any work is billed.
+fn not_billed(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::Connect { .. }
+            | ProviderError::Status { .. }
+            | ProviderError::Unsupported { .. }
+    )
+}
+
 /// An agent call on a batch of texts (Embed, Classify): one routing and retry path for both.
 trait TextsCall: Clone + Send + Sync + 'static {
     type Out: Send + 'static;
@@ -288,9 +177,16 @@ trait TextsCall: Clone + Send + Sync + 'static {
     fn texts(&self) -> &[String];
     fn for_model(&self, model: String) -> Self;
     fn call(
-        client: pb::agent_client::AgentClient<Channel>,
+        client: AgentClient,
         req: Request<Self>,
     ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>>;
+    /// The same request served by a hosted API: the answer and what it was billed.
+    fn external<'a>(
+        &'a self,
+        provider: &'a providers::Provider,
+        model: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>>;
 }
 
 impl TextsCall for pb::EmbedRequest {
@@ -306,10 +202,46 @@ impl TextsCall for pb::EmbedRequest {
         }
     }
     fn call(
-        mut client: pb::agent_client::AgentClient<Channel>,
+        mut client: AgentClient,
         req: Request<Self>,
     ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
         Box::pin(async move { client.embed(req).await.map(Response::into_inner) })
+    }
+    fn external<'a>(
+        &'a self,
+        provider: &'a providers::Provider,
+        model: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>> {
+        Box::pin(async move {
+            let e = provider.embed(model, &self.texts, deadline).await?;
+            let estimate: u32 = self.texts.iter().map(|t| estimate_tokens(t)).sum();
+            let end = match e.prompt_tokens {
+                Some(t) => CallEnd::Billed(Usage {
+                    prompt_tokens: t,
+                    completion_tokens: 0,
+                }),
+                None => CallEnd::Unreported {
+                    estimate: Usage {
+                        prompt_tokens: estimate,
+                        completion_tokens: 0,
+                    },
+                },
+            };
+            let out = pb::EmbedResponse {
+                embeddings: e
+                    .vectors
+                    .into_iter()
+                    .map(|values| pb::Embedding { values })
+                    .collect(),
+                usage: Some(pb::Usage {
+                    prompt_tokens: e.prompt_tokens.unwrap_or(estimate),
+                    completion_tokens: 0,
+                }),
+                model: model.to_string(),
+            };
+            Ok((out, end))
+        })
     }
 }
 
@@ -326,15 +258,30 @@ impl TextsCall for pb::ClassifyRequest {
         }
     }
     fn call(
-        mut client: pb::agent_client::AgentClient<Channel>,
+        mut client: AgentClient,
         req: Request<Self>,
     ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
         Box::pin(async move { client.classify(req).await.map(Response::into_inner) })
     }
+    fn external<'a>(
+        &'a self,
+        provider: &'a providers::Provider,
+        _model: &'a str,
+        _deadline: tokio::time::Instant,
+    ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>> {
+        // routing never sends classify to a provider (no provider kind serves it)
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider: provider.config.name.clone(),
+                kind: provider.config.kind.as_str(),
+                task: Task::Classify,
+            })
+        })
+    }
 }
 
-fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
-    edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t)
+pub struct GatewayService {
+    pub state: Arc<State>,
 }
 
 impl GatewayService {
@@ -346,52 +293,93 @@ impl GatewayService {
         routing: Option<pb::RoutingHints>,
     ) -> Result<(Q::Out, pb::Decision), Status> {
         let inner = inner.ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let route_req = texts_route(tenant, Q::TASK, routing.as_ref(), inner.texts())?;
+        let route_req = hints(
+            tenant,
+            Q::TASK,
+            routing.as_ref(),
+            texts_tokens(inner.texts()),
+            0,
+        )
+        .map_err(|e| status(&e))?;
         let call = |client, model: String, timeout: Option<Duration>| {
             Q::call(client, with_timeout(inner.for_model(model), timeout))
         };
-        let (out, routed) = self
-            .with_retries(route_req, deadline, call)
+        match dispatch::with_retries(&self.state, route_req, deadline, call)
             .await
-            .map_err(|e| status(&e))?;
-        Ok((out, routed.decision))
+            .map_err(|e| status(&e))?
+        {
+            Served::Local(out, routed) => Ok((out, routed.decision)),
+            Served::External(ext) => {
+                let Some(provider) = self.state.providers.get(&ext.provider) else {
+                    ext.close(&self.state, CallEnd::NotBilled("not configured".into()))
+                        .await;
+                    return Err(Status::failed_precondition(format!(
+                        "provider `{}` is not configured",
+                        ext.provider
+                    )));
+                };
+                let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
+                match inner.external(provider, &ext.model, deadline).await {
+                    Ok((out, end)) => {
+                        ext.close(&self.state, end).await;
+                        Ok((out, ext.decision))
+                    }
+                    Err(e) => {
+                        let end = if not_billed(&e) {
+                            CallEnd::NotBilled(e.to_string())
+                        } else {
+                            CallEnd::Failed(e.to_string())
+                        };
+                        ext.close(&self.state, end).await;
+                        Err(status(&GatewayError::Provider(e)))
+                    }
+                }
+            }
+        }
+    }
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, Status>>;
+
+fn text_chunk(chunk: pb::GenerateChunk) -> pb::GatewayGenerateChunk {
+    pb::GatewayGenerateChunk {
+        chunk: Some(chunk),
+        decision: None,
+    }
+}
+
+fn decision_chunk(decision: pb::Decision) -> pb::GatewayGenerateChunk {
+    pb::GatewayGenerateChunk {
+        chunk: None,
+        decision: Some(decision),
     }
 }
 
 /// Sends the decision, then the agent's chunks, to the caller; stops when either side ends.
-async fn pipe(
-    tx: &tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, Status>>,
-    decision: pb::Decision,
+async fn pipe_local(
+    tx: &Chunks,
     first: Option<pb::GenerateChunk>,
     mut stream: tonic::Streaming<pb::GenerateChunk>,
-    node: &str,
-    model: &str,
+    routed: &dispatch::LocalCall,
 ) {
-    let head = pb::GatewayGenerateChunk {
-        chunk: None,
-        decision: Some(decision),
-    };
-    if tx.send(Ok(head)).await.is_err() {
+    if tx
+        .send(Ok(decision_chunk(routed.decision.clone())))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut next = first;
     while let Some(chunk) = next {
-        if tx
-            .send(Ok(pb::GatewayGenerateChunk {
-                chunk: Some(chunk),
-                decision: None,
-            }))
-            .await
-            .is_err()
-        {
+        if tx.send(Ok(text_chunk(chunk))).await.is_err() {
             return; // the caller left: dropping the agent stream cancels the generation
         }
         next = match stream.message().await {
             Ok(c) => c,
             Err(s) => {
                 let e = GatewayError::Agent {
-                    node: node.to_string(),
-                    model: model.to_string(),
+                    node: routed.node.clone(),
+                    model: routed.model.clone(),
                     status: s,
                 };
                 let _ = tx.send(Err(status(&e))).await;
@@ -401,11 +389,100 @@ async fn pipe(
     }
 }
 
+/// Streams a hosted API's answer to the caller as agent-shaped chunks, then settles and
+/// audits the call before the final chunk (so an acknowledged answer is always accounted).
+async fn pipe_external(
+    state: &State,
+    tx: &Chunks,
+    ext: &ExternalCall,
+    mut events: providers::EventStream,
+    estimate_prompt: u32,
+) {
+    let started = Instant::now();
+    let mut first_token: Option<Instant> = None;
+    let mut pieces = 0u32;
+    if tx
+        .send(Ok(decision_chunk(ext.decision.clone())))
+        .await
+        .is_err()
+    {
+        ext.close(state, CallEnd::Cancelled).await;
+        return;
+    }
+    loop {
+        match events.next().await {
+            Some(Ok(Event::Text(text))) => {
+                first_token.get_or_insert_with(Instant::now);
+                pieces += 1;
+                let chunk = pb::GenerateChunk { text, done: None };
+                if tx.send(Ok(text_chunk(chunk))).await.is_err() {
+                    ext.close(state, CallEnd::Cancelled).await;
+                    return;
+                }
+            }
+            Some(Ok(Event::Done { finish, usage })) => {
+                let end = match usage {
+                    Some(u) => CallEnd::Billed(u),
+                    None => CallEnd::Unreported {
+                        estimate: Usage {
+                            prompt_tokens: estimate_prompt,
+                            completion_tokens: pieces,
+                        },
+                    },
+                };
+                let shown = match &end {
+                    CallEnd::Billed(u) | CallEnd::Unreported { estimate: u } => *u,
+                    _ => Usage::default(),
+                };
+                ext.close(state, end).await;
+                let ttft = first_token.map_or(0.0, |t| (t - started).as_secs_f64() * 1e3);
+                let decode_ms = first_token.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+                let done = pb::GenerateDone {
+                    finish_reason: match finish {
+                        Finish::Stop => pb::FinishReason::Stop,
+                        Finish::Length => pb::FinishReason::Length,
+                        Finish::StopSequence => pb::FinishReason::StopSequence,
+                    } as i32,
+                    usage: Some(pb::Usage {
+                        prompt_tokens: shown.prompt_tokens,
+                        completion_tokens: shown.completion_tokens,
+                    }),
+                    time_to_first_token_ms: ttft,
+                    time_per_output_token_ms: decode_ms
+                        / f64::from(shown.completion_tokens.saturating_sub(1).max(1)),
+                };
+                let chunk = pb::GenerateChunk {
+                    text: String::new(),
+                    done: Some(done),
+                };
+                let _ = tx.send(Ok(text_chunk(chunk))).await;
+                return;
+            }
+            Some(Err(e)) => {
+                ext.close(state, CallEnd::Failed(e.to_string())).await;
+                let _ = tx.send(Err(status(&GatewayError::Provider(e)))).await;
+                return;
+            }
+            None => {
+                let e = ProviderError::Protocol {
+                    provider: ext.provider.clone(),
+                    detail: "the stream ended without a final event".into(),
+                };
+                ext.close(state, CallEnd::Failed(e.to_string())).await;
+                let _ = tx.send(Err(status(&GatewayError::Provider(e)))).await;
+                return;
+            }
+        }
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GatewayGenerateChunk, Status>> + Send>>;
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::gateway_server::Gateway for GatewayService {
     type GenerateStream = ChunkStream;
+    type ExportAuditStream = AuditStream;
 
     async fn generate(
         &self,
@@ -417,30 +494,16 @@ impl pb::gateway_server::Gateway for GatewayService {
         let gen_req = body
             .request
             .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let text_len = match &gen_req.input {
-            Some(pb::generate_request::Input::Prompt(p)) => estimate_tokens(p),
-            Some(pb::generate_request::Input::Chat(c)) => c
-                .messages
-                .iter()
-                .map(|m| estimate_tokens(&m.content) + 4)
-                .sum(),
-            None => {
-                return Err(Status::invalid_argument(
-                    "request.input: one of prompt or chat is required",
-                ));
-            }
-        };
+        let (messages, tokens) = generate_input(&gen_req)?;
         let route_req = hints(
             tenant,
             Task::Generate,
             body.routing.as_ref(),
-            text_len,
+            tokens,
             gen_req.max_tokens,
         )
         .map_err(|e| status(&e))?;
-        let call = |mut client: pb::agent_client::AgentClient<Channel>,
-                    model: String,
-                    timeout: Option<Duration>| {
+        let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
             let mut r = gen_req.clone();
             r.model = model;
             async move {
@@ -453,20 +516,60 @@ impl pb::gateway_server::Gateway for GatewayService {
                 Ok((first, stream))
             }
         };
-        let ((first, stream), routed) = self
-            .with_retries(route_req, deadline, call)
+        let served = dispatch::with_retries(&self.state, route_req, deadline, call)
             .await
             .map_err(|e| status(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let decision = routed.decision.clone();
-        tokio::spawn(async move {
-            let in_flight = routed.guard;
-            let (node, model) = (routed.node, routed.model);
-            pipe(&tx, decision, first, stream, &node, &model).await;
-            // the model's slot is released before the caller sees the end of the stream
-            drop(in_flight);
-            drop(tx);
-        });
+        match served {
+            Served::Local((first, stream), routed) => {
+                tokio::spawn(async move {
+                    pipe_local(&tx, first, stream, &routed).await;
+                    // the model's slot is released before the caller sees the end of the stream
+                    drop(routed);
+                    drop(tx);
+                });
+            }
+            Served::External(ext) => {
+                let Some(provider) = self.state.providers.get(&ext.provider) else {
+                    ext.close(&self.state, CallEnd::NotBilled("not configured".into()))
+                        .await;
+                    return Err(Status::failed_precondition(format!(
+                        "provider `{}` is not configured",
+                        ext.provider
+                    )));
+                };
+                let call = GenerateCall {
+                    model: ext.model.clone(),
+                    messages,
+                    max_tokens: match gen_req.max_tokens {
+                        0 => provider.config.default_max_tokens,
+                        n => n,
+                    },
+                    temperature: gen_req.temperature,
+                    top_p: gen_req.top_p,
+                    top_k: gen_req.top_k,
+                    stop: gen_req.stop.clone(),
+                    seed: gen_req.seed,
+                };
+                let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
+                let events = match provider.generate(&call, deadline).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let end = if not_billed(&e) {
+                            CallEnd::NotBilled(e.to_string())
+                        } else {
+                            CallEnd::Failed(e.to_string())
+                        };
+                        ext.close(&self.state, end).await;
+                        return Err(status(&GatewayError::Provider(e)));
+                    }
+                };
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    pipe_external(&state, &tx, &ext, events, tokens.0).await;
+                });
+            }
+        }
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -528,12 +631,12 @@ impl pb::gateway_server::Gateway for GatewayService {
             tenant,
             task,
             body.routing.as_ref(),
-            estimate_tokens(&body.text),
+            (estimate_tokens(&body.text), max_tokens_of(&body.text)),
             body.max_tokens,
         )
         .map_err(|e| status(&e))?;
-        let d = self.decide(&req);
-        Ok(Response::new(to_proto(
+        let d = dispatch::decide(&self.state, &req);
+        Ok(Response::new(dispatch::to_proto(
             &d,
             &uuid::Uuid::new_v4().to_string(),
             &[],
@@ -549,5 +652,46 @@ impl pb::gateway_server::Gateway for GatewayService {
             nodes: self.state.registry.status(Instant::now()),
             policy_hash: self.state.policy().hash.clone(),
         }))
+    }
+
+    async fn spend(
+        &self,
+        request: Request<pb::SpendRequest>,
+    ) -> Result<Response<pb::SpendResponse>, Status> {
+        let tenant = request.into_inner().tenant;
+        let entries = self
+            .state
+            .ledger
+            .entries()
+            .into_iter()
+            .filter(|e| tenant.is_empty() || e.1 == tenant)
+            .map(|(day, tenant, provider, spent, reserved)| pb::SpendEntry {
+                day,
+                tenant,
+                provider,
+                spent_usd: crate::ledger::usd(spent),
+                reserved_usd: crate::ledger::usd(reserved),
+            })
+            .collect();
+        Ok(Response::new(pb::SpendResponse { entries }))
+    }
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        let r = request.into_inner();
+        let until = if r.until_unix_ms == 0 {
+            u64::MAX
+        } else {
+            r.until_unix_ms
+        };
+        let records: Vec<Result<pb::AuditRecord, Status>> = self
+            .state
+            .audit
+            .range(r.since_unix_ms, until)
+            .map(Ok)
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(records))))
     }
 }

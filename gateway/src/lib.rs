@@ -1,16 +1,22 @@
 //! Edgewise gateway: receives capacity reports from agents, routes each request to the
 //! smallest adequate local model, and falls back to a hosted API only where policy permits.
 //!
-//! Built so far: policy files (`policy`), the pure decision (`routing`), the fleet registry
-//! (`fleet`) and the gRPC service forwarding to agents with retries (`grpc`). Calling hosted
-//! providers, the budget ledger, audit, hot reload and gateway.toml are still to come.
+//! Policy files (`policy`) feed the pure decision (`routing`) with the fleet registry's view
+//! (`fleet`); the gRPC service (`grpc`) forwards to agents with retries or to a hosted API
+//! (`providers`) after reserving its worst-case cost (`ledger`), and records external calls
+//! and refused fallbacks (`audit`). `reload` swaps the policy on edits and SIGHUP.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod error;
+pub mod external;
 pub mod fleet;
 pub mod grpc;
+pub mod ledger;
 pub mod policy;
+pub mod providers;
 pub mod reload;
 pub mod routing;
 pub mod state;
@@ -34,6 +40,10 @@ pub struct GatewayConfig {
     pub id: String,
     /// How many other nodes a request may try after an agent fails before its first token.
     pub retry_budget: usize,
+    /// Where the ledger and audit live (sled); `None` keeps them in a temporary store.
+    pub state_dir: Option<PathBuf>,
+    /// Hosted APIs routes may fall back to.
+    pub providers: Vec<providers::ProviderConfig>,
 }
 
 impl GatewayConfig {
@@ -42,6 +52,8 @@ impl GatewayConfig {
             policies,
             id: id.into(),
             retry_budget: 2,
+            state_dir: None,
+            providers: Vec::new(),
         }
     }
 }
@@ -54,6 +66,10 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("state directory {0}: {1}")]
+    State(String, String),
+    #[error("{0}")]
+    Provider(String),
 }
 
 /// A running gateway.
@@ -72,9 +88,21 @@ impl Gateway {
         let policy = ActivePolicy::load(&config.policies).map_err(StartError::Policy)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         tracing::info!(%addr, policy = %policy.hash, routes = policy.policy.routes.len(), "gateway listening");
-        let mut state = State::new(config.id.clone(), policy);
+        let db = open_store(config.state_dir.as_deref())?;
+        let providers =
+            providers::Providers::new(config.providers.clone()).map_err(StartError::Provider)?;
+        let mut state = State::new(config.id.clone(), policy, providers, &db).map_err(|e| {
+            StartError::State(
+                config
+                    .state_dir
+                    .as_ref()
+                    .map_or("(temporary)".into(), |d| d.display().to_string()),
+                e,
+            )
+        })?;
         state.retry_budget = config.retry_budget;
         let state = Arc::new(state);
+        grpc::settle_abandoned(&state).await;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()
@@ -125,6 +153,22 @@ impl Gateway {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// The ledger and audit store: a sled database in `dir`, or a temporary one.
+fn open_store(dir: Option<&std::path::Path>) -> Result<sled::Db, StartError> {
+    let name = dir.map_or("(temporary)".into(), |d| d.display().to_string());
+    let config = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| StartError::State(name.clone(), e.to_string()))?;
+            sled::Config::new().path(d.join("gateway.sled"))
+        }
+        None => sled::Config::new().temporary(true),
+    };
+    config
+        .open()
+        .map_err(|e| StartError::State(name, e.to_string()))
 }
 
 /// Runs until `shutdown` resolves.

@@ -7,9 +7,12 @@ use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
+use crate::audit::Audit;
+use crate::dispatch::AgentPool;
 use crate::fleet::Registry;
-use crate::grpc::AgentPool;
-use crate::routing::{Policy, ProviderPrice};
+use crate::ledger::Ledger;
+use crate::providers::Providers;
+use crate::routing::{Policy, ProviderView};
 
 /// A validated policy and the hash of the files it came from.
 pub struct ActivePolicy {
@@ -55,7 +58,11 @@ pub struct State {
     pub id: String,
     pub registry: Arc<Registry>,
     policy: RwLock<Arc<ActivePolicy>>,
-    pub providers: BTreeMap<String, ProviderPrice>,
+    pub providers: Providers,
+    /// The providers as routing sees them (prices, tasks).
+    pub provider_views: BTreeMap<String, ProviderView>,
+    pub ledger: Ledger,
+    pub audit: Audit,
     pub agents: AgentPool,
     /// How many other nodes a request may try after an agent fails before its first token.
     pub retry_budget: usize,
@@ -65,17 +72,25 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(id: String, policy: ActivePolicy) -> Self {
-        Self {
+    pub fn new(
+        id: String,
+        policy: ActivePolicy,
+        providers: Providers,
+        db: &sled::Db,
+    ) -> Result<Self, String> {
+        Ok(Self {
             id,
             registry: Arc::new(Registry::default()),
             policy: RwLock::new(Arc::new(policy)),
-            providers: BTreeMap::new(),
+            provider_views: providers.views(),
+            providers,
+            ledger: Ledger::open(db).map_err(|e| e.to_string())?,
+            audit: Audit::open(db).map_err(|e| e.to_string())?,
             agents: AgentPool::default(),
             retry_budget: 2,
             reloads: Default::default(),
             reload_failures: Default::default(),
-        }
+        })
     }
 
     /// The policy in force now (a cheap clone of an `Arc`; a reload swaps it whole).

@@ -126,9 +126,13 @@ fn run_case(path: &Path) -> Result<(), String> {
     };
     let providers = BTreeMap::from([(
         "openai".to_string(),
-        ProviderPrice {
-            input_per_million_usd: 1.0,
-            output_per_million_usd: 2.0,
+        ProviderView {
+            price: ProviderPrice {
+                input_per_million_usd: 1.0,
+                output_per_million_usd: 2.0,
+            },
+            tasks: vec![Task::Generate, Task::Embed],
+            default_max_tokens: 256,
         },
     )]);
     let budgets = Budgets {
@@ -150,6 +154,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         max_latency_ms: None,
         route: r.route.clone(),
         prompt_tokens: r.prompt_tokens,
+        prompt_tokens_max: r.prompt_tokens,
         max_tokens: r.max_tokens,
         exclude_nodes: vec![],
     };

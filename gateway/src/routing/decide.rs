@@ -58,7 +58,7 @@ pub struct Decision {
 pub struct Inputs<'a> {
     pub policy: &'a Policy,
     pub fleet: &'a FleetSnapshot,
-    pub providers: &'a BTreeMap<String, ProviderPrice>,
+    pub providers: &'a BTreeMap<String, ProviderView>,
     pub budgets: &'a Budgets,
 }
 
@@ -391,13 +391,29 @@ fn external(
             )),
         );
     }
-    let Some(price) = inputs.providers.get(&ext.provider) else {
+    let Some(provider) = inputs.providers.get(&ext.provider) else {
         return refuse(
             excluded,
             ExternalRefusal::NotPermitted(format!("provider `{}` is not configured", ext.provider)),
         );
     };
-    let cost = price.worst_case_usd(req.prompt_tokens, req.max_tokens);
+    if !provider.tasks.contains(&req.task) {
+        return refuse(
+            excluded,
+            ExternalRefusal::NotPermitted(format!(
+                "provider `{}` does not serve {} requests",
+                ext.provider, req.task
+            )),
+        );
+    }
+    let max_tokens = match (req.task, req.max_tokens) {
+        (Task::Generate, 0) => provider.default_max_tokens,
+        (Task::Generate, n) => n,
+        _ => 0,
+    };
+    let cost = provider
+        .price
+        .worst_case_usd(req.prompt_tokens_max, max_tokens);
     let spent = inputs
         .budgets
         .spent_usd

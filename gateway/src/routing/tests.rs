@@ -66,17 +66,22 @@ fn request(task: Task, class: DataClass) -> RouteRequest {
         max_latency_ms: None,
         route: None,
         prompt_tokens: 100,
+        prompt_tokens_max: 100,
         max_tokens: 100,
         exclude_nodes: vec![],
     }
 }
 
-fn prices() -> BTreeMap<String, ProviderPrice> {
+fn prices() -> BTreeMap<String, ProviderView> {
     BTreeMap::from([(
         "openai".to_string(),
-        ProviderPrice {
-            input_per_million_usd: 1.0,
-            output_per_million_usd: 2.0,
+        ProviderView {
+            price: ProviderPrice {
+                input_per_million_usd: 1.0,
+                output_per_million_usd: 2.0,
+            },
+            tasks: vec![Task::Generate, Task::Embed],
+            default_max_tokens: 256,
         },
     )])
 }

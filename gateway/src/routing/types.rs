@@ -147,12 +147,26 @@ pub struct ProviderPrice {
 }
 
 impl ProviderPrice {
-    /// Worst-case cost of a request: every prompt token in, `max_tokens` out.
-    pub fn worst_case_usd(&self, prompt_tokens: u32, max_tokens: u32) -> f64 {
-        (f64::from(prompt_tokens) * self.input_per_million_usd
-            + f64::from(max_tokens) * self.output_per_million_usd)
+    /// What `input` tokens in and `output` tokens out cost.
+    pub fn cost_usd(&self, input: u32, output: u32) -> f64 {
+        (f64::from(input) * self.input_per_million_usd
+            + f64::from(output) * self.output_per_million_usd)
             / 1e6
     }
+
+    /// Worst-case cost of a request: every prompt token in, `max_tokens` out.
+    pub fn worst_case_usd(&self, prompt_tokens: u32, max_tokens: u32) -> f64 {
+        self.cost_usd(prompt_tokens, max_tokens)
+    }
+}
+
+/// A configured external provider as routing sees it: its prices and the tasks its API serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderView {
+    pub price: ProviderPrice,
+    pub tasks: Vec<Task>,
+    /// The `max_tokens` a generation is sent with when the request leaves it at 0.
+    pub default_max_tokens: u32,
 }
 
 /// One ready-or-not model on one node, as the registry last heard it.
@@ -218,7 +232,10 @@ pub struct RouteRequest {
     pub min_quality: Option<f32>,
     pub max_latency_ms: Option<u32>,
     pub route: Option<String>,
+    /// An estimate of the prompt's tokens (for the context-length check).
     pub prompt_tokens: u32,
+    /// An upper bound on the prompt's tokens (for the worst-case cost of an external call).
+    pub prompt_tokens_max: u32,
     pub max_tokens: u32,
     /// Nodes already tried for this request (retries decide again without them).
     pub exclude_nodes: Vec<String>,

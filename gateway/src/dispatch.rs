@@ -1,0 +1,306 @@
+//! From a routing request to a served call: decide, count the request against the chosen
+//! model or reserve an external call's worst case, call the agent, and on an agent failure
+//! before the first token decide again without that node (within the deadline and budget).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use edgewise_proto as pb;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::error::GatewayError;
+use crate::external::{ExternalCall, refused_record};
+use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
+use crate::routing::{self, Decision, Inputs, RouteRequest, Target};
+use crate::state::State;
+
+/// Agent connections, one lazily connected channel per address.
+#[derive(Default)]
+pub struct AgentPool {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+pub type AgentClient = pb::agent_client::AgentClient<Channel>;
+
+impl AgentPool {
+    pub fn client(&self, addr: &str) -> Result<AgentClient, String> {
+        let mut m = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(addr) {
+            return Ok(AgentClient::new(c.clone()));
+        }
+        let ch = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| format!("bad agent address `{addr}`: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        m.insert(addr.to_string(), ch.clone());
+        Ok(AgentClient::new(ch))
+    }
+}
+
+/// An agent failure that happened before any token reached the caller: decide again without it.
+fn retriable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+    )
+}
+
+/// A local target with the request counted against its model.
+pub struct LocalCall {
+    pub decision: pb::Decision,
+    pub node: String,
+    pub model: String,
+    pub addr: String,
+    pub guard: crate::fleet::InFlight,
+}
+
+pub enum Routed {
+    Local(LocalCall),
+    External(ExternalCall),
+}
+
+/// What serving a request came to: the agent's answer, or an external call to make.
+pub enum Served<T> {
+    Local(T, LocalCall),
+    External(ExternalCall),
+}
+
+pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
+    let target = match &d.outcome {
+        Ok(Target::Local { node, addr, model }) => {
+            Some(pb::decision::Target::Local(pb::LocalTarget {
+                node_id: node.clone(),
+                addr: addr.clone(),
+                model: model.clone(),
+            }))
+        }
+        Ok(Target::External {
+            provider,
+            model,
+            worst_case_usd,
+        }) => Some(pb::decision::Target::External(pb::ExternalTarget {
+            provider: provider.clone(),
+            model: model.clone(),
+            worst_case_usd: *worst_case_usd,
+        })),
+        Err(_) => None,
+    };
+    pb::Decision {
+        decision_id: id.to_string(),
+        route: d.route.clone(),
+        rule: d.rule.clone(),
+        data_class: d.data_class.as_str().to_string(),
+        target,
+        excluded: d
+            .excluded
+            .iter()
+            .map(|e| pb::Excluded {
+                candidate: e.candidate.clone(),
+                reason: e.reason.clone(),
+            })
+            .collect(),
+        refusal: d
+            .outcome
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        retried: retried.to_vec(),
+    }
+}
+
+/// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
+pub fn decide(state: &State, req: &RouteRequest) -> Decision {
+    let policy = state.policy();
+    let fleet = state.registry.snapshot(Instant::now());
+    let budgets = state
+        .ledger
+        .budgets(&day_of(SystemTime::now()), &req.tenant);
+    let inputs = Inputs {
+        policy: &policy.policy,
+        fleet: &fleet,
+        providers: &state.provider_views,
+        budgets: &budgets,
+    };
+    routing::decide(&inputs, req, &mut rand::rng())
+}
+
+/// Decides; a local target is counted against its model, an external one has its worst case
+/// reserved (durably) first. A refused fallback is audited.
+pub async fn route(
+    state: &State,
+    req: &RouteRequest,
+    retried: &[pb::Excluded],
+) -> Result<Routed, GatewayError> {
+    // a reservation can lose a race with another request's: decide once more with the new spend
+    for attempt in 0..2 {
+        let d = decide(state, req);
+        let id = uuid::Uuid::new_v4().to_string();
+        let proto = to_proto(&d, &id, retried);
+        match d.outcome {
+            Ok(Target::Local { node, addr, model }) => {
+                tracing::debug!(decision = %id, route = %d.route, rule = %d.rule, node = %node, model = %model, "routed");
+                let guard = state.registry.track(&node, &model);
+                return Ok(Routed::Local(LocalCall {
+                    decision: proto,
+                    node,
+                    model,
+                    addr,
+                    guard,
+                }));
+            }
+            Ok(Target::External {
+                provider,
+                model,
+                worst_case_usd,
+            }) => {
+                let limit = state
+                    .policy()
+                    .policy
+                    .routes
+                    .iter()
+                    .find(|r| r.name == d.route)
+                    .and_then(|r| r.external.as_ref())
+                    .map_or(0.0, |e| e.daily_budget_usd);
+                let reservation = Reservation {
+                    day: day_of(SystemTime::now()),
+                    tenant: req.tenant.clone(),
+                    provider: provider.clone(),
+                    nanos: nanos_ceil(worst_case_usd),
+                };
+                let limit = (limit * crate::ledger::NANOS_PER_USD).floor() as u64;
+                match state.ledger.reserve(&id, &reservation, limit).await {
+                    Ok(()) => {
+                        tracing::info!(decision = %id, route = %d.route, rule = %d.rule, provider = %provider, model = %model, worst_case_usd, "routed to an external provider");
+                        return Ok(Routed::External(ExternalCall {
+                            decision: proto,
+                            id,
+                            tenant: req.tenant.clone(),
+                            route: d.route.clone(),
+                            data_class: d.data_class,
+                            task: req.task,
+                            provider,
+                            model,
+                            reserved: reservation.nanos,
+                        }));
+                    }
+                    Err(LedgerError::OverBudget { .. }) if attempt == 0 => continue,
+                    Err(e @ LedgerError::OverBudget { .. }) => {
+                        let refusal =
+                            routing::Refusal::NoCapacity(format!("route `{}`: {e}", d.route));
+                        return Err(GatewayError::Refused(refusal));
+                    }
+                    Err(e) => return Err(GatewayError::Ledger(e.to_string())),
+                }
+            }
+            Err(r) => {
+                tracing::info!(decision = %id, route = %d.route, reason = %r, "refused");
+                for e in d
+                    .excluded
+                    .iter()
+                    .filter(|e| e.candidate.starts_with("external:"))
+                {
+                    let record = refused_record(
+                        &id,
+                        &req.tenant,
+                        &d.route,
+                        d.data_class,
+                        req.task,
+                        &e.candidate,
+                        &e.reason,
+                    );
+                    if let Err(err) = state.audit.append(&record).await {
+                        tracing::error!(decision = %id, error = %err, "cannot write the audit record");
+                    }
+                }
+                return Err(GatewayError::Refused(r));
+            }
+        }
+    }
+    Err(GatewayError::Ledger("reservation retries exhausted".into()))
+}
+
+/// Runs `call` on the routed agent; on a retriable failure decides again without that node.
+/// An external decision is returned for the caller to serve.
+pub async fn with_retries<T, F, Fut>(
+    state: &State,
+    mut req: RouteRequest,
+    deadline: Option<Instant>,
+    call: F,
+) -> Result<Served<T>, GatewayError>
+where
+    F: Fn(AgentClient, String, Option<Duration>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut retried: Vec<pb::Excluded> = Vec::new();
+    let budget = state.retry_budget;
+    loop {
+        let routed = match route(state, &req, &retried).await? {
+            Routed::Local(l) => l,
+            Routed::External(e) => return Ok(Served::External(e)),
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let result = match state.agents.client(&routed.addr) {
+            Ok(client) => call(client, routed.model.clone(), remaining).await,
+            Err(e) => Err(Status::unavailable(e)),
+        };
+        match result {
+            Ok(v) => return Ok(Served::Local(v, routed)),
+            Err(s)
+                if retriable(&s)
+                    && retried.len() < budget
+                    && deadline.is_none_or(|d| Instant::now() < d) =>
+            {
+                tracing::info!(node = %routed.node, model = %routed.model, code = ?s.code(), "agent failed before the first token; routing again");
+                retried.push(pb::Excluded {
+                    candidate: format!("{}/{}", routed.node, routed.model),
+                    reason: format!("{:?}: {}", s.code(), s.message()),
+                });
+                req.exclude_nodes.push(routed.node.clone());
+            }
+            Err(s) if retriable(&s) && !retried.is_empty() => {
+                return Err(GatewayError::RetriesExhausted {
+                    attempts: retried.len() + 1,
+                    last: format!("{:?}: {}", s.code(), s.message()),
+                });
+            }
+            Err(status) => {
+                return Err(GatewayError::Agent {
+                    node: routed.node,
+                    model: routed.model,
+                    status,
+                });
+            }
+        }
+    }
+}
+
+/// Reservations left open by a gateway that stopped mid-call: charged at their worst case,
+/// closed, and audited.
+pub async fn settle_abandoned(state: &State) {
+    match state.ledger.settle_abandoned().await {
+        Ok(open) => {
+            for (id, r) in open {
+                tracing::warn!(decision = %id, tenant = %r.tenant, provider = %r.provider, "an external call was interrupted by a restart; charged its worst case");
+                let record = pb::AuditRecord {
+                    unix_ms: crate::audit::now_ms(),
+                    decision_id: id,
+                    tenant: r.tenant,
+                    kind: "external_call".into(),
+                    provider: r.provider,
+                    outcome: "interrupted by a gateway restart (charged the worst case)".into(),
+                    reserved_usd: crate::ledger::usd(r.nanos),
+                    cost_usd: crate::ledger::usd(r.nanos),
+                    ..Default::default()
+                };
+                if let Err(e) = state.audit.append(&record).await {
+                    tracing::error!(error = %e, "cannot write the audit record");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot settle abandoned reservations"),
+    }
+}

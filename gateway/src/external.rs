@@ -1,0 +1,134 @@
+//! One external call's bookkeeping: the worst case is reserved in the ledger before the call
+//! (see `grpc::route`), and `close` settles it with what the provider billed and appends the
+//! audit record. Never prompt or completion text.
+
+use edgewise_proto as pb;
+
+use crate::audit::now_ms;
+use crate::ledger::{nanos_ceil, usd};
+use crate::providers::Usage;
+use crate::routing::{DataClass, Task};
+use crate::state::State;
+
+/// An external target with its reservation made.
+#[derive(Debug, Clone)]
+pub struct ExternalCall {
+    pub decision: pb::Decision,
+    /// The decision id, also the reservation's id.
+    pub id: String,
+    pub tenant: String,
+    pub route: String,
+    pub data_class: DataClass,
+    pub task: Task,
+    pub provider: String,
+    pub model: String,
+    /// Reserved nano-USD.
+    pub reserved: u64,
+}
+
+/// How a call ended, for billing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEnd {
+    /// Finished; the provider reported this usage.
+    Billed(Usage),
+    /// Finished without usage: charged at the worst case; `estimate` goes in the audit.
+    Unreported { estimate: Usage },
+    /// Refused by the provider or never reached it (HTTP error, connection): nothing billed.
+    NotBilled(String),
+    /// Failed after the provider may have started work: charged at the worst case.
+    Failed(String),
+    /// The caller left mid-stream: charged at the worst case.
+    Cancelled,
+}
+
+impl ExternalCall {
+    /// Settles the reservation and appends the audit record; returns the charge in USD.
+    pub async fn close(&self, state: &State, end: CallEnd) -> f64 {
+        let price = state.providers.get(&self.provider).map(|p| p.config.price);
+        let (charged, outcome, usage, reported) = match &end {
+            CallEnd::Billed(u) => (
+                price.map_or(self.reserved, |p| {
+                    nanos_ceil(p.cost_usd(u.prompt_tokens, u.completion_tokens))
+                }),
+                "ok".to_string(),
+                *u,
+                true,
+            ),
+            CallEnd::Unreported { estimate } => (
+                self.reserved,
+                "ok (usage not reported: charged the worst case)".to_string(),
+                *estimate,
+                false,
+            ),
+            CallEnd::NotBilled(e) => (0, format!("error: {e}"), Usage::default(), false),
+            CallEnd::Failed(e) => (
+                self.reserved,
+                format!("error: {e} (charged the worst case)"),
+                Usage::default(),
+                false,
+            ),
+            CallEnd::Cancelled => (
+                self.reserved,
+                "cancelled by the caller (charged the worst case)".to_string(),
+                Usage::default(),
+                false,
+            ),
+        };
+        let charged = match state.ledger.settle(&self.id, charged).await {
+            Ok(s) => s.charged,
+            Err(e) => {
+                tracing::error!(decision = %self.id, error = %e, "cannot settle the reservation; it stays charged at the worst case");
+                self.reserved
+            }
+        };
+        let record = pb::AuditRecord {
+            unix_ms: now_ms(),
+            decision_id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            route: self.route.clone(),
+            data_class: self.data_class.as_str().into(),
+            kind: "external_call".into(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            outcome,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            reserved_usd: usd(self.reserved),
+            cost_usd: usd(charged),
+            usage_reported: reported,
+            task: self.task.as_str().into(),
+        };
+        if let Err(e) = state.audit.append(&record).await {
+            tracing::error!(decision = %self.id, error = %e, "cannot write the audit record");
+        }
+        tracing::info!(decision = %self.id, provider = %self.provider, model = %self.model, tenant = %self.tenant, cost_usd = usd(charged), outcome = %record.outcome, "external call closed");
+        usd(charged)
+    }
+}
+
+/// The audit record of a fallback that policy refused (`candidate` is `external:provider/model`).
+pub fn refused_record(
+    decision_id: &str,
+    tenant: &str,
+    route: &str,
+    data_class: DataClass,
+    task: Task,
+    candidate: &str,
+    reason: &str,
+) -> pb::AuditRecord {
+    let target = candidate.strip_prefix("external:").unwrap_or(candidate);
+    let (provider, model) = target.split_once('/').unwrap_or((target, ""));
+    pb::AuditRecord {
+        unix_ms: now_ms(),
+        decision_id: decision_id.into(),
+        tenant: tenant.into(),
+        route: route.into(),
+        data_class: data_class.as_str().into(),
+        kind: "refused_fallback".into(),
+        provider: provider.into(),
+        model: model.into(),
+        outcome: reason.into(),
+        task: task.as_str().into(),
+        ..Default::default()
+    }
+}
