@@ -223,3 +223,99 @@ pub async fn fleet_status(addr: &str) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// A point in time from the command line: RFC 3339 (`2026-11-24T08:00:00Z`), a UTC date
+/// (`2026-11-24`), or a duration before `now` (`90m`, `24h`, `7d`). Milliseconds since the epoch.
+pub fn parse_since(s: &str, now: std::time::SystemTime) -> Result<u64, CliError> {
+    let s = s.trim();
+    let t = if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else if s.len() == 10
+        && let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s}T00:00:00"))
+    {
+        t
+    } else if let Ok(d) = humantime::parse_duration(s) {
+        now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH)
+    } else {
+        return Err(CliError::Usage(format!(
+            "`{s}` is not a time: use RFC 3339 (2026-11-24T08:00:00Z), a date (2026-11-24) or a duration ago (24h)"
+        )));
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
+/// Writes audit records from `since` (and before `until`) as JSON lines to `out`, or stdout.
+/// A file is written whole or not at all (a temporary file renamed into place).
+pub async fn audit_export(
+    addr: &str,
+    since: &str,
+    until: Option<&str>,
+    out: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    let now = std::time::SystemTime::now();
+    let req = pb::ExportAuditRequest {
+        since_unix_ms: parse_since(since, now)?,
+        until_unix_ms: until.map(|u| parse_since(u, now)).transpose()?.unwrap_or(0),
+    };
+    let mut stream = connect(addr).await?.export_audit(req).await?.into_inner();
+    let mut lines = Vec::new();
+    while let Some(r) = stream.message().await? {
+        lines.extend_from_slice(crate::audit::to_json(&r).to_string().as_bytes());
+        lines.push(b'\n');
+    }
+    match out {
+        None => std::io::stdout().write_all(&lines)?,
+        Some(path) => {
+            let tmp = path.with_extension("partial");
+            std::fs::write(&tmp, &lines)?;
+            std::fs::rename(&tmp, path)?;
+            eprintln!(
+                "wrote {} record(s) to {}",
+                lines.iter().filter(|b| **b == b'\n').count(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// External spend per day, tenant and provider (settled plus in-flight reservations).
+pub async fn spend(addr: &str, tenant: Option<&str>) -> Result<(), CliError> {
+    let s = connect(addr)
+        .await?
+        .spend(pb::SpendRequest {
+            tenant: tenant.unwrap_or_default().into(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<10} {:<20} {:<16} {:>12} {:>12}",
+        "DAY", "TENANT", "PROVIDER", "SPENT $", "RESERVED $"
+    );
+    for e in s.entries {
+        println!(
+            "{:<10} {:<20} {:<16} {:>12.6} {:>12.6}",
+            e.day, e.tenant, e.provider, e.spent_usd, e.reserved_usd
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_times_dates_and_durations() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_500_000);
+        assert_eq!(
+            parse_since("2026-11-24T00:00:00Z", now).ok(),
+            Some(1_795_478_400_000)
+        );
+        assert_eq!(parse_since("2026-11-24", now).ok(), Some(1_795_478_400_000));
+        assert_eq!(parse_since("1h", now).ok(), Some(1_795_496_400_000));
+        assert!(parse_since("yesterday-ish", now).is_err());
+    }
+}

@@ -88,6 +88,10 @@ impl Gateway {
         let policy = ActivePolicy::load(&config.policies).map_err(StartError::Policy)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         tracing::info!(%addr, policy = %policy.hash, routes = policy.policy.routes.len(), "gateway listening");
+        let names: Vec<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();
+        for w in policy::unconfigured_providers(&policy.policy, &names) {
+            tracing::warn!("{w}");
+        }
         let db = open_store(config.state_dir.as_deref())?;
         let providers =
             providers::Providers::new(config.providers.clone()).map_err(StartError::Provider)?;

@@ -53,6 +53,15 @@ fn main() -> ExitCode {
     if let Some(Command::Validate) = cli.command {
         return match edgewise_gateway::policy::load(&file.gateway.policies) {
             Ok(p) => {
+                let names: Vec<&str> = file
+                    .gateway
+                    .providers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
+                for w in edgewise_gateway::policy::unconfigured_providers(&p, &names) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok; policy ok: {} route(s)",
                     cli.config.display(),

@@ -43,6 +43,10 @@ pub async fn watch(
             Ok(Ok(next)) if next.hash == state.policy().hash => {}
             Ok(Ok(next)) => {
                 tracing::info!(policy = %next.hash, routes = next.policy.routes.len(), "policy reloaded");
+                let names: Vec<&str> = state.providers.by_name.keys().map(String::as_str).collect();
+                for w in crate::policy::unconfigured_providers(&next.policy, &names) {
+                    tracing::warn!("{w}");
+                }
                 state.swap_policy(next);
                 state.reloads.fetch_add(1, Ordering::Relaxed);
             }

@@ -23,7 +23,7 @@ fn the_default_policy_checks_and_reports_external_paths() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.starts_with("policy ok: 3 route(s), default data class internal\n"),
+        text.starts_with("policy ok: 2 route(s), default data class internal\n"),
         "{text}"
     );
     assert!(
@@ -183,7 +183,7 @@ fn edgewise_gateway_validate_checks_config_and_policies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok; policy ok: 3 route(s)\n"));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok; policy ok: 2 route(s)\n"));
 
     std::fs::write(
         dir.path().join("bad.yaml"),

@@ -1,4 +1,5 @@
-//! `edgewise`: the operator's command line: policy check, route explain, generate, fleet status.
+//! `edgewise`: the operator's command line: policy check, route explain, generate, fleet status,
+//! audit export, spend.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,33 @@ enum Command {
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
+    },
+    /// The audit log of external calls and refused fallbacks.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Today's external spend per tenant and provider (settled and reserved).
+    Spend {
+        /// Every tenant, not only --tenant.
+        #[arg(long)]
+        all_tenants: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write records as JSON lines (never prompt or completion text).
+    Export {
+        /// RFC 3339 time, a UTC date (2026-11-24), or a duration ago (24h).
+        #[arg(long)]
+        since: String,
+        /// Same forms as --since; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -140,6 +168,16 @@ fn main() -> ExitCode {
                     Command::Fleet {
                         command: FleetCommand::Status,
                     } => cli::fleet_status(&args.gateway).await,
+                    Command::Audit {
+                        command: AuditCommand::Export { since, until, out },
+                    } => {
+                        cli::audit_export(&args.gateway, &since, until.as_deref(), out.as_deref())
+                            .await
+                    }
+                    Command::Spend { all_tenants } => {
+                        let tenant = (!all_tenants).then_some(args.tenant.as_str());
+                        cli::spend(&args.gateway, tenant).await
+                    }
                     Command::Policy { .. } => Ok(()),
                 }
             })

@@ -110,3 +110,20 @@ pub const DEFAULT_DATA_CLASS: DataClass = DataClass::Internal;
 
 #[cfg(test)]
 mod tests;
+
+/// Routes whose external block names a provider the gateway does not configure: they can
+/// never go external (routing says so per request; this says it once, up front).
+pub fn unconfigured_providers(p: &Policy, configured: &[&str]) -> Vec<String> {
+    p.routes
+        .iter()
+        .filter_map(|r| {
+            let e = r.external.as_ref()?;
+            (!configured.contains(&e.provider.as_str())).then(|| {
+                format!(
+                    "route `{}` names provider `{}`, which the gateway config does not define: the route never goes external",
+                    r.name, e.provider
+                )
+            })
+        })
+        .collect()
+}

@@ -18,7 +18,7 @@ fn the_shipped_default_policy_is_valid() {
     let p = p.as_ref().map_err(String::as_str);
     assert!(p.is_ok(), "{p:?}");
     let p = p.unwrap_or_else(|_| unreachable!());
-    assert_eq!(p.routes.len(), 3);
+    assert_eq!(p.routes.len(), 2);
     let report = confidentiality_report(p);
     let by_class = |c: DataClass| {
         report

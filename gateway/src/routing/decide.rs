@@ -251,7 +251,17 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         &mut excluded,
     ) {
         Ok(t) => decision("external: no_local_capacity".into(), Ok(t), excluded),
-        Err(ExternalRefusal::Forbidden(why) | ExternalRefusal::NotPermitted(why)) => decision(
+        Err(ExternalRefusal::Forbidden(why)) => decision(
+            "refused".into(),
+            Err(Refusal::Forbidden(format!(
+                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
+                route.name,
+                req.task,
+                spill_name(route.spill)
+            ))),
+            excluded,
+        ),
+        Err(ExternalRefusal::NotPermitted(why)) => decision(
             "refused".into(),
             Err(Refusal::NoCapacity(format!(
                 "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",

@@ -1,0 +1,411 @@
+//! The gateway falling back to a hosted API — a mock speaking OpenAI's and Anthropic's wire
+//! protocols over real TLS — only when policy permits: streamed answers, retries honouring
+//! Retry-After, usage-based cost in the ledger, audit records, budgets and refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use edgewise_gateway::providers::{Kind, ProviderConfig, Secret};
+use edgewise_gateway::routing::ProviderPrice;
+use edgewise_gateway::{Gateway, GatewayConfig};
+use edgewise_proto as pb;
+use edgewise_tests::mock_provider::{Failure, MockProvider};
+use tonic::{Code, Request};
+
+const KEY: &str = "sk-test-canary-0123456789";
+
+/// A policy with no local models: every generate and embed request may only go external.
+fn policy(provider: &str, model: &str, budget: f64) -> String {
+    format!(
+        "default_data_class: internal\nroutes:\n  - name: hosted\n    min_quality: 0.5\n    spill: larger\n    external:\n      allowed: true\n      provider: {provider}\n      model: {model}\n      data_classes: [public, internal]\n      when: [no_adequate_local, no_local_capacity]\n      daily_budget_usd: {budget}\n"
+    )
+}
+
+fn provider(name: &str, kind: Kind, mock: &MockProvider, price: f64) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        kind,
+        base_url: mock.base_url.parse().unwrap(),
+        key: Secret::new(std::fs::read_to_string(&mock.key_file).unwrap().trim()),
+        ca_file: Some(mock.ca_file.clone()),
+        price: ProviderPrice {
+            input_per_million_usd: price,
+            output_per_million_usd: 2.0 * price,
+        },
+        timeout: Duration::from_secs(30),
+        max_retries: 3,
+        default_max_tokens: 64,
+    }
+}
+
+async fn gateway(
+    policy: &str,
+    providers: Vec<ProviderConfig>,
+    state: Option<&Path>,
+) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = GatewayConfig::new(vec![dir.path().to_path_buf()], "gw-ext");
+    config.providers = providers;
+    config.state_dir = state.map(Path::to_path_buf);
+    (Gateway::start(config, listener).await.unwrap(), dir)
+}
+
+fn client(g: &Gateway) -> pb::gateway_client::GatewayClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
+        .unwrap()
+        .connect_lazy();
+    pb::gateway_client::GatewayClient::new(ch)
+}
+
+fn request(class: &str, max_tokens: u32) -> Request<pb::GatewayGenerateRequest> {
+    let mut r = Request::new(pb::GatewayGenerateRequest {
+        request: Some(pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "What is the capital of France?".into(),
+                }],
+            })),
+            max_tokens,
+            ..Default::default()
+        }),
+        routing: Some(pb::RoutingHints {
+            data_class: class.into(),
+            ..Default::default()
+        }),
+    });
+    r.metadata_mut()
+        .insert("x-edgewise-tenant", "shop".parse().unwrap());
+    r
+}
+
+/// Runs a generation: (decision, text, done) or the status it failed with.
+async fn generate(
+    g: &Gateway,
+    r: Request<pb::GatewayGenerateRequest>,
+) -> Result<(pb::Decision, String, pb::GenerateDone), tonic::Status> {
+    let mut s = client(g).generate(r).await?.into_inner();
+    let decision = s.message().await?.unwrap().decision.unwrap();
+    let (mut text, mut done) = (String::new(), None);
+    while let Some(m) = s.message().await? {
+        let c = m.chunk.unwrap();
+        text.push_str(&c.text);
+        done = c.done.or(done);
+    }
+    Ok((decision, text, done.unwrap()))
+}
+
+async fn audit(g: &Gateway) -> Vec<pb::AuditRecord> {
+    let mut s = client(g)
+        .export_audit(pb::ExportAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.unwrap() {
+        out.push(r);
+    }
+    out
+}
+
+async fn spent(g: &Gateway) -> Vec<pb::SpendEntry> {
+    client(g)
+        .spend(pb::SpendRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+}
+
+#[tokio::test]
+async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
+    let mock = MockProvider::start(KEY).await;
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 5.0),
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        None,
+    )
+    .await;
+    let (d, text, done) = generate(&g, request("internal", 32)).await.unwrap();
+    assert_eq!(d.rule, "external: no_adequate_local");
+    match &d.target {
+        Some(pb::decision::Target::External(e)) => {
+            assert_eq!(
+                (e.provider.as_str(), e.model.as_str()),
+                ("openai", "gpt-4o-mini")
+            );
+            // worst case: (30 bytes + 8 + 8) prompt tokens at $1/M, 32 output tokens at $2/M
+            assert!(
+                (e.worst_case_usd - (46.0 + 64.0) / 1e6).abs() < 1e-12,
+                "{e:?}"
+            );
+        }
+        other => panic!("not external: {other:?}"),
+    }
+    assert_eq!(text, "The capital of France is Paris.");
+    let usage = done.usage.unwrap();
+    // the mock bills words + 3 per message: 6 + 3 in, 6 pieces out
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (9, 6));
+    assert_eq!(done.finish_reason(), pb::FinishReason::Stop);
+
+    let seen = mock.state.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].authorized);
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(seen[0].body["stream"], true);
+    assert_eq!(seen[0].body["max_tokens"], 32);
+    assert_eq!(seen[0].body["model"], "gpt-4o-mini");
+
+    let cost = (9.0 * 1.0 + 6.0 * 2.0) / 1e6;
+    let s = spent(&g).await;
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (s[0].tenant.as_str(), s[0].provider.as_str()),
+        ("shop", "openai")
+    );
+    assert!((s[0].spent_usd - cost).abs() < 1e-12, "{s:?}");
+    assert_eq!(s[0].reserved_usd, 0.0);
+
+    let records = audit(&g).await;
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.kind, "external_call");
+    assert_eq!(r.decision_id, d.decision_id);
+    assert_eq!(
+        (r.tenant.as_str(), r.route.as_str(), r.data_class.as_str()),
+        ("shop", "hosted", "internal")
+    );
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.usage_reported),
+        (9, 6, true)
+    );
+    assert!((r.cost_usd - cost).abs() < 1e-12);
+    assert_eq!(r.outcome, "ok");
+    let line = edgewise_gateway::audit::to_json(r).to_string();
+    assert!(
+        !line.contains("France") && !line.contains("Paris"),
+        "{line}"
+    );
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn retries_honour_retry_after_and_never_pass_the_deadline() {
+    let mock = MockProvider::start(KEY).await;
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 5.0),
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        None,
+    )
+    .await;
+    mock.state.fail_next(Failure {
+        status: 429,
+        retry_after: Some("1".into()),
+    });
+    mock.state.fail_next(Failure {
+        status: 503,
+        retry_after: None,
+    });
+    let (_, text, _) = generate(&g, request("public", 16)).await.unwrap();
+    assert_eq!(text, "The capital of France is Paris.");
+    let seen = mock.state.requests();
+    assert_eq!(seen.len(), 3);
+    let waited = seen[1].at - seen[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+    // the refused attempts were not billed: one record, one charge
+    assert_eq!(audit(&g).await.len(), 1);
+
+    // a Retry-After beyond the caller's deadline: fail now, and do not try again
+    mock.state.fail_next(Failure {
+        status: 429,
+        retry_after: Some("30".into()),
+    });
+    let mut r = request("public", 16);
+    r.set_timeout(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let err = generate(&g, r).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("HTTP 429 after 1 attempt(s)"),
+        "{}",
+        err.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(mock.state.requests().len(), 4);
+    let records = audit(&g).await;
+    assert!(
+        records[1]
+            .outcome
+            .starts_with("error: provider `openai`: HTTP 429"),
+        "{records:?}"
+    );
+    assert_eq!(records[1].cost_usd, 0.0);
+    assert_eq!(spent(&g).await[0].reserved_usd, 0.0);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn confidential_data_is_refused_and_nothing_reaches_the_provider() {
+    let mock = MockProvider::start(KEY).await;
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 5.0),
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        None,
+    )
+    .await;
+    for class in ["confidential", "restricted"] {
+        let err = generate(&g, request(class, 16)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(
+            err.message(),
+            format!(
+                "route `hosted`: no adequate local generate model (quality >= 0.5, context >= 28) and external provider `openai` is not permitted for {class} data"
+            )
+        );
+    }
+    assert_eq!(mock.state.requests().len(), 0);
+    let records = audit(&g).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].kind, "refused_fallback");
+    assert_eq!(
+        (records[0].provider.as_str(), records[0].model.as_str()),
+        ("openai", "gpt-4o-mini")
+    );
+    assert_eq!(records[0].data_class, "confidential");
+    assert!(spent(&g).await.is_empty());
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_refuses_the_fallback() {
+    let mock = MockProvider::start(KEY).await;
+    // $1000/M in, $2000/M out. Worst case: 46 × 0.001 + 10 × 0.002 = $0.066; each call
+    // costs 9 × 0.001 + 6 × 0.002 = $0.021 once settled. A $0.12 budget takes three calls and
+    // refuses the fourth (0.042 + 0.066 fits; 0.063 + 0.066 does not).
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 0.12),
+        vec![provider("openai", Kind::OpenAi, &mock, 1000.0)],
+        None,
+    )
+    .await;
+    for _ in 0..3 {
+        generate(&g, request("internal", 10)).await.unwrap();
+    }
+    let err = generate(&g, request("internal", 10)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("daily budget for `openai` left"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(mock.state.requests().len(), 3);
+    let s = spent(&g).await;
+    assert!((s[0].spent_usd - 3.0 * 0.021).abs() < 1e-9, "{s:?}");
+    let refused = audit(&g)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == "refused_fallback")
+        .count();
+    assert_eq!(refused, 1);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn embeddings_and_anthropic_messages_go_through_their_apis() {
+    let mock = MockProvider::start(KEY).await;
+    let policy = "routes:\n  - name: embed\n    match: {tasks: [embed]}\n    external: {allowed: true, provider: openai, model: text-embedding-3-small, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n  - name: chat\n    external: {allowed: true, provider: claude, model: claude-haiku, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n";
+    let (g, _p) = gateway(
+        policy,
+        vec![
+            provider("openai", Kind::OpenAi, &mock, 1.0),
+            provider("claude", Kind::Anthropic, &mock, 3.0),
+        ],
+        None,
+    )
+    .await;
+    let mut r = Request::new(pb::GatewayEmbedRequest {
+        request: Some(pb::EmbedRequest {
+            model: String::new(),
+            texts: vec!["one two".into(), "three".into()],
+        }),
+        routing: None,
+    });
+    r.metadata_mut()
+        .insert("x-edgewise-tenant", "shop".parse().unwrap());
+    let e = client(&g).embed(r).await.unwrap().into_inner();
+    let resp = e.response.unwrap();
+    assert_eq!(resp.embeddings.len(), 2);
+    assert_eq!(resp.embeddings[0].values.len(), 8);
+    assert_ne!(resp.embeddings[0].values, resp.embeddings[1].values);
+    assert_eq!(resp.usage.unwrap().prompt_tokens, 3);
+    assert_eq!(e.decision.unwrap().route, "embed");
+
+    let (d, text, done) = generate(&g, request("internal", 3)).await.unwrap();
+    assert_eq!(d.route, "chat");
+    assert_eq!(text, "The capital of");
+    assert_eq!(done.finish_reason(), pb::FinishReason::Length);
+    assert_eq!(done.usage.unwrap().completion_tokens, 3);
+    let seen = mock.state.requests();
+    assert_eq!(seen[1].path, "/v1/messages");
+    assert!(seen.iter().all(|s| s.authorized));
+    let records = audit(&g).await;
+    let costs: Vec<f64> = records.iter().map(|r| r.cost_usd).collect();
+    // embeddings: 3 tokens at $1/M; messages: 9 in at $3/M, 3 out at $6/M
+    assert!(
+        (costs[0] - 3e-6).abs() < 1e-12 && (costs[1] - (27.0 + 18.0) / 1e6).abs() < 1e-12,
+        "{costs:?}"
+    );
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_reported_without_echoing_it() {
+    let mock = MockProvider::start(KEY).await;
+    let mut p = provider("openai", Kind::OpenAi, &mock, 1.0);
+    p.key = Secret::new("sk-wrong-canary-999");
+    let (g, _p) = gateway(&policy("openai", "gpt-4o-mini", 5.0), vec![p], None).await;
+    let err = generate(&g, request("internal", 8)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("HTTP 401"), "{}", err.message());
+    assert!(!err.message().contains("canary"), "{}", err.message());
+    let records = audit(&g).await;
+    assert!(!format!("{records:?}").contains("canary"));
+    assert_eq!(records[0].cost_usd, 0.0);
+    assert_eq!(mock.state.requests().len(), 1, "a 401 is not retried");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn the_ledger_and_audit_survive_a_restart() {
+    let mock = MockProvider::start(KEY).await;
+    let state = tempfile::tempdir().unwrap();
+    let p = policy("openai", "gpt-4o-mini", 5.0);
+    let (g, _p) = gateway(
+        &p,
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        Some(state.path()),
+    )
+    .await;
+    let (d, _, _) = generate(&g, request("internal", 8)).await.unwrap();
+    let before = spent(&g).await;
+    g.stop().await;
+    let (g, _p2) = gateway(
+        &p,
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        Some(state.path()),
+    )
+    .await;
+    assert_eq!(spent(&g).await, before);
+    let records = audit(&g).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].decision_id, d.decision_id);
+    g.stop().await;
+}
