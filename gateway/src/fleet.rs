@@ -136,6 +136,8 @@ impl Registry {
                                 .get(&(e.report.node_id.clone(), m.name.clone()))
                                 .copied()
                                 .unwrap_or(0),
+                            ewma_latency_ms: m.ewma_latency_ms,
+                            ewma_time_per_output_token_ms: m.ewma_time_per_output_token_ms,
                         })
                     })
                     .collect(),
@@ -169,6 +171,8 @@ impl Registry {
 pub struct FleetService {
     pub registry: Arc<Registry>,
     pub gateway_id: String,
+    /// Cancelled when the gateway stops.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
@@ -184,13 +188,26 @@ impl pb::fleet_server::Fleet for FleetService {
         let mut reports = request.into_inner();
         let registry = self.registry.clone();
         let gateway_id = self.gateway_id.clone();
+        let stop = self.stop.clone();
         let stream_id = registry
             .streams
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             let mut node = String::new();
-            while let Some(Ok(r)) = reports.next().await {
+            loop {
+                let r = tokio::select! {
+                    r = reports.next() => match r {
+                        Some(Ok(r)) => r,
+                        _ => break,
+                    },
+                    // a stopping gateway ends report streams, so agents go elsewhere and the
+                    // server's graceful shutdown is not held up by them
+                    () = stop.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the gateway is shutting down"))).await;
+                        break;
+                    }
+                };
                 if r.node_id.is_empty() {
                     let _ = tx
                         .send(Err(Status::invalid_argument("report without node_id")))

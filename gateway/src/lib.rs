@@ -72,6 +72,9 @@ pub enum StartError {
     Provider(String),
 }
 
+/// How long a stopping gateway waits for requests in flight.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -125,6 +128,7 @@ impl Gateway {
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
                 registry: state.registry.clone(),
                 gateway_id: config.id.clone(),
+                stop: stop.clone(),
             }))
             .add_service(pb::gateway_server::GatewayServer::new(
                 grpc::GatewayService {
@@ -152,10 +156,18 @@ impl Gateway {
         })
     }
 
-    /// Stops accepting, lets in-flight requests finish, and returns.
+    /// Stops accepting, ends agents' report streams, lets in-flight requests finish (for at
+    /// most `DRAIN_TIMEOUT`), and returns.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+            abort.abort();
+        }
     }
 }
 

@@ -50,6 +50,10 @@ struct CaseModel {
     max_queue: u32,
     #[serde(default = "ctx")]
     context_length: u32,
+    #[serde(default)]
+    ewma_latency_ms: f64,
+    #[serde(default)]
+    ms_per_token: f64,
 }
 
 fn two() -> u32 {
@@ -72,6 +76,7 @@ struct CaseRequest {
     prompt_tokens: u32,
     #[serde(default)]
     max_tokens: u32,
+    max_latency_ms: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +124,8 @@ fn run_case(path: &Path) -> Result<(), String> {
                         max_concurrency: m.max_concurrency,
                         max_queue: m.max_queue,
                         gateway_in_flight: 0,
+                        ewma_latency_ms: m.ewma_latency_ms,
+                        ewma_time_per_output_token_ms: m.ms_per_token,
                     })
                     .collect(),
             })
@@ -151,7 +158,7 @@ fn run_case(path: &Path) -> Result<(), String> {
             .as_deref()
             .map(|c| DataClass::parse(c).unwrap()),
         min_quality: r.min_quality,
-        max_latency_ms: None,
+        max_latency_ms: r.max_latency_ms,
         route: r.route.clone(),
         prompt_tokens: r.prompt_tokens,
         prompt_tokens_max: r.prompt_tokens,

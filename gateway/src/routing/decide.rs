@@ -89,6 +89,13 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
     };
     let need_quality = req.min_quality.unwrap_or(0.0).max(route.min_quality);
     let need_context = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
+    // the tighter of the caller's limit and the route's target
+    let latency_limit = match (req.max_latency_ms, route.latency_target_ms) {
+        (Some(a), Some(b)) if b < a => Some((b, "route latency target")),
+        (Some(a), _) => Some((a, "max_latency_ms")),
+        (None, Some(b)) => Some((b, "route latency target")),
+        (None, None) => None,
+    };
 
     // 1. adequate local candidates
     let mut adequate: Vec<Candidate<'_>> = Vec::new();
@@ -109,6 +116,13 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 Some(format!(
                     "context {} is shorter than prompt + max_tokens ({need_context})",
                     model.context_length
+                ))
+            } else if let Some((limit, what)) = latency_limit
+                && let Some(expected) = model.expected_latency_ms(req.task, req.max_tokens)
+                && expected > f64::from(limit)
+            {
+                Some(format!(
+                    "expected latency {expected:.0} ms is over the {limit} ms {what}"
                 ))
             } else {
                 None
@@ -180,12 +194,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         tier(&adequate, &smallest).filter(|c| c.model.has_free_slot()),
         rng,
     ) {
-        note_others(
-            &adequate,
-            c,
-            &mut excluded,
-            "a smaller or less loaded candidate was chosen",
-        );
+        note_others(&adequate, c, &mut excluded);
         return decision("smallest".into(), Ok(local(c)), excluded);
     }
 
@@ -215,12 +224,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                     tier(&adequate, name).filter(|c| c.model.has_free_slot()),
                     rng,
                 ) {
-                    note_others(
-                        &adequate,
-                        c,
-                        &mut excluded,
-                        "no free slot, or a smaller model with capacity was chosen",
-                    );
+                    note_others(&adequate, c, &mut excluded);
                     return decision("spill: larger".into(), Ok(local(c)), excluded);
                 }
             }
@@ -235,7 +239,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                         .then_with(|| a.node.id.cmp(&b.node.id))
                 });
             if let Some(c) = queued {
-                note_others(&adequate, c, &mut excluded, "a shorter queue was chosen");
+                note_others(&adequate, c, &mut excluded);
                 return decision("spill: wait".into(), Ok(local(c)), excluded);
             }
         }
@@ -335,19 +339,34 @@ where
     }
 }
 
-fn note_others(
-    all: &[Candidate<'_>],
-    chosen: &Candidate<'_>,
-    excluded: &mut Vec<Exclusion>,
-    reason: &str,
-) {
+/// Why each adequate candidate other than `chosen` lost.
+fn note_others(all: &[Candidate<'_>], chosen: &Candidate<'_>, excluded: &mut Vec<Exclusion>) {
+    let size = |c: &Candidate<'_>| (c.model.parameters, c.model.size_bytes);
     for c in all {
-        if !(std::ptr::eq(c.node, chosen.node) && std::ptr::eq(c.model, chosen.model)) {
-            excluded.push(Exclusion {
-                candidate: format!("{}/{}", c.node.id, c.model.name),
-                reason: reason.into(),
-            });
+        if std::ptr::eq(c.node, chosen.node) && std::ptr::eq(c.model, chosen.model) {
+            continue;
         }
+        let reason = if size(c) > size(chosen) {
+            "a smaller adequate model was chosen".to_string()
+        } else if !c.model.has_free_slot() {
+            format!(
+                "no free slot ({} busy of {})",
+                c.model.busy(),
+                c.model.max_concurrency
+            )
+        } else if c.model.name == chosen.model.name {
+            format!(
+                "load {:.2} against {:.2} on the chosen node (power of two choices)",
+                c.model.load(),
+                chosen.model.load()
+            )
+        } else {
+            "an equally small model was chosen".to_string()
+        };
+        excluded.push(Exclusion {
+            candidate: format!("{}/{}", c.node.id, c.model.name),
+            reason,
+        });
     }
 }
 

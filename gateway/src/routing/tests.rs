@@ -22,6 +22,8 @@ fn model(name: &str, task: Task, params: u64, quality: f32) -> ModelView {
         max_concurrency: 2,
         max_queue: 4,
         gateway_in_flight: 0,
+        ewma_latency_ms: 0.0,
+        ewma_time_per_output_token_ms: 0.0,
     }
 }
 
@@ -313,6 +315,8 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 max_concurrency,
                 max_queue: 2,
                 gateway_in_flight: 0,
+                ewma_latency_ms: 0.0,
+                ewma_time_per_output_token_ms: 0.0,
             }
         })
 }

@@ -185,6 +185,9 @@ pub struct ModelView {
     pub max_queue: u32,
     /// Requests this gateway has sent and not yet seen finish (ahead of the next report).
     pub gateway_in_flight: u32,
+    /// Measured by the agent (moving averages); 0 when nothing has been measured yet.
+    pub ewma_latency_ms: f64,
+    pub ewma_time_per_output_token_ms: f64,
 }
 
 impl ModelView {
@@ -201,6 +204,24 @@ impl ModelView {
 
     pub fn has_queue_room(&self) -> bool {
         self.busy() < self.max_concurrency.saturating_add(self.max_queue)
+    }
+
+    /// How long a request would take here, from the agent's measurements: a generation's
+    /// tokens at the measured time per token (else the measured request latency), stretched
+    /// by the requests already waiting for a slot. `None` until the model has been measured.
+    pub fn expected_latency_ms(&self, task: Task, max_tokens: u32) -> Option<f64> {
+        let one = if task == Task::Generate && self.ewma_time_per_output_token_ms > 0.0 {
+            self.ewma_time_per_output_token_ms * f64::from(max_tokens.max(1))
+        } else {
+            self.ewma_latency_ms
+        };
+        if one <= 0.0 {
+            return None;
+        }
+        let waiting = self
+            .busy()
+            .saturating_sub(self.max_concurrency.saturating_sub(1));
+        Some(one * (1.0 + f64::from(waiting) / f64::from(self.max_concurrency.max(1))))
     }
 
     /// Load as a fraction of the slots.

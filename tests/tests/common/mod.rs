@@ -275,3 +275,27 @@ pub fn agent_bin() -> PathBuf {
     );
     bin
 }
+
+/// Copies fixture model `from` into `dir` as `name` with other declared size and quality
+/// (a test fleet of "different" models from the few committed fixtures).
+pub fn model_as(dir: &Path, from: &str, name: &str, parameters: u64, quality: f32) {
+    copy_dir(&fixtures().join(from), &dir.join(name));
+    let file = dir.join(name).join("model.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("name = ") {
+                format!("name = \"{name}\"")
+            } else if l.starts_with("parameters = ") {
+                format!("parameters = {parameters}")
+            } else if l.starts_with("quality = ") {
+                format!("quality = {quality}")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(&file, text).unwrap();
+}
