@@ -17,10 +17,17 @@ use crate::node::Node;
 
 /// Reports to one gateway until `stop` is cancelled.
 pub async fn report_to(node: Arc<Node>, gateway: String, stop: CancellationToken) {
+    // never wait longer than one report interval: a restarted gateway hears from every agent
+    // within an interval of coming back, so its view is rebuilt within two
+    let max_delay = node
+        .config
+        .report_interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(10));
     let backoff = || {
         ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(10))
+            .with_min_delay(Duration::from_millis(50).min(max_delay / 2))
+            // jitter adds up to as much again: delays stay under `max_delay`, still spread
+            .with_max_delay(max_delay / 2)
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()
@@ -37,7 +44,7 @@ pub async fn report_to(node: Arc<Node>, gateway: String, stop: CancellationToken
                 tracing::debug!(gateway = %gateway, error = %e, "report stream failed; redialling")
             }
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        let delay = delays.next().unwrap_or(max_delay).min(max_delay);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -375,3 +375,36 @@ async fn the_gateway_serves_reflection_and_health() {
     );
     g.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_is_routed_again_when_its_agent_cannot_be_reached() {
+    let (g, _p) = gateway(POLICY).await;
+    // the smallest model's node advertises an address where nothing listens (a lost agent
+    // whose report stream has not yet timed out, as far as the gateway can tell)
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = models_dir(&["tiny-lm-fp32"]);
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.gateways = vec![format!("http://{}", g.addr)];
+    cfg.advertise = Some(format!("http://{dead}"));
+    let a = TestAgent::start(cfg, state).await;
+    let b = agent_for(&g, &["tiny-lm-big"], &[]).await;
+    let mut c = client(&g);
+    wait_live(&mut c, 2).await;
+    let (d, text) = run_gen(&mut c, 4).await;
+    let a_id = a.agent.as_ref().unwrap().node.id.clone();
+    assert_eq!(local(&d).1, "tiny-lm-big");
+    assert_eq!(d.retried.len(), 1, "{:?}", d.retried);
+    assert_eq!(d.retried[0].candidate, format!("{a_id}/tiny-lm-fp32"));
+    assert!(
+        d.retried[0].reason.starts_with("Unavailable: "),
+        "{:?}",
+        d.retried
+    );
+    assert!(!text.is_empty());
+    a.stop().await;
+    b.stop().await;
+    g.stop().await;
+}
