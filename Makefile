@@ -10,7 +10,7 @@ export ORT_DISABLE_TELEMETRY := 1
 .PHONY: help onnxruntime models fixtures build release test lint fmt up clean
 
 help:
-	@echo "make up           run an agent on this box with the real models (ONCE=1: self-check, then exit)"
+	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
 	@echo "make models       fetch and prepare the real models into models/"

@@ -17,7 +17,6 @@ pub mod runtime;
 pub mod scheduler;
 pub mod service;
 pub mod store;
-pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -128,7 +127,7 @@ impl Agent {
 
         let (loaded_tx, loaded) = watch::channel(false);
         let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
-        let watchdog = systemd::spawn_watchdog(background.clone());
+        let watchdog = edgewise_ops::systemd::spawn_watchdog(background.clone());
 
         let task = tokio::spawn(lifecycle(
             node.clone(),
@@ -185,9 +184,9 @@ async fn load_models(
 ) {
     let total = node.slots.len();
     for (i, slot) in node.slots.values().enumerate() {
-        systemd::status(&format!("loading model {}/{total}: {}", i + 1, slot.name));
+        edgewise_ops::systemd::status(&format!("loading model {}/{total}: {}", i + 1, slot.name));
         // loading a large model on a small box can take a while: keep systemd waiting
-        systemd::extend_start_timeout(Duration::from_secs(120));
+        edgewise_ops::systemd::extend_start_timeout(Duration::from_secs(120));
         let (n, s) = (node.clone(), slot.clone());
         let ok = tokio::task::spawn_blocking(move || n.load_slot(&s, rt).is_ok())
             .await
@@ -205,7 +204,7 @@ async fn load_models(
         health
             .set_serving::<pb::agent_server::AgentServer<grpc::AgentService>>()
             .await;
-        systemd::ready();
+        edgewise_ops::systemd::ready();
     }
     let ready = node.slots.values().filter(|s| s.ready().is_some()).count();
     tracing::info!(ready, failed = total - ready, "models loaded");
@@ -244,7 +243,7 @@ async fn lifecycle(
     // Shutdown, in order:
     // 1. refuse new work and tell gateways and systemd (reports go out at once on drain);
     node.start_drain();
-    systemd::stopping();
+    edgewise_ops::systemd::stopping();
     health
         .set_not_serving::<pb::agent_server::AgentServer<grpc::AgentService>>()
         .await;

@@ -92,13 +92,7 @@ fn env_vars() -> Vec<(String, String)> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edgewise_ops::init_logging();
     match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -159,7 +153,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
-                edgewise_agent::run(config, listener, shutdown_signal()).await?;
+                edgewise_agent::run(config, listener, edgewise_ops::shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
@@ -213,18 +207,4 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested; draining");
 }

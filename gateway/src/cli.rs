@@ -48,13 +48,15 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-async fn connect(addr: &str) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
+pub(crate) async fn connect(
+    addr: &str,
+) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
     pb::gateway_client::GatewayClient::connect(addr.to_string())
         .await
         .map_err(|e| CliError::Connect(addr.into(), e.to_string()))
 }
 
-fn with_tenant<T>(msg: T, tenant: &str) -> Result<Request<T>, CliError> {
+pub(crate) fn with_tenant<T>(msg: T, tenant: &str) -> Result<Request<T>, CliError> {
     let mut r = Request::new(msg);
     let v = tenant
         .parse()

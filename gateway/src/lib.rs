@@ -19,6 +19,7 @@ pub mod policy;
 pub mod providers;
 pub mod reload;
 pub mod routing;
+pub mod selfcheck;
 pub mod state;
 
 use std::future::Future;

@@ -34,13 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGEWISE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edgewise_ops::init_logging();
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let file = match GatewayFile::load(&cli.config, &env) {
@@ -89,7 +83,7 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(file.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", file.listen))?;
-        edgewise_gateway::run(file.gateway, listener, shutdown_signal())
+        serve(file.gateway, listener)
             .await
             .map_err(|e| e.to_string())
     });
@@ -102,14 +96,34 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the policy. Tells systemd when it is
+/// ready, pings its watchdog, and says when it is stopping.
+async fn serve(
+    config: edgewise_gateway::GatewayConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<(), edgewise_gateway::StartError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let g = edgewise_gateway::Gateway::start(config, listener).await?;
+    edgewise_ops::systemd::ready();
+    let watchdog_stop = tokio_util::sync::CancellationToken::new();
+    let watchdog = edgewise_ops::systemd::spawn_watchdog(watchdog_stop.clone());
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stop = edgewise_ops::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                tracing::info!("SIGHUP: reloading the policy");
+                g.reload.notify_one();
+            }
+        }
     }
+    edgewise_ops::systemd::stopping();
+    g.stop().await;
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    Ok(())
 }

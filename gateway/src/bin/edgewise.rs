@@ -63,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Route an embed, a classify, a generation, a spill and a refused confidential request
+    /// through the gateway and print a table; non-zero exit if any check fails.
+    Selfcheck {
+        /// How long to wait for the gateway to see ready models.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
     /// Today's external spend per tenant and provider (settled and reserved).
     Spend {
         /// Every tenant, not only --tenant.
@@ -177,6 +184,19 @@ fn main() -> ExitCode {
                     Command::Spend { all_tenants } => {
                         let tenant = (!all_tenants).then_some(args.tenant.as_str());
                         cli::spend(&args.gateway, tenant).await
+                    }
+                    Command::Selfcheck { wait_secs } => {
+                        match edgewise_gateway::selfcheck::run(
+                            &args.gateway,
+                            &args.tenant,
+                            std::time::Duration::from_secs(wait_secs),
+                        )
+                        .await
+                        {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err(cli::CliError::Usage("self-check failed".into())),
+                            Err(e) => Err(e),
+                        }
                     }
                     Command::Policy { .. } => Ok(()),
                 }

@@ -1,0 +1,375 @@
+//! `edgewise selfcheck`: routes a handful of real requests through a running gateway and
+//! prints what happened to each as a table — an embed, a classify, a generation, a request that
+//! spills because the smallest model is saturated, and a confidential request whose fallback
+//! policy refuses. Exit status 0 only if every check passed.
+
+use std::time::{Duration, Instant};
+
+use edgewise_proto as pb;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::cli::{CliError, connect, with_tenant};
+
+type Client = pb::gateway_client::GatewayClient<Channel>;
+
+struct Row {
+    check: String,
+    decision: String,
+    target: String,
+    result: String,
+    ms: u128,
+    ok: bool,
+}
+
+fn target(d: Option<&pb::Decision>) -> String {
+    match d.and_then(|d| d.target.as_ref()) {
+        Some(pb::decision::Target::Local(l)) => format!("{} @ {}", l.model, short(&l.node_id)),
+        Some(pb::decision::Target::External(e)) => format!("{}/{}", e.provider, e.model),
+        None => "-".into(),
+    }
+}
+
+fn short(node: &str) -> &str {
+    node.get(..8).unwrap_or(node)
+}
+
+fn rule(d: Option<&pb::Decision>) -> String {
+    d.map(|d| format!("{} / {}", d.route, d.rule))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGenerateRequest {
+    pb::GatewayGenerateRequest {
+        request: Some(pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: text.into(),
+                }],
+            })),
+            max_tokens,
+            ..Default::default()
+        }),
+        routing: Some(routing),
+    }
+}
+
+/// Runs a generation to its end: (decision, text) or the status.
+async fn generate(
+    c: &mut Client,
+    tenant: &str,
+    r: pb::GatewayGenerateRequest,
+) -> Result<(Option<pb::Decision>, String), tonic::Status> {
+    let req = with_tenant(r, tenant).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let mut s = c.generate(req).await?.into_inner();
+    let (mut d, mut text) = (None, String::new());
+    while let Some(m) = s.message().await? {
+        d = m.decision.or(d);
+        if let Some(ch) = m.chunk {
+            text.push_str(&ch.text);
+        }
+    }
+    Ok((d, text))
+}
+
+/// Waits until the gateway sees a ready model for every task.
+async fn wait_ready(
+    c: &mut Client,
+    timeout: Duration,
+) -> Result<pb::FleetStatusResponse, CliError> {
+    let until = Instant::now() + timeout;
+    loop {
+        let s = c
+            .fleet_status(pb::FleetStatusRequest {})
+            .await?
+            .into_inner();
+        let ready = |t: pb::Task| {
+            s.nodes
+                .iter()
+                .filter(|n| n.live)
+                .flat_map(|n| &n.models)
+                .any(|m| m.task == t as i32 && m.state == pb::ModelState::Ready as i32)
+        };
+        if ready(pb::Task::Generate) && ready(pb::Task::Embed) && ready(pb::Task::Classify) {
+            return Ok(s);
+        }
+        if Instant::now() > until {
+            return Err(CliError::Usage(format!(
+                "the gateway does not see a ready generate, embed and classify model after {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliError> {
+    let mut c = connect(addr).await?;
+    let fleet = wait_ready(&mut c, wait).await?;
+    let mut rows = Vec::new();
+    let internal = pb::RoutingHints {
+        data_class: "internal".into(),
+        ..Default::default()
+    };
+
+    // 1. embed
+    let t = Instant::now();
+    let r = c
+        .embed(with_tenant(
+            pb::GatewayEmbedRequest {
+                request: Some(pb::EmbedRequest {
+                    model: String::new(),
+                    texts: vec![
+                        "What is the capital of France?".into(),
+                        "Paris is the capital of France.".into(),
+                    ],
+                }),
+                routing: Some(internal.clone()),
+            },
+            tenant,
+        )?)
+        .await
+        .map(|r| r.into_inner());
+    rows.push(match r {
+        Ok(r) => {
+            let e = r.response.unwrap_or_default();
+            let (a, b) = match e.embeddings.as_slice() {
+                [a, b] => (a.values.clone(), b.values.clone()),
+                _ => (vec![], vec![]),
+            };
+            let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+                / (norm(&a) * norm(&b)).max(f32::EPSILON);
+            Row {
+                check: "embed 2 texts".into(),
+                decision: rule(r.decision.as_ref()),
+                target: target(r.decision.as_ref()),
+                result: format!("{} dims, cosine {cos:.2}", a.len()),
+                ms: t.elapsed().as_millis(),
+                ok: !a.is_empty() && a.len() == b.len(),
+            }
+        }
+        Err(s) => failed("embed 2 texts", &s, t),
+    });
+
+    // 2. classify
+    let t = Instant::now();
+    let r = c
+        .classify(with_tenant(
+            pb::GatewayClassifyRequest {
+                request: Some(pb::ClassifyRequest {
+                    model: String::new(),
+                    texts: vec!["Implement a lock-free hash map and prove it linearizable.".into()],
+                }),
+                routing: Some(internal.clone()),
+            },
+            tenant,
+        )?)
+        .await
+        .map(|r| r.into_inner());
+    rows.push(match r {
+        Ok(r) => {
+            let top = r
+                .response
+                .unwrap_or_default()
+                .results
+                .first()
+                .and_then(|c| c.labels.first().cloned());
+            Row {
+                check: "classify".into(),
+                decision: rule(r.decision.as_ref()),
+                target: target(r.decision.as_ref()),
+                result: top
+                    .as_ref()
+                    .map(|l| format!("{} {:.2}", l.label, l.probability))
+                    .unwrap_or_else(|| "no label".into()),
+                ms: t.elapsed().as_millis(),
+                ok: top.is_some(),
+            }
+        }
+        Err(s) => failed("classify", &s, t),
+    });
+
+    // 3. generate
+    let t = Instant::now();
+    let question = "What is the capital of France?";
+    let mut answer = String::new();
+    rows.push(
+        match generate(&mut c, tenant, chat(question, 48, internal.clone())).await {
+            Ok((d, text)) => {
+                answer = text.trim().to_string();
+                Row {
+                    check: "generate".into(),
+                    decision: rule(d.as_ref()),
+                    target: target(d.as_ref()),
+                    result: format!(
+                        "{} chars, mentions Paris: {}",
+                        answer.len(),
+                        answer.contains("Paris")
+                    ),
+                    ms: t.elapsed().as_millis(),
+                    ok: answer.contains("Paris"),
+                }
+            }
+            Err(s) => failed("generate", &s, t),
+        },
+    );
+
+    // 4. saturate the smallest adequate model (the gateway counts its own in-flight requests
+    //    at once), then one more request must spill to a larger one
+    let t = Instant::now();
+    let explain = c
+        .explain(with_tenant(
+            pb::ExplainRequest {
+                task: pb::Task::Generate as i32,
+                routing: Some(internal.clone()),
+                text: question.into(),
+                max_tokens: 48,
+            },
+            tenant,
+        )?)
+        .await?
+        .into_inner();
+    let smallest = match &explain.target {
+        Some(pb::decision::Target::Local(l)) => Some((l.node_id.clone(), l.model.clone())),
+        _ => None,
+    };
+    let slots = smallest.as_ref().and_then(|(node, model)| {
+        fleet
+            .nodes
+            .iter()
+            .filter(|n| &n.node_id == node)
+            .flat_map(|n| &n.models)
+            .find(|m| &m.name == model)
+            .map(|m| m.max_concurrency)
+    });
+    let mut held = Vec::new();
+    let row = match (smallest, slots) {
+        (Some((_, model)), Some(slots)) => {
+            for _ in 0..slots {
+                let req = with_tenant(
+                    chat("Tell me a long story about the sea.", 256, internal.clone()),
+                    tenant,
+                )?;
+                let mut s = c.generate(req).await?.into_inner();
+                let _decision = s.message().await?;
+                held.push(s);
+            }
+            match generate(&mut c, tenant, chat(question, 8, internal.clone())).await {
+                Ok((d, _)) => {
+                    let chosen = d.as_ref().and_then(|d| match &d.target {
+                        Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
+                        _ => None,
+                    });
+                    Row {
+                        check: format!("spill ({slots} held on {model})"),
+                        decision: rule(d.as_ref()),
+                        target: target(d.as_ref()),
+                        result: "served by a larger model".into(),
+                        ms: t.elapsed().as_millis(),
+                        ok: chosen.is_some_and(|m| m != model)
+                            && d.is_some_and(|d| d.rule == "spill: larger"),
+                    }
+                }
+                Err(s) => failed("spill", &s, t),
+            }
+        }
+        _ => Row {
+            check: "spill".into(),
+            decision: rule(Some(&explain)),
+            target: target(Some(&explain)),
+            result: "no local model to saturate".into(),
+            ms: t.elapsed().as_millis(),
+            ok: false,
+        },
+    };
+    drop(held); // cancels the held generations
+    rows.push(row);
+
+    // 5. confidential, asking for more quality than any local model has: only a hosted model
+    //    could serve it, and the policy forbids that for confidential data
+    let t = Instant::now();
+    let hints = pb::RoutingHints {
+        data_class: "confidential".into(),
+        min_quality: Some(0.99),
+        ..Default::default()
+    };
+    rows.push(
+        match generate(
+            &mut c,
+            tenant,
+            chat("Summarise our unreleased results.", 16, hints),
+        )
+        .await
+        {
+            Ok((d, _)) => Row {
+                check: "confidential, no local model".into(),
+                decision: rule(d.as_ref()),
+                target: target(d.as_ref()),
+                result: "served (expected a refusal)".into(),
+                ms: t.elapsed().as_millis(),
+                ok: false,
+            },
+            Err(s) => Row {
+                check: "confidential, no local model".into(),
+                decision: "refused".into(),
+                target: "-".into(),
+                result: format!("{:?}: {}", s.code(), s.message()),
+                ms: t.elapsed().as_millis(),
+                ok: s.code() == Code::PermissionDenied,
+            },
+        },
+    );
+
+    print_table(&rows);
+    if !answer.is_empty() {
+        println!("\nQ: {question}\nA: {answer}");
+    }
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    if failed == 0 {
+        println!("\nself-check: all {} checks passed", rows.len());
+    } else {
+        println!("\nself-check: {failed} of {} checks FAILED", rows.len());
+    }
+    Ok(failed == 0)
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+fn failed(check: &str, s: &tonic::Status, t: Instant) -> Row {
+    Row {
+        check: check.into(),
+        decision: "-".into(),
+        target: "-".into(),
+        result: format!("{:?}: {}", s.code(), s.message()),
+        ms: t.elapsed().as_millis(),
+        ok: false,
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let w = |f: &dyn Fn(&Row) -> usize, title: &str| {
+        rows.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let (c, d, t) = (
+        w(&|r| r.check.chars().count(), "CHECK"),
+        w(&|r| r.decision.chars().count(), "ROUTE / RULE"),
+        w(&|r| r.target.chars().count(), "TARGET"),
+    );
+    println!(
+        "{:<c$}  {:<d$}  {:<t$}  {:>6}  {:<4}  RESULT",
+        "CHECK", "ROUTE / RULE", "TARGET", "MS", "OK"
+    );
+    for r in rows {
+        println!(
+            "{:<c$}  {:<d$}  {:<t$}  {:>6}  {:<4}  {}",
+            r.check,
+            r.decision,
+            r.target,
+            r.ms,
+            if r.ok { "ok" } else { "FAIL" },
+            r.result
+        );
+    }
+}
