@@ -651,6 +651,14 @@ impl pb::gateway_server::Gateway for GatewayService {
             gateway_id: self.state.id.clone(),
             nodes: self.state.registry.status(Instant::now()),
             policy_hash: self.state.policy().hash.clone(),
+            policy_reloads: self
+                .state
+                .reloads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            policy_reload_failures: self
+                .state
+                .reload_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -105,6 +105,8 @@ async fn serve(
     use tokio::signal::unix::{SignalKind, signal};
     let g = edgewise_gateway::Gateway::start(config, listener).await?;
     edgewise_ops::systemd::ready();
+    // `systemctl status` shows where it listens (with port 0, the port it was given)
+    edgewise_ops::systemd::status(&format!("serving on {}", g.addr));
     let watchdog_stop = tokio_util::sync::CancellationToken::new();
     let watchdog = edgewise_ops::systemd::spawn_watchdog(watchdog_stop.clone());
     let mut hup = signal(SignalKind::hangup()).ok();

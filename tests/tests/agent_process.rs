@@ -3,51 +3,12 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use edgewise_proto as pb;
-
-struct Notify {
-    sock: UnixDatagram,
-    seen: Vec<String>,
-}
-
-impl Notify {
-    fn bind(path: &Path) -> Self {
-        let sock = UnixDatagram::bind(path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Self {
-            sock,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads notifications until one contains `what` (deadline 30 s).
-    fn wait(&mut self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 4096];
-        while !self
-            .seen
-            .iter()
-            .any(|m| m.lines().any(|l| l == what || l.starts_with(what)))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no `{what}` from the agent; saw {:?}",
-                self.seen
-            );
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                self.seen
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
-}
 
 fn spawn(config: &Path, notify: &Path) -> Child {
     // as systemd does: WATCHDOG_PID names the service's own pid (`exec` keeps the shell's)

@@ -299,3 +299,42 @@ pub fn model_as(dir: &Path, from: &str, name: &str, parameters: u64, quality: f3
         .collect();
     std::fs::write(&file, text).unwrap();
 }
+
+/// A systemd notification socket, as a test stands in for systemd.
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl Notify {
+    pub fn bind(path: &Path) -> Self {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads notifications until one contains `what` (deadline 30 s).
+    pub fn wait(&mut self, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while !self
+            .seen
+            .iter()
+            .any(|m| m.lines().any(|l| l == what || l.starts_with(what)))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{what}` notification; saw {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
