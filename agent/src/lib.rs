@@ -157,6 +157,39 @@ impl Agent {
     }
 
     /// Drains and stops; resolves when the agent has shut down.
+    /// Applies what a reloaded config can change while serving (per-model limits) and names
+    /// the changed settings that need a restart.
+    pub fn reload(&self, next: &AgentConfig) {
+        for change in self.node.apply_limits(next) {
+            tracing::info!("limits reloaded: {change}");
+        }
+        let now = &self.node.config;
+        let restart: Vec<&str> = [
+            ("server.listen", now.listen != next.listen),
+            ("server.advertise", now.advertise != next.advertise),
+            (
+                "models.dir / models.include",
+                now.models_dir != next.models_dir || now.include != next.include,
+            ),
+            (
+                "runtime",
+                now.intra_op_threads != next.intra_op_threads
+                    || now.onnxruntime_library != next.onnxruntime_library,
+            ),
+            ("report.gateways", now.gateways != next.gateways),
+            ("state.dir", now.state_dir != next.state_dir),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !restart.is_empty() {
+            tracing::warn!(
+                "changed settings that take effect at the next restart: {}",
+                restart.join(", ")
+            );
+        }
+    }
+
     pub async fn stop(self) -> Result<(), StartError> {
         self.stop.cancel();
         self.task

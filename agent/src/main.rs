@@ -153,12 +153,47 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
-                edgewise_agent::run(config, listener, edgewise_ops::shutdown_signal()).await?;
+                serve(&cli.config, config, listener).await?;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Serves until SIGTERM or Ctrl-C. SIGHUP re-reads the config file: a valid one has its
+/// per-model limits applied at once (other changes are named as needing a restart); an
+/// invalid one is reported and changes nothing.
+async fn serve(
+    path: &std::path::Path,
+    config: edgewise_agent::config::AgentConfig,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let agent = edgewise_agent::Agent::start(config, listener).await?;
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stop = edgewise_ops::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                // the outcome also shows in `systemctl status`
+                match edgewise_agent::config::AgentConfig::load(path, &env_vars()) {
+                    Ok(next) => {
+                        agent.reload(&next);
+                        edgewise_ops::systemd::status("serving (config reloaded)");
+                    }
+                    Err(problems) => {
+                        tracing::error!("reload rejected; the running config stays in force:\n{problems}");
+                        edgewise_ops::systemd::status("serving (reload rejected: the config has errors; see the log)");
+                    }
+                }
+            }
+        }
+    }
+    agent.stop().await?;
+    Ok(())
 }
 
 async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {

@@ -191,6 +191,32 @@ impl Node {
         })
     }
 
+    /// Applies a reloaded config's per-model limits to the running slots; returns what
+    /// changed, as `model: concurrency a → b, queue c → d`. A report goes out at once.
+    pub fn apply_limits(&self, config: &AgentConfig) -> Vec<String> {
+        let mut changed = Vec::new();
+        for slot in self.slots.values() {
+            let task = slot.manifest.as_ref().map(Manifest::task);
+            let (c, q) = limits_for(
+                task,
+                config.limits.get(&slot.name),
+                config.batching.max_batch_size,
+            );
+            let (oc, oq) = (slot.admission.max_concurrency(), slot.admission.max_queue());
+            if (c, q) != (oc, oq) {
+                slot.admission.resize(c, q);
+                changed.push(format!(
+                    "{}: concurrency {oc} → {c}, queue {oq} → {q}",
+                    slot.name
+                ));
+            }
+        }
+        if !changed.is_empty() {
+            self.changed();
+        }
+        changed
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -332,8 +358,8 @@ impl Node {
             context_length: m.map_or(0, |m| m.context_length),
             in_flight: st.in_flight.load(Ordering::SeqCst),
             queue_depth: st.queued.load(Ordering::SeqCst),
-            max_concurrency: s.admission.max_concurrency,
-            max_queue: s.admission.max_queue,
+            max_concurrency: s.admission.max_concurrency(),
+            max_queue: s.admission.max_queue(),
             ewma_latency_ms: st.ewma_latency_ms(),
             ewma_time_per_output_token_ms: st.ewma_tpot_ms(),
             tokens_per_s: st

@@ -98,8 +98,8 @@ impl ModelStats {
 /// A model's concurrency limit and bounded queue.
 pub struct Admission {
     slots: Arc<Semaphore>,
-    pub max_concurrency: u32,
-    pub max_queue: u32,
+    max_concurrency: AtomicU32,
+    max_queue: AtomicU32,
 }
 
 /// Held while a request runs; frees its slot when dropped.
@@ -127,8 +127,33 @@ impl Admission {
     pub fn new(max_concurrency: u32, max_queue: u32) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_concurrency as usize)),
-            max_concurrency,
-            max_queue,
+            max_concurrency: AtomicU32::new(max_concurrency),
+            max_queue: AtomicU32::new(max_queue),
+        }
+    }
+
+    pub fn max_concurrency(&self) -> u32 {
+        self.max_concurrency.load(Ordering::SeqCst)
+    }
+
+    pub fn max_queue(&self) -> u32 {
+        self.max_queue.load(Ordering::SeqCst)
+    }
+
+    /// New limits while serving. More slots open at once; fewer close as running requests
+    /// finish (nothing running is interrupted). The queue bound applies to the next arrival.
+    pub fn resize(&self, max_concurrency: u32, max_queue: u32) {
+        self.max_queue.store(max_queue, Ordering::SeqCst);
+        let old = self.max_concurrency.swap(max_concurrency, Ordering::SeqCst);
+        if max_concurrency > old {
+            self.slots.add_permits((max_concurrency - old) as usize);
+        } else if max_concurrency < old {
+            let slots = self.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(old - max_concurrency).await {
+                    p.forget();
+                }
+            });
         }
     }
 
@@ -152,13 +177,13 @@ impl Admission {
         // join the queue only while it has room (compare-and-swap: the bound is never exceeded)
         let mut queued = stats.queued.load(Ordering::SeqCst);
         loop {
-            if queued >= self.max_queue {
+            if queued >= self.max_queue() {
                 stats.rejected_total.fetch_add(1, Ordering::Relaxed);
                 return Err(AgentError::Overloaded {
                     model: model.to_string(),
                     in_flight: stats.in_flight.load(Ordering::SeqCst),
                     queued,
-                    max_queue: self.max_queue,
+                    max_queue: self.max_queue(),
                     retry_after: self.retry_hint(stats, queued),
                 });
             }
@@ -195,7 +220,7 @@ impl Admission {
     /// Roughly when a slot frees up: the average request time scaled by the queue ahead.
     fn retry_hint(&self, stats: &ModelStats, queued: u32) -> Duration {
         let per_request = stats.ewma_latency_ms().max(10.0);
-        let ms = per_request * f64::from(queued + 1) / f64::from(self.max_concurrency.max(1));
+        let ms = per_request * f64::from(queued + 1) / f64::from(self.max_concurrency().max(1));
         Duration::from_millis(ms.clamp(50.0, 30_000.0) as u64)
     }
 

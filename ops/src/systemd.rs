@@ -1,4 +1,4 @@
-//! systemd integration: readiness, start-timeout extension (model loading), watchdog, reload.
+//! systemd integration: readiness, status, start-timeout extension (model loading), watchdog.
 //! Every call is a no-op when the daemon is not started by systemd (no `NOTIFY_SOCKET`).
 
 use std::time::Duration;
@@ -47,13 +47,4 @@ pub fn spawn_watchdog(stop: CancellationToken) -> Option<tokio::task::JoinHandle
             }
         }
     }))
-}
-
-/// Around a configuration reload (`ExecReload=` waits for READY=1 after RELOADING=1).
-pub fn reloading() {
-    let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
-}
-
-pub fn reloaded() {
-    let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status("serving")]);
 }

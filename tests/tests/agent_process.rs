@@ -117,7 +117,38 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
         "acknowledged counters survive kill -9"
     );
 
-    // 3. SIGTERM while a generation streams: it completes, then the agent exits 0
+    // 3. SIGHUP applies new limits while serving; an invalid config changes nothing
+    let base = std::fs::read_to_string(&config).unwrap();
+    let limits = |c: u32, q: u32| {
+        format!("{base}\n[models.limits.tiny-lm-fp32]\nmax_concurrency = {c}\nmax_queue = {q}\n")
+    };
+    let limits_are = |c: u32, q: u32| {
+        move |r: &pb::NodeReport| {
+            r.models
+                .iter()
+                .any(|m| m.name == "tiny-lm-fp32" && m.max_concurrency == c && m.max_queue == q)
+        }
+    };
+    std::fs::write(&config, limits(3, 5)).unwrap();
+    signal(&child, "-HUP");
+    gw.wait_report("new limits after SIGHUP", limits_are(3, 5))
+        .await;
+    std::fs::write(&config, "[server]\nlisten = 5\n").unwrap();
+    signal(&child, "-HUP");
+    std::fs::write(&config, limits(2, 5)).unwrap();
+    signal(&child, "-HUP");
+    // signals are handled in order: the invalid file was read (and refused) before this one
+    gw.wait_report(
+        "limits after the invalid edit and a valid one",
+        limits_are(2, 5),
+    )
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP never stops the agent"
+    );
+
+    // 4. SIGTERM while a generation streams: it completes, then the agent exits 0
     let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone())
         .await
         .unwrap();
