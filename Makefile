@@ -7,19 +7,23 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help onnxruntime models fixtures build release test lint fmt up clean
+.PHONY: help prereqs onnxruntime models fixtures build release test lint fmt up install clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
+	@echo "make install      install binaries, libonnxruntime, units and example configs (PREFIX=DIR for a staging tree)"
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
 	@echo "make models       fetch and prepare the real models into models/"
 	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
 
-onnxruntime:
+prereqs:
+	@bash tools/check_prereqs.sh
+
+onnxruntime: prereqs
 	@bash tools/fetch_onnxruntime.sh
 
-models:
+models: prereqs
 	@bash tools/fetch_models.sh
 
 # The committed fixtures are byte-identical to what this writes (seeded).
@@ -47,6 +51,10 @@ test: onnxruntime models lint
 ONCE ?= 0
 up: onnxruntime models release
 	@ONCE=$(ONCE) bash deploy/dev/up.sh
+
+PREFIX ?=
+install: onnxruntime release
+	@bash deploy/install.sh $(if $(PREFIX),--prefix $(PREFIX))
 
 clean:
 	rm -rf build/state target
