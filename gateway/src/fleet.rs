@@ -2,7 +2,8 @@
 //!
 //! A node is live while its report stream is open, it is not draining, and its last report is
 //! at most 3 of its intervals old. The gateway's own in-flight count per (node, model) is
-//! kept here too, so a decision counts requests the next report has not yet seen.
+//! kept here too, so a decision counts requests the next report has not yet seen, and
+//! discounts requests that finished after the last report counted them.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -30,14 +31,29 @@ struct Entry {
 #[derive(Default)]
 pub struct Registry {
     nodes: RwLock<HashMap<String, Entry>>,
-    in_flight: RwLock<HashMap<(String, String), u32>>,
+    in_flight: RwLock<HashMap<(String, String), Counts>>,
     streams: std::sync::atomic::AtomicU64,
+}
+
+/// The gateway's own view of one (node, model) between reports.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Requests sent and not finished.
+    running: u32,
+    /// Requests that started before the node's last report and finished since: that report
+    /// still counts them as in flight, so routing discounts them instead of waiting up to an
+    /// interval for the next one.
+    finished: u32,
+    /// Reports received from the node since this entry was made.
+    epoch: u64,
 }
 
 /// Held while the gateway has a request on (node, model); counts it in decisions.
 pub struct InFlight {
     registry: Arc<Registry>,
     key: (String, String),
+    /// The entry's epoch when the request started.
+    epoch: u64,
 }
 
 impl Drop for InFlight {
@@ -48,7 +64,10 @@ impl Drop for InFlight {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
+            n.running = n.running.saturating_sub(1);
+            if n.epoch > self.epoch {
+                n.finished = n.finished.saturating_add(1);
+            }
         }
     }
 }
@@ -64,6 +83,16 @@ fn task(t: i32) -> Option<Task> {
 
 impl Registry {
     pub fn record(&self, stream: u64, report: pb::NodeReport, now: Instant) {
+        {
+            // a fresh report counts everything that finished before it
+            let mut counts = self.in_flight.write().unwrap_or_else(|p| p.into_inner());
+            for ((node, _), c) in counts.iter_mut() {
+                if node == &report.node_id {
+                    c.finished = 0;
+                    c.epoch += 1;
+                }
+            }
+        }
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         nodes.insert(
             report.node_id.clone(),
@@ -88,15 +117,15 @@ impl Registry {
 
     pub fn track(self: &Arc<Self>, node: &str, model: &str) -> InFlight {
         let key = (node.to_string(), model.to_string());
-        *self
-            .in_flight
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default() += 1;
+        let mut m = self.in_flight.write().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry(key.clone()).or_default();
+        c.running += 1;
+        let epoch = c.epoch;
+        drop(m);
         InFlight {
             registry: self.clone(),
             key,
+            epoch,
         }
     }
 
@@ -120,6 +149,10 @@ impl Registry {
                     .models
                     .iter()
                     .filter_map(|m| {
+                        let own = in_flight
+                            .get(&(e.report.node_id.clone(), m.name.clone()))
+                            .copied()
+                            .unwrap_or_default();
                         Some(ModelView {
                             name: m.name.clone(),
                             task: task(m.task)?,
@@ -128,14 +161,11 @@ impl Registry {
                             parameters: m.parameters,
                             size_bytes: m.size_bytes,
                             context_length: m.context_length,
-                            in_flight: m.in_flight,
+                            in_flight: m.in_flight.saturating_sub(own.finished),
                             queue_depth: m.queue_depth,
                             max_concurrency: m.max_concurrency,
                             max_queue: m.max_queue,
-                            gateway_in_flight: in_flight
-                                .get(&(e.report.node_id.clone(), m.name.clone()))
-                                .copied()
-                                .unwrap_or(0),
+                            gateway_in_flight: own.running,
                             ewma_latency_ms: m.ewma_latency_ms,
                             ewma_time_per_output_token_ms: m.ewma_time_per_output_token_ms,
                         })
@@ -239,5 +269,56 @@ impl pb::fleet_server::Fleet for FleetService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(in_flight: u32) -> pb::NodeReport {
+        pb::NodeReport {
+            node_id: "a".into(),
+            report_interval_ms: 1000,
+            models: vec![pb::ModelStatus {
+                name: "lm".into(),
+                task: pb::Task::Generate as i32,
+                state: pb::ModelState::Ready as i32,
+                in_flight,
+                max_concurrency: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn seen(r: &Arc<Registry>) -> (u32, u32) {
+        let s = r.snapshot(Instant::now());
+        let m = &s.nodes[0].models[0];
+        (m.in_flight, m.gateway_in_flight)
+    }
+
+    #[test]
+    fn a_finished_request_stops_counting_before_the_next_report() {
+        let r = Arc::new(Registry::default());
+        let x = r.track("a", "lm");
+        r.record(0, report(1), Instant::now()); // the report counts x
+        assert_eq!(seen(&r), (1, 1));
+        let y = r.track("a", "lm"); // started after the report: it never counted y
+        assert_eq!(seen(&r), (1, 2));
+        drop(x);
+        assert_eq!(
+            seen(&r),
+            (0, 1),
+            "x finished: the report's count is discounted"
+        );
+        drop(y);
+        assert_eq!(
+            seen(&r),
+            (0, 0),
+            "y was never in the report: nothing to discount"
+        );
+        r.record(0, report(0), Instant::now());
+        assert_eq!(seen(&r), (0, 0));
     }
 }

@@ -216,6 +216,23 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
 
     // 4. saturate the smallest adequate model (the gateway counts its own in-flight requests
     //    at once), then one more request must spill to a larger one
+    // the generation above has finished; let the reports say so (at most a few intervals)
+    let settle = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < settle {
+        let s = c
+            .fleet_status(pb::FleetStatusRequest {})
+            .await?
+            .into_inner();
+        let busy = s
+            .nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .any(|m| m.task == pb::Task::Generate as i32 && m.in_flight > 0);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let t = Instant::now();
     let explain = c
         .explain(with_tenant(
