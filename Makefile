@@ -7,10 +7,11 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help prereqs onnxruntime models fixtures build release test lint fmt up install clean
+.PHONY: help prereqs onnxruntime models fixtures build release test lint fmt up install bench clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
+	@echo "make bench        measure against same-run references and rewrite BENCHMARKS.md"
 	@echo "make install      install binaries, libonnxruntime, units and example configs (PREFIX=DIR for a staging tree)"
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
@@ -51,6 +52,10 @@ test: onnxruntime models lint
 ONCE ?= 0
 up: onnxruntime models release
 	@ONCE=$(ONCE) bash deploy/dev/up.sh
+
+# Each part alone: bench/run.sh overhead | decide | footprint
+bench: onnxruntime models release
+	@bash bench/run.sh
 
 PREFIX ?=
 install: onnxruntime release
