@@ -94,14 +94,7 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
         rule: d.rule.clone(),
         data_class: d.data_class.as_str().to_string(),
         target,
-        excluded: d
-            .excluded
-            .iter()
-            .map(|e| pb::Excluded {
-                candidate: e.candidate.clone(),
-                reason: e.reason.clone(),
-            })
-            .collect(),
+        excluded: excluded_for_response(&d.excluded),
         refusal: d
             .outcome
             .as_ref()
@@ -110,6 +103,50 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
             .unwrap_or_default(),
         retried: retried.to_vec(),
     }
+}
+
+/// The most exclusions a response lists one by one; a large fleet's rest is summarised.
+pub const MAX_EXCLUDED: usize = 24;
+
+/// The exclusions a response carries: all of them for a small fleet; for a large one the
+/// external candidates (always: they explain a refusal), the first local ones, and one line
+/// counting the rest by reason — so a 1,000-node fleet does not put thousands in every answer.
+fn excluded_for_response(all: &[routing::Exclusion]) -> Vec<pb::Excluded> {
+    let one = |e: &routing::Exclusion| pb::Excluded {
+        candidate: e.candidate.clone(),
+        reason: e.reason.clone(),
+    };
+    if all.len() <= MAX_EXCLUDED {
+        return all.iter().map(one).collect();
+    }
+    let (external, local): (Vec<_>, Vec<_>) = all
+        .iter()
+        .partition(|e| e.candidate.starts_with("external:"));
+    let shown = MAX_EXCLUDED.saturating_sub(external.len());
+    let mut out: Vec<pb::Excluded> = local.iter().take(shown).map(|e| one(e)).collect();
+    out.extend(external.iter().map(|e| one(e)));
+    let rest = &local[shown.min(local.len())..];
+    if !rest.is_empty() {
+        let mut by_reason: std::collections::BTreeMap<&str, usize> = Default::default();
+        for e in rest {
+            *by_reason.entry(e.reason.as_str()).or_default() += 1;
+        }
+        let mut counts: Vec<(&str, usize)> = by_reason.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut reason: Vec<String> = counts
+            .iter()
+            .take(5)
+            .map(|(r, n)| format!("{n} × {r}"))
+            .collect();
+        if counts.len() > 5 {
+            reason.push(format!("{} other reasons", counts.len() - 5));
+        }
+        out.push(pb::Excluded {
+            candidate: format!("… {} more candidates", rest.len()),
+            reason: reason.join("; "),
+        });
+    }
+    out
 }
 
 /// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
@@ -302,5 +339,41 @@ pub async fn settle_abandoned(state: &State) {
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot settle abandoned reservations"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Exclusion;
+
+    #[test]
+    fn a_large_fleets_exclusions_are_summarised_and_external_ones_kept() {
+        let mut all: Vec<Exclusion> = (0..100)
+            .map(|i| Exclusion {
+                candidate: format!("node-{i}/lm"),
+                reason: if i % 4 == 0 {
+                    "node is not live"
+                } else {
+                    "no free slot (2 busy of 2)"
+                }
+                .into(),
+            })
+            .collect();
+        all.push(Exclusion {
+            candidate: "external:openai/gpt".into(),
+            reason: "external provider `openai` is not permitted for confidential data".into(),
+        });
+        let out = excluded_for_response(&all);
+        assert_eq!(out.len(), MAX_EXCLUDED + 1);
+        assert_eq!(out[0].candidate, "node-0/lm");
+        assert_eq!(out[MAX_EXCLUDED - 1].candidate, "external:openai/gpt");
+        let last = &out[MAX_EXCLUDED];
+        assert_eq!(last.candidate, "… 77 more candidates");
+        assert_eq!(
+            last.reason,
+            "58 × no free slot (2 busy of 2); 19 × node is not live"
+        );
+        assert_eq!(excluded_for_response(&all[..3]).len(), 3);
     }
 }
