@@ -292,6 +292,13 @@ where
                     && deadline.is_none_or(|d| Instant::now() < d) =>
             {
                 tracing::info!(node = %routed.node, model = %routed.model, code = ?s.code(), "agent failed before the first token; routing again");
+                if s.code() == Code::Unavailable {
+                    // unreachable (or draining): spare the next requests the same detour
+                    state.registry.mark_unreachable(
+                        &routed.node,
+                        Instant::now() + crate::fleet::UNREACHABLE_FOR,
+                    );
+                }
                 retried.push(pb::Excluded {
                     candidate: format!("{}/{}", routed.node, routed.model),
                     reason: format!("{:?}: {}", s.code(), s.message()),

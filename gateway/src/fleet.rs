@@ -33,7 +33,13 @@ pub struct Registry {
     nodes: RwLock<HashMap<String, Entry>>,
     in_flight: RwLock<HashMap<(String, String), Counts>>,
     streams: std::sync::atomic::AtomicU64,
+    /// Nodes the gateway could not reach, and until when they stay out of routing (their
+    /// reports say nothing about whether the gateway can reach them).
+    unreachable: RwLock<HashMap<String, Instant>>,
 }
+
+/// How long a node that refused a connection stays out of routing.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 
 /// The gateway's own view of one (node, model) between reports.
 #[derive(Debug, Default, Clone, Copy)]
@@ -129,6 +135,22 @@ impl Registry {
         }
     }
 
+    /// The gateway could not reach `node`: leave it out of routing until `until`.
+    pub fn mark_unreachable(&self, node: &str, until: Instant) {
+        self.unreachable
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), until);
+    }
+
+    fn reachable(&self, node: &str, now: Instant) -> bool {
+        self.unreachable
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .is_none_or(|until| now >= *until)
+    }
+
     fn live(e: &Entry, now: Instant) -> bool {
         let interval = Duration::from_millis(u64::from(e.report.report_interval_ms.max(1)));
         e.open && !e.report.draining && now.duration_since(e.seen) <= interval * MISSED_INTERVALS
@@ -143,7 +165,7 @@ impl Registry {
             .map(|e| NodeView {
                 id: e.report.node_id.clone(),
                 addr: e.report.advertise_addr.clone(),
-                live: Self::live(e, now),
+                live: Self::live(e, now) && self.reachable(&e.report.node_id, now),
                 models: e
                     .report
                     .models
@@ -185,7 +207,7 @@ impl Registry {
             .map(|e| pb::NodeStatus {
                 node_id: e.report.node_id.clone(),
                 addr: e.report.advertise_addr.clone(),
-                live: Self::live(e, now),
+                live: Self::live(e, now) && self.reachable(&e.report.node_id, now),
                 draining: e.report.draining,
                 last_report_ms_ago: now.duration_since(e.seen).as_millis() as u64,
                 hardware: e.report.hardware.clone(),

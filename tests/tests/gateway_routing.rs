@@ -404,6 +404,17 @@ async fn a_request_is_routed_again_when_its_agent_cannot_be_reached() {
         d.retried
     );
     assert!(!text.is_empty());
+    // the unreachable node is out of routing for a while: the next request goes straight on
+    let (d, _) = run_gen(&mut c, 4).await;
+    assert_eq!(local(&d).1, "tiny-lm-big");
+    assert!(d.retried.is_empty(), "{:?}", d.retried);
+    assert!(
+        d.excluded.iter().any(
+            |e| e.candidate == format!("{a_id}/tiny-lm-fp32") && e.reason == "node is not live"
+        ),
+        "{:?}",
+        d.excluded
+    );
     a.stop().await;
     b.stop().await;
     g.stop().await;
