@@ -6,7 +6,7 @@ use edgewise_proto as pb;
 
 use crate::audit::now_ms;
 use crate::ledger::{nanos_ceil, usd};
-use crate::providers::Usage;
+use crate::providers::{ProviderError, Usage};
 use crate::routing::{DataClass, Task};
 use crate::state::State;
 
@@ -39,6 +39,21 @@ pub enum CallEnd {
     Failed(String),
     /// The caller left mid-stream: charged at the worst case.
     Cancelled,
+}
+
+impl CallEnd {
+    /// A call that failed before answering: refused or unreachable calls are not billed; any
+    /// other failure may have been, so it keeps the worst case.
+    pub fn from_failure(e: &ProviderError) -> Self {
+        match e {
+            ProviderError::Connect { .. }
+            | ProviderError::Status { .. }
+            | ProviderError::Unsupported { .. } => CallEnd::NotBilled(e.to_string()),
+            ProviderError::Deadline { .. } | ProviderError::Protocol { .. } => {
+                CallEnd::Failed(e.to_string())
+            }
+        }
+    }
 }
 
 impl ExternalCall {

@@ -160,16 +160,6 @@ fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
     r
 }
 
-/// Provider failures that happen before any work is billed.
-fn not_billed(e: &ProviderError) -> bool {
-    matches!(
-        e,
-        ProviderError::Connect { .. }
-            | ProviderError::Status { .. }
-            | ProviderError::Unsupported { .. }
-    )
-}
-
 /// An agent call on a batch of texts (Embed, Classify): one routing and retry path for both.
 trait TextsCall: Clone + Send + Sync + 'static {
     type Out: Send + 'static;
@@ -285,6 +275,27 @@ pub struct GatewayService {
 }
 
 impl GatewayService {
+    /// The provider an external decision named (a gone one closes the call unbilled).
+    async fn provider_of(&self, ext: &ExternalCall) -> Result<&providers::Provider, Status> {
+        match self.state.providers.get(&ext.provider) {
+            Some(p) => Ok(p),
+            None => {
+                ext.close(&self.state, CallEnd::NotBilled("not configured".into()))
+                    .await;
+                Err(Status::failed_precondition(format!(
+                    "provider `{}` is not configured",
+                    ext.provider
+                )))
+            }
+        }
+    }
+
+    /// Closes an external call that failed before answering, and the status for the caller.
+    async fn failed(&self, ext: &ExternalCall, e: ProviderError) -> Status {
+        ext.close(&self.state, CallEnd::from_failure(&e)).await;
+        status(&GatewayError::Provider(e))
+    }
+
     async fn texts<Q: TextsCall>(
         &self,
         tenant: String,
@@ -310,29 +321,14 @@ impl GatewayService {
         {
             Served::Local(out, routed) => Ok((out, routed.decision)),
             Served::External(ext) => {
-                let Some(provider) = self.state.providers.get(&ext.provider) else {
-                    ext.close(&self.state, CallEnd::NotBilled("not configured".into()))
-                        .await;
-                    return Err(Status::failed_precondition(format!(
-                        "provider `{}` is not configured",
-                        ext.provider
-                    )));
-                };
+                let provider = self.provider_of(&ext).await?;
                 let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
                 match inner.external(provider, &ext.model, deadline).await {
                     Ok((out, end)) => {
                         ext.close(&self.state, end).await;
                         Ok((out, ext.decision))
                     }
-                    Err(e) => {
-                        let end = if not_billed(&e) {
-                            CallEnd::NotBilled(e.to_string())
-                        } else {
-                            CallEnd::Failed(e.to_string())
-                        };
-                        ext.close(&self.state, end).await;
-                        Err(status(&GatewayError::Provider(e)))
-                    }
+                    Err(e) => Err(self.failed(&ext, e).await),
                 }
             }
         }
@@ -530,14 +526,7 @@ impl pb::gateway_server::Gateway for GatewayService {
                 });
             }
             Served::External(ext) => {
-                let Some(provider) = self.state.providers.get(&ext.provider) else {
-                    ext.close(&self.state, CallEnd::NotBilled("not configured".into()))
-                        .await;
-                    return Err(Status::failed_precondition(format!(
-                        "provider `{}` is not configured",
-                        ext.provider
-                    )));
-                };
+                let provider = self.provider_of(&ext).await?;
                 let call = GenerateCall {
                     model: ext.model.clone(),
                     messages,
@@ -554,15 +543,7 @@ impl pb::gateway_server::Gateway for GatewayService {
                 let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
                 let events = match provider.generate(&call, deadline).await {
                     Ok(events) => events,
-                    Err(e) => {
-                        let end = if not_billed(&e) {
-                            CallEnd::NotBilled(e.to_string())
-                        } else {
-                            CallEnd::Failed(e.to_string())
-                        };
-                        ext.close(&self.state, end).await;
-                        return Err(status(&GatewayError::Provider(e)));
-                    }
+                    Err(e) => return Err(self.failed(&ext, e).await),
                 };
                 let state = self.state.clone();
                 tokio::spawn(async move {

@@ -1,10 +1,9 @@
 //! Anthropic Messages (streamed).
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{Event, EventStream, Finish, GenerateCall, ProviderError, Usage, sse_events};
+use super::{Decoder, Event, EventStream, Finish, GenerateCall, Step, Usage, decode, json, sse};
 
 pub fn messages_body(call: &GenerateCall) -> Value {
     let system: Vec<&str> = call
@@ -56,95 +55,55 @@ pub fn message_events(
     response: reqwest::Response,
     deadline: Instant,
 ) -> EventStream {
-    let events = sse_events(provider.clone(), response, deadline);
-    let state = (Box::pin(events), None::<Finish>, Usage::default(), false);
-    Box::pin(futures::stream::unfold(
-        state,
-        move |(mut events, mut fin, mut usage, done)| {
-            let provider = provider.clone();
-            async move {
-                if done {
-                    return None;
+    decode(provider, response, deadline, Messages::default())
+}
+
+#[derive(Default)]
+struct Messages {
+    finish: Option<Finish>,
+    usage: Usage,
+}
+
+impl Decoder for Messages {
+    fn event(&mut self, e: &sse::Event) -> Step {
+        let v = match json(&e.data) {
+            Ok(v) => v,
+            Err(step) => return step,
+        };
+        match v.get("type").and_then(Value::as_str).unwrap_or(&e.event) {
+            "message_start" => {
+                if let Some(t) = v
+                    .pointer("/message/usage/input_tokens")
+                    .and_then(Value::as_u64)
+                {
+                    self.usage.prompt_tokens = t as u32;
                 }
-                let protocol = |detail: String| ProviderError::Protocol {
-                    provider: provider.clone(),
-                    detail,
-                };
-                loop {
-                    let e = match events.next().await {
-                        Some(Ok(e)) => e,
-                        Some(Err(err)) => return Some((Err(err), (events, fin, usage, true))),
-                        None => {
-                            return Some((
-                                Err(protocol("the stream ended before message_stop".into())),
-                                (events, fin, usage, true),
-                            ));
-                        }
-                    };
-                    let v: Value = match serde_json::from_str(&e.data) {
-                        Ok(v) => v,
-                        Err(err) => {
-                            return Some((
-                                Err(protocol(format!("a stream event is not JSON: {err}"))),
-                                (events, fin, usage, true),
-                            ));
-                        }
-                    };
-                    let kind = v.get("type").and_then(Value::as_str).unwrap_or(&e.event);
-                    match kind {
-                        "message_start" => {
-                            if let Some(t) = v
-                                .pointer("/message/usage/input_tokens")
-                                .and_then(Value::as_u64)
-                            {
-                                usage.prompt_tokens = t as u32;
-                            }
-                        }
-                        "content_block_delta" => {
-                            if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str)
-                                && !t.is_empty()
-                            {
-                                return Some((
-                                    Ok(Event::Text(t.to_string())),
-                                    (events, fin, usage, false),
-                                ));
-                            }
-                        }
-                        "message_delta" => {
-                            if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str)
-                            {
-                                fin = Some(finish(r));
-                            }
-                            if let Some(t) =
-                                v.pointer("/usage/output_tokens").and_then(Value::as_u64)
-                            {
-                                usage.completion_tokens = t as u32;
-                            }
-                        }
-                        "message_stop" => {
-                            let done = Event::Done {
-                                finish: fin.unwrap_or(Finish::Stop),
-                                usage: Some(usage),
-                            };
-                            return Some((Ok(done), (events, fin, usage, true)));
-                        }
-                        "error" => {
-                            let m = v
-                                .pointer("/error/message")
-                                .and_then(Value::as_str)
-                                .unwrap_or("unknown error");
-                            let m: String = m.chars().take(300).collect();
-                            return Some((
-                                Err(protocol(format!("error while streaming: {m}"))),
-                                (events, fin, usage, true),
-                            ));
-                        }
-                        _ => {} // ping, content_block_start/stop
-                    }
-                }
+                Step::Skip
             }
-        },
-    ))
+            "content_block_delta" => match v.pointer("/delta/text").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => Step::Emit(Event::Text(t.to_string())),
+                _ => Step::Skip,
+            },
+            "message_delta" => {
+                if let Some(r) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.finish = Some(finish(r));
+                }
+                if let Some(t) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    self.usage.completion_tokens = t as u32;
+                }
+                Step::Skip
+            }
+            "message_stop" => Step::End(Event::Done {
+                finish: self.finish.unwrap_or(Finish::Stop),
+                usage: Some(self.usage),
+            }),
+            _ => Step::Skip, // ping, content_block_start/stop
+        }
+    }
+
+    fn eof(&mut self) -> Step {
+        Step::Fail("the stream ended before message_stop".into())
+    }
 }
 
 #[cfg(test)]

@@ -520,6 +520,71 @@ fn sse_events(
     })
 }
 
+/// What a wire protocol makes of one server-sent event.
+enum Step {
+    /// Nothing for the caller (pings, bookkeeping events).
+    Skip,
+    Emit(Event),
+    /// The last event of the stream.
+    End(Event),
+    Fail(String),
+}
+
+/// One protocol's reading of an event stream (OpenAI chat chunks, Anthropic message events).
+trait Decoder: Send + 'static {
+    fn event(&mut self, e: &sse::Event) -> Step;
+    /// The body ended without the protocol's final event.
+    fn eof(&mut self) -> Step;
+}
+
+/// An event's JSON, or the step that ends the stream: not JSON, or an error event.
+fn json(data: &str) -> Result<serde_json::Value, Step> {
+    let v: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| Step::Fail(format!("a stream event is not JSON: {e}")))?;
+    match v.pointer("/error/message").and_then(|m| m.as_str()) {
+        Some(m) => Err(Step::Fail(format!(
+            "error while streaming: {}",
+            m.chars().take(300).collect::<String>()
+        ))),
+        None => Ok(v),
+    }
+}
+
+/// A response's event stream decoded by `decoder` into text and a final event.
+fn decode(
+    provider: String,
+    response: reqwest::Response,
+    deadline: Instant,
+    decoder: impl Decoder,
+) -> EventStream {
+    use futures::StreamExt;
+    let events = Box::pin(sse_events(provider.clone(), response, deadline));
+    Box::pin(futures::stream::unfold(
+        Some((events, decoder)),
+        move |state| {
+            let provider = provider.clone();
+            async move {
+                let (mut events, mut decoder) = state?;
+                loop {
+                    let step = match events.next().await {
+                        Some(Ok(e)) => decoder.event(&e),
+                        Some(Err(err)) => return Some((Err(err), None)),
+                        None => decoder.eof(),
+                    };
+                    return match step {
+                        Step::Skip => continue,
+                        Step::Emit(e) => Some((Ok(e), Some((events, decoder)))),
+                        Step::End(e) => Some((Ok(e), None)),
+                        Step::Fail(detail) => {
+                            Some((Err(ProviderError::Protocol { provider, detail }), None))
+                        }
+                    };
+                }
+            }
+        },
+    ))
+}
+
 /// An error and its sources on one line (reqwest hides the TLS reason in a source).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -1,11 +1,11 @@
 //! OpenAI-compatible chat completions (streamed) and embeddings.
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    Embeddings, Event, EventStream, Finish, GenerateCall, ProviderError, Usage, sse_events,
+    Decoder, Embeddings, Event, EventStream, Finish, GenerateCall, ProviderError, Step, Usage,
+    decode, json, sse,
 };
 
 pub fn chat_body(call: &GenerateCall) -> Value {
@@ -59,93 +59,56 @@ pub fn chat_events(
     response: reqwest::Response,
     deadline: Instant,
 ) -> EventStream {
-    let events = sse_events(provider.clone(), response, deadline);
-    let state = (Box::pin(events), None::<Finish>, None::<Usage>, false);
-    Box::pin(futures::stream::unfold(
-        state,
-        move |(mut events, mut fin, mut use_, done)| {
-            let provider = provider.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let protocol = |detail: String| ProviderError::Protocol {
-                    provider: provider.clone(),
-                    detail,
-                };
-                loop {
-                    let e = match events.next().await {
-                        Some(Ok(e)) => e,
-                        Some(Err(err)) => return Some((Err(err), (events, fin, use_, true))),
-                        None => {
-                            // the stream ended: without [DONE] only if a finish reason came
-                            return match fin {
-                                Some(finish) => Some((
-                                    Ok(Event::Done {
-                                        finish,
-                                        usage: use_,
-                                    }),
-                                    (events, fin, use_, true),
-                                )),
-                                None => Some((
-                                    Err(protocol(
-                                        "the stream ended without a finish reason".into(),
-                                    )),
-                                    (events, fin, use_, true),
-                                )),
-                            };
-                        }
-                    };
-                    if e.data.trim() == "[DONE]" {
-                        let finish = fin.unwrap_or(Finish::Stop);
-                        return Some((
-                            Ok(Event::Done {
-                                finish,
-                                usage: use_,
-                            }),
-                            (events, fin, use_, true),
-                        ));
-                    }
-                    let v: Value = match serde_json::from_str(&e.data) {
-                        Ok(v) => v,
-                        Err(err) => {
-                            return Some((
-                                Err(protocol(format!("a stream event is not JSON: {err}"))),
-                                (events, fin, use_, true),
-                            ));
-                        }
-                    };
-                    if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
-                        let m: String = m.chars().take(300).collect();
-                        return Some((
-                            Err(protocol(format!("error while streaming: {m}"))),
-                            (events, fin, use_, true),
-                        ));
-                    }
-                    if let Some(u) = usage(&v) {
-                        use_ = Some(u);
-                    }
-                    let choice = v.pointer("/choices/0");
-                    if let Some(r) = choice
-                        .and_then(|c| c.get("finish_reason"))
-                        .and_then(Value::as_str)
-                    {
-                        fin = Some(finish(r));
-                    }
-                    let text = choice
-                        .and_then(|c| c.pointer("/delta/content"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if !text.is_empty() {
-                        return Some((
-                            Ok(Event::Text(text.to_string())),
-                            (events, fin, use_, false),
-                        ));
-                    }
-                }
-            }
-        },
-    ))
+    decode(provider, response, deadline, Chat::default())
+}
+
+#[derive(Default)]
+struct Chat {
+    finish: Option<Finish>,
+    usage: Option<Usage>,
+}
+
+impl Decoder for Chat {
+    fn event(&mut self, e: &sse::Event) -> Step {
+        if e.data.trim() == "[DONE]" {
+            return Step::End(Event::Done {
+                finish: self.finish.unwrap_or(Finish::Stop),
+                usage: self.usage,
+            });
+        }
+        let v = match json(&e.data) {
+            Ok(v) => v,
+            Err(step) => return step,
+        };
+        if let Some(u) = usage(&v) {
+            self.usage = Some(u);
+        }
+        let choice = v.pointer("/choices/0");
+        if let Some(r) = choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(Value::as_str)
+        {
+            self.finish = Some(finish(r));
+        }
+        match choice
+            .and_then(|c| c.pointer("/delta/content"))
+            .and_then(Value::as_str)
+        {
+            Some(t) if !t.is_empty() => Step::Emit(Event::Text(t.to_string())),
+            _ => Step::Skip,
+        }
+    }
+
+    /// Without `[DONE]`, the stream is complete only if a finish reason came.
+    fn eof(&mut self) -> Step {
+        match self.finish {
+            Some(finish) => Step::End(Event::Done {
+                finish,
+                usage: self.usage,
+            }),
+            None => Step::Fail("the stream ended without a finish reason".into()),
+        }
+    }
 }
 
 pub fn embeddings_body(model: &str, texts: &[String]) -> Value {
