@@ -56,29 +56,6 @@ async fn agent(
     a
 }
 
-async fn wait_model(
-    g: &Gateway,
-    what: &str,
-    pred: impl Fn(&pb::FleetStatusResponse) -> bool + Clone,
-) {
-    let url = format!("http://{}", g.addr);
-    wait_for(what, Duration::from_secs(20), || {
-        let (url, pred) = (url.clone(), pred.clone());
-        async move {
-            let mut c = pb::gateway_client::GatewayClient::connect(url)
-                .await
-                .unwrap();
-            pred(
-                &c.fleet_status(pb::FleetStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner(),
-            )
-        }
-    })
-    .await;
-}
-
 fn model_busy(s: &pb::FleetStatusResponse, name: &str) -> Option<u32> {
     s.nodes
         .iter()
@@ -127,9 +104,11 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         &[],
     )
     .await;
-    wait_model(&g, "both LMs are ready at the gateway", |s| {
-        model_busy(s, "lm-small") == Some(0) && model_busy(s, "lm-large") == Some(0)
-    })
+    wait_fleet(
+        &gateway_client(g.addr),
+        "both LMs are ready at the gateway",
+        |s| model_busy(s, "lm-small") == Some(0) && model_busy(s, "lm-large") == Some(0),
+    )
     .await;
     let url = format!("http://{}", g.addr);
     let cli = |args: &[&str]| -> Vec<String> {
@@ -159,9 +138,11 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         .unwrap()
         .into_inner();
     held.message().await.unwrap();
-    wait_model(&g, "the gateway sees lm-small busy", |s| {
-        model_busy(s, "lm-small") == Some(1)
-    })
+    wait_fleet(
+        &gateway_client(g.addr),
+        "the gateway sees lm-small busy",
+        |s| model_busy(s, "lm-small") == Some(1),
+    )
     .await;
     let (o, _) = ok(&run(cli(&["route", "explain", "Hello"])).await);
     assert!(o.contains("rule: spill: larger"), "{o}");

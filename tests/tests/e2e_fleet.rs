@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use edgewise_proto as pb;
 use edgewise_tests::mock_provider::MockProvider;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-type Gw = pb::gateway_client::GatewayClient<Channel>;
+type Gw = GatewayClient;
 
 /// A daemon started the way systemd starts it; killed (-9) when dropped.
 struct Daemon {
@@ -138,13 +137,6 @@ fn chat_policy(min_quality: f32, budget: f64) -> String {
     )
 }
 
-async fn client(addr: &str) -> Gw {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    pb::gateway_client::GatewayClient::new(ch)
-}
-
 /// A client that stops reading after a kilobyte: a stream it holds keeps its model's slot.
 async fn holder(addr: &str) -> Gw {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -155,28 +147,6 @@ async fn holder(addr: &str) -> Gw {
         .await
         .unwrap();
     pb::gateway_client::GatewayClient::new(ch)
-}
-
-fn request(class: &str, max_tokens: u32) -> Request<pb::GatewayGenerateRequest> {
-    let mut r = Request::new(pb::GatewayGenerateRequest {
-        request: Some(pb::GenerateRequest {
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-                messages: vec![pb::ChatMessage {
-                    role: "user".into(),
-                    content: "What is the capital of France?".into(),
-                }],
-            })),
-            max_tokens,
-            ..Default::default()
-        }),
-        routing: Some(pb::RoutingHints {
-            data_class: class.into(),
-            ..Default::default()
-        }),
-    });
-    r.metadata_mut()
-        .insert("x-edgewise-tenant", "shop".parse().unwrap());
-    r
 }
 
 /// How a generation ended: refused or failed before any chunk, or after the decision.
@@ -219,61 +189,26 @@ async fn generate(c: &mut Gw, r: Request<pb::GatewayGenerateRequest>) -> Outcome
     }
 }
 
+/// Waits until the gateway sees every one of `models` ready on a live node.
+async fn wait_ready(c: &Gw, models: &[&str]) {
+    let models: Vec<String> = models.iter().map(|m| m.to_string()).collect();
+    wait_fleet(c, "the gateway sees every model ready", move |s| {
+        models.iter().all(|m| {
+            s.nodes
+                .iter()
+                .filter(|n| n.live)
+                .flat_map(|n| &n.models)
+                .any(|x| &x.name == m && x.state == pb::ModelState::Ready as i32)
+        })
+    })
+    .await;
+}
+
 fn local_model(d: &pb::Decision) -> Option<(String, String)> {
     match &d.target {
         Some(pb::decision::Target::Local(l)) => Some((l.node_id.clone(), l.model.clone())),
         _ => None,
     }
-}
-
-async fn status(c: &mut Gw) -> pb::FleetStatusResponse {
-    c.fleet_status(pb::FleetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn wait_ready(c: &Gw, models: &[&str]) {
-    let models: Vec<String> = models.iter().map(|m| m.to_string()).collect();
-    wait_for(
-        "the gateway sees every model ready",
-        Duration::from_secs(30),
-        || {
-            let (mut c, models) = (c.clone(), models.clone());
-            async move {
-                let s = status(&mut c).await;
-                models.iter().all(|m| {
-                    s.nodes
-                        .iter()
-                        .filter(|n| n.live)
-                        .flat_map(|n| &n.models)
-                        .any(|x| &x.name == m && x.state == pb::ModelState::Ready as i32)
-                })
-            }
-        },
-    )
-    .await;
-}
-
-async fn audit(c: &mut Gw) -> Vec<pb::AuditRecord> {
-    let mut s = c
-        .export_audit(pb::ExportAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = s.message().await.unwrap() {
-        out.push(r);
-    }
-    out
-}
-
-async fn spend(c: &mut Gw) -> Vec<pb::SpendEntry> {
-    c.spend(pb::SpendRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
 }
 
 #[tokio::test]
@@ -287,11 +222,11 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let _a = start_agent(da.path(), &gw.addr, &[("lm-small", 107_200, 0.3, 1)]);
     let _b = start_agent(db.path(), &gw.addr, &[("lm-large", 500_000, 0.35, 1)]);
-    let mut c = client(&gw.addr).await;
+    let mut c = gateway_client(&gw.addr);
     wait_ready(&c, &["lm-small", "lm-large"]).await;
 
     // the smallest adequate model
-    let Outcome::Done(d, text) = generate(&mut c, request("internal", 6)).await else {
+    let Outcome::Done(d, text) = generate(&mut c, chat_request("internal", 6)).await else {
         panic!()
     };
     assert_eq!(
@@ -303,7 +238,7 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
     // saturate it: the next request spills to the larger model
     let mut h1 = holder(&gw.addr).await;
     let mut held_small = h1
-        .generate(request("internal", 400))
+        .generate(chat_request("internal", 400))
         .await
         .unwrap()
         .into_inner();
@@ -315,7 +250,7 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
         .decision
         .unwrap();
     assert_eq!(local_model(&first).unwrap().1, "lm-small");
-    let Outcome::Done(d, _) = generate(&mut c, request("internal", 6)).await else {
+    let Outcome::Done(d, _) = generate(&mut c, chat_request("internal", 6)).await else {
         panic!()
     };
     assert_eq!(
@@ -326,7 +261,7 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
     // saturate the larger one too: no local capacity at all
     let mut h2 = holder(&gw.addr).await;
     let mut held_large = h2
-        .generate(request("internal", 400))
+        .generate(chat_request("internal", 400))
         .await
         .unwrap()
         .into_inner();
@@ -340,7 +275,8 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
     assert_eq!(local_model(&second).unwrap().1, "lm-large");
 
     // confidential: refused, and the provider received nothing
-    let Outcome::BeforeStreaming(e) = generate(&mut c, request("confidential", 10)).await else {
+    let Outcome::BeforeStreaming(e) = generate(&mut c, chat_request("confidential", 10)).await
+    else {
         panic!()
     };
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -353,19 +289,19 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
 
     // internal: the permitted fallback, twice, each billed and audited
     for i in 1..=2 {
-        let Outcome::Done(d, text) = generate(&mut c, request("internal", 10)).await else {
+        let Outcome::Done(d, text) = generate(&mut c, chat_request("internal", 10)).await else {
             panic!()
         };
         assert_eq!(d.rule, "external: no_local_capacity");
         assert_eq!(text, "The capital of France is Paris.");
-        let s = spend(&mut c).await;
+        let s = spend_entries(&mut c).await;
         assert!(
             (s[0].spent_usd - 0.021 * f64::from(i)).abs() < 1e-9,
             "{s:?}"
         );
     }
     // the budget is exhausted: refused, and the provider is not called
-    let Outcome::BeforeStreaming(e) = generate(&mut c, request("internal", 10)).await else {
+    let Outcome::BeforeStreaming(e) = generate(&mut c, chat_request("internal", 10)).await else {
         panic!()
     };
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
@@ -375,7 +311,11 @@ async fn the_fleet_routes_spills_refuses_and_falls_back_within_budget() {
         e.message()
     );
     assert_eq!(mock.state.requests().len(), 2);
-    let kinds: Vec<String> = audit(&mut c).await.into_iter().map(|r| r.kind).collect();
+    let kinds: Vec<String> = audit_records(&mut c)
+        .await
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -401,12 +341,12 @@ async fn kill_9_of_an_agent_under_load_reroutes_what_had_not_started_streaming()
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_agent(da.path(), &gw.addr, &[("lm-small", 107_200, 0.3, 1)]);
     let _b = start_agent(db.path(), &gw.addr, &[("lm-large", 500_000, 0.35, 2)]);
-    let mut c = client(&gw.addr).await;
+    let mut c = gateway_client(&gw.addr);
     wait_ready(&c, &["lm-small", "lm-large"]).await;
 
     // load on node A: one generation streaming to a caller that stops reading (so it keeps
     // A's only slot), four more through the gateway queued behind it, not streaming yet
-    let node_a = status(&mut c)
+    let node_a = fleet_status(&mut c)
         .await
         .nodes
         .into_iter()
@@ -423,24 +363,15 @@ async fn kill_9_of_an_agent_under_load_reroutes_what_had_not_started_streaming()
     let queued: Vec<_> = (0..4)
         .map(|_| {
             let mut c = c.clone();
-            tokio::spawn(async move { generate(&mut c, request("internal", 8)).await })
+            tokio::spawn(async move { generate(&mut c, chat_request("internal", 8)).await })
         })
         .collect();
-    wait_for(
-        "four requests queue on node A",
-        Duration::from_secs(30),
-        || {
-            let mut c = c.clone();
-            async move {
-                status(&mut c)
-                    .await
-                    .nodes
-                    .iter()
-                    .flat_map(|n| &n.models)
-                    .any(|m| m.name == "lm-small" && m.queue_depth == 4)
-            }
-        },
-    )
+    wait_fleet(&c, "four requests queue on node A", |s| {
+        s.nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .any(|m| m.name == "lm-small" && m.queue_depth == 4)
+    })
     .await;
 
     let killed_at = Instant::now();
@@ -448,7 +379,7 @@ async fn kill_9_of_an_agent_under_load_reroutes_what_had_not_started_streaming()
     // the node leaves routing within 3 s
     let mut left = None;
     while killed_at.elapsed() < Duration::from_secs(3) {
-        let s = status(&mut c).await;
+        let s = fleet_status(&mut c).await;
         if s.nodes.iter().any(|n| n.node_id == a_id && !n.live) {
             left = Some(killed_at.elapsed());
             break;
@@ -487,7 +418,7 @@ async fn kill_9_of_an_agent_under_load_reroutes_what_had_not_started_streaming()
     assert!(broke, "the stream from the killed node ended cleanly");
     eprintln!("node left routing {:?} after kill -9", left.unwrap());
     // and new requests go to the survivor
-    let Outcome::Done(d, _) = generate(&mut c, request("internal", 4)).await else {
+    let Outcome::Done(d, _) = generate(&mut c, chat_request("internal", 4)).await else {
         panic!()
     };
     assert_eq!(local_model(&d).unwrap().1, "lm-large");
@@ -511,9 +442,9 @@ async fn policy_edits_under_load_change_routing_without_failures() {
             ("lm-large", 500_000, 0.35, 2),
         ],
     );
-    let mut c = client(&gw.addr).await;
+    let mut c = gateway_client(&gw.addr);
     wait_ready(&c, &["lm-small", "lm-large"]).await;
-    let hash = status(&mut c).await.policy_hash;
+    let hash = fleet_status(&mut c).await.policy_hash;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -522,7 +453,7 @@ async fn policy_edits_under_load_change_routing_without_failures() {
         workers.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                outcomes.push(generate(&mut c, request("internal", 8)).await);
+                outcomes.push(generate(&mut c, chat_request("internal", 8)).await);
             }
             outcomes
         }));
@@ -538,13 +469,13 @@ async fn policy_edits_under_load_change_routing_without_failures() {
         || {
             let mut c = c.clone();
             async move {
-                matches!(generate(&mut c, request("internal", 4)).await,
+                matches!(generate(&mut c, chat_request("internal", 4)).await,
                 Outcome::Done(d, _) if local_model(&d).is_some_and(|m| m.1 == "lm-large"))
             }
         },
     )
     .await;
-    let edited = status(&mut c).await;
+    let edited = fleet_status(&mut c).await;
     assert_ne!(edited.policy_hash, hash);
     assert_eq!(edited.policy_reloads, 1);
 
@@ -559,18 +490,13 @@ async fn policy_edits_under_load_change_routing_without_failures() {
         .unwrap()
         .success();
     assert!(ok);
-    wait_for(
-        "the invalid edit is rejected",
-        Duration::from_secs(10),
-        || {
-            let mut c = c.clone();
-            async move { status(&mut c).await.policy_reload_failures >= 1 }
-        },
-    )
+    wait_fleet(&c, "the invalid edit is rejected", |s| {
+        s.policy_reload_failures >= 1
+    })
     .await;
-    let after = status(&mut c).await;
+    let after = fleet_status(&mut c).await;
     assert_eq!(after.policy_hash, edited.policy_hash);
-    let Outcome::Done(d, _) = generate(&mut c, request("internal", 4)).await else {
+    let Outcome::Done(d, _) = generate(&mut c, chat_request("internal", 4)).await else {
         panic!()
     };
     assert_eq!(local_model(&d).unwrap().1, "lm-large");
@@ -602,21 +528,21 @@ async fn gateway_kill_9_and_restart_keeps_ledger_and_audit_and_agents_return() {
     let gw = start_gateway(&gateway_toml(dir.path(), "127.0.0.1:0", &mock));
     let da = tempfile::tempdir().unwrap();
     let _a = start_agent(da.path(), &gw.addr, &[("lm-small", 107_200, 0.3, 2)]);
-    let mut c = client(&gw.addr).await;
+    let mut c = gateway_client(&gw.addr);
     wait_ready(&c, &["lm-small"]).await;
     // one external call (nothing local is good enough), one refused fallback
-    let mut r = request("internal", 10);
+    let mut r = chat_request("internal", 10);
     r.get_mut().routing.as_mut().unwrap().min_quality = Some(0.9);
     let Outcome::Done(d, _) = generate(&mut c, r).await else {
         panic!()
     };
     assert_eq!(d.rule, "external: no_adequate_local");
-    let mut r = request("restricted", 10);
+    let mut r = chat_request("restricted", 10);
     r.get_mut().routing.as_mut().unwrap().min_quality = Some(0.9);
     assert!(
         matches!(generate(&mut c, r).await, Outcome::BeforeStreaming(e) if e.code() == Code::PermissionDenied)
     );
-    let (spent, records) = (spend(&mut c).await, audit(&mut c).await);
+    let (spent, records) = (spend_entries(&mut c).await, audit_records(&mut c).await);
     assert_eq!(records.len(), 2);
 
     // kill -9, and start again on the same port with the same state
@@ -624,17 +550,17 @@ async fn gateway_kill_9_and_restart_keeps_ledger_and_audit_and_agents_return() {
     gw.daemon.kill9();
     let gw = start_gateway(&gateway_toml(dir.path(), &addr, &mock));
     assert_eq!(gw.addr, addr);
-    let mut c = client(&gw.addr).await;
+    let mut c = gateway_client(&gw.addr);
     wait_ready(&c, &["lm-small"]).await;
-    assert_eq!(spend(&mut c).await, spent);
-    let after: Vec<String> = audit(&mut c)
+    assert_eq!(spend_entries(&mut c).await, spent);
+    let after: Vec<String> = audit_records(&mut c)
         .await
         .into_iter()
         .map(|r| r.decision_id)
         .collect();
     let before: Vec<String> = records.into_iter().map(|r| r.decision_id).collect();
     assert_eq!(after, before);
-    let Outcome::Done(d, _) = generate(&mut c, request("internal", 4)).await else {
+    let Outcome::Done(d, _) = generate(&mut c, chat_request("internal", 4)).await else {
         panic!()
     };
     assert_eq!(local_model(&d).unwrap().1, "lm-small");

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::*;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -55,36 +57,11 @@ async fn gateway(
     (Gateway::start(config, listener).await.unwrap(), dir)
 }
 
-fn client(g: &Gateway) -> pb::gateway_client::GatewayClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
-        .unwrap()
-        .connect_lazy();
-    pb::gateway_client::GatewayClient::new(ch)
-}
-
-fn request(class: &str, max_tokens: u32) -> Request<pb::GatewayGenerateRequest> {
-    let mut r = Request::new(pb::GatewayGenerateRequest {
-        request: Some(pb::GenerateRequest {
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-                messages: vec![pb::ChatMessage {
-                    role: "user".into(),
-                    content: "What is the capital of France?".into(),
-                }],
-            })),
-            max_tokens,
-            ..Default::default()
-        }),
-        routing: Some(pb::RoutingHints {
-            data_class: class.into(),
-            ..Default::default()
-        }),
-    });
-    r.metadata_mut()
-        .insert("x-edgewise-tenant", "shop".parse().unwrap());
-    r
-}
-
 /// Runs a generation: (decision, text, done) or the status it failed with.
+fn client(g: &Gateway) -> GatewayClient {
+    gateway_client(g.addr)
+}
+
 async fn generate(
     g: &Gateway,
     r: Request<pb::GatewayGenerateRequest>,
@@ -100,28 +77,6 @@ async fn generate(
     Ok((decision, text, done.unwrap()))
 }
 
-async fn audit(g: &Gateway) -> Vec<pb::AuditRecord> {
-    let mut s = client(g)
-        .export_audit(pb::ExportAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = s.message().await.unwrap() {
-        out.push(r);
-    }
-    out
-}
-
-async fn spent(g: &Gateway) -> Vec<pb::SpendEntry> {
-    client(g)
-        .spend(pb::SpendRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-}
-
 #[tokio::test]
 async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
     let mock = MockProvider::start(KEY).await;
@@ -131,7 +86,7 @@ async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
         None,
     )
     .await;
-    let (d, text, done) = generate(&g, request("internal", 32)).await.unwrap();
+    let (d, text, done) = generate(&g, chat_request("internal", 32)).await.unwrap();
     assert_eq!(d.rule, "external: no_adequate_local");
     match &d.target {
         Some(pb::decision::Target::External(e)) => {
@@ -162,7 +117,7 @@ async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
     assert_eq!(seen[0].body["model"], "gpt-4o-mini");
 
     let cost = (9.0 * 1.0 + 6.0 * 2.0) / 1e6;
-    let s = spent(&g).await;
+    let s = spend_entries(&mut client(&g)).await;
     assert_eq!(s.len(), 1);
     assert_eq!(
         (s[0].tenant.as_str(), s[0].provider.as_str()),
@@ -171,7 +126,7 @@ async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
     assert!((s[0].spent_usd - cost).abs() < 1e-12, "{s:?}");
     assert_eq!(s[0].reserved_usd, 0.0);
 
-    let records = audit(&g).await;
+    let records = audit_records(&mut client(&g)).await;
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.kind, "external_call");
@@ -211,7 +166,7 @@ async fn retries_honour_retry_after_and_never_pass_the_deadline() {
         status: 503,
         retry_after: None,
     });
-    let (_, text, _) = generate(&g, request("public", 16)).await.unwrap();
+    let (_, text, _) = generate(&g, chat_request("public", 16)).await.unwrap();
     assert_eq!(text, "The capital of France is Paris.");
     let seen = mock.state.requests();
     assert_eq!(seen.len(), 3);
@@ -221,14 +176,14 @@ async fn retries_honour_retry_after_and_never_pass_the_deadline() {
         "retried after {waited:?}, before Retry-After"
     );
     // the refused attempts were not billed: one record, one charge
-    assert_eq!(audit(&g).await.len(), 1);
+    assert_eq!(audit_records(&mut client(&g)).await.len(), 1);
 
     // a Retry-After beyond the caller's deadline: fail now, and do not try again
     mock.state.fail_next(Failure {
         status: 429,
         retry_after: Some("30".into()),
     });
-    let mut r = request("public", 16);
+    let mut r = chat_request("public", 16);
     r.set_timeout(Duration::from_secs(5));
     let started = std::time::Instant::now();
     let err = generate(&g, r).await.unwrap_err();
@@ -240,7 +195,7 @@ async fn retries_honour_retry_after_and_never_pass_the_deadline() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(mock.state.requests().len(), 4);
-    let records = audit(&g).await;
+    let records = audit_records(&mut client(&g)).await;
     assert!(
         records[1]
             .outcome
@@ -248,7 +203,7 @@ async fn retries_honour_retry_after_and_never_pass_the_deadline() {
         "{records:?}"
     );
     assert_eq!(records[1].cost_usd, 0.0);
-    assert_eq!(spent(&g).await[0].reserved_usd, 0.0);
+    assert_eq!(spend_entries(&mut client(&g)).await[0].reserved_usd, 0.0);
     g.stop().await;
 }
 
@@ -262,7 +217,7 @@ async fn confidential_data_is_refused_and_nothing_reaches_the_provider() {
     )
     .await;
     for class in ["confidential", "restricted"] {
-        let err = generate(&g, request(class, 16)).await.unwrap_err();
+        let err = generate(&g, chat_request(class, 16)).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         assert_eq!(
             err.message(),
@@ -272,7 +227,7 @@ async fn confidential_data_is_refused_and_nothing_reaches_the_provider() {
         );
     }
     assert_eq!(mock.state.requests().len(), 0);
-    let records = audit(&g).await;
+    let records = audit_records(&mut client(&g)).await;
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].kind, "refused_fallback");
     assert_eq!(
@@ -280,7 +235,7 @@ async fn confidential_data_is_refused_and_nothing_reaches_the_provider() {
         ("openai", "gpt-4o-mini")
     );
     assert_eq!(records[0].data_class, "confidential");
-    assert!(spent(&g).await.is_empty());
+    assert!(spend_entries(&mut client(&g)).await.is_empty());
     g.stop().await;
 }
 
@@ -297,9 +252,11 @@ async fn an_exhausted_budget_refuses_the_fallback() {
     )
     .await;
     for _ in 0..3 {
-        generate(&g, request("internal", 10)).await.unwrap();
+        generate(&g, chat_request("internal", 10)).await.unwrap();
     }
-    let err = generate(&g, request("internal", 10)).await.unwrap_err();
+    let err = generate(&g, chat_request("internal", 10))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains("daily budget for `openai` left"),
@@ -307,9 +264,9 @@ async fn an_exhausted_budget_refuses_the_fallback() {
         err.message()
     );
     assert_eq!(mock.state.requests().len(), 3);
-    let s = spent(&g).await;
+    let s = spend_entries(&mut client(&g)).await;
     assert!((s[0].spent_usd - 3.0 * 0.021).abs() < 1e-9, "{s:?}");
-    let refused = audit(&g)
+    let refused = audit_records(&mut client(&g))
         .await
         .into_iter()
         .filter(|r| r.kind == "refused_fallback")
@@ -348,7 +305,7 @@ async fn embeddings_and_anthropic_messages_go_through_their_apis() {
     assert_eq!(resp.usage.unwrap().prompt_tokens, 3);
     assert_eq!(e.decision.unwrap().route, "embed");
 
-    let (d, text, done) = generate(&g, request("internal", 3)).await.unwrap();
+    let (d, text, done) = generate(&g, chat_request("internal", 3)).await.unwrap();
     assert_eq!(d.route, "chat");
     assert_eq!(text, "The capital of");
     assert_eq!(done.finish_reason(), pb::FinishReason::Length);
@@ -356,7 +313,7 @@ async fn embeddings_and_anthropic_messages_go_through_their_apis() {
     let seen = mock.state.requests();
     assert_eq!(seen[1].path, "/v1/messages");
     assert!(seen.iter().all(|s| s.authorized));
-    let records = audit(&g).await;
+    let records = audit_records(&mut client(&g)).await;
     let costs: Vec<f64> = records.iter().map(|r| r.cost_usd).collect();
     // embeddings: 3 tokens at $1/M; messages: 9 in at $3/M, 3 out at $6/M
     assert!(
@@ -372,11 +329,11 @@ async fn a_rejected_key_is_reported_without_echoing_it() {
     let mut p = provider("openai", Kind::OpenAi, &mock, 1.0);
     p.key = Secret::new("sk-wrong-canary-999");
     let (g, _p) = gateway(&policy("openai", "gpt-4o-mini", 5.0), vec![p], None).await;
-    let err = generate(&g, request("internal", 8)).await.unwrap_err();
+    let err = generate(&g, chat_request("internal", 8)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("HTTP 401"), "{}", err.message());
     assert!(!err.message().contains("canary"), "{}", err.message());
-    let records = audit(&g).await;
+    let records = audit_records(&mut client(&g)).await;
     assert!(!format!("{records:?}").contains("canary"));
     assert_eq!(records[0].cost_usd, 0.0);
     assert_eq!(mock.state.requests().len(), 1, "a 401 is not retried");
@@ -394,8 +351,8 @@ async fn the_ledger_and_audit_survive_a_restart() {
         Some(state.path()),
     )
     .await;
-    let (d, _, _) = generate(&g, request("internal", 8)).await.unwrap();
-    let before = spent(&g).await;
+    let (d, _, _) = generate(&g, chat_request("internal", 8)).await.unwrap();
+    let before = spend_entries(&mut client(&g)).await;
     g.stop().await;
     let (g, _p2) = gateway(
         &p,
@@ -403,8 +360,8 @@ async fn the_ledger_and_audit_survive_a_restart() {
         Some(state.path()),
     )
     .await;
-    assert_eq!(spent(&g).await, before);
-    let records = audit(&g).await;
+    assert_eq!(spend_entries(&mut client(&g)).await, before);
+    let records = audit_records(&mut client(&g)).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].decision_id, d.decision_id);
     g.stop().await;

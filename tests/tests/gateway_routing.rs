@@ -21,11 +21,8 @@ async fn gateway(policy: &str) -> (Gateway, tempfile::TempDir) {
     (Gateway::start(config, listener).await.unwrap(), dir)
 }
 
-fn client(g: &Gateway) -> pb::gateway_client::GatewayClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", g.addr))
-        .unwrap()
-        .connect_lazy();
-    pb::gateway_client::GatewayClient::new(ch)
+fn client(g: &Gateway) -> GatewayClient {
+    gateway_client(g.addr)
 }
 
 fn with_tenant<T>(msg: T) -> Request<T> {
@@ -43,10 +40,7 @@ fn gen_req(max_tokens: u32) -> pb::GatewayGenerateRequest {
 }
 
 /// Reads a gateway stream: (decision, text, done).
-async fn run_gen(
-    c: &mut pb::gateway_client::GatewayClient<tonic::transport::Channel>,
-    max_tokens: u32,
-) -> (pb::Decision, String) {
+async fn run_gen(c: &mut GatewayClient, max_tokens: u32) -> (pb::Decision, String) {
     let mut s = c
         .generate(with_tenant(gen_req(max_tokens)))
         .await
@@ -97,35 +91,19 @@ async fn agent_for(g: &Gateway, models: &[&str], limits: &[(&str, u32, u32)]) ->
     a
 }
 
-async fn wait_live(
-    c: &mut pb::gateway_client::GatewayClient<tonic::transport::Channel>,
-    nodes: usize,
-) {
-    let c2 = c.clone();
-    wait_for(
-        "the gateway sees the agents' ready models",
-        Duration::from_secs(20),
-        || {
-            let mut c = c2.clone();
-            async move {
-                let s = c
-                    .fleet_status(pb::FleetStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
-                s.nodes
-                    .iter()
-                    .filter(|n| {
-                        n.live
-                            && n.models
-                                .iter()
-                                .all(|m| m.state == pb::ModelState::Ready as i32)
-                    })
-                    .count()
-                    == nodes
-            }
-        },
-    )
+async fn wait_live(c: &mut GatewayClient, nodes: usize) {
+    wait_fleet(c, "the gateway sees the agents' ready models", move |s| {
+        s.nodes
+            .iter()
+            .filter(|n| {
+                n.live
+                    && n.models
+                        .iter()
+                        .all(|m| m.state == pb::ModelState::Ready as i32)
+            })
+            .count()
+            == nodes
+    })
     .await;
 }
 
@@ -160,25 +138,12 @@ async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated()
     );
 
     // reports lag: wait until the gateway has heard that the first request finished
-    let c2 = c.clone();
-    wait_for(
-        "the small model is idle in the gateway's view",
-        Duration::from_secs(10),
-        || {
-            let mut c = c2.clone();
-            async move {
-                let s = c
-                    .fleet_status(pb::FleetStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
-                s.nodes
-                    .iter()
-                    .flat_map(|n| &n.models)
-                    .any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 0)
-            }
-        },
-    )
+    wait_fleet(&c, "the small model is idle in the gateway's view", |s| {
+        s.nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .any(|m| m.name == "tiny-lm-fp32" && m.in_flight == 0)
+    })
     .await;
     // hold the q4 model's only slot (a caller that stops reading); the next request spills
     let mut slow = pb::gateway_client::GatewayClient::new(
@@ -228,23 +193,9 @@ async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated()
     // a stopped agent leaves routing when its stream ends
     let large_id = large.agent.as_ref().unwrap().node.id.clone();
     large.stop().await;
-    let c2 = c.clone();
-    wait_for(
-        "the stopped node is no longer live",
-        Duration::from_secs(10),
-        || {
-            let mut c = c2.clone();
-            let id = large_id.clone();
-            async move {
-                let s = c
-                    .fleet_status(pb::FleetStatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
-                s.nodes.iter().any(|n| n.node_id == id && !n.live)
-            }
-        },
-    )
+    wait_fleet(&c, "the stopped node is no longer live", |s| {
+        s.nodes.iter().any(|n| n.node_id == large_id && !n.live)
+    })
     .await;
     let explain = c
         .explain(with_tenant(pb::ExplainRequest {

@@ -338,3 +338,78 @@ impl Notify {
         }
     }
 }
+
+pub type GatewayClient = pb::gateway_client::GatewayClient<tonic::transport::Channel>;
+
+/// A client for the gateway listening on `addr` (`host:port`), connecting on first use.
+pub fn gateway_client(addr: impl std::fmt::Display) -> GatewayClient {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    pb::gateway_client::GatewayClient::new(ch)
+}
+
+/// "What is the capital of France?" as a chat, from tenant `shop`, with data class `class`.
+pub fn chat_request(class: &str, max_tokens: u32) -> Request<pb::GatewayGenerateRequest> {
+    let mut r = Request::new(pb::GatewayGenerateRequest {
+        request: Some(pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "What is the capital of France?".into(),
+                }],
+            })),
+            max_tokens,
+            ..Default::default()
+        }),
+        routing: Some(pb::RoutingHints {
+            data_class: class.into(),
+            ..Default::default()
+        }),
+    });
+    r.metadata_mut()
+        .insert("x-edgewise-tenant", "shop".parse().unwrap());
+    r
+}
+
+pub async fn fleet_status(c: &mut GatewayClient) -> pb::FleetStatusResponse {
+    c.fleet_status(pb::FleetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits (up to 30 s) until the gateway's view of the fleet satisfies `pred`.
+pub async fn wait_fleet<P>(c: &GatewayClient, what: &str, pred: P)
+where
+    P: Fn(&pb::FleetStatusResponse) -> bool + Clone,
+{
+    wait_for(what, Duration::from_secs(30), || {
+        let (mut c, pred) = (c.clone(), pred.clone());
+        async move { pred(&fleet_status(&mut c).await) }
+    })
+    .await;
+}
+
+/// Every audit record the gateway holds, oldest first.
+pub async fn audit_records(c: &mut GatewayClient) -> Vec<pb::AuditRecord> {
+    let mut s = c
+        .export_audit(pb::ExportAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.unwrap() {
+        out.push(r);
+    }
+    out
+}
+
+/// Today's spend per tenant and provider.
+pub async fn spend_entries(c: &mut GatewayClient) -> Vec<pb::SpendEntry> {
+    c.spend(pb::SpendRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+}
