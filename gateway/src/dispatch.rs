@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use crate::error::GatewayError;
 use crate::external::{ExternalCall, refused_record};
 use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
-use crate::routing::{self, Decision, Inputs, RouteRequest, Target};
+use crate::routing::{self, Budgets, Decision, Inputs, RouteRequest, Target};
 use crate::state::State;
 
 /// Agent connections, one lazily connected channel per address.
@@ -81,6 +81,7 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
             provider,
             model,
             worst_case_usd,
+            ..
         }) => Some(pb::decision::Target::External(pb::ExternalTarget {
             provider: provider.clone(),
             model: model.clone(),
@@ -153,9 +154,14 @@ fn excluded_for_response(all: &[routing::Exclusion]) -> Vec<pb::Excluded> {
 pub fn decide(state: &State, req: &RouteRequest) -> Decision {
     let policy = state.policy();
     let fleet = state.registry.snapshot(Instant::now());
-    let budgets = state
-        .ledger
-        .budgets(&day_of(SystemTime::now()), &req.tenant);
+    // today's spend matters only to a policy that can go external
+    let budgets = if policy.policy.routes.iter().any(|r| r.external.is_some()) {
+        state
+            .ledger
+            .budgets(&day_of(SystemTime::now()), &req.tenant)
+    } else {
+        Budgets::default()
+    };
     let inputs = Inputs {
         policy: &policy.policy,
         fleet: &fleet,
@@ -193,22 +199,15 @@ pub async fn route(
                 provider,
                 model,
                 worst_case_usd,
+                daily_budget_usd,
             }) => {
-                let limit = state
-                    .policy()
-                    .policy
-                    .routes
-                    .iter()
-                    .find(|r| r.name == d.route)
-                    .and_then(|r| r.external.as_ref())
-                    .map_or(0.0, |e| e.daily_budget_usd);
                 let reservation = Reservation {
                     day: day_of(SystemTime::now()),
                     tenant: req.tenant.clone(),
                     provider: provider.clone(),
                     nanos: nanos_ceil(worst_case_usd),
                 };
-                let limit = (limit * crate::ledger::NANOS_PER_USD).floor() as u64;
+                let limit = (daily_budget_usd * crate::ledger::NANOS_PER_USD).floor() as u64;
                 match state.ledger.reserve(&id, &reservation, limit).await {
                     Ok(()) => {
                         tracing::info!(decision = %id, route = %d.route, rule = %d.rule, provider = %provider, model = %model, worst_case_usd, "routed to an external provider");

@@ -192,6 +192,7 @@ fn run_case(path: &Path) -> Result<(), String> {
             provider,
             model,
             worst_case_usd,
+            ..
         }) => (
             Some(format!("external:{provider}/{model}")),
             Some(*worst_case_usd),

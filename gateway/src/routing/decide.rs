@@ -21,6 +21,8 @@ pub enum Target {
         provider: String,
         model: String,
         worst_case_usd: f64,
+        /// The route's per-tenant daily budget for this provider (what a reservation may reach).
+        daily_budget_usd: f64,
     },
 }
 
@@ -465,5 +467,6 @@ fn external(
         provider: ext.provider.clone(),
         model: ext.model.clone(),
         worst_case_usd: cost,
+        daily_budget_usd: ext.daily_budget_usd,
     })
 }
