@@ -27,8 +27,8 @@ use edgewise_proto as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::AgentConfig;
@@ -103,11 +103,12 @@ impl Agent {
         let server = tonic::transport::Server::builder()
             // bounded concurrent streams per connection: one client cannot hog the box
             .max_concurrent_streams(Some(256))
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                // with a listener of our own, Nagle's algorithm must be turned off here: the
+                // builder's `tcp_nodelay` applies only to listeners tonic binds itself
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 server_stop.clone().cancelled_owned(),
             );
         let server = tokio::spawn(server);

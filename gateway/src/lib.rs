@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use edgewise_proto as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::state::{ActivePolicy, State};
 
@@ -123,7 +123,6 @@ impl Gateway {
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
@@ -137,7 +136,9 @@ impl Gateway {
                 },
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                // with a listener of our own, Nagle's algorithm must be turned off here: the
+                // builder's `tcp_nodelay` applies only to listeners tonic binds itself
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop.clone().cancelled_owned(),
             );
         let task = tokio::spawn(server);
