@@ -295,9 +295,12 @@ async fn batch_loop(
         let mut jobs = vec![first];
         let until = tokio::time::Instant::now() + cfg.max_delay;
         while texts < cfg.max_batch_size {
+            // Wait for company only while admitted requests are still on their way here
+            // (tokenizing): a lone request runs at once instead of paying the delay.
+            let expecting = stats.in_flight.load(Ordering::SeqCst) as usize > jobs.len();
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
-                Err(_) if cfg.max_delay.is_zero() => None,
+                Err(_) if cfg.max_delay.is_zero() || !expecting => None,
                 Err(_) => tokio::time::timeout_at(until, rx.recv())
                     .await
                     .ok()
@@ -405,12 +408,54 @@ mod tests {
             max_batch_size: 8,
             max_delay: Duration::from_secs(5),
         };
+        stats.in_flight.store(2, Ordering::SeqCst); // both admitted
         let b = Batcher::start(Arc::new(Echo), cfg, stats.clone());
         // 3 + 5 texts fill the batch of 8 exactly, so the run starts without waiting for the delay
         let (r1, r2) = tokio::join!(b.run(vec![vec![1]; 3]), b.run(vec![vec![1, 2]; 5]));
         let (r1, r2) = (r1.unwrap_or_default(), r2.unwrap_or_default());
         assert_eq!(r1, vec![vec![1.0, 8.0]; 3]);
         assert_eq!(r2, vec![vec![2.0, 8.0]; 5]);
+        assert_eq!(stats.batches_total.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_does_not_wait_for_company() {
+        let stats = Arc::new(ModelStats::default());
+        let cfg = BatchingConfig {
+            max_batch_size: 8,
+            max_delay: Duration::from_secs(60),
+        };
+        stats.in_flight.store(1, Ordering::SeqCst); // only this one admitted
+        let b = Batcher::start(Arc::new(Echo), cfg, stats.clone());
+        let r = tokio::time::timeout(Duration::from_secs(10), b.run(vec![vec![1]])).await;
+        assert!(
+            matches!(r, Ok(Ok(ref rows)) if rows == &vec![vec![1.0, 1.0]]),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admitted_request_on_its_way_joins_the_batch() {
+        let stats = Arc::new(ModelStats::default());
+        let cfg = BatchingConfig {
+            max_batch_size: 8,
+            max_delay: Duration::from_secs(60),
+        };
+        stats.in_flight.store(2, Ordering::SeqCst);
+        let b = Batcher::start(Arc::new(Echo), cfg, stats.clone());
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.run(vec![vec![1]]).await }
+        });
+        // the second arrives later (still tokenizing when the first got to the batcher):
+        // on this single-threaded runtime, yielding lets the batcher take the first and wait
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let second = b.run(vec![vec![1, 2]]).await;
+        let first = first.await.ok().and_then(Result::ok);
+        assert_eq!(first, Some(vec![vec![1.0, 2.0]]));
+        assert_eq!(second.ok(), Some(vec![vec![2.0, 2.0]]));
         assert_eq!(stats.batches_total.load(Ordering::SeqCst), 1);
     }
 }
