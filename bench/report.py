@@ -31,14 +31,17 @@ def cpu():
 md = [
     "# Benchmarks",
     "",
-    "Reproduce with `make bench` (all parts, about 5 minutes after the build) or one part:",
-    "`bench/run.sh overhead`, `bench/run.sh decide`, `bench/run.sh footprint`. This file is",
-    "rewritten from the run's results (`build/bench/*.jsonl`) by `bench/report.py`.",
+    "Reproduce with `make bench` (all parts, about 10 minutes after the build; the first run",
+    "also builds llama.cpp for its reference, about 5 more) or one part: `bench/run.sh PART`",
+    "with PART one of `decide`, `overhead`, `embed`, `generate`, `fleet`, `footprint`. This",
+    "file is rewritten from the run's results (`build/bench/*.jsonl`) by `bench/report.py`.",
     "",
     f"Machine: {cpu()}, {os.cpu_count()} cores; shared and noisy, so every headline figure is",
     "a ratio against a reference measured in the same run, with the absolute numbers beside it.",
     "",
 ]
+intro_end = len(md)
+head = []  # one line per part, filled in below, placed under the introduction
 
 over, when = rows("overhead")
 if over:
@@ -54,6 +57,10 @@ if over:
         "| rate (req/s) | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 / p99 (ms) | ratio p50 / p99 | errors direct / gateway | gateway RSS (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
+    top = over[-1]
+    head.append(f"Gateway overhead at {top['rate_rps']} req/s: +{top['added_p50_ms']:.2f} ms p50, "
+                f"+{top['added_p99_ms']:.2f} ms p99 over calling the agent directly "
+                f"({top['direct']['errors'] + top['gateway']['errors']} errors).")
     for r in over:
         d, g = r["direct"], r["gateway"]
         md.append(
@@ -83,6 +90,155 @@ if dec:
         )
     md.append("")
 
+emb, when = rows("embed")
+if emb:
+    lat = [r for r in emb if r.get("bench") == "embed_latency"]
+    thr = [r for r in emb if r.get("bench") == "embed_throughput"]
+    py = {r["tokens"]: r for r in emb if r.get("ref") == "python-ort"}
+    pyb = next((r for r in emb if r.get("ref") == "python-ort-batch16"), None)
+    model = lat[0]["model"] if lat else "?"
+    md += [
+        "## Agent embeddings",
+        "",
+        f"Run {when}. `{model}` on one agent with dynamic batching (up to 32 texts, 2 ms window",
+        "while more admitted requests are on their way) and one without (`max_batch_size = 1`),",
+        "both with 2 intra-op threads. The reference is Python onnxruntime on the same file with",
+        "the same threads, tokenizing, running and mean-pooling in-process (no network); the",
+        "agent's figures include the gRPC round trip over loopback.",
+        "",
+        "| text | agent unbatched p50 (ms) | agent batched p50 (ms) | Python p50 (ms) | **agent ÷ Python** |",
+        "|---|---|---|---|---|",
+    ]
+    for tokens in sorted({r["tokens"] for r in lat}):
+        u0 = next(r for r in lat if r["tokens"] == tokens and r["agent"] == "unbatched")
+        if tokens in py:
+            head.append(f"Embedding {tokens} tokens through the agent: {u0['p50_ms'] / py[tokens]['p50_ms']:.2f}× "
+                        f"the time of Python onnxruntime in-process ({u0['p50_ms']:.2f} vs {py[tokens]['p50_ms']:.2f} ms).")
+        u = next(r for r in lat if r["tokens"] == tokens and r["agent"] == "unbatched")
+        b = next(r for r in lat if r["tokens"] == tokens and r["agent"] == "batched")
+        ref = py.get(tokens)
+        ratio = f"**{u['p50_ms'] / ref['p50_ms']:.2f}×**" if ref else "n/a"
+        md.append(f"| {tokens} tokens | {u['p50_ms']:.2f} | {b['p50_ms']:.2f} | "
+                  f"{ref['p50_ms']:.2f} | {ratio} |" if ref else f"| {tokens} tokens | {u['p50_ms']:.2f} | {b['p50_ms']:.2f} | n/a | n/a |")
+    md += [
+        "",
+        "Throughput, one 17-token text per request, closed loop (each caller sends its next",
+        f"request when the last returns) for {thr[0]['seconds'] if thr else '?'} s:",
+        "",
+        "| callers | batched texts/s (p50 / p99 ms) | unbatched texts/s (p50 / p99 ms) | **batched ÷ unbatched** | errors |",
+        "|---|---|---|---|---|",
+    ]
+    if thr:
+        n = max(r["concurrency"] for r in thr)
+        b = next(r for r in thr if r["concurrency"] == n and r["agent"] == "batched")
+        u = next(r for r in thr if r["concurrency"] == n and r["agent"] == "unbatched")
+        head.append(f"Dynamic batching at {n} callers: {b['texts_per_s'] / u['texts_per_s']:.2f}× the texts/s "
+                    f"({b['texts_per_s']:.0f} vs {u['texts_per_s']:.0f}).")
+    for n in sorted({r["concurrency"] for r in thr}):
+        b = next(r for r in thr if r["concurrency"] == n and r["agent"] == "batched")
+        u = next(r for r in thr if r["concurrency"] == n and r["agent"] == "unbatched")
+        md.append(f"| {n} | {b['texts_per_s']:.0f} ({b['p50_ms']:.1f} / {b['p99_ms']:.1f}) | "
+                  f"{u['texts_per_s']:.0f} ({u['p50_ms']:.1f} / {u['p99_ms']:.1f}) | "
+                  f"**{b['texts_per_s'] / u['texts_per_s']:.2f}×** | {b['errors'] + u['errors']} |")
+    if pyb:
+        md += ["", f"For scale: Python embedding 16 texts per call (a batch job, no network) does "
+               f"{pyb['texts_per_s']:.0f} texts/s on the same file and threads."]
+    md.append("")
+
+gen, when = rows("generate")
+if gen:
+    agent = {r["model"]: r for r in gen if r.get("engine") == "agent"}
+    ref = {r["model"]: r for r in gen if r.get("ref") == "python-ort-greedy"}
+    weights = {r["model"]: r["bytes_per_token"] for r in gen if r.get("ref") == "weights"}
+    llama = next((r for r in gen if r.get("ref") == "llama.cpp"), None)
+    bw = next((r for r in gen if r.get("bench") == "bandwidth"), None)
+    first = next(iter(agent.values()))
+    md += [
+        "## Agent generation",
+        "",
+        f"Run {when}. SmolLM2-135M-Instruct, greedy, one request at a time, 2 threads everywhere,",
+        f"the same chat prompt ({first['prompt_tokens']} tokens with the template) and "
+        f"{first['new_tokens']} new tokens for every engine",
+        "(the references suppress end-of-sequence to decode exactly as many). Time to first",
+        "token is from sending the request to receiving the first text; decode is the time per",
+        "token after it. The agent's figures include gRPC streaming over loopback; the Python",
+        "reference is a plain greedy loop over the same ONNX file (KV cache fed back each step).",
+        "",
+        "| engine | model | TTFT (ms) | decode (ms/token) | tokens/s | **agent ÷ reference, decode time** |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, a in agent.items():
+        if m in ref:
+            head.append(f"Decoding `{m}` through the agent: {a['tpot_ms'] / ref[m]['tpot_ms']:.2f}× the time per "
+                        f"token of a Python onnxruntime loop ({a['tpot_ms']:.2f} vs {ref[m]['tpot_ms']:.2f} ms).")
+    for m, a in agent.items():
+        r = ref.get(m)
+        md.append(f"| agent | `{m}` | {a['ttft_ms']:.0f} | {a['tpot_ms']:.2f} | {1e3 / a['tpot_ms']:.1f} | "
+                  + (f"**{a['tpot_ms'] / r['tpot_ms']:.2f}×** (TTFT {a['ttft_ms'] / r['ttft_ms']:.2f}×) |" if r else "n/a |"))
+        if r:
+            md.append(f"| Python onnxruntime loop | `{m}` | {r['ttft_ms']:.0f} | {r['tpot_ms']:.2f} | {1e3 / r['tpot_ms']:.1f} | reference |")
+    if llama and "error" not in llama:
+        q4 = agent.get("smollm2-135m-q4")
+        if q4:
+            head.append(f"4-bit decode vs llama.cpp on the original GGUF: {q4['tpot_ms'] / llama['tpot_ms']:.2f}× the time "
+                        f"per token, {q4['ttft_ms'] / llama['ttft_ms']:.2f}× the time to first token.")
+        cmp = (f"q4 agent ÷ llama.cpp: **{q4['tpot_ms'] / llama['tpot_ms']:.2f}×** (TTFT {q4['ttft_ms'] / llama['ttft_ms']:.2f}×)"
+               if q4 else "")
+        md.append(f"| llama.cpp (llama-cpp-python 0.3.36, built here) | `{llama['model']}` (original GGUF) | "
+                  f"{llama['ttft_ms']:.0f} | {llama['tpot_ms']:.2f} | {1e3 / llama['tpot_ms']:.1f} | {cmp} |")
+    elif llama:
+        md.append(f"| llama.cpp | — | — | — | — | not measured: {llama['error']} |")
+    if bw and weights:
+        md += [
+            "",
+            f"**Roofline.** Memory bandwidth in the same run ({bw['threads']} threads, {bw['mib']} MiB, best of 5):",
+            f"copy {bw['copy_gb_per_s']:.1f} GB/s (bytes read + written), read {bw['read_gb_per_s']:.1f} GB/s. A decode step",
+            "reads every weight once (a gathered table — token embeddings, rotary tables — only one",
+            "row), so the ceiling is bandwidth ÷ bytes per token:",
+            "",
+            "| model | weights read per token (MB) | ceiling at copy bandwidth (tokens/s) | agent (tokens/s) | fraction reached |",
+            "|---|---|---|---|---|",
+        ]
+        for m, a in agent.items():
+            b = weights.get(m)
+            if not b:
+                continue
+            ceiling = bw["copy_gb_per_s"] * 1e9 / b
+            got = 1e3 / a["tpot_ms"]
+            md.append(f"| `{m}` | {b / 1e6:.1f} | {ceiling:.0f} | {got:.1f} | {got / ceiling:.0%} |")
+            head.append(f"`{m}` decode reaches {got / ceiling:.0%} of its memory-bandwidth roofline.")
+    md.append("")
+
+fleet, when = rows("fleet")
+if fleet:
+    base = fleet[0]
+    md += [
+        "## Fleet scale",
+        "",
+        f"Run {when}. Simulated agents in one process, each on its own connection, report every",
+        f"{base['interval_ms']} ms (spread evenly over the interval) into one gateway on this box,",
+        "for the measured window after all have connected. The view's age is how old the",
+        "newest report the gateway shows for a node is when asked (`FleetStatus` twice a second,",
+        "every node): with a report per interval, a view that is never late is between 0 and",
+        "one interval old, so its p99 near one interval means no report waited. The reference",
+        f"is the {base['agents']:,}-agent fleet in the same run.",
+        "",
+        "| agents | reports/s | gateway CPU (cores) | CPU per report (µs) | gateway RSS (MB) | ack p50 / p99 (ms) | view age p50 / p99 / max (ms) | live (min seen) | vs first: CPU per report |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in fleet:
+        md.append(
+            f"| {r['agents']:,} | {r['reports_per_s']:.0f} | {r['gateway_cpu_cores']:.2f} | {r['gateway_cpu_us_per_report']:.0f} "
+            f"| {r['gateway_rss_mb']:.0f} | {r['ack_p50_ms']:.2f} / {r['ack_p99_ms']:.2f} "
+            f"| {r['view_age_p50_ms']:.0f} / {r['view_age_p99_ms']:.0f} / {r['view_age_max_ms']:.0f} "
+            f"| {r['live_min']:,} | {r['gateway_cpu_us_per_report'] / base['gateway_cpu_us_per_report']:.2f}× |"
+        )
+    big = fleet[-1]
+    head.append(f"{big['agents']:,} agents reporting every second: gateway at {big['gateway_cpu_cores']:.2f} cores and "
+                f"{big['gateway_rss_mb']:.0f} MB, routing view p99 {big['view_age_p99_ms']:.0f} ms old "
+                f"(interval {big['interval_ms']} ms).")
+    md += ["", "The load generator shares the box's two cores with the gateway.", ""]
+
 foot, when = rows("footprint")
 if foot:
     f = foot[0]
@@ -108,13 +264,6 @@ if foot:
         "",
     ]
 
-md += [
-    "## Not measured yet",
-    "",
-    "Agent embeddings against Python onnxruntime (17 and 114 tokens; concurrency 1, 4, 16 with",
-    "and without batching), SmolLM2 decode and time to first token against a Python greedy",
-    "loop and llama.cpp, the memory-bandwidth roofline, and fleet scale (1,000 and 10,000",
-    "simulated agents): still to be built.",
-    "",
-]
+if head:
+    md[intro_end:intro_end] = ["## Headlines", ""] + [f"- {h}" for h in head] + [""]
 target.write_text("\n".join(md))

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: every measurement against a reference taken in the same run, then
-# BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh overhead`,
-# `bench/run.sh decide` or `bench/run.sh footprint`.
+# BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
+# PART one of decide, overhead, embed, generate, fleet, footprint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide overhead footprint)
+[ ${#parts[@]} -gt 0 ] || parts=(decide overhead embed generate fleet footprint)
+PY=build/venv/bin/python
+THREADS=2
 pids=()
 cleanup() { [ ${#pids[@]} -eq 0 ] || { kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; }; }
 trap cleanup EXIT
@@ -74,6 +76,102 @@ for n in (10, 100, 1000):
                       "ci_high_us": e["median"]["confidence_interval"]["upper_bound"] / 1e3}))
 PY
   cat "$OUT/decide.jsonl"
+}
+
+# An agent config: agent_toml PORT MODELS_INCLUDE EXTRA_TOML
+agent_toml() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+[models]
+dir = "$PWD/models"
+include = [$2]
+[runtime]
+intra_op_threads = $THREADS
+$3
+TOML
+}
+
+embed() {
+  local dir=$OUT/embed model=minilm-l6-int8
+  rm -rf "$dir"; mkdir -p "$dir"
+  agent_toml 7511 "\"$model\"" "[batching]
+max_batch_size = 32
+max_delay_ms = 2
+[state]
+dir = \"$dir/state-batched\"" > "$dir/batched.toml"
+  agent_toml 7512 "\"$model\"" "[batching]
+max_batch_size = 1
+[models.limits.$model]
+max_concurrency = 1
+max_queue = 64
+[state]
+dir = \"$dir/state-unbatched\"" > "$dir/unbatched.toml"
+  EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/batched.toml" run & pids+=($!)
+  EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/unbatched.toml" run & pids+=($!)
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7511 wait-ready --timeout-secs 120 >/dev/null
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7512 wait-ready --timeout-secs 120 >/dev/null
+  local base="Small open models now run on a mini PC, so teams can keep requests on their own hardware for privacy, compliance and cost, and send them to a hosted model only when nothing local is good enough and the policy allows it. "
+  local t17="Edge boxes keep private requests on their own hardware, close to the data."
+  local t114="$base${base}The gateway reads the routing policy, then picks the smallest adequate local model on a node with capacity."
+  echo "== embeddings ($model, $THREADS threads): agent batched / unbatched, then Python onnxruntime"
+  "$BIN/edgewise-bench" embed --batched http://127.0.0.1:7511 --unbatched http://127.0.0.1:7512 \
+    --model "$model" --text "$t17" --text "$t114" | tee "$OUT/embed.jsonl"
+  cleanup; pids=()
+  "$PY" bench/reference.py embed --model "models/$model" --threads "$THREADS" \
+    --text "$t17" --text "$t114" | tee -a "$OUT/embed.jsonl"
+}
+
+generate() {
+  local dir=$OUT/generate
+  local prompt="Write a detailed, step by step guide to baking sourdough bread at home."
+  local system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+  rm -rf "$dir"; mkdir -p "$dir"
+  agent_toml 7521 '"smollm2-135m-int8", "smollm2-135m-q4"' "[models.limits.smollm2-135m-int8]
+max_concurrency = 1
+[models.limits.smollm2-135m-q4]
+max_concurrency = 1
+[state]
+dir = \"$dir/state\"" > "$dir/agent.toml"
+  EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent.toml" run & pids+=($!)
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7521 wait-ready --timeout-secs 180 >/dev/null
+  echo "== generation (greedy, 64 new tokens, $THREADS threads): agent, Python onnxruntime loop, llama.cpp"
+  "$BIN/edgewise-bench" generate --agent http://127.0.0.1:7521 --model smollm2-135m-int8 \
+    --model smollm2-135m-q4 --prompt "$prompt" --max-tokens 64 | tee "$OUT/generate.jsonl"
+  cleanup; pids=()
+  local n
+  n=$(python3 -c 'import json,sys; print(min(json.loads(l)["new_tokens"] for l in open(sys.argv[1])))' "$OUT/generate.jsonl")
+  for m in smollm2-135m-int8 smollm2-135m-q4; do
+    "$PY" bench/reference.py generate --model "models/$m" --threads "$THREADS" \
+      --system "$system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+    "$PY" bench/reference.py weights --model "models/$m" | tee -a "$OUT/generate.jsonl"
+  done
+  local llama
+  if llama=$(bash bench/llama/setup.sh); then
+    "$llama" bench/reference.py llama --gguf build/bench/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --threads "$THREADS" --system "$system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+  else
+    echo '{"ref": "llama.cpp", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/generate.jsonl"
+  fi
+  "$BIN/edgewise-bench" bandwidth --threads "$THREADS" | tee -a "$OUT/generate.jsonl"
+}
+
+fleet() {
+  local dir=$OUT/fleet
+  rm -rf "$dir"; mkdir -p "$dir/policies"
+  printf '[server]\nlisten = "127.0.0.1:7530"\nid = "bench-fleet"\n[policies]\npaths = ["policies"]\n[state]\ndir = "state"\n' > "$dir/gateway.toml"
+  printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n' > "$dir/policies/bench.yaml"
+  # one connection per simulated agent, as in a real fleet: raise the open-file limit
+  ulimit -n "$(ulimit -Hn)"
+  EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config "$dir/gateway.toml" run & local gw=$!; pids+=("$gw")
+  for _ in $(seq 1 100); do
+    "$BIN/edgewise" --gateway http://127.0.0.1:7530 fleet status >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "== fleet scale (simulated agents reporting every second into one gateway)"
+  "$BIN/edgewise-bench" fleet --gateway http://127.0.0.1:7530 --agents "${FLEET_AGENTS:-1000,10000}" \
+    --gateway-pid "$gw" | tee "$OUT/fleet.jsonl"
+  cleanup; pids=()
 }
 
 footprint() {

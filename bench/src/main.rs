@@ -5,8 +5,18 @@
 //!   interleaved, open loop at fixed rates; the gateway's added latency at p50 and p99.
 //! - `footprint`: binary sizes, the agent's cold start to READY and idle memory (with no
 //!   models, and with one), against Python importing onnxruntime.
+//! - `embed`: embedding latency per text length and throughput per concurrency, with and
+//!   without dynamic batching (the Python reference is `bench/reference.py embed`).
+//! - `generate`: time to first token and decode time per token through the agent (the
+//!   references are `bench/reference.py generate` and `llama`).
+//! - `bandwidth`: memory copy bandwidth, the decode roofline's numerator.
+//! - `fleet`: simulated agents streaming reports into one gateway.
 
+mod bandwidth;
+mod embed;
+mod fleet;
 mod footprint;
+mod generate;
 mod overhead;
 mod stats;
 
@@ -25,6 +35,14 @@ enum Command {
     Overhead(overhead::Args),
     /// Binary sizes, cold start to READY, idle RSS.
     Footprint(footprint::Args),
+    /// Embedding latency and throughput, batched and unbatched.
+    Embed(embed::Args),
+    /// Time to first token and decode time per token through the agent.
+    Generate(generate::Args),
+    /// Memory copy and read bandwidth.
+    Bandwidth(bandwidth::Args),
+    /// Simulated agents reporting into one gateway.
+    Fleet(fleet::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Overhead(a) => overhead::run(a).await,
             Command::Footprint(a) => footprint::run(a).await,
+            Command::Embed(a) => embed::run(a).await,
+            Command::Generate(a) => generate::run(a).await,
+            Command::Bandwidth(a) => tokio::task::spawn_blocking(move || bandwidth::run(a)).await?,
+            Command::Fleet(a) => fleet::run(a).await,
         }
     })
 }
