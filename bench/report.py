@@ -58,8 +58,8 @@ if over:
         "|---|---|---|---|---|---|---|",
     ]
     top = over[-1]
-    head.append(f"Gateway overhead at {top['rate_rps']} req/s: +{top['added_p50_ms']:.2f} ms p50, "
-                f"+{top['added_p99_ms']:.2f} ms p99 over calling the agent directly "
+    head.append(f"Gateway overhead at {top['rate_rps']} req/s: {top['added_p50_ms']:+.2f} ms p50, "
+                f"{top['added_p99_ms']:+.2f} ms p99 against calling the agent directly, interleaved "
                 f"({top['direct']['errors'] + top['gateway']['errors']} errors).")
     for r in over:
         d, g = r["direct"], r["gateway"]
