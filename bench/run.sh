@@ -22,6 +22,8 @@ overhead() {
   cat > "$dir/agent.toml" <<TOML
 [server]
 listen = "127.0.0.1:7501"
+[tls]
+plaintext = true
 [models]
 dir = "models"
 [models.limits.tiny-classify]
@@ -42,6 +44,8 @@ TOML
 [server]
 listen = "127.0.0.1:7500"
 id = "bench"
+[tls]
+plaintext = true
 [policies]
 paths = ["policies"]
 [state]
@@ -83,6 +87,8 @@ agent_toml() {
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
+[tls]
+plaintext = true
 [models]
 dir = "$PWD/models"
 include = [$2]
@@ -159,7 +165,7 @@ dir = \"$dir/state\"" > "$dir/agent.toml"
 fleet() {
   local dir=$OUT/fleet
   rm -rf "$dir"; mkdir -p "$dir/policies"
-  printf '[server]\nlisten = "127.0.0.1:7530"\nid = "bench-fleet"\n[policies]\npaths = ["policies"]\n[state]\ndir = "state"\n' > "$dir/gateway.toml"
+  printf '[server]\nlisten = "127.0.0.1:7530"\nid = "bench-fleet"\n[tls]\nplaintext = true\n[policies]\npaths = ["policies"]\n[state]\ndir = "state"\n' > "$dir/gateway.toml"
   printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n' > "$dir/policies/bench.yaml"
   # one connection per simulated agent, as in a real fleet: raise the open-file limit
   ulimit -n "$(ulimit -Hn)"

@@ -28,6 +28,7 @@ pub struct RawAgentConfig {
     pub report: RawReport,
     #[serde(default)]
     pub state: RawState,
+    pub tls: Option<edgewise_tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +104,8 @@ pub struct AgentConfig {
     pub gateways: Vec<String>,
     pub report_interval: Duration,
     pub state_dir: PathBuf,
+    /// Mutual TLS with gateways, or plain text for development.
+    pub tls: edgewise_tls::TlsMode,
 }
 
 /// Per-model admission limits. Unset fields take the task's defaults.
@@ -146,6 +149,7 @@ impl AgentConfig {
             gateways: Vec::new(),
             report_interval: Duration::from_secs(1),
             state_dir: PathBuf::from("build/state/agent"),
+            tls: edgewise_tls::TlsMode::Plaintext,
         }
     }
 
@@ -153,7 +157,19 @@ impl AgentConfig {
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, Diagnostics> {
         let layered =
             Layered::<RawAgentConfig>::load(path, env, &["report.gateways", "models.include"])?;
-        validate(layered)
+        let credentials = env
+            .iter()
+            .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
+            .map(|(_, v)| PathBuf::from(v));
+        validate(layered, credentials.as_deref())
+    }
+}
+
+fn tls_said(scheme: &str) -> &'static str {
+    if scheme == "https" {
+        "mutual TLS is on"
+    } else {
+        "tls.plaintext = true"
     }
 }
 
@@ -163,12 +179,19 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-fn validate(layered: Layered<RawAgentConfig>) -> Result<AgentConfig, Diagnostics> {
+fn validate(
+    layered: Layered<RawAgentConfig>,
+    credentials: Option<&Path>,
+) -> Result<AgentConfig, Diagnostics> {
     let (raw, at) = layered.split();
     let mut problems = Vec::new();
+    let tls = edgewise_tls::validate(raw.tls, &at, credentials, &mut problems);
+    // peers are dialled over TLS exactly when it is on
+    let scheme = if tls.is_plaintext() { "http" } else { "https" };
     let mut problem = |path: &str, msg: String| problems.push(at.problem(path, msg));
     let base = at.base();
     let mut cfg = AgentConfig::for_models_dir(PathBuf::from("models"));
+    cfg.tls = tls;
 
     if let Some(listen) = raw.server.listen {
         match listen.parse::<SocketAddr>() {
@@ -180,12 +203,15 @@ fn validate(layered: Layered<RawAgentConfig>) -> Result<AgentConfig, Diagnostics
         }
     }
     if let Some(adv) = raw.server.advertise {
-        if adv.starts_with("http://") || adv.starts_with("https://") {
+        if adv.starts_with(&format!("{scheme}://")) {
             cfg.advertise = Some(adv);
         } else {
             problem(
                 "server.advertise",
-                format!("`{adv}` must be a URL starting with http:// or https://"),
+                format!(
+                    "`{adv}` must be a URL starting with {scheme}:// ({})",
+                    tls_said(scheme)
+                ),
             );
         }
     }
@@ -258,10 +284,13 @@ fn validate(layered: Layered<RawAgentConfig>) -> Result<AgentConfig, Diagnostics
         Some(n) => cfg.intra_op_threads = n as usize,
     }
     for (i, g) in raw.report.gateways.iter().enumerate() {
-        if !(g.starts_with("http://") || g.starts_with("https://")) {
+        if !g.starts_with(&format!("{scheme}://")) {
             problem(
                 &format!("report.gateways[{i}]"),
-                format!("`{g}` must be a URL starting with http:// or https://"),
+                format!(
+                    "`{g}` must be a URL starting with {scheme}:// ({})",
+                    tls_said(scheme)
+                ),
             );
         }
     }
@@ -308,7 +337,7 @@ mod tests {
     #[test]
     fn reports_every_problem_with_its_position() {
         let err = load(
-            "[server]\nlisten = \"nowhere\"\n\n[report]\ninterval_ms = 5\ngateways = [\"127.0.0.1:1\"]\n",
+            "[server]\nlisten = \"nowhere\"\n\n[report]\ninterval_ms = 5\ngateways = [\"127.0.0.1:1\"]\n\n[tls]\nplaintext = true\n",
             &[],
         )
         .err();
@@ -316,7 +345,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "agent.toml:2:10: server.listen: `nowhere` is not an address like 127.0.0.1:7300 (invalid socket address syntax)\n\
-                 agent.toml:6:13: report.gateways[0]: `127.0.0.1:1` must be a URL starting with http:// or https://\n\
+                 agent.toml:6:13: report.gateways[0]: `127.0.0.1:1` must be a URL starting with http:// (tls.plaintext = true)\n\
                  agent.toml:5:15: report.interval_ms: 5 is out of range 50..=60000"
             )
         );
@@ -343,14 +372,18 @@ mod tests {
     #[test]
     fn environment_overrides_the_file_and_is_named_in_errors() -> Result<(), String> {
         let cfg = load(
-            "[report]\ninterval_ms = 1000\n",
+            "[report]\ninterval_ms = 1000\n[tls]\nplaintext = true\n",
             &[
                 ("EDGEWISE_REPORT__INTERVAL_MS", "250"),
                 ("EDGEWISE_UNRELATED", "x"),
             ],
         )?;
         assert_eq!(cfg.report_interval, Duration::from_millis(250));
-        let err = load("", &[("EDGEWISE_REPORT__INTERVAL_MS", "1")]).err();
+        let err = load(
+            "[tls]\nplaintext = true\n",
+            &[("EDGEWISE_REPORT__INTERVAL_MS", "1")],
+        )
+        .err();
         assert_eq!(
             err.as_deref(),
             Some(

@@ -49,6 +49,8 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("gRPC server: {0}")]
     Server(String),
+    #[error("tls: {0}")]
+    Tls(edgewise_tls::TlsError),
 }
 
 /// Health service name of one model.
@@ -74,11 +76,37 @@ impl Agent {
             .map_err(|e| StartError::StateDir(config.state_dir.display().to_string(), e))?;
         let store = store::Store::open(&config.state_dir)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
+        let tls = match &config.tls {
+            edgewise_tls::TlsMode::Mutual(files) => {
+                let tls =
+                    edgewise_tls::Tls::load(files.clone(), edgewise_tls::ClientAuth::Required)
+                        .map_err(StartError::Tls)?;
+                Some(tls)
+            }
+            edgewise_tls::TlsMode::Plaintext => {
+                tracing::warn!(
+                    "plaintext mode (tls.plaintext = true): no TLS, for local development only"
+                );
+                None
+            }
+        };
+        let id = match tls.as_ref().map(|t| t.identity()) {
+            Some(edgewise_tls::Identity::Node(id)) => Some(id),
+            Some(other) => {
+                return Err(StartError::Tls(edgewise_tls::TlsError::Invalid(format!(
+                    "the certificate names {other}; an agent needs a node certificate"
+                ))));
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise = config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        let node = Arc::new(Node::new(config, store, advertise).map_err(StartError::Models)?);
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let node = Arc::new(
+            Node::new(config, store, advertise, id, tls.clone()).map_err(StartError::Models)?,
+        );
         tracing::info!(node = %node.id, %addr, library = %rt.library.display(), "agent listening");
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -100,18 +128,25 @@ impl Agent {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         let server_stop = CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             // bounded concurrent streams per connection: one client cannot hog the box
             .max_concurrent_streams(Some(256))
             .add_service(health_service)
-            .add_service(service)
-            .serve_with_incoming_shutdown(
+            .add_service(service);
+        let stopped = server_stop.clone().cancelled_owned();
+        let server =
+            match node.tls.clone() {
+                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                    edgewise_tls::net::incoming(listener, tls),
+                    stopped,
+                )),
                 // with a listener of our own, Nagle's algorithm must be turned off here: the
                 // builder's `tcp_nodelay` applies only to listeners tonic binds itself
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                server_stop.clone().cancelled_owned(),
-            );
-        let server = tokio::spawn(server);
+                None => tokio::spawn(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped,
+                )),
+            };
 
         let reporters: Vec<JoinHandle<()>> = node
             .config
@@ -160,7 +195,13 @@ impl Agent {
     /// Drains and stops; resolves when the agent has shut down.
     /// Applies what a reloaded config can change while serving (per-model limits) and names
     /// the changed settings that need a restart.
-    pub fn reload(&self, next: &AgentConfig) {
+    /// Applies a reloaded config (limits now; other changes at the next restart) and reads
+    /// the TLS files again. Errors: the TLS files were refused (the ones in use stay).
+    pub fn reload(&self, next: &AgentConfig) -> Result<(), edgewise_tls::TlsError> {
+        let tls = match &self.node.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        };
         for change in self.node.apply_limits(next) {
             tracing::info!("limits reloaded: {change}");
         }
@@ -179,6 +220,7 @@ impl Agent {
             ),
             ("report.gateways", now.gateways != next.gateways),
             ("state.dir", now.state_dir != next.state_dir),
+            ("tls (mode or file paths)", now.tls != next.tls),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -189,6 +231,7 @@ impl Agent {
                 restart.join(", ")
             );
         }
+        tls
     }
 
     pub async fn stop(self) -> Result<(), StartError> {

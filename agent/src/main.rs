@@ -106,7 +106,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate => {
-            AgentConfig::load(&cli.config, &env_vars())?;
+            let config = AgentConfig::load(&cli.config, &env_vars())?;
+            // the certificates too: an expired or mismatched file fails here, before a restart
+            if let edgewise_tls::TlsMode::Mutual(files) = &config.tls {
+                edgewise_tls::Tls::load(files.clone(), edgewise_tls::ClientAuth::Required)
+                    .with_context(|| format!("{}: tls", cli.config.display()))?;
+            }
             println!("{}: ok", cli.config.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -180,10 +185,13 @@ async fn serve(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
                 // the outcome also shows in `systemctl status`
                 match edgewise_agent::config::AgentConfig::load(path, &env_vars()) {
-                    Ok(next) => {
-                        agent.reload(&next);
-                        edgewise_ops::systemd::status("serving (config reloaded)");
-                    }
+                    Ok(next) => match agent.reload(&next) {
+                        Ok(()) => edgewise_ops::systemd::status("serving (config reloaded)"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS reload rejected; the certificates in use stay");
+                            edgewise_ops::systemd::status("serving (TLS reload rejected; see the log)");
+                        }
+                    },
                     Err(problems) => {
                         tracing::error!("reload rejected; the running config stays in force:\n{problems}");
                         edgewise_ops::systemd::status("serving (reload rejected: the config has errors; see the log)");

@@ -86,6 +86,8 @@ pub struct Node {
     pub config: AgentConfig,
     pub slots: BTreeMap<String, Arc<ModelSlot>>,
     pub store: Store,
+    /// Mutual TLS (server and client side); `None` in plaintext mode.
+    pub tls: Option<Arc<edgewise_tls::Tls>>,
     draining: AtomicBool,
     /// Bumped on every model state change and on drain, so reports go out at once.
     changes: watch::Sender<u64>,
@@ -93,8 +95,19 @@ pub struct Node {
 
 impl Node {
     /// Builds the slot table from the models directory (manifests only; nothing is loaded).
-    pub fn new(config: AgentConfig, store: Store, advertise: String) -> Result<Self, String> {
-        let id = store.node_id().map_err(|e| e.to_string())?;
+    /// `id` is the node's id when its certificate names one (mutual TLS); otherwise the id
+    /// kept in the state store is used (and made up on first start).
+    pub fn new(
+        config: AgentConfig,
+        store: Store,
+        advertise: String,
+        id: Option<String>,
+        tls: Option<Arc<edgewise_tls::Tls>>,
+    ) -> Result<Self, String> {
+        let id = match id {
+            Some(id) => id,
+            None => store.node_id().map_err(|e| e.to_string())?,
+        };
         let (folders, missing) = crate::models::discover(&config.models_dir, &config.include)
             .map_err(|e| format!("models directory {}: {e}", config.models_dir.display()))?;
         let mut slots = BTreeMap::new();
@@ -186,6 +199,7 @@ impl Node {
             config,
             slots,
             store,
+            tls,
             draining: AtomicBool::new(false),
             changes,
         })

@@ -52,6 +52,18 @@ pub async fn report_to(node: Arc<Node>, gateway: String, stop: CancellationToken
     }
 }
 
+/// An error and what caused it ("transport error: ... : certificate expired").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 enum Outcome {
     /// Shut down on request.
     Stopped,
@@ -64,13 +76,15 @@ async fn stream_once(
     gateway: &str,
     stop: &CancellationToken,
 ) -> Result<Outcome, String> {
-    let channel = tonic::transport::Endpoint::from_shared(gateway.to_string())
+    let endpoint = tonic::transport::Endpoint::from_shared(gateway.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+        .tcp_nodelay(true);
+    let channel = match &node.tls {
+        Some(tls) => edgewise_tls::net::channel(endpoint, edgewise_tls::net::source(tls)).await,
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| with_causes(&e))?;
     let mut client = pb::fleet_client::FleetClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::NodeReport>(4);
     let mut changes: watch::Receiver<u64> = node.subscribe();

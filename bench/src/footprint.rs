@@ -35,7 +35,7 @@ fn agent_once(bin: &Path, models: &Path, work: &Path) -> anyhow::Result<(Duratio
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[models]\ndir = \"{}\"\n\n[runtime]\nintra_op_threads = 1\n\n[state]\ndir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls]\nplaintext = true\n\n[models]\ndir = \"{}\"\n\n[runtime]\nintra_op_threads = 1\n\n[state]\ndir = \"{}\"\n",
             models.display(),
             work.join("state").display()
         ),

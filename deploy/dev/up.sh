@@ -12,7 +12,7 @@ mkdir -p "$LOGS"
 echo "== validating configs and the policy"
 "$BIN/edgewise-gateway" --config deploy/dev/gateway.toml validate || exit 1
 for n in a b; do "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" validate || exit 1; done
-echo "   (plain-text gRPC on localhost: this is a local development setup)"
+echo "   (plaintext mode, tls.plaintext = true: no TLS and no caller credentials on localhost; a local development setup)"
 
 pids=()
 stop() {

@@ -48,21 +48,90 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-pub(crate) async fn connect(
-    addr: &str,
-) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
-    pb::gateway_client::GatewayClient::connect(addr.to_string())
-        .await
-        .map_err(|e| CliError::Connect(addr.into(), e.to_string()))
+/// Who the command line talks to and as whom: the gateway's address, the caller's
+/// credentials (a bearer token, or a tenant certificate over TLS), and for a plaintext
+/// development gateway the tenant header.
+#[derive(Clone)]
+pub struct Caller {
+    pub addr: String,
+    /// Sent as `x-edgewise-tenant`; only a plaintext gateway without tokens reads it.
+    pub tenant: String,
+    /// Sent as `authorization: Bearer`.
+    pub token: Option<String>,
+    /// For https:// gateways: trusts the fleet CA and presents the tenant certificate, if any.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
-pub(crate) fn with_tenant<T>(msg: T, tenant: &str) -> Result<Request<T>, CliError> {
-    let mut r = Request::new(msg);
-    let v = tenant
-        .parse()
-        .map_err(|_| CliError::Usage(format!("tenant `{tenant}` is not a valid header value")))?;
-    r.metadata_mut().insert("x-edgewise-tenant", v);
-    Ok(r)
+impl Caller {
+    /// A plaintext caller (tests, development).
+    pub fn plain(addr: &str, tenant: &str) -> Self {
+        Self {
+            addr: addr.into(),
+            tenant: tenant.into(),
+            token: None,
+            tls: None,
+        }
+    }
+
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<pb::gateway_client::GatewayClient<Channel>, CliError> {
+        let fail = |e: &dyn std::fmt::Display| CliError::Connect(self.addr.clone(), e.to_string());
+        let endpoint = tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .map_err(|e| fail(&e))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = match (&self.tls, self.addr.starts_with("https://")) {
+            (Some(tls), true) => {
+                edgewise_tls::net::channel(endpoint, edgewise_tls::net::fixed(tls.clone()))
+                    .await
+                    .map_err(|e| fail(&with_causes(&e)))?
+            }
+            (None, true) => {
+                return Err(CliError::Usage(format!(
+                    "{} is https: give the fleet CA with --ca-file (or EDGEWISE_CA_FILE)",
+                    self.addr
+                )));
+            }
+            (_, false) => endpoint
+                .connect()
+                .await
+                .map_err(|e| fail(&with_causes(&e)))?,
+        };
+        Ok(pb::gateway_client::GatewayClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// `msg` with the caller's credentials attached.
+    pub(crate) fn request<T>(&self, msg: T) -> Result<Request<T>, CliError> {
+        let mut r = Request::new(msg);
+        let v = self.tenant.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "tenant `{}` is not a valid header value",
+                self.tenant
+            ))
+        })?;
+        r.metadata_mut().insert("x-edgewise-tenant", v);
+        if let Some(token) = &self.token {
+            let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| CliError::Usage("the token is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            r.metadata_mut().insert("authorization", v);
+        }
+        Ok(r)
+    }
+}
+
+/// An error and its causes, for connection failures ("transport error: ...: ...").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// A decision as people read it.
@@ -94,8 +163,7 @@ pub fn render_decision(d: &pb::Decision) -> String {
 }
 
 pub async fn explain(
-    addr: &str,
-    tenant: &str,
+    caller: &Caller,
     task: &str,
     hints: &Hints,
     max_tokens: u32,
@@ -117,9 +185,10 @@ pub async fn explain(
         text: text.into(),
         max_tokens,
     };
-    let d = connect(addr)
+    let d = caller
+        .connect()
         .await?
-        .explain(with_tenant(req, tenant)?)
+        .explain(caller.request(req)?)
         .await?
         .into_inner();
     print!("{}", render_decision(&d));
@@ -127,8 +196,7 @@ pub async fn explain(
 }
 
 pub async fn generate(
-    addr: &str,
-    tenant: &str,
+    caller: &Caller,
     hints: &Hints,
     max_tokens: u32,
     raw: bool,
@@ -152,9 +220,10 @@ pub async fn generate(
         }),
         routing: Some(hints.proto()),
     };
-    let mut stream = connect(addr)
+    let mut stream = caller
+        .connect()
         .await?
-        .generate(with_tenant(req, tenant)?)
+        .generate(caller.request(req)?)
         .await?
         .into_inner();
     let (mut decision, mut done) = (None, None);
@@ -185,10 +254,11 @@ pub async fn generate(
     Ok(())
 }
 
-pub async fn fleet_status(addr: &str) -> Result<(), CliError> {
-    let s = connect(addr)
+pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
+    let s = caller
+        .connect()
         .await?
-        .fleet_status(pb::FleetStatusRequest {})
+        .fleet_status(caller.request(pb::FleetStatusRequest {})?)
         .await?
         .into_inner();
     println!("gateway {}  policy {}", s.gateway_id, s.policy_hash);
@@ -251,7 +321,7 @@ pub fn parse_since(s: &str, now: std::time::SystemTime) -> Result<u64, CliError>
 /// Writes audit records from `since` (and before `until`) as JSON lines to `out`, or stdout.
 /// A file is written whole or not at all (a temporary file renamed into place).
 pub async fn audit_export(
-    addr: &str,
+    caller: &Caller,
     since: &str,
     until: Option<&str>,
     out: Option<&std::path::Path>,
@@ -261,7 +331,12 @@ pub async fn audit_export(
         since_unix_ms: parse_since(since, now)?,
         until_unix_ms: until.map(|u| parse_since(u, now)).transpose()?.unwrap_or(0),
     };
-    let mut stream = connect(addr).await?.export_audit(req).await?.into_inner();
+    let mut stream = caller
+        .connect()
+        .await?
+        .export_audit(caller.request(req)?)
+        .await?
+        .into_inner();
     let mut lines = Vec::new();
     while let Some(r) = stream.message().await? {
         lines.extend_from_slice(crate::audit::to_json(&r).to_string().as_bytes());
@@ -284,12 +359,13 @@ pub async fn audit_export(
 }
 
 /// External spend per day, tenant and provider (settled plus in-flight reservations).
-pub async fn spend(addr: &str, tenant: Option<&str>) -> Result<(), CliError> {
-    let s = connect(addr)
+pub async fn spend(caller: &Caller, tenant: Option<&str>) -> Result<(), CliError> {
+    let s = caller
+        .connect()
         .await?
-        .spend(pb::SpendRequest {
+        .spend(caller.request(pb::SpendRequest {
             tenant: tenant.unwrap_or_default().into(),
-        })
+        })?)
         .await?
         .into_inner();
     println!(

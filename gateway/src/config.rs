@@ -25,6 +25,27 @@ pub struct RawGatewayConfig {
     pub state: RawState,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
+    pub tls: Option<edgewise_tls::RawTls>,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: callers' bearer tokens (by hash) and the operator tenants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub operators: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub tenant: Option<String>,
+    /// SHA-256 of the token, 64 hex digits (`edgewise token new` prints one).
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +155,49 @@ impl GatewayFile {
             .iter()
             .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
             .map(|(_, v)| PathBuf::from(v));
+        let tls = edgewise_tls::validate(raw.tls, &at, credentials.as_deref(), &mut problems);
+        let mut tokens = Vec::new();
+        for (i, t) in raw.auth.tokens.into_iter().enumerate() {
+            let tenant = match t.tenant {
+                Some(n) if edgewise_tls::valid_name(&n) => Some(n),
+                Some(n) => {
+                    problems.push(at.problem(
+                        &format!("auth.tokens[{i}].tenant"),
+                        format!("`{n}` is not a tenant name (1-128 of A-Z a-z 0-9 . _ -)"),
+                    ));
+                    None
+                }
+                None => {
+                    problems.push(at.problem(&format!("auth.tokens[{i}]"), "`tenant` is required"));
+                    None
+                }
+            };
+            let hash = match t.sha256.as_deref().map(crate::auth::parse_hash) {
+                Some(Some(h)) => Some(h),
+                Some(None) => {
+                    problems.push(at.problem(
+                        &format!("auth.tokens[{i}].sha256"),
+                        "must be 64 hex digits: the SHA-256 of the token, never the token itself (`edgewise token new` prints both)",
+                    ));
+                    None
+                }
+                None => {
+                    problems.push(at.problem(&format!("auth.tokens[{i}]"), "`sha256` is required"));
+                    None
+                }
+            };
+            if let (Some(t), Some(h)) = (tenant, hash) {
+                tokens.push((h, t));
+            }
+        }
+        for (i, o) in raw.auth.operators.iter().enumerate() {
+            if !edgewise_tls::valid_name(o) {
+                problems.push(at.problem(
+                    &format!("auth.operators[{i}]"),
+                    format!("`{o}` is not a tenant name"),
+                ));
+            }
+        }
         let mut providers = Vec::new();
         for (name, p) in raw.providers {
             if let Some(p) = provider(&at, &name, p, credentials.as_deref(), &mut problems) {
@@ -151,6 +215,9 @@ impl GatewayFile {
                 retry_budget: retry_budget as usize,
                 state_dir: Some(state_dir),
                 providers,
+                tls,
+                tokens: crate::auth::Tokens::new(tokens),
+                operators: raw.auth.operators,
             },
         })
     }
@@ -319,7 +386,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgewise-gw-config-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("policies")).ok();
         let file = dir.join("gateway.toml");
-        std::fs::write(&file, "[server]\nlisten = \"here\"\n\n[policies]\npaths = [\"policies\", \"missing\"]\n\n[routing]\nretry_budget = 50\n").ok();
+        std::fs::write(&file, "[server]\nlisten = \"here\"\n\n[policies]\npaths = [\"policies\", \"missing\"]\n\n[routing]\nretry_budget = 50\n\n[tls]\nplaintext = true\n").ok();
         let err = GatewayFile::load(&file, &[])
             .err()
             .map(|d| d.to_string())
@@ -335,7 +402,11 @@ mod tests {
                 missing.display()
             )
         );
-        std::fs::write(&file, "[policies]\npaths = [\"policies\"]\n").ok();
+        std::fs::write(
+            &file,
+            "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n",
+        )
+        .ok();
         let env = [(
             "EDGEWISE_SERVER__LISTEN".to_string(),
             "127.0.0.1:9999".to_string(),
@@ -353,7 +424,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("policies")).ok();
         std::fs::write(dir.path().join("key"), "sk-canary-123\n").ok();
         let file = dir.path().join("gateway.toml");
-        let text = "[policies]\npaths = [\"policies\"]\n\n[providers.openai]\nkind = \"openai\"\nbase_url = \"https://api.example.com/v1\"\nkey_file = \"key\"\ninput_usd_per_million = 0.15\noutput_usd_per_million = 0.6\n\n[providers.claude]\nkind = \"antropic\"\nbase_url = \"http://api.example.com\"\nkey_credential = \"claude-key\"\ninput_usd_per_million = -1\noutput_usd_per_million = 15\n";
+        let text = "[policies]\npaths = [\"policies\"]\n\n[tls]\nplaintext = true\n\n[providers.openai]\nkind = \"openai\"\nbase_url = \"https://api.example.com/v1\"\nkey_file = \"key\"\ninput_usd_per_million = 0.15\noutput_usd_per_million = 0.6\n\n[providers.claude]\nkind = \"antropic\"\nbase_url = \"http://api.example.com\"\nkey_credential = \"claude-key\"\ninput_usd_per_million = -1\noutput_usd_per_million = 15\n";
         std::fs::write(&file, text).ok();
         let err = GatewayFile::load(&file, &[])
             .err()
@@ -363,10 +434,10 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "{f}:12:8: providers.claude.kind: `antropic` is not one of openai, anthropic\n\
-                 {f}:13:12: providers.claude.base_url: must be https:// (got http://); keys are never sent in clear text\n\
-                 {f}:14:18: providers.claude.key_credential: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit, or key_file)\n\
-                 {f}:15:25: providers.claude.input_usd_per_million: -1 is not a price >= 0"
+                "{f}:15:8: providers.claude.kind: `antropic` is not one of openai, anthropic\n\
+                 {f}:16:12: providers.claude.base_url: must be https:// (got http://); keys are never sent in clear text\n\
+                 {f}:17:18: providers.claude.key_credential: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit, or key_file)\n\
+                 {f}:18:25: providers.claude.input_usd_per_million: -1 is not a price >= 0"
             )
         );
         let creds = dir.path().join("creds");
@@ -391,5 +462,46 @@ mod tests {
         assert_eq!(names, ["claude", "openai"]);
         assert_eq!(g.gateway.providers[1].key.expose(), "sk-canary-123");
         assert!(!format!("{:?}", g.gateway).contains("canary"));
+    }
+
+    #[test]
+    fn tls_and_auth_are_explicit_and_located() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("policies")).ok();
+        let file = dir.path().join("gateway.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).ok();
+            GatewayFile::load(&file, &[])
+                .err()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        };
+        let f = file.display();
+        // no [tls] at all: plain text is never the silent default
+        let err = load("[policies]\npaths = [\"policies\"]\n");
+        assert!(err.starts_with(&format!("{f}: no [tls] section")), "{err}");
+        assert!(err.contains("plaintext = true"), "{err}");
+        // both at once, a missing file, a token in clear instead of its hash
+        let err = load(
+            "[policies]\npaths = [\"policies\"]\n\n[tls]\nplaintext = true\nca_file = \"ca.pem\"\n\n\
+             [auth]\noperators = [\"ops team\"]\n[[auth.tokens]]\ntenant = \"shop\"\nsha256 = \"ew_0123secret\"\n",
+        );
+        assert_eq!(
+            err,
+            format!(
+                "{f}:5:13: tls.plaintext: plaintext = true with certificate files set: choose one\n\
+                 {f}:12:10: auth.tokens[0].sha256: must be 64 hex digits: the SHA-256 of the token, never the token itself (`edgewise token new` prints both)\n\
+                 {f}:9:14: auth.operators[0]: `ops team` is not a tenant name"
+            )
+        );
+        assert!(!err.contains("ew_0123secret"));
+        let err = load(
+            "[policies]\npaths = [\"policies\"]\n\n[tls]\nca_file = \"ca.pem\"\ncert_file = \"gw.pem\"\n",
+        );
+        assert!(
+            err.contains("tls.key_file or tls.key_credential is required"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{f}:5:11: tls.ca_file: ")), "{err}");
     }
 }

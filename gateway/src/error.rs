@@ -6,6 +6,12 @@ use crate::routing::Refusal;
 pub enum GatewayError {
     #[error("no tenant: send the `x-edgewise-tenant` metadata header")]
     NoTenant,
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    #[error("callers present tenant certificates; this connection's certificate names {0}")]
+    WrongIdentity(String),
+    #[error("tenant `{0}` is not an operator of this gateway (auth.operators)")]
+    NotOperator(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]

@@ -225,6 +225,9 @@ pub struct FleetService {
     pub gateway_id: String,
     /// Cancelled when the gateway stops.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Mutual TLS is on: a report is accepted only over a connection whose certificate
+    /// names the reporting node.
+    pub node_certificates: bool,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
@@ -237,6 +240,20 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<Streaming<pb::NodeReport>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
+        let certified = match edgewise_tls::net::peer_identity(&request) {
+            Some(edgewise_tls::Identity::Node(id)) => Some(id),
+            Some(other) if self.node_certificates => {
+                return Err(Status::permission_denied(format!(
+                    "capacity reports come from nodes; this connection's certificate names {other}"
+                )));
+            }
+            None if self.node_certificates => {
+                return Err(Status::unauthenticated(
+                    "capacity reports need a node certificate from the fleet CA",
+                ));
+            }
+            _ => None,
+        };
         let mut reports = request.into_inner();
         let registry = self.registry.clone();
         let gateway_id = self.gateway_id.clone();
@@ -263,6 +280,18 @@ impl pb::fleet_server::Fleet for FleetService {
                 if r.node_id.is_empty() {
                     let _ = tx
                         .send(Err(Status::invalid_argument("report without node_id")))
+                        .await;
+                    break;
+                }
+                if let Some(id) = certified.as_deref()
+                    && id != r.node_id
+                {
+                    tracing::warn!(certificate = %id, report = %r.node_id, "report for another node refused");
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "report for node `{}` over a connection whose certificate names node `{id}`",
+                            r.node_id
+                        ))))
                         .await;
                     break;
                 }

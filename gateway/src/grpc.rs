@@ -22,7 +22,10 @@ pub use crate::dispatch::settle_abandoned;
 pub fn status(e: &GatewayError) -> Status {
     let msg = e.to_string();
     match e {
-        GatewayError::NoTenant => Status::unauthenticated(msg),
+        GatewayError::NoTenant | GatewayError::Unauthenticated(_) => Status::unauthenticated(msg),
+        GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => {
+            Status::permission_denied(msg)
+        }
         GatewayError::InvalidRequest(_) => Status::invalid_argument(msg),
         GatewayError::Refused(Refusal::NoAdequateModel(_)) => Status::failed_precondition(msg),
         GatewayError::Refused(Refusal::NoCapacity(_)) => Status::resource_exhausted(msg),
@@ -47,16 +50,6 @@ fn provider_code(e: &ProviderError) -> Code {
         ProviderError::Protocol { .. } => Code::Internal,
         ProviderError::Unsupported { .. } => Code::FailedPrecondition,
     }
-}
-
-/// The tenant, from the caller's metadata (credentials come with the security work).
-fn tenant<T>(req: &Request<T>) -> Result<String, GatewayError> {
-    req.metadata()
-        .get("x-edgewise-tenant")
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .ok_or(GatewayError::NoTenant)
 }
 
 /// Tokens a text will take, estimated without the model's tokenizer (about 4 bytes a token);
@@ -484,7 +477,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::GatewayGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let tenant = tenant(&request).map_err(|e| status(&e))?;
+        let tenant = self.state.auth.tenant(&request).map_err(|e| status(&e))?;
         let deadline = deadline_of(&request);
         let body = request.into_inner();
         let gen_req = body
@@ -561,7 +554,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayEmbedRequest>,
     ) -> Result<Response<pb::GatewayEmbedResponse>, Status> {
         let (tenant, deadline) = (
-            tenant(&request).map_err(|e| status(&e))?,
+            self.state.auth.tenant(&request).map_err(|e| status(&e))?,
             deadline_of(&request),
         );
         let body = request.into_inner();
@@ -579,7 +572,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<pb::GatewayClassifyRequest>,
     ) -> Result<Response<pb::GatewayClassifyResponse>, Status> {
         let (tenant, deadline) = (
-            tenant(&request).map_err(|e| status(&e))?,
+            self.state.auth.tenant(&request).map_err(|e| status(&e))?,
             deadline_of(&request),
         );
         let body = request.into_inner();
@@ -596,7 +589,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::Decision>, Status> {
-        let tenant = tenant(&request).map_err(|e| status(&e))?;
+        let tenant = self.state.auth.tenant(&request).map_err(|e| status(&e))?;
         let body = request.into_inner();
         let task = match pb::Task::try_from(body.task) {
             Ok(pb::Task::Generate) => Task::Generate,
@@ -626,8 +619,9 @@ impl pb::gateway_server::Gateway for GatewayService {
 
     async fn fleet_status(
         &self,
-        _request: Request<pb::FleetStatusRequest>,
+        request: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        self.state.auth.operator(&request).map_err(|e| status(&e))?;
         Ok(Response::new(pb::FleetStatusResponse {
             gateway_id: self.state.id.clone(),
             nodes: self.state.registry.status(Instant::now()),
@@ -647,7 +641,11 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::SpendRequest>,
     ) -> Result<Response<pb::SpendResponse>, Status> {
-        let tenant = request.into_inner().tenant;
+        let tenant = request.get_ref().tenant.clone();
+        self.state
+            .auth
+            .may_read_spend(&request, &tenant)
+            .map_err(|e| status(&e))?;
         let entries = self
             .state
             .ledger
@@ -669,6 +667,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.state.auth.operator(&request).map_err(|e| status(&e))?;
         let r = request.into_inner();
         let until = if r.until_unix_ms == 0 {
             u64::MAX

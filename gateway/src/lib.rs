@@ -7,8 +7,10 @@
 //! and refused fallbacks (`audit`). `reload` swaps the policy on edits and SIGHUP.
 
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod dispatch;
 pub mod error;
 pub mod external;
@@ -45,6 +47,12 @@ pub struct GatewayConfig {
     pub state_dir: Option<PathBuf>,
     /// Hosted APIs routes may fall back to.
     pub providers: Vec<providers::ProviderConfig>,
+    /// Mutual TLS with agents (and callers' certificates), or plain text for development.
+    pub tls: edgewise_tls::TlsMode,
+    /// Callers' bearer tokens (hashed) → tenant.
+    pub tokens: auth::Tokens,
+    /// Tenants allowed the operator calls (fleet status, audit export, all spend).
+    pub operators: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -55,6 +63,9 @@ impl GatewayConfig {
             retry_budget: 2,
             state_dir: None,
             providers: Vec::new(),
+            tls: edgewise_tls::TlsMode::Plaintext,
+            tokens: auth::Tokens::default(),
+            operators: Vec::new(),
         }
     }
 }
@@ -71,6 +82,8 @@ pub enum StartError {
     State(String, String),
     #[error("{0}")]
     Provider(String),
+    #[error("tls: {0}")]
+    Tls(edgewise_tls::TlsError),
 }
 
 /// How long a stopping gateway waits for requests in flight.
@@ -109,6 +122,35 @@ impl Gateway {
             )
         })?;
         state.retry_budget = config.retry_budget;
+        let tls = match &config.tls {
+            edgewise_tls::TlsMode::Mutual(files) => {
+                let tls =
+                    edgewise_tls::Tls::load(files.clone(), edgewise_tls::ClientAuth::Optional)
+                        .map_err(StartError::Tls)?;
+                tracing::info!(identity = %tls.identity(), "mutual TLS on");
+                Some(tls)
+            }
+            edgewise_tls::TlsMode::Plaintext => {
+                tracing::warn!(
+                    "plaintext mode (tls.plaintext = true): no TLS, for local development only"
+                );
+                None
+            }
+        };
+        state.agents = dispatch::AgentPool::new(tls.as_ref().map(edgewise_tls::net::source));
+        state.tls.clone_from(&tls);
+        state.auth = if tls.is_none() && config.tokens.is_empty() {
+            tracing::warn!(
+                "callers are not authenticated (plaintext, no auth.tokens): the tenant is taken from the x-edgewise-tenant header"
+            );
+            auth::CallerAuth::Header
+        } else {
+            auth::CallerAuth::Credentials {
+                tokens: config.tokens.clone(),
+                certificates: tls.is_some(),
+                operators: config.operators.clone(),
+            }
+        };
         let state = Arc::new(state);
         grpc::settle_abandoned(&state).await;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -122,26 +164,34 @@ impl Gateway {
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
                 registry: state.registry.clone(),
                 gateway_id: config.id.clone(),
                 stop: stop.clone(),
+                node_certificates: tls.is_some(),
             }))
             .add_service(pb::gateway_server::GatewayServer::new(
                 grpc::GatewayService {
                     state: state.clone(),
                 },
-            ))
-            .serve_with_incoming_shutdown(
+            ));
+        let stopped = stop.clone().cancelled_owned();
+        let task =
+            match tls.clone() {
+                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                    edgewise_tls::net::incoming(listener, tls),
+                    stopped,
+                )),
                 // with a listener of our own, Nagle's algorithm must be turned off here: the
                 // builder's `tcp_nodelay` applies only to listeners tonic binds itself
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop.clone().cancelled_owned(),
-            );
-        let task = tokio::spawn(server);
+                None => tokio::spawn(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped,
+                )),
+            };
         let reload = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(reload::watch(
             state.clone(),

@@ -45,6 +45,14 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Validate) = cli.command {
+        // the certificates too: an expired or mismatched file fails here, before a restart
+        if let edgewise_tls::TlsMode::Mutual(files) = &file.gateway.tls
+            && let Err(e) =
+                edgewise_tls::Tls::load(files.clone(), edgewise_tls::ClientAuth::Optional)
+        {
+            eprintln!("{}: tls: {e}", cli.config.display());
+            return ExitCode::from(1);
+        }
         return match edgewise_gateway::policy::load(&file.gateway.policies) {
             Ok(p) => {
                 let names: Vec<&str> = file

@@ -30,6 +30,15 @@ pub async fn watch(
             _ = tick.tick() => false,
             _ = now.notified() => true,
         };
+        if forced && let Some(tls) = state.tls.clone() {
+            match tokio::task::spawn_blocking(move || tls.reload()).await {
+                Ok(Ok(())) => tracing::info!("TLS certificates reloaded"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "TLS reload rejected; the certificates in use stay");
+                }
+                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+            }
+        }
         let p = paths.clone();
         let Ok((_, hash)) = tokio::task::spawn_blocking(move || hash_files(&p)).await else {
             continue;

@@ -9,7 +9,7 @@ use edgewise_proto as pb;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::cli::{CliError, connect, with_tenant};
+use crate::cli::{Caller, CliError};
 
 type Client = pb::gateway_client::GatewayClient<Channel>;
 
@@ -58,10 +58,12 @@ fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGe
 /// Runs a generation to its end: (decision, text) or the status.
 async fn generate(
     c: &mut Client,
-    tenant: &str,
+    caller: &Caller,
     r: pb::GatewayGenerateRequest,
 ) -> Result<(Option<pb::Decision>, String), tonic::Status> {
-    let req = with_tenant(r, tenant).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let req = caller
+        .request(r)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     let mut s = c.generate(req).await?.into_inner();
     let (mut d, mut text) = (None, String::new());
     while let Some(m) = s.message().await? {
@@ -76,12 +78,13 @@ async fn generate(
 /// Waits until the gateway sees a ready model for every task.
 async fn wait_ready(
     c: &mut Client,
+    caller: &Caller,
     timeout: Duration,
 ) -> Result<pb::FleetStatusResponse, CliError> {
     let until = Instant::now() + timeout;
     loop {
         let s = c
-            .fleet_status(pb::FleetStatusRequest {})
+            .fleet_status(caller.request(pb::FleetStatusRequest {})?)
             .await?
             .into_inner();
         let ready = |t: pb::Task| {
@@ -103,9 +106,9 @@ async fn wait_ready(
     }
 }
 
-pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliError> {
-    let mut c = connect(addr).await?;
-    let fleet = wait_ready(&mut c, wait).await?;
+pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
+    let mut c = caller.connect().await?;
+    let fleet = wait_ready(&mut c, caller, wait).await?;
     let mut rows = Vec::new();
     let internal = pb::RoutingHints {
         data_class: "internal".into(),
@@ -115,19 +118,16 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     // 1. embed
     let t = Instant::now();
     let r = c
-        .embed(with_tenant(
-            pb::GatewayEmbedRequest {
-                request: Some(pb::EmbedRequest {
-                    model: String::new(),
-                    texts: vec![
-                        "What is the capital of France?".into(),
-                        "Paris is the capital of France.".into(),
-                    ],
-                }),
-                routing: Some(internal.clone()),
-            },
-            tenant,
-        )?)
+        .embed(caller.request(pb::GatewayEmbedRequest {
+            request: Some(pb::EmbedRequest {
+                model: String::new(),
+                texts: vec![
+                    "What is the capital of France?".into(),
+                    "Paris is the capital of France.".into(),
+                ],
+            }),
+            routing: Some(internal.clone()),
+        })?)
         .await
         .map(|r| r.into_inner());
     rows.push(match r {
@@ -154,16 +154,13 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     // 2. classify
     let t = Instant::now();
     let r = c
-        .classify(with_tenant(
-            pb::GatewayClassifyRequest {
-                request: Some(pb::ClassifyRequest {
-                    model: String::new(),
-                    texts: vec!["Implement a lock-free hash map and prove it linearizable.".into()],
-                }),
-                routing: Some(internal.clone()),
-            },
-            tenant,
-        )?)
+        .classify(caller.request(pb::GatewayClassifyRequest {
+            request: Some(pb::ClassifyRequest {
+                model: String::new(),
+                texts: vec!["Implement a lock-free hash map and prove it linearizable.".into()],
+            }),
+            routing: Some(internal.clone()),
+        })?)
         .await
         .map(|r| r.into_inner());
     rows.push(match r {
@@ -194,7 +191,7 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     let question = "What is the capital of France?";
     let mut answer = String::new();
     rows.push(
-        match generate(&mut c, tenant, chat(question, 48, internal.clone())).await {
+        match generate(&mut c, caller, chat(question, 48, internal.clone())).await {
             Ok((d, text)) => {
                 answer = text.trim().to_string();
                 Row {
@@ -220,7 +217,7 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     let settle = Instant::now() + Duration::from_secs(5);
     while Instant::now() < settle {
         let s = c
-            .fleet_status(pb::FleetStatusRequest {})
+            .fleet_status(caller.request(pb::FleetStatusRequest {})?)
             .await?
             .into_inner();
         let busy = s
@@ -235,15 +232,12 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     }
     let t = Instant::now();
     let explain = c
-        .explain(with_tenant(
-            pb::ExplainRequest {
-                task: pb::Task::Generate as i32,
-                routing: Some(internal.clone()),
-                text: question.into(),
-                max_tokens: 48,
-            },
-            tenant,
-        )?)
+        .explain(caller.request(pb::ExplainRequest {
+            task: pb::Task::Generate as i32,
+            routing: Some(internal.clone()),
+            text: question.into(),
+            max_tokens: 48,
+        })?)
         .await?
         .into_inner();
     let smallest = match &explain.target {
@@ -263,15 +257,16 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     let row = match (smallest, slots) {
         (Some((_, model)), Some(slots)) => {
             for _ in 0..slots {
-                let req = with_tenant(
-                    chat("Tell me a long story about the sea.", 256, internal.clone()),
-                    tenant,
-                )?;
+                let req = caller.request(chat(
+                    "Tell me a long story about the sea.",
+                    256,
+                    internal.clone(),
+                ))?;
                 let mut s = c.generate(req).await?.into_inner();
                 let _decision = s.message().await?;
                 held.push(s);
             }
-            match generate(&mut c, tenant, chat(question, 8, internal.clone())).await {
+            match generate(&mut c, caller, chat(question, 8, internal.clone())).await {
                 Ok((d, _)) => {
                     let chosen = d.as_ref().and_then(|d| match &d.target {
                         Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
@@ -313,7 +308,7 @@ pub async fn run(addr: &str, tenant: &str, wait: Duration) -> Result<bool, CliEr
     rows.push(
         match generate(
             &mut c,
-            tenant,
+            caller,
             chat("Summarise our unreleased results.", 16, hints),
         )
         .await

@@ -69,6 +69,10 @@ pub struct State {
     /// Policy reloads applied, and edits rejected (the previous policy stayed in force).
     pub reloads: std::sync::atomic::AtomicU64,
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// Mutual TLS (reloaded with the policy on SIGHUP); `None` in plaintext mode.
+    pub tls: Option<Arc<edgewise_tls::Tls>>,
+    /// How callers prove which tenant they are.
+    pub auth: crate::auth::CallerAuth,
 }
 
 impl State {
@@ -90,6 +94,8 @@ impl State {
             retry_budget: 2,
             reloads: Default::default(),
             reload_failures: Default::default(),
+            tls: None,
+            auth: crate::auth::CallerAuth::Header,
         })
     }
 

@@ -209,7 +209,7 @@ fn models_check_prints_each_model_and_fails_on_any_failure() {
 fn a_missing_onnx_runtime_gives_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "[runtime]\nonnxruntime_library = \"/opt/nowhere/libonnxruntime.so\"\n[state]\ndir = \"state\"\n").unwrap();
+    std::fs::write(&cfg, "[runtime]\nonnxruntime_library = \"/opt/nowhere/libonnxruntime.so\"\n[state]\ndir = \"state\"\n[tls]\nplaintext = true\n").unwrap();
     let out = Command::new(agent_bin())
         .args(["--config"])
         .arg(&cfg)

@@ -55,7 +55,7 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 20000\n\n[models]\ndir = \"{}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 20000\n\n[tls]\nplaintext = true\n\n[models]\ndir = \"{}\"\n\n\
              [runtime]\nintra_op_threads = 1\n\n[report]\ngateways = [\"{}\"]\ninterval_ms = 100\n\n[state]\ndir = \"state\"\n",
             dir.path().display(),
             gw.url

@@ -75,7 +75,7 @@ fn gateway_toml(dir: &Path, listen: &str, mock: &MockProvider) -> PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"{listen}\"\nid = \"gw-e2e\"\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n\
+            "[server]\nlisten = \"{listen}\"\nid = \"gw-e2e\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n\
              [providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
              input_usd_per_million = 1000\noutput_usd_per_million = 2000\nmax_retries = 1\ndefault_max_tokens = 16\n",
             mock.base_url,
@@ -116,7 +116,7 @@ fn start_agent(dir: &Path, gateway: &str, lms: &[(&str, u64, f32, u32)]) -> Daem
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 5000\n\n[models]\ndir = \"models\"\n\n{limits}\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = 5000\n\n[tls]\nplaintext = true\n\n[models]\ndir = \"models\"\n\n{limits}\
              [runtime]\nintra_op_threads = 1\n\n[report]\ngateways = [\"http://{gateway}\"]\ninterval_ms = 100\n\n[state]\ndir = \"state\"\n"
         ),
     )

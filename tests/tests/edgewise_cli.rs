@@ -168,7 +168,10 @@ fn edgewise_gateway_validate_checks_config_and_policies() {
     let policies = common::repo_root().join("policies");
     std::fs::write(
         &cfg,
-        format!("[policies]\npaths = [\"{}\"]\n", policies.display()),
+        format!(
+            "[policies]\npaths = [\"{}\"]\n[tls]\nplaintext = true\n",
+            policies.display()
+        ),
     )
     .unwrap();
     let gw = common::agent_bin().with_file_name("edgewise-gateway");
@@ -190,7 +193,11 @@ fn edgewise_gateway_validate_checks_config_and_policies() {
         "routes:\n  - name: x\n    spill: sometimes\n",
     )
     .unwrap();
-    std::fs::write(&cfg, "[policies]\npaths = [\"bad.yaml\"]\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[policies]\npaths = [\"bad.yaml\"]\n[tls]\nplaintext = true\n",
+    )
+    .unwrap();
     let out = Command::new(&gw)
         .arg("--config")
         .arg(&cfg)

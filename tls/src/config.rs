@@ -236,3 +236,169 @@ pub fn client_config(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::{Ca, Validity, write_new};
+    use time::{Duration, OffsetDateTime};
+
+    fn write(dir: &Path, name: &str, ca: &Ca, id: &Identity, v: Validity) -> TlsFiles {
+        let issued = ca.issue(id, &["localhost".into()], v).unwrap();
+        let ca_path = dir.join(format!("{name}-ca.pem"));
+        let _ = std::fs::remove_file(&ca_path);
+        write_new(&ca_path, &ca.cert_pem, false).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&key);
+        write_new(&cert, &issued.cert_pem, false).unwrap();
+        write_new(&key, &issued.key_pem, true).unwrap();
+        TlsFiles {
+            ca: ca_path,
+            cert,
+            key,
+        }
+    }
+
+    #[test]
+    fn loads_a_node_certificate_and_names_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        let files = write(
+            dir.path(),
+            "a",
+            &ca,
+            &Identity::Node("edge-a".into()),
+            Validity::days(1),
+        );
+        let tls = Tls::load(files.clone(), ClientAuth::Required).unwrap();
+        assert_eq!(tls.identity(), Identity::Node("edge-a".into()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "keys are written owner-only");
+    }
+
+    #[test]
+    fn refuses_a_certificate_from_another_ca_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = Ca::generate(Validity::days(1)).unwrap();
+        let theirs = Ca::generate(Validity::days(1)).unwrap();
+        let mut files = write(
+            dir.path(),
+            "x",
+            &theirs,
+            &Identity::Node("x".into()),
+            Validity::days(1),
+        );
+        files.ca = write(
+            dir.path(),
+            "ours",
+            &ours,
+            &Identity::Node("o".into()),
+            Validity::days(1),
+        )
+        .ca;
+        let err = Tls::load(files, ClientAuth::Required)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not accepted by the CA"), "{err}");
+
+        let past = OffsetDateTime::now_utc() - Duration::days(2);
+        let expired = Validity {
+            not_before: past,
+            not_after: past + Duration::days(1),
+        };
+        let files = write(
+            dir.path(),
+            "old",
+            &ours,
+            &Identity::Node("old".into()),
+            expired,
+        );
+        let err = Tls::load(files, ClientAuth::Required)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("xpired"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        let a = write(
+            dir.path(),
+            "a",
+            &ca,
+            &Identity::Node("a".into()),
+            Validity::days(1),
+        );
+        let b = write(
+            dir.path(),
+            "b",
+            &ca,
+            &Identity::Node("b".into()),
+            Validity::days(1),
+        );
+        let files = TlsFiles {
+            key: b.key.clone(),
+            ..a
+        };
+        let err = Tls::load(files, ClientAuth::Required)
+            .err()
+            .unwrap()
+            .to_string();
+        let key_text = std::fs::read_to_string(&b.key).unwrap();
+        let body: String = key_text
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(!err.contains(&body[..40]), "{err}");
+        assert!(err.contains("b.key"), "{err}");
+    }
+
+    #[test]
+    fn reload_swaps_files_keeps_the_old_on_error_and_refuses_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        let files = write(
+            dir.path(),
+            "n",
+            &ca,
+            &Identity::Node("n".into()),
+            Validity::days(1),
+        );
+        let tls = Tls::load(files.clone(), ClientAuth::Required).unwrap();
+        let before = tls.server_config();
+        // a renewed certificate for the same node
+        write(
+            dir.path(),
+            "n",
+            &ca,
+            &Identity::Node("n".into()),
+            Validity::days(30),
+        );
+        tls.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &tls.server_config()));
+        // a broken key file: the configs in use stay
+        let current = tls.server_config();
+        std::fs::write(&files.key, "not a key").unwrap();
+        assert!(tls.reload().is_err());
+        assert!(Arc::ptr_eq(&current, &tls.server_config()));
+        // a certificate for another node: refused
+        write(
+            dir.path(),
+            "n",
+            &ca,
+            &Identity::Node("other".into()),
+            Validity::days(1),
+        );
+        let err = tls.reload().err().unwrap().to_string();
+        assert!(err.contains("needs a restart"), "{err}");
+        assert_eq!(tls.identity(), Identity::Node("n".into()));
+    }
+}

@@ -5,6 +5,7 @@
 //!   `spiffe://edgewise/<kind>/<name>` URI name.
 //! - [`Tls`]: a daemon's files loaded into server and client configs, replaceable on SIGHUP
 //!   without dropping connections.
+//! - [`TlsMode`]: the `[tls]` section of both daemons' config files.
 //! - [`net`]: TLS connections for tonic servers ([`net::incoming`]) and channels
 //!   ([`net::channel`]).
 
@@ -12,6 +13,8 @@ mod config;
 mod identity;
 pub mod issue;
 pub mod net;
+mod settings;
 
 pub use config::{ClientAuth, Tls, TlsError, TlsFiles, client_config, load_roots};
 pub use identity::{Identity, valid_name};
+pub use settings::{RawTls, TlsMode, validate};

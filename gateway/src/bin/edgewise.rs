@@ -1,5 +1,5 @@
 //! `edgewise`: the operator's command line: policy check, route explain, generate, fleet status,
-//! audit export, spend.
+//! audit export, spend, and making credentials (certs, tokens).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +18,8 @@ struct Cli {
         env = "EDGEWISE_GATEWAY"
     )]
     gateway: String,
-    /// The tenant to act as (sent as the x-edgewise-tenant header).
+    /// The tenant header for a plaintext development gateway (x-edgewise-tenant); any other
+    /// gateway takes the tenant from the credentials below.
     #[arg(
         long,
         global = true,
@@ -26,6 +27,17 @@ struct Cli {
         env = "EDGEWISE_TENANT"
     )]
     tenant: String,
+    /// A file holding the caller's bearer token (`edgewise token new`).
+    #[arg(long, global = true, env = "EDGEWISE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The fleet CA, for an https:// gateway.
+    #[arg(long, global = true, env = "EDGEWISE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A tenant certificate to present (with --key-file) instead of a token.
+    #[arg(long, global = true, env = "EDGEWISE_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "EDGEWISE_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +88,51 @@ enum Command {
         #[arg(long)]
         all_tenants: bool,
     },
+    /// The fleet's certificates for mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Callers' bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a fleet CA in --out (ca.pem, ca.key) and certificates for the gateways, nodes
+    /// and tenants named (KIND-NAME.pem / .key). Keys are written owner-only; nothing is
+    /// overwritten.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        subjects: edgewise_gateway::credentials::Subjects,
+    },
+    /// Issue more certificates from an existing CA (--ca-dir holds ca.pem and ca.key).
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        subjects: edgewise_gateway::credentials::Subjects,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token for a tenant: the token goes to --out (owner-only), and the lines to add to
+    /// gateway.toml (its SHA-256, never the token) are printed.
+    New {
+        /// The tenant the token authenticates.
+        #[arg(value_name = "TENANT")]
+        tenant: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,13 +182,55 @@ enum FleetCommand {
     Status,
 }
 
+fn caller(args: &Cli) -> Result<cli::Caller, cli::CliError> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| cli::CliError::Usage(format!("{}: {e}", p.display())))
+    };
+    let token = args.token_file.as_ref().map(read).transpose()?;
+    let tls = match &args.ca_file {
+        Some(ca) => {
+            let identity = args.cert_file.as_deref().zip(args.key_file.as_deref());
+            Some(
+                edgewise_tls::client_config(ca, identity)
+                    .map_err(|e| cli::CliError::Usage(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(cli::Caller {
+        addr: args.gateway.clone(),
+        tenant: args.tenant.clone(),
+        token,
+        tls,
+    })
+}
+
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let result = match args.command {
+    let result = match &args.command {
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => return policy_check(&files),
-        other => {
+        } => return policy_check(files),
+        Command::Certs { command } => certs(command),
+        Command::Token {
+            command: TokenCommand::New { tenant, out },
+        } => edgewise_gateway::credentials::token_new(tenant, out).map(|lines| {
+            eprintln!(
+                "token for `{tenant}` written to {}; add to gateway.toml:",
+                out.display()
+            );
+            print!("{lines}");
+        }),
+        _ => {
+            let caller = match caller(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edgewise: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -143,7 +242,7 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
-                match other {
+                match &args.command {
                     Command::Route {
                         command:
                             RouteCommand::Explain {
@@ -152,44 +251,27 @@ fn main() -> ExitCode {
                                 max_tokens,
                                 text,
                             },
-                    } => {
-                        cli::explain(
-                            &args.gateway,
-                            &args.tenant,
-                            &task,
-                            &hints,
-                            max_tokens,
-                            &text,
-                        )
-                        .await
-                    }
+                    } => cli::explain(&caller, task, hints, *max_tokens, text).await,
                     Command::Generate {
                         hints,
                         max_tokens,
                         raw,
                         text,
-                    } => {
-                        cli::generate(&args.gateway, &args.tenant, &hints, max_tokens, raw, &text)
-                            .await
-                    }
+                    } => cli::generate(&caller, hints, *max_tokens, *raw, text).await,
                     Command::Fleet {
                         command: FleetCommand::Status,
-                    } => cli::fleet_status(&args.gateway).await,
+                    } => cli::fleet_status(&caller).await,
                     Command::Audit {
                         command: AuditCommand::Export { since, until, out },
-                    } => {
-                        cli::audit_export(&args.gateway, &since, until.as_deref(), out.as_deref())
-                            .await
-                    }
+                    } => cli::audit_export(&caller, since, until.as_deref(), out.as_deref()).await,
                     Command::Spend { all_tenants } => {
                         let tenant = (!all_tenants).then_some(args.tenant.as_str());
-                        cli::spend(&args.gateway, tenant).await
+                        cli::spend(&caller, tenant).await
                     }
                     Command::Selfcheck { wait_secs } => {
                         match edgewise_gateway::selfcheck::run(
-                            &args.gateway,
-                            &args.tenant,
-                            std::time::Duration::from_secs(wait_secs),
+                            &caller,
+                            std::time::Duration::from_secs(*wait_secs),
                         )
                         .await
                         {
@@ -198,7 +280,7 @@ fn main() -> ExitCode {
                             Err(e) => Err(e),
                         }
                     }
-                    Command::Policy { .. } => Ok(()),
+                    _ => Ok(()),
                 }
             })
         }
@@ -210,6 +292,22 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn certs(command: &CertsCommand) -> Result<(), cli::CliError> {
+    use edgewise_gateway::credentials::{certs_init, certs_issue};
+    let written = match command {
+        CertsCommand::Init { out, subjects } => certs_init(out, subjects)?,
+        CertsCommand::Issue {
+            ca_dir,
+            out,
+            subjects,
+        } => certs_issue(ca_dir, out, subjects)?,
+    };
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
 }
 
 fn policy_check(files: &[PathBuf]) -> ExitCode {

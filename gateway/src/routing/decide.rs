@@ -73,6 +73,30 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
     let data_class = req.data_class.unwrap_or(inputs.policy.default_data_class);
     let mut excluded = Vec::new();
     let Some(route) = match_route(inputs.policy, req, data_class) else {
+        // a route that would serve the request for another tenant: this one may not use it
+        if let Some(r) = inputs
+            .policy
+            .routes
+            .iter()
+            .find(|r| route_matches(r, req, data_class, false))
+        {
+            return Decision {
+                data_class,
+                route: r.name.clone(),
+                rule: "tenant not allowed".into(),
+                outcome: Err(Refusal::Forbidden(format!(
+                    "tenant `{}` may not use route `{}` (it serves {})",
+                    req.tenant,
+                    r.name,
+                    r.tenants
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+                excluded,
+            };
+        }
         let named = req
             .route
             .as_deref()
@@ -289,12 +313,18 @@ fn spill_name(s: Spill) -> &'static str {
 }
 
 fn match_route<'p>(policy: &'p Policy, req: &RouteRequest, class: DataClass) -> Option<&'p Route> {
-    policy.routes.iter().find(|r| {
-        req.route.as_ref().is_none_or(|n| &r.name == n)
-            && (r.tenants.is_empty() || r.tenants.contains(&req.tenant))
-            && (r.tasks.is_empty() || r.tasks.contains(&req.task))
-            && (r.data_classes.is_empty() || r.data_classes.contains(&class))
-    })
+    policy
+        .routes
+        .iter()
+        .find(|r| route_matches(r, req, class, true))
+}
+
+/// Whether `r` serves the request; `by_tenant` false ignores the route's tenant list.
+fn route_matches(r: &Route, req: &RouteRequest, class: DataClass, by_tenant: bool) -> bool {
+    req.route.as_ref().is_none_or(|n| &r.name == n)
+        && (!by_tenant || r.tenants.is_empty() || r.tenants.contains(&req.tenant))
+        && (r.tasks.is_empty() || r.tasks.contains(&req.task))
+        && (r.data_classes.is_empty() || r.data_classes.contains(&class))
 }
 
 /// The candidates that run model `name`.

@@ -290,6 +290,31 @@ fn no_route_and_excluded_nodes() {
     assert_eq!(local_model(&d), Some("lm-large"));
 }
 
+#[test]
+fn a_tenant_outside_a_routes_list_is_forbidden_not_unrouted() {
+    let mut r = route("billing-only", Spill::Larger, None);
+    r.tenants = vec!["billing".into()];
+    let p = policy(vec![r]);
+    let d = run(
+        &p,
+        &two_lms(),
+        &Budgets::default(),
+        &request(Task::Generate, DataClass::Public),
+    );
+    assert_eq!(d.route, "billing-only");
+    assert_eq!(
+        d.outcome,
+        Err(Refusal::Forbidden(
+            "tenant `shop` may not use route `billing-only` (it serves `billing`)".into()
+        ))
+    );
+    // the listed tenant is served
+    let mut req = request(Task::Generate, DataClass::Public);
+    req.tenant = "billing".into();
+    let d = run(&p, &two_lms(), &Budgets::default(), &req);
+    assert_eq!(local_model(&d), Some("lm-small"));
+}
+
 fn arb_model() -> impl Strategy<Value = ModelView> {
     (
         0u8..3,
