@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod grpc;
 pub mod hardware;
 pub mod models;
@@ -131,6 +132,8 @@ impl Agent {
         let router = tonic::transport::Server::builder()
             // bounded concurrent streams per connection: one client cannot hog the box
             .max_concurrent_streams(Some(256))
+            // an oversized message is refused from its length prefix, RESOURCE_EXHAUSTED
+            .layer(edgewise_ops::message_limit::MessageLimitLayer::new(max))
             .add_service(health_service)
             .add_service(service);
         let stopped = server_stop.clone().cancelled_owned();

@@ -28,6 +28,19 @@ pub struct RawGatewayConfig {
     pub tls: Option<edgewise_tls::RawTls>,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]`: what one request may ask for (hostile or mistaken input is refused early).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_message_bytes: Option<usize>,
+    pub max_texts: Option<usize>,
+    pub max_prompt_tokens: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub max_in_flight_per_tenant: Option<u32>,
 }
 
 /// `[auth]`: callers' bearer tokens (by hash) and the operator tenants.
@@ -190,6 +203,50 @@ impl GatewayFile {
                 tokens.push((h, t));
             }
         }
+        let mut limits = crate::validate::Limits::default();
+        let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {
+            let v = v?;
+            if (lo..=hi).contains(&v) {
+                Some(v)
+            } else {
+                problems.push(at.problem(
+                    &format!("limits.{key}"),
+                    format!("{v} is out of range {lo}..={hi}"),
+                ));
+                None
+            }
+        };
+        let l = &raw.limits;
+        if let Some(v) = bounded(
+            "max_message_bytes",
+            l.max_message_bytes.map(|v| v as u64),
+            1024,
+            256 << 20,
+        ) {
+            limits.max_message_bytes = v as usize;
+        }
+        if let Some(v) = bounded("max_texts", l.max_texts.map(|v| v as u64), 1, 100_000) {
+            limits.max_texts = v as usize;
+        }
+        if let Some(v) = bounded(
+            "max_prompt_tokens",
+            l.max_prompt_tokens.map(u64::from),
+            1,
+            10_000_000,
+        ) {
+            limits.max_prompt_tokens = v as u32;
+        }
+        if let Some(v) = bounded("max_tokens", l.max_tokens.map(u64::from), 1, 1_000_000) {
+            limits.max_tokens = v as u32;
+        }
+        if let Some(v) = bounded(
+            "max_in_flight_per_tenant",
+            l.max_in_flight_per_tenant.map(u64::from),
+            1,
+            1_000_000,
+        ) {
+            limits.max_in_flight_per_tenant = v as u32;
+        }
         for (i, o) in raw.auth.operators.iter().enumerate() {
             if !edgewise_tls::valid_name(o) {
                 problems.push(at.problem(
@@ -218,6 +275,7 @@ impl GatewayFile {
                 tls,
                 tokens: crate::auth::Tokens::new(tokens),
                 operators: raw.auth.operators,
+                limits,
             },
         })
     }
@@ -503,5 +561,36 @@ mod tests {
             "{err}"
         );
         assert!(err.contains(&format!("{f}:5:11: tls.ca_file: ")), "{err}");
+    }
+
+    #[test]
+    fn limits_are_bounded_and_located() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("policies")).ok();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[limits]\nmax_texts = 0\nmax_tokens = 64\n",
+        )
+        .ok();
+        let err = GatewayFile::load(&file, &[])
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            format!(
+                "{}:6:13: limits.max_texts: 0 is out of range 1..=100000",
+                file.display()
+            )
+        );
+        std::fs::write(
+            &file,
+            "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[limits]\nmax_tokens = 64\n",
+        )
+        .ok();
+        let g = GatewayFile::load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(g.gateway.limits.max_tokens, 64);
+        assert_eq!(g.gateway.limits.max_texts, 256);
     }
 }

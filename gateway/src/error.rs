@@ -12,6 +12,10 @@ pub enum GatewayError {
     WrongIdentity(String),
     #[error("tenant `{0}` is not an operator of this gateway (auth.operators)")]
     NotOperator(String),
+    #[error(
+        "tenant `{tenant}` already has {limit} requests in flight (limits.max_in_flight_per_tenant); retry when one ends"
+    )]
+    TenantBusy { tenant: String, limit: u32 },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]

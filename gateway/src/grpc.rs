@@ -12,8 +12,8 @@ use tonic::{Code, Request, Response, Status};
 use crate::dispatch::{self, AgentClient, Served};
 use crate::error::GatewayError;
 use crate::external::{CallEnd, ExternalCall};
-use crate::providers::{self, Event, Finish, GenerateCall, Message, ProviderError, Usage};
-use crate::routing::{DataClass, Refusal, RouteRequest, Task};
+use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
+use crate::routing::{Refusal, Task};
 use crate::state::State;
 
 pub use crate::dispatch::settle_abandoned;
@@ -26,6 +26,7 @@ pub fn status(e: &GatewayError) -> Status {
         GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => {
             Status::permission_denied(msg)
         }
+        GatewayError::TenantBusy { .. } => Status::resource_exhausted(msg),
         GatewayError::InvalidRequest(_) => Status::invalid_argument(msg),
         GatewayError::Refused(Refusal::NoAdequateModel(_)) => Status::failed_precondition(msg),
         GatewayError::Refused(Refusal::NoCapacity(_)) => Status::resource_exhausted(msg),
@@ -52,94 +53,7 @@ fn provider_code(e: &ProviderError) -> Code {
     }
 }
 
-/// Tokens a text will take, estimated without the model's tokenizer (about 4 bytes a token);
-/// the agent enforces the exact context length.
-pub fn estimate_tokens(text: &str) -> u32 {
-    (text.len() / 4 + 1) as u32
-}
-
-/// An upper bound on a text's tokens under any byte-level tokenizer (a token covers at least
-/// one byte), with room for the template tokens hosted APIs add around a message.
-pub fn max_tokens_of(text: &str) -> u32 {
-    (text.len() as u32).saturating_add(8)
-}
-
-fn hints(
-    tenant: String,
-    task: Task,
-    h: Option<&pb::RoutingHints>,
-    (prompt_tokens, prompt_tokens_max): (u32, u32),
-    max_tokens: u32,
-) -> Result<RouteRequest, GatewayError> {
-    let data_class = match h.map(|h| h.data_class.as_str()).unwrap_or("") {
-        "" => None,
-        c => Some(DataClass::parse(c).ok_or_else(|| {
-            GatewayError::InvalidRequest(format!(
-                "routing.data_class `{c}` is not one of public, internal, confidential, restricted"
-            ))
-        })?),
-    };
-    let min_quality = h.and_then(|h| h.min_quality);
-    if let Some(q) = min_quality
-        && !(0.0..=1.0).contains(&q)
-    {
-        return Err(GatewayError::InvalidRequest(format!(
-            "routing.min_quality {q} must be in 0..=1"
-        )));
-    }
-    Ok(RouteRequest {
-        tenant,
-        task,
-        data_class,
-        min_quality,
-        max_latency_ms: h.and_then(|h| h.max_latency_ms),
-        route: h.map(|h| h.route.clone()).filter(|r| !r.is_empty()),
-        prompt_tokens,
-        prompt_tokens_max,
-        max_tokens,
-        exclude_nodes: Vec::new(),
-    })
-}
-
-/// The prompt's estimated and maximum tokens: the longest text of a batch must fit a model's
-/// context; every text counts towards an external call's cost.
-fn texts_tokens(texts: &[String]) -> (u32, u32) {
-    let longest = texts.iter().map(|t| estimate_tokens(t)).max().unwrap_or(0);
-    let total = texts
-        .iter()
-        .fold(0u32, |a, t| a.saturating_add(max_tokens_of(t)));
-    (longest, total)
-}
-
-fn generate_input(r: &pb::GenerateRequest) -> Result<(Vec<Message>, (u32, u32)), Status> {
-    let messages: Vec<Message> = match &r.input {
-        Some(pb::generate_request::Input::Prompt(p)) => vec![Message {
-            role: "user".into(),
-            content: p.clone(),
-        }],
-        Some(pb::generate_request::Input::Chat(c)) => c
-            .messages
-            .iter()
-            .map(|m| Message {
-                role: m.role.clone(),
-                content: m.content.clone(),
-            })
-            .collect(),
-        None => {
-            return Err(Status::invalid_argument(
-                "request.input: one of prompt or chat is required",
-            ));
-        }
-    };
-    let estimate = messages
-        .iter()
-        .map(|m| estimate_tokens(&m.content) + 4)
-        .sum();
-    let max = messages
-        .iter()
-        .fold(8u32, |a, m| a.saturating_add(max_tokens_of(&m.content)));
-    Ok((messages, (estimate, max)))
-}
+pub use crate::validate::{estimate_tokens, max_tokens_of};
 
 fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t)
@@ -297,12 +211,12 @@ impl GatewayService {
         routing: Option<pb::RoutingHints>,
     ) -> Result<(Q::Out, pb::Decision), Status> {
         let inner = inner.ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let route_req = hints(
+        let route_req = crate::validate::texts(
             tenant,
             Q::TASK,
+            inner.texts(),
             routing.as_ref(),
-            texts_tokens(inner.texts()),
-            0,
+            &self.state.limits,
         )
         .map_err(|e| status(&e))?;
         let call = |client, model: String, timeout: Option<Duration>| {
@@ -480,18 +394,11 @@ impl pb::gateway_server::Gateway for GatewayService {
         let tenant = self.state.auth.tenant(&request).map_err(|e| status(&e))?;
         let deadline = deadline_of(&request);
         let body = request.into_inner();
-        let gen_req = body
-            .request
-            .ok_or_else(|| Status::invalid_argument("request is required"))?;
-        let (messages, tokens) = generate_input(&gen_req)?;
-        let route_req = hints(
-            tenant,
-            Task::Generate,
-            body.routing.as_ref(),
-            tokens,
-            gen_req.max_tokens,
-        )
-        .map_err(|e| status(&e))?;
+        let slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
+        let (messages, route_req) =
+            crate::validate::generate(tenant, &body, &self.state.limits).map_err(|e| status(&e))?;
+        let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
+        let gen_req = body.request.unwrap_or_default();
         let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
             let mut r = gen_req.clone();
             r.model = model;
@@ -515,6 +422,7 @@ impl pb::gateway_server::Gateway for GatewayService {
                     pipe_local(&tx, first, stream, &routed).await;
                     // the model's slot is released before the caller sees the end of the stream
                     drop(routed);
+                    drop(slot);
                     drop(tx);
                 });
             }
@@ -541,6 +449,7 @@ impl pb::gateway_server::Gateway for GatewayService {
                 let state = self.state.clone();
                 tokio::spawn(async move {
                     pipe_external(&state, &tx, &ext, events, tokens.0).await;
+                    drop(slot);
                 });
             }
         }
@@ -557,6 +466,7 @@ impl pb::gateway_server::Gateway for GatewayService {
             self.state.auth.tenant(&request).map_err(|e| status(&e))?,
             deadline_of(&request),
         );
+        let _slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
         let body = request.into_inner();
         let (response, decision) = self
             .texts(tenant, deadline, body.request, body.routing)
@@ -575,6 +485,7 @@ impl pb::gateway_server::Gateway for GatewayService {
             self.state.auth.tenant(&request).map_err(|e| status(&e))?,
             deadline_of(&request),
         );
+        let _slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
         let body = request.into_inner();
         let (response, decision) = self
             .texts(tenant, deadline, body.request, body.routing)
@@ -601,12 +512,13 @@ impl pb::gateway_server::Gateway for GatewayService {
                 ));
             }
         };
-        let req = hints(
+        let req = crate::validate::route_request(
             tenant,
             task,
             body.routing.as_ref(),
             (estimate_tokens(&body.text), max_tokens_of(&body.text)),
             body.max_tokens,
+            &self.state.limits,
         )
         .map_err(|e| status(&e))?;
         let d = dispatch::decide(&self.state, &req);

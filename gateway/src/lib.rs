@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod error;
 pub mod external;
 pub mod fleet;
+pub mod fuzzing;
 pub mod grpc;
 pub mod ledger;
 pub mod policy;
@@ -23,6 +24,7 @@ pub mod reload;
 pub mod routing;
 pub mod selfcheck;
 pub mod state;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +55,8 @@ pub struct GatewayConfig {
     pub tokens: auth::Tokens,
     /// Tenants allowed the operator calls (fleet status, audit export, all spend).
     pub operators: Vec<String>,
+    /// What one request may ask for.
+    pub limits: validate::Limits,
 }
 
 impl GatewayConfig {
@@ -66,6 +70,7 @@ impl GatewayConfig {
             tls: edgewise_tls::TlsMode::Plaintext,
             tokens: auth::Tokens::default(),
             operators: Vec::new(),
+            limits: validate::Limits::default(),
         }
     }
 }
@@ -122,6 +127,7 @@ impl Gateway {
             )
         })?;
         state.retry_budget = config.retry_budget;
+        state.limits = config.limits;
         let tls = match &config.tls {
             edgewise_tls::TlsMode::Mutual(files) => {
                 let tls =
@@ -164,7 +170,12 @@ impl Gateway {
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let stop = tokio_util::sync::CancellationToken::new();
+        let max = config.limits.max_message_bytes;
         let router = tonic::transport::Server::builder()
+            // bounded concurrent streams per connection: one caller cannot hog the gateway
+            .max_concurrent_streams(Some(256))
+            // an oversized message is refused from its length prefix, RESOURCE_EXHAUSTED
+            .layer(edgewise_ops::message_limit::MessageLimitLayer::new(max))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
@@ -173,11 +184,12 @@ impl Gateway {
                 stop: stop.clone(),
                 node_certificates: tls.is_some(),
             }))
-            .add_service(pb::gateway_server::GatewayServer::new(
-                grpc::GatewayService {
+            .add_service(
+                pb::gateway_server::GatewayServer::new(grpc::GatewayService {
                     state: state.clone(),
-                },
-            ));
+                })
+                .max_decoding_message_size(max),
+            );
         let stopped = stop.clone().cancelled_owned();
         let task =
             match tls.clone() {

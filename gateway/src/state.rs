@@ -73,6 +73,56 @@ pub struct State {
     pub tls: Option<Arc<edgewise_tls::Tls>>,
     /// How callers prove which tenant they are.
     pub auth: crate::auth::CallerAuth,
+    /// What one request may ask for.
+    pub limits: crate::validate::Limits,
+    /// Requests in flight per tenant (streams until their end), against
+    /// `limits.max_in_flight_per_tenant`.
+    tenant_in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// One of a tenant's requests in flight; dropping it (the request ends) frees the place.
+pub struct TenantSlot {
+    state: Arc<State>,
+    tenant: String,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .tenant_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl State {
+    /// A place for one more of `tenant`'s requests, or RESOURCE_EXHAUSTED at the limit.
+    pub fn enter(self: &Arc<Self>, tenant: &str) -> Result<TenantSlot, crate::error::GatewayError> {
+        let limit = self.limits.max_in_flight_per_tenant;
+        let mut m = self
+            .tenant_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(tenant.to_string()).or_default();
+        if *n >= limit {
+            return Err(crate::error::GatewayError::TenantBusy {
+                tenant: tenant.to_string(),
+                limit,
+            });
+        }
+        *n += 1;
+        Ok(TenantSlot {
+            state: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
 }
 
 impl State {
@@ -96,6 +146,8 @@ impl State {
             reload_failures: Default::default(),
             tls: None,
             auth: crate::auth::CallerAuth::Header,
+            limits: crate::validate::Limits::default(),
+            tenant_in_flight: Default::default(),
         })
     }
 

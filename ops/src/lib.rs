@@ -1,6 +1,7 @@
 //! What both daemons share with the system they run on: systemd notifications (`systemd`),
 //! log setup, and the signals that stop them.
 
+pub mod message_limit;
 pub mod systemd;
 
 /// Logs to stderr (journald picks it up) at the `EDGEWISE_LOG` filter, `info` by default.

@@ -1,0 +1,106 @@
+//! Entry points for the fuzz targets in `fuzz/` and for replaying their corpora in
+//! `make test` (`tests/tests/fuzz_corpus.rs`). Each takes arbitrary bytes, must never panic,
+//! and checks what must hold of whatever it accepts.
+
+use std::path::PathBuf;
+
+use edgewise_proto as pb;
+use prost::Message;
+
+use crate::routing::{self, Budgets, FleetSnapshot, RouteRequest, Task};
+use crate::validate::{self, Limits};
+
+/// The policy parser and validator; an accepted policy is decided on without a panic.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(p) = crate::policy::parse(&[(PathBuf::from("fuzz.yaml"), text.to_string())]) else {
+        return;
+    };
+    for r in &p.routes {
+        assert!(!r.name.is_empty());
+        assert!((0.0..=1.0).contains(&r.min_quality), "{}", r.min_quality);
+    }
+    let _ = crate::policy::confidentiality_report(&p);
+    let fleet = FleetSnapshot { nodes: Vec::new() };
+    let providers = Default::default();
+    let budgets = Budgets::default();
+    let inputs = routing::Inputs {
+        policy: &p,
+        fleet: &fleet,
+        providers: &providers,
+        budgets: &budgets,
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    for task in [Task::Generate, Task::Embed, Task::Classify] {
+        let req = RouteRequest {
+            tenant: "fuzz".into(),
+            task,
+            data_class: None,
+            min_quality: None,
+            max_latency_ms: None,
+            route: None,
+            prompt_tokens: 10,
+            prompt_tokens_max: 20,
+            max_tokens: 16,
+            exclude_nodes: Vec::new(),
+        };
+        // nothing local: every decision is a refusal or an external target
+        let d = routing::decide(&inputs, &req, &mut rng);
+        assert!(!matches!(d.outcome, Ok(routing::Target::Local { .. })));
+    }
+}
+
+/// Request validation on decoded messages: the first byte picks the message type.
+pub fn request(data: &[u8]) {
+    let Some((&kind, bytes)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_texts: 8,
+        max_prompt_tokens: 512,
+        max_tokens: 256,
+        ..Limits::default()
+    };
+    let accepted = match kind % 3 {
+        0 => pb::GatewayGenerateRequest::decode(bytes)
+            .ok()
+            .and_then(|m| validate::generate("fuzz".into(), &m, &limits).ok())
+            .map(|(messages, r)| {
+                assert!(!messages.is_empty() && messages.len() <= limits.max_texts);
+                r
+            }),
+        1 => pb::GatewayEmbedRequest::decode(bytes).ok().and_then(|m| {
+            let texts = m.request.map(|r| r.texts).unwrap_or_default();
+            validate::texts(
+                "fuzz".into(),
+                Task::Embed,
+                &texts,
+                m.routing.as_ref(),
+                &limits,
+            )
+            .ok()
+            .inspect(|_| assert!(!texts.is_empty() && texts.len() <= limits.max_texts))
+        }),
+        _ => pb::ExplainRequest::decode(bytes).ok().and_then(|m| {
+            validate::route_request(
+                "fuzz".into(),
+                Task::Generate,
+                m.routing.as_ref(),
+                (
+                    validate::estimate_tokens(&m.text),
+                    validate::max_tokens_of(&m.text),
+                ),
+                m.max_tokens,
+                &limits,
+            )
+            .ok()
+        }),
+    };
+    if let Some(r) = accepted {
+        assert!(r.max_tokens <= limits.max_tokens);
+        assert!(r.prompt_tokens <= limits.max_prompt_tokens);
+        assert!(r.min_quality.is_none_or(|q| (0.0..=1.0).contains(&q)));
+    }
+}
