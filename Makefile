@@ -7,7 +7,7 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help prereqs onnxruntime models fixtures build release test lint fmt up install bench clean
+.PHONY: help prereqs onnxruntime models prometheus fixtures build release test lint fmt up install bench clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
 	@echo "make models       fetch and prepare the real models into models/"
+	@echo "make prometheus   fetch Debian's Prometheus into build/prometheus (for the metrics test)"
 	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
 
 prereqs:
@@ -26,6 +27,10 @@ onnxruntime: prereqs
 
 models: prereqs
 	@bash tools/fetch_models.sh
+
+# Debian's Prometheus, unpacked into build/prometheus (the metrics test scrapes with it)
+prometheus:
+	@bash tools/fetch_prometheus.sh
 
 # The committed fixtures are byte-identical to what this writes (seeded).
 fixtures:
@@ -45,7 +50,7 @@ lint:
 # EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/.
 # The binaries are built first: tests/ runs the real edgewise-agent (cargo test builds only
 # the binaries of the package under test).
-test: onnxruntime models lint
+test: onnxruntime models prometheus lint
 	$(CARGO) build --workspace --bins
 	EDGEWISE_TEST_REAL_MODELS=required $(CARGO) test --workspace --no-fail-fast
 

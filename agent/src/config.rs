@@ -29,6 +29,15 @@ pub struct RawAgentConfig {
     #[serde(default)]
     pub state: RawState,
     pub tls: Option<edgewise_tls::RawTls>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +115,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Mutual TLS with gateways, or plain text for development.
     pub tls: edgewise_tls::TlsMode,
+    /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Per-model admission limits. Unset fields take the task's defaults.
@@ -150,6 +161,7 @@ impl AgentConfig {
             report_interval: Duration::from_secs(1),
             state_dir: PathBuf::from("build/state/agent"),
             tls: edgewise_tls::TlsMode::Plaintext,
+            metrics_listen: None,
         }
     }
 
@@ -213,6 +225,15 @@ fn validate(
                     tls_said(scheme)
                 ),
             );
+        }
+    }
+    if let Some(m) = raw.metrics.listen {
+        match m.parse::<SocketAddr>() {
+            Ok(a) => cfg.metrics_listen = Some(a),
+            Err(e) => problem(
+                "metrics.listen",
+                format!("`{m}` is not an address like 127.0.0.1:9401 ({e})"),
+            ),
         }
     }
     if let Some(ms) = raw.server.drain_timeout_ms {

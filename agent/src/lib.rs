@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod grpc;
 pub mod hardware;
+pub mod metrics;
 pub mod models;
 pub mod node;
 pub mod report;
@@ -63,6 +64,8 @@ pub fn model_health_name(model: &str) -> String {
 pub struct Agent {
     pub node: Arc<Node>,
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     loaded: watch::Receiver<bool>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), StartError>>,
@@ -167,6 +170,20 @@ impl Agent {
         let (loaded_tx, loaded) = watch::channel(false);
         let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
         let watchdog = edgewise_ops::systemd::spawn_watchdog(background.clone());
+        let metrics_addr = match node.config.metrics_listen {
+            Some(at) => {
+                let l = TcpListener::bind(at).await.map_err(StartError::Listener)?;
+                let bound = l.local_addr().map_err(StartError::Listener)?;
+                tokio::spawn(edgewise_ops::metrics::serve(
+                    l,
+                    Arc::new(metrics::registry(&node)),
+                    background.clone(),
+                ));
+                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+                Some(bound)
+            }
+            None => None,
+        };
 
         let task = tokio::spawn(lifecycle(
             node.clone(),
@@ -184,6 +201,7 @@ impl Agent {
         Ok(Self {
             node,
             addr,
+            metrics_addr,
             loaded,
             stop,
             task,

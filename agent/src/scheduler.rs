@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::config::BatchingConfig;
@@ -16,8 +17,7 @@ use crate::engine::EngineError;
 use crate::engine::encoder::Encoder;
 use crate::error::AgentError;
 
-/// Live figures of one model, read by the capacity reports.
-#[derive(Default)]
+/// Live figures of one model, read by the capacity reports and the metrics endpoint.
 pub struct ModelStats {
     pub in_flight: AtomicU32,
     pub queued: AtomicU32,
@@ -32,7 +32,29 @@ pub struct ModelStats {
     pub cancelled_total: AtomicU64,
     /// ONNX Runtime runs of the batcher (one per batch).
     pub batches_total: AtomicU64,
+    /// Request latency and time to first token, seconds (the Prometheus histograms).
+    pub latency: Histogram,
+    pub time_to_first_token: Histogram,
     ewma: std::sync::Mutex<Averages>,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            queued: Default::default(),
+            queue_high_water: Default::default(),
+            requests_total: Default::default(),
+            errors_total: Default::default(),
+            rejected_total: Default::default(),
+            tokens_generated_total: Default::default(),
+            cancelled_total: Default::default(),
+            batches_total: Default::default(),
+            latency: Histogram::new(edgewise_ops::metrics::latency_buckets()),
+            time_to_first_token: Histogram::new(edgewise_ops::metrics::latency_buckets()),
+            ewma: Default::default(),
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -56,6 +78,7 @@ fn ewma(old: f64, new: f64) -> f64 {
 
 impl ModelStats {
     pub fn record_latency(&self, latency: Duration, time_per_output_token: Option<Duration>) {
+        self.latency.observe(latency.as_secs_f64());
         let mut a = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
         a.latency_ms = ewma(a.latency_ms, latency.as_secs_f64() * 1e3);
         if let Some(t) = time_per_output_token {

@@ -357,6 +357,9 @@ impl Generation {
             .fetch_add(u64::from(n), Ordering::Relaxed);
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
         let ttft = first_token_at.map(|t: Instant| t.duration_since(self.arrived));
+        if let Some(t) = ttft {
+            stats.time_to_first_token.observe(t.as_secs_f64());
+        }
         let tpot = match (first_token_at, n) {
             (Some(t), n) if n > 1 => Some(t.elapsed() / (n - 1)),
             _ => None,

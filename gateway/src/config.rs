@@ -30,6 +30,15 @@ pub struct RawGatewayConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// `[limits]`: what one request may ask for (hostile or mistaken input is refused early).
@@ -203,6 +212,17 @@ impl GatewayFile {
                 tokens.push((h, t));
             }
         }
+        let metrics_listen = match raw.metrics.listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                problems.push(at.problem(
+                    "metrics.listen",
+                    format!("not an address like 127.0.0.1:9400 ({e})"),
+                ));
+                None
+            }
+        };
         let mut limits = crate::validate::Limits::default();
         let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {
             let v = v?;
@@ -276,6 +296,7 @@ impl GatewayFile {
                 tokens: crate::auth::Tokens::new(tokens),
                 operators: raw.auth.operators,
                 limits,
+                metrics_listen,
             },
         })
     }

@@ -264,6 +264,7 @@ pub async fn route(
                         tracing::error!(decision = %id, error = %err, "cannot write the audit record");
                     }
                 }
+                state.metrics.refused(&r);
                 return Err(GatewayError::Refused(r));
             }
         }

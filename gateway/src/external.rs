@@ -96,6 +96,13 @@ impl ExternalCall {
                 self.reserved
             }
         };
+        state.metrics.external(
+            &self.provider,
+            &self.tenant,
+            outcome.starts_with("ok"),
+            crate::ledger::usd(charged),
+            (usage.prompt_tokens, usage.completion_tokens),
+        );
         let record = pb::AuditRecord {
             unix_ms: now_ms(),
             decision_id: self.id.clone(),

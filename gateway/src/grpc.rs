@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::dispatch::{self, AgentClient, Served};
 use crate::error::GatewayError;
 use crate::external::{CallEnd, ExternalCall};
+use crate::metrics::Tracker;
 use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
 use crate::routing::{Refusal, Task};
 use crate::state::State;
@@ -197,13 +198,111 @@ impl GatewayService {
         }
     }
 
+    /// A generation: decides, then streams from the agent or the provider; the tracker goes
+    /// with the stream.
+    async fn generate_tracked(
+        &self,
+        request: Request<pb::GatewayGenerateRequest>,
+        track: &mut Option<Tracker>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let tenant = self.state.auth.tenant(&request).map_err(|e| status(&e))?;
+        let deadline = deadline_of(&request);
+        let body = request.into_inner();
+        let slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
+        let (messages, route_req) =
+            crate::validate::generate(tenant, &body, &self.state.limits).map_err(|e| status(&e))?;
+        let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
+        let gen_req = body.request.unwrap_or_default();
+        let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
+            let mut r = gen_req.clone();
+            r.model = model;
+            async move {
+                let mut stream = client
+                    .generate(with_timeout(r, timeout))
+                    .await?
+                    .into_inner();
+                // the first chunk decides whether a retry is still possible
+                let first = stream.message().await?;
+                Ok((first, stream))
+            }
+        };
+        let served = dispatch::with_retries(&self.state, route_req, deadline, call)
+            .await
+            .map_err(|e| status(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        match served {
+            Served::Local((first, stream), routed) => {
+                let track = track.take();
+                tokio::spawn(async move {
+                    let mut track = track;
+                    if let Some(t) = track.as_mut() {
+                        pipe_local(&tx, first, stream, &routed, t).await;
+                    }
+                    // the model's slot is released before the caller sees the end of the stream
+                    drop(routed);
+                    drop(slot);
+                    drop(tx);
+                });
+            }
+            Served::External(ext) => {
+                let provider = self.provider_of(&ext).await?;
+                let call = GenerateCall {
+                    model: ext.model.clone(),
+                    messages,
+                    max_tokens: match gen_req.max_tokens {
+                        0 => provider.config.default_max_tokens,
+                        n => n,
+                    },
+                    temperature: gen_req.temperature,
+                    top_p: gen_req.top_p,
+                    top_k: gen_req.top_k,
+                    stop: gen_req.stop.clone(),
+                    seed: gen_req.seed,
+                };
+                let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
+                let events = match provider.generate(&call, deadline).await {
+                    Ok(events) => events,
+                    Err(e) => return Err(self.failed(&ext, e).await),
+                };
+                let state = self.state.clone();
+                let mut track = track.take();
+                tokio::spawn(async move {
+                    if let Some(t) = track.as_mut() {
+                        pipe_external(&state, &tx, &ext, events, tokens.0, t).await;
+                    }
+                    drop(slot);
+                });
+            }
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     /// Closes an external call that failed before answering, and the status for the caller.
     async fn failed(&self, ext: &ExternalCall, e: ProviderError) -> Status {
         ext.close(&self.state, CallEnd::from_failure(&e)).await;
         status(&GatewayError::Provider(e))
     }
 
+    /// An embed or classify request, measured (`metrics::Tracker`).
     async fn texts<Q: TextsCall>(
+        &self,
+        tenant: String,
+        deadline: Option<Instant>,
+        inner: Option<Q>,
+        routing: Option<pb::RoutingHints>,
+    ) -> Result<(Q::Out, pb::Decision), Status> {
+        let mut track = self.state.metrics.track(Q::TASK.as_str());
+        let r = self.texts_untracked(tenant, deadline, inner, routing).await;
+        match &r {
+            Ok((_, d)) => track.decided(d),
+            Err(s) => track.failed_with(s.code()),
+        }
+        r
+    }
+
+    async fn texts_untracked<Q: TextsCall>(
         &self,
         tenant: String,
         deadline: Option<Instant>,
@@ -264,7 +363,9 @@ async fn pipe_local(
     first: Option<pb::GenerateChunk>,
     mut stream: tonic::Streaming<pb::GenerateChunk>,
     routed: &dispatch::LocalCall,
+    track: &mut Tracker,
 ) {
+    track.decided(&routed.decision);
     if tx
         .send(Ok(decision_chunk(routed.decision.clone())))
         .await
@@ -274,7 +375,14 @@ async fn pipe_local(
     }
     let mut next = first;
     while let Some(chunk) = next {
+        if !chunk.text.is_empty() {
+            track.first_token();
+        }
+        if let Some(u) = chunk.done.as_ref().and_then(|d| d.usage) {
+            track.local_tokens((u.prompt_tokens, u.completion_tokens));
+        }
         if tx.send(Ok(text_chunk(chunk))).await.is_err() {
+            track.failed_with(Code::Cancelled);
             return; // the caller left: dropping the agent stream cancels the generation
         }
         next = match stream.message().await {
@@ -285,7 +393,9 @@ async fn pipe_local(
                     model: routed.model.clone(),
                     status: s,
                 };
-                let _ = tx.send(Err(status(&e))).await;
+                let st = status(&e);
+                track.failed_with(st.code());
+                let _ = tx.send(Err(st)).await;
                 return;
             }
         };
@@ -300,7 +410,9 @@ async fn pipe_external(
     ext: &ExternalCall,
     mut events: providers::EventStream,
     estimate_prompt: u32,
+    track: &mut Tracker,
 ) {
+    track.decided(&ext.decision);
     let started = Instant::now();
     let mut first_token: Option<Instant> = None;
     let mut pieces = 0u32;
@@ -316,6 +428,7 @@ async fn pipe_external(
         match events.next().await {
             Some(Ok(Event::Text(text))) => {
                 first_token.get_or_insert_with(Instant::now);
+                track.first_token();
                 pieces += 1;
                 let chunk = pb::GenerateChunk { text, done: None };
                 if tx.send(Ok(text_chunk(chunk))).await.is_err() {
@@ -391,71 +504,13 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::GatewayGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let tenant = self.state.auth.tenant(&request).map_err(|e| status(&e))?;
-        let deadline = deadline_of(&request);
-        let body = request.into_inner();
-        let slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
-        let (messages, route_req) =
-            crate::validate::generate(tenant, &body, &self.state.limits).map_err(|e| status(&e))?;
-        let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
-        let gen_req = body.request.unwrap_or_default();
-        let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
-            let mut r = gen_req.clone();
-            r.model = model;
-            async move {
-                let mut stream = client
-                    .generate(with_timeout(r, timeout))
-                    .await?
-                    .into_inner();
-                // the first chunk decides whether a retry is still possible
-                let first = stream.message().await?;
-                Ok((first, stream))
-            }
-        };
-        let served = dispatch::with_retries(&self.state, route_req, deadline, call)
-            .await
-            .map_err(|e| status(&e))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        match served {
-            Served::Local((first, stream), routed) => {
-                tokio::spawn(async move {
-                    pipe_local(&tx, first, stream, &routed).await;
-                    // the model's slot is released before the caller sees the end of the stream
-                    drop(routed);
-                    drop(slot);
-                    drop(tx);
-                });
-            }
-            Served::External(ext) => {
-                let provider = self.provider_of(&ext).await?;
-                let call = GenerateCall {
-                    model: ext.model.clone(),
-                    messages,
-                    max_tokens: match gen_req.max_tokens {
-                        0 => provider.config.default_max_tokens,
-                        n => n,
-                    },
-                    temperature: gen_req.temperature,
-                    top_p: gen_req.top_p,
-                    top_k: gen_req.top_k,
-                    stop: gen_req.stop.clone(),
-                    seed: gen_req.seed,
-                };
-                let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
-                let events = match provider.generate(&call, deadline).await {
-                    Ok(events) => events,
-                    Err(e) => return Err(self.failed(&ext, e).await),
-                };
-                let state = self.state.clone();
-                tokio::spawn(async move {
-                    pipe_external(&state, &tx, &ext, events, tokens.0).await;
-                    drop(slot);
-                });
-            }
+        // moved into the stream's task once there is one; records the outcome when dropped
+        let mut track = Some(self.state.metrics.track("generate"));
+        let r = self.generate_tracked(request, &mut track).await;
+        if let (Err(s), Some(t)) = (&r, track.as_mut()) {
+            t.failed_with(s.code());
         }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        r
     }
 
     async fn embed(

@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod fuzzing;
 pub mod grpc;
 pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod reload;
@@ -57,6 +58,8 @@ pub struct GatewayConfig {
     pub operators: Vec<String>,
     /// What one request may ask for.
     pub limits: validate::Limits,
+    /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -71,6 +74,7 @@ impl GatewayConfig {
             tokens: auth::Tokens::default(),
             operators: Vec::new(),
             limits: validate::Limits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     /// Notify to reload the policy now (what SIGHUP does).
     pub reload: Arc<tokio::sync::Notify>,
@@ -204,6 +210,20 @@ impl Gateway {
                     stopped,
                 )),
             };
+        let metrics_addr = match config.metrics_listen {
+            Some(at) => {
+                let l = TcpListener::bind(at).await.map_err(StartError::Listener)?;
+                let bound = l.local_addr().map_err(StartError::Listener)?;
+                tokio::spawn(edgewise_ops::metrics::serve(
+                    l,
+                    Arc::new(state.metrics.registry(&state)),
+                    stop.clone(),
+                ));
+                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+                Some(bound)
+            }
+            None => None,
+        };
         let reload = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(reload::watch(
             state.clone(),
@@ -213,6 +233,7 @@ impl Gateway {
         ));
         Ok(Self {
             addr,
+            metrics_addr,
             state,
             reload,
             stop,

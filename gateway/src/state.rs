@@ -75,6 +75,7 @@ pub struct State {
     pub auth: crate::auth::CallerAuth,
     /// What one request may ask for.
     pub limits: crate::validate::Limits,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Requests in flight per tenant (streams until their end), against
     /// `limits.max_in_flight_per_tenant`.
     tenant_in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
@@ -147,6 +148,7 @@ impl State {
             tls: None,
             auth: crate::auth::CallerAuth::Header,
             limits: crate::validate::Limits::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             tenant_in_flight: Default::default(),
         })
     }

@@ -2,6 +2,7 @@
 //! log setup, and the signals that stop them.
 
 pub mod message_limit;
+pub mod metrics;
 pub mod systemd;
 
 /// Logs to stderr (journald picks it up) at the `EDGEWISE_LOG` filter, `info` by default.

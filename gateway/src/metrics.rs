@@ -1,0 +1,322 @@
+//! The gateway's Prometheus metrics: requests by route, task, target and outcome; decisions
+//! by rule; refusals; external calls and their cost; tokens; request latency and time to
+//! first token (histograms); and, read at each scrape, the fleet and policy reload counts.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use edgewise_proto as pb;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::state::State;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn histogram() -> Histogram {
+    Histogram::new(edgewise_ops::metrics::latency_buckets())
+}
+
+pub struct Metrics {
+    requests: Family<Labels, Counter>,
+    decisions: Family<Labels, Counter>,
+    refusals: Family<Labels, Counter>,
+    external_calls: Family<Labels, Counter>,
+    external_cost_usd: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    tokens: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    ttft: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            decisions: Family::default(),
+            refusals: Family::default(),
+            external_calls: Family::default(),
+            external_cost_usd: Family::default(),
+            tokens: Family::default(),
+            latency: Family::new_with_constructor(histogram),
+            ttft: Family::new_with_constructor(histogram),
+        }
+    }
+
+    /// The registry the endpoint serves: these families and the fleet read from `state`.
+    pub fn registry(self: &Arc<Self>, state: &Arc<State>) -> Registry {
+        let mut r = Registry::with_prefix("edgewise_gateway");
+        r.register(
+            "requests",
+            "Requests by route, task, target and outcome (a gRPC code name)",
+            self.requests.clone(),
+        );
+        r.register(
+            "decisions",
+            "Routing decisions by the rule that chose the target",
+            self.decisions.clone(),
+        );
+        r.register(
+            "refusals",
+            "Requests refused by policy, by reason",
+            self.refusals.clone(),
+        );
+        r.register(
+            "external_calls",
+            "Calls to hosted providers, by provider and outcome",
+            self.external_calls.clone(),
+        );
+        r.register(
+            "external_cost_usd",
+            "Cost charged for hosted calls, by provider and tenant",
+            self.external_cost_usd.clone(),
+        );
+        r.register(
+            "tokens",
+            "Tokens by target and kind (prompt, completion)",
+            self.tokens.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Request latency to the last byte, by task and target",
+            self.latency.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Generation time to the first token, by target",
+            self.ttft.clone(),
+        );
+        r.register_collector(Box::new(Fleet(Arc::downgrade(state))));
+        r
+    }
+
+    /// A request's tracker: its outcome and latency are recorded when it is dropped.
+    pub fn track(self: &Arc<Self>, task: &'static str) -> Tracker {
+        Tracker {
+            m: self.clone(),
+            task,
+            started: Instant::now(),
+            route: String::new(),
+            target: "none",
+            first: None,
+            outcome: "OK",
+        }
+    }
+
+    /// A request the policy refused.
+    pub fn refused(&self, r: &crate::routing::Refusal) {
+        use crate::routing::Refusal::*;
+        let kind = match r {
+            NoAdequateModel(_) => "no_adequate_model",
+            NoCapacity(_) => "no_capacity",
+            Forbidden(_) => "forbidden",
+        };
+        self.refusals
+            .get_or_create(&vec![("reason", kind.into())])
+            .inc();
+    }
+
+    /// One hosted call settled: its outcome and what it cost.
+    pub fn external(
+        &self,
+        provider: &str,
+        tenant: &str,
+        ok: bool,
+        cost_usd: f64,
+        usage: (u32, u32),
+    ) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.external_calls
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+        self.external_cost_usd
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("tenant", tenant.to_string()),
+            ])
+            .inc_by(cost_usd);
+        self.count_tokens("external", usage);
+    }
+
+    fn count_tokens(&self, target: &str, (prompt, completion): (u32, u32)) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&vec![("target", target.to_string()), ("kind", kind.into())])
+                    .inc_by(u64::from(n));
+            }
+        }
+    }
+}
+
+/// One request on its way through the gateway.
+pub struct Tracker {
+    m: Arc<Metrics>,
+    task: &'static str,
+    started: Instant,
+    route: String,
+    target: &'static str,
+    first: Option<Duration>,
+    outcome: &'static str,
+}
+
+impl Tracker {
+    pub fn decided(&mut self, d: &pb::Decision) {
+        self.route.clone_from(&d.route);
+        self.target = match d.target {
+            Some(pb::decision::Target::Local(_)) => "local",
+            Some(pb::decision::Target::External(_)) => "external",
+            None => "none",
+        };
+        self.m
+            .decisions
+            .get_or_create(&vec![("rule", d.rule.clone())])
+            .inc();
+    }
+
+    pub fn first_token(&mut self) {
+        self.first.get_or_insert_with(|| self.started.elapsed());
+    }
+
+    /// Tokens an agent reported for this request.
+    pub fn local_tokens(&self, usage: (u32, u32)) {
+        self.m.count_tokens("local", usage);
+    }
+
+    pub fn failed_with(&mut self, code: tonic::Code) {
+        self.outcome = code_name(code);
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.m
+            .requests
+            .get_or_create(&vec![
+                ("route", self.route.clone()),
+                ("task", self.task.into()),
+                ("target", self.target.into()),
+                ("outcome", self.outcome.into()),
+            ])
+            .inc();
+        let labels = vec![
+            ("task", self.task.to_string()),
+            ("target", self.target.to_string()),
+        ];
+        self.m
+            .latency
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(t) = self.first {
+            self.m
+                .ttft
+                .get_or_create(&vec![("target", self.target.to_string())])
+                .observe(t.as_secs_f64());
+        }
+    }
+}
+
+/// What the registry knows at scrape time.
+#[derive(Debug)]
+struct Fleet(Weak<State>);
+
+impl Collector for Fleet {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(state) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let nodes = state.registry.status(Instant::now());
+        let live = nodes.iter().filter(|n| n.live).count();
+        let g = ConstGauge::new(live as i64);
+        g.encode(encoder.encode_descriptor(
+            "edgewise_gateway_nodes_live",
+            "Nodes in routing now",
+            None,
+            g.metric_type(),
+        )?)?;
+        let g = ConstGauge::new(nodes.len() as i64);
+        g.encode(encoder.encode_descriptor(
+            "edgewise_gateway_nodes_known",
+            "Nodes the gateway has heard from",
+            None,
+            g.metric_type(),
+        )?)?;
+        let ready = nodes
+            .iter()
+            .filter(|n| n.live)
+            .flat_map(|n| &n.models)
+            .filter(|m| m.state == pb::ModelState::Ready as i32)
+            .count();
+        let g = ConstGauge::new(ready as i64);
+        g.encode(encoder.encode_descriptor(
+            "edgewise_gateway_models_ready",
+            "Ready models on live nodes",
+            None,
+            g.metric_type(),
+        )?)?;
+        let queued: u64 = nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .map(|m| u64::from(m.queue_depth))
+            .sum();
+        let g = ConstGauge::new(queued as i64);
+        g.encode(encoder.encode_descriptor(
+            "edgewise_gateway_fleet_queue_depth",
+            "Requests queued on agents, as last reported",
+            None,
+            g.metric_type(),
+        )?)?;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let c = ConstCounter::new(load(&state.reloads));
+        c.encode(encoder.encode_descriptor(
+            "edgewise_gateway_policy_reloads",
+            "Policy edits applied",
+            None,
+            c.metric_type(),
+        )?)?;
+        let c = ConstCounter::new(load(&state.reload_failures));
+        c.encode(encoder.encode_descriptor(
+            "edgewise_gateway_policy_reload_failures",
+            "Policy edits rejected (the policy in force stayed)",
+            None,
+            c.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
