@@ -31,6 +31,8 @@ pub struct RawAgentConfig {
     pub tls: Option<edgewise_tls::RawTls>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub telemetry: edgewise_ops::telemetry::RawTelemetry,
 }
 
 /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
@@ -117,6 +119,8 @@ pub struct AgentConfig {
     pub tls: edgewise_tls::TlsMode,
     /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where traces are exported (OTLP); `None`: not exported.
+    pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
 }
 
 /// Per-model admission limits. Unset fields take the task's defaults.
@@ -162,6 +166,7 @@ impl AgentConfig {
             state_dir: PathBuf::from("build/state/agent"),
             tls: edgewise_tls::TlsMode::Plaintext,
             metrics_listen: None,
+            otlp: None,
         }
     }
 
@@ -198,12 +203,14 @@ fn validate(
     let (raw, at) = layered.split();
     let mut problems = Vec::new();
     let tls = edgewise_tls::validate(raw.tls, &at, credentials, &mut problems);
+    let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
     // peers are dialled over TLS exactly when it is on
     let scheme = if tls.is_plaintext() { "http" } else { "https" };
     let mut problem = |path: &str, msg: String| problems.push(at.problem(path, msg));
     let base = at.base();
     let mut cfg = AgentConfig::for_models_dir(PathBuf::from("models"));
     cfg.tls = tls;
+    cfg.otlp = otlp;
 
     if let Some(listen) = raw.server.listen {
         match listen.parse::<SocketAddr>() {

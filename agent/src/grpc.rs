@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::AgentError;
 use crate::service::{Inference, deadline_from};
@@ -33,6 +34,17 @@ pub fn status(e: &AgentError) -> Status {
     }
 }
 
+/// A request's span, continuing the caller's trace (W3C `traceparent` in the metadata).
+fn request_span<T>(name: &'static str, request: &Request<T>, model: &str) -> tracing::Span {
+    let span = match name {
+        "agent.generate" => tracing::info_span!("agent.generate", model = %model),
+        "agent.embed" => tracing::info_span!("agent.embed", model = %model),
+        _ => tracing::info_span!("agent.classify", model = %model),
+    };
+    edgewise_ops::telemetry::continue_trace(&span, request.metadata());
+    span
+}
+
 pub struct AgentService {
     pub inference: Inference,
 }
@@ -48,9 +60,11 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let span = request_span("agent.generate", &request, &request.get_ref().model);
         let out = self
             .inference
             .generate(request.into_inner(), deadline)
+            .instrument(span)
             .await
             .map_err(|e| status(&e))?;
         let chunks = ReceiverStream::new(out.chunks).map(Ok);
@@ -65,8 +79,10 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let span = request_span("agent.embed", &request, &request.get_ref().model);
         self.inference
             .embed(request.into_inner(), deadline)
+            .instrument(span)
             .await
             .map(Response::new)
             .map_err(|e| status(&e))
@@ -77,8 +93,10 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let span = request_span("agent.classify", &request, &request.get_ref().model);
         self.inference
             .classify(request.into_inner(), deadline)
+            .instrument(span)
             .await
             .map(Response::new)
             .map_err(|e| status(&e))

@@ -92,7 +92,6 @@ fn env_vars() -> Vec<(String, String)> {
 }
 
 fn main() -> ExitCode {
-    edgewise_ops::init_logging();
     match real_main() {
         Ok(code) => code,
         Err(e) => {
@@ -104,7 +103,11 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        edgewise_ops::init_logging(); // `run` sets logging up with its traces, once configured
+    }
+    match command {
         Command::Validate => {
             let config = AgentConfig::load(&cli.config, &env_vars())?;
             // the certificates too: an expired or mismatched file fails here, before a restart
@@ -151,6 +154,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let config = AgentConfig::load(&cli.config, &env_vars())?;
+            // traces when the config names a collector; logging set up with them
+            edgewise_ops::telemetry::init(config.otlp.as_ref().map(|o| ("edgewise-agent", o)));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -201,6 +206,7 @@ async fn serve(
         }
     }
     agent.stop().await?;
+    edgewise_ops::telemetry::shutdown_traces(std::time::Duration::from_secs(5));
     Ok(())
 }
 

@@ -56,55 +56,55 @@ impl Collector for Models {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         family(
             &mut encoder,
-            "edgewise_agent_requests",
+            "requests",
             "Requests served (finished), by model",
             &counter(&|s| load(&s.requests_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_errors",
+            "errors",
             "Requests that failed in inference, by model",
             &counter(&|s| load(&s.errors_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_rejected",
+            "rejected",
             "Requests refused because the model's queue was full",
             &counter(&|s| load(&s.rejected_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_cancelled",
+            "cancelled",
             "Generations stopped because the caller left or the deadline passed",
             &counter(&|s| load(&s.cancelled_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_tokens_generated",
+            "tokens_generated",
             "Tokens generated, by model",
             &counter(&|s| load(&s.tokens_generated_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_batches",
+            "batches",
             "ONNX Runtime runs of the encoder batcher, by model",
             &counter(&|s| load(&s.batches_total)),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_in_flight",
+            "in_flight",
             "Requests running now, by model",
             &gauge(&|s| i64::from(s.stats.in_flight.load(Ordering::Relaxed))),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_queue_depth",
+            "queue_depth",
             "Requests admitted and waiting for a slot, by model",
             &gauge(&|s| i64::from(s.stats.queued.load(Ordering::Relaxed))),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_model_ready",
+            "model_ready",
             "1 when the model is loaded and serving",
             &gauge(&|s| i64::from(s.ready().is_some())),
         )?;
@@ -119,23 +119,23 @@ impl Collector for Models {
         };
         family(
             &mut encoder,
-            "edgewise_agent_request_duration_seconds",
+            "request_duration_seconds",
             "Request latency from arrival to the last byte, by model",
             &histograms(&|s| &s.latency),
         )?;
         family(
             &mut encoder,
-            "edgewise_agent_time_to_first_token_seconds",
+            "time_to_first_token_seconds",
             "Generation time from arrival to the first token, by model",
             &histograms(&|s| &s.time_to_first_token),
         )?;
-        Ok(())
+        edgewise_ops::telemetry::encode_counts(&mut encoder)
     }
 }
 
 /// A registry with the node's metrics (held weakly: the node owns the registry's server).
 pub fn registry(node: &Arc<Node>) -> Registry {
-    let mut r = Registry::default();
+    let mut r = Registry::with_prefix("edgewise_agent");
     r.register_collector(Box::new(Models(Arc::downgrade(node))));
     r
 }

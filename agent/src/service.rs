@@ -11,6 +11,7 @@ use edgewise_proto as pb;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::engine::sampling::{SamplingParams, sample};
 use crate::engine::text::{Detokenizer, TextStream};
@@ -158,6 +159,7 @@ impl Inference {
             .slot
             .admission
             .enter(&req.model, &r.slot.stats, deadline)
+            .instrument(tracing::info_span!("queue.wait", model = %req.model))
             .await?;
         let (tx, chunks) = mpsc::channel(STREAM_BUFFER);
         let (end_tx, end) = oneshot::channel();
@@ -173,7 +175,9 @@ impl Inference {
             deadline,
             arrived,
         };
-        tokio::spawn(job.run(tx, end_tx, guard));
+        // the generation is the caller's request still: its spans stay in the caller's trace
+        let span = tracing::info_span!("inference", model = %req.model, task = "generate");
+        tokio::spawn(job.run(tx, end_tx, guard).instrument(span));
         Ok(GenerationStream { chunks, end })
     }
 
@@ -266,12 +270,16 @@ impl Inference {
             .slot
             .admission
             .enter(model, &r.slot.stats, deadline)
+            .instrument(tracing::info_span!("queue.wait", model = %model))
             .await?;
         let batcher = r.batcher.ok_or_else(|| {
             AgentError::InvalidRequest(format!("model `{model}` is not an encoder"))
         })?;
         let stats = &r.slot.stats;
-        let result = batcher.run(ids).await;
+        let result = batcher
+            .run(ids)
+            .instrument(tracing::info_span!("inference", model = %model, task = call))
+            .await;
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(rows) => {

@@ -64,7 +64,11 @@ pub struct TomlSource {
 
 impl TomlSource {
     pub fn new(file: &Path, text: String) -> Self {
-        let doc = toml_edit::Document::parse(text.clone()).ok();
+        // only for placing problems: toml_edit 0.23 panics on some malformed inputs ("all
+        // items have spans", found by fuzzing), which must cost a position, never the process
+        let doc = std::panic::catch_unwind(|| toml_edit::Document::parse(text.clone()).ok())
+            .ok()
+            .flatten();
         Self {
             file: file.to_path_buf(),
             text,

@@ -32,6 +32,8 @@ pub struct RawGatewayConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub telemetry: edgewise_ops::telemetry::RawTelemetry,
 }
 
 /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
@@ -223,6 +225,7 @@ impl GatewayFile {
                 None
             }
         };
+        let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
         let mut limits = crate::validate::Limits::default();
         let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {
             let v = v?;
@@ -297,6 +300,7 @@ impl GatewayFile {
                 operators: raw.auth.operators,
                 limits,
                 metrics_listen,
+                otlp,
             },
         })
     }

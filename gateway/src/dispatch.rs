@@ -164,6 +164,31 @@ fn excluded_for_response(all: &[routing::Exclusion]) -> Vec<pb::Excluded> {
 
 /// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
 pub fn decide(state: &State, req: &RouteRequest) -> Decision {
+    let span = tracing::info_span!(
+        "routing.decide",
+        task = req.task.as_str(),
+        route = tracing::field::Empty,
+        rule = tracing::field::Empty,
+        target = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    let d = decide_now(state, req);
+    span.record("route", d.route.as_str());
+    span.record("rule", d.rule.as_str());
+    span.record(
+        "target",
+        match &d.outcome {
+            Ok(Target::Local { node, model, .. }) => format!("{node}/{model}"),
+            Ok(Target::External {
+                provider, model, ..
+            }) => format!("external:{provider}/{model}"),
+            Err(_) => "refused".into(),
+        },
+    );
+    d
+}
+
+fn decide_now(state: &State, req: &RouteRequest) -> Decision {
     let policy = state.policy();
     let fleet = state.registry.snapshot(Instant::now());
     // today's spend matters only to a policy that can go external
@@ -293,7 +318,12 @@ where
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let result = match state.agents.client(&routed.addr) {
-            Ok(client) => call(client, routed.model.clone(), remaining).await,
+            Ok(client) => {
+                let span =
+                    tracing::info_span!("agent.call", node = %routed.node, model = %routed.model);
+                tracing::Instrument::instrument(call(client, routed.model.clone(), remaining), span)
+                    .await
+            }
             Err(e) => Err(Status::unavailable(e)),
         };
         match result {

@@ -16,6 +16,7 @@ use crate::metrics::Tracker;
 use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
 use crate::routing::{Refusal, Task};
 use crate::state::State;
+use tracing::Instrument;
 
 pub use crate::dispatch::settle_abandoned;
 
@@ -60,11 +61,13 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t)
 }
 
+/// An agent request: the remaining deadline, and the trace context of the current span.
 fn with_timeout<T>(msg: T, t: Option<Duration>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = t {
         r.set_timeout(t);
     }
+    edgewise_ops::telemetry::inject(r.metadata_mut());
     r
 }
 
@@ -233,16 +236,20 @@ impl GatewayService {
         match served {
             Served::Local((first, stream), routed) => {
                 let track = track.take();
-                tokio::spawn(async move {
-                    let mut track = track;
-                    if let Some(t) = track.as_mut() {
-                        pipe_local(&tx, first, stream, &routed, t).await;
+                let span = tracing::Span::current();
+                tokio::spawn(
+                    async move {
+                        let mut track = track;
+                        if let Some(t) = track.as_mut() {
+                            pipe_local(&tx, first, stream, &routed, t).await;
+                        }
+                        // the model's slot is released before the caller sees the end of the stream
+                        drop(routed);
+                        drop(slot);
+                        drop(tx);
                     }
-                    // the model's slot is released before the caller sees the end of the stream
-                    drop(routed);
-                    drop(slot);
-                    drop(tx);
-                });
+                    .instrument(span),
+                );
             }
             Served::External(ext) => {
                 let provider = self.provider_of(&ext).await?;
@@ -260,7 +267,12 @@ impl GatewayService {
                     seed: gen_req.seed,
                 };
                 let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
-                let events = match provider.generate(&call, deadline).await {
+                let external = tracing::info_span!("external.call", provider = %ext.provider, model = %ext.model);
+                let events = match provider
+                    .generate(&call, deadline)
+                    .instrument(external.clone())
+                    .await
+                {
                     Ok(events) => events,
                     Err(e) => return Err(self.failed(&ext, e).await),
                 };
@@ -268,7 +280,9 @@ impl GatewayService {
                 let mut track = track.take();
                 tokio::spawn(async move {
                     if let Some(t) = track.as_mut() {
-                        pipe_external(&state, &tx, &ext, events, tokens.0, t).await;
+                        pipe_external(&state, &tx, &ext, events, tokens.0, t)
+                            .instrument(external)
+                            .await;
                     }
                     drop(slot);
                 });
@@ -294,7 +308,11 @@ impl GatewayService {
         routing: Option<pb::RoutingHints>,
     ) -> Result<(Q::Out, pb::Decision), Status> {
         let mut track = self.state.metrics.track(Q::TASK.as_str());
-        let r = self.texts_untracked(tenant, deadline, inner, routing).await;
+        let span = tracing::info_span!("gateway.request", task = Q::TASK.as_str());
+        let r = self
+            .texts_untracked(tenant, deadline, inner, routing)
+            .instrument(span)
+            .await;
         match &r {
             Ok((_, d)) => track.decided(d),
             Err(s) => track.failed_with(s.code()),
@@ -329,7 +347,12 @@ impl GatewayService {
             Served::External(ext) => {
                 let provider = self.provider_of(&ext).await?;
                 let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
-                match inner.external(provider, &ext.model, deadline).await {
+                let external = tracing::info_span!("external.call", provider = %ext.provider, model = %ext.model);
+                match inner
+                    .external(provider, &ext.model, deadline)
+                    .instrument(external)
+                    .await
+                {
                     Ok((out, end)) => {
                         ext.close(&self.state, end).await;
                         Ok((out, ext.decision))
@@ -506,7 +529,12 @@ impl pb::gateway_server::Gateway for GatewayService {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         // moved into the stream's task once there is one; records the outcome when dropped
         let mut track = Some(self.state.metrics.track("generate"));
-        let r = self.generate_tracked(request, &mut track).await;
+        let span = tracing::info_span!("gateway.generate");
+        edgewise_ops::telemetry::continue_trace(&span, request.metadata());
+        let r = self
+            .generate_tracked(request, &mut track)
+            .instrument(span)
+            .await;
         if let (Err(s), Some(t)) = (&r, track.as_mut()) {
             t.failed_with(s.code());
         }

@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub limits: validate::Limits,
     /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where traces are exported (OTLP); `None`: not exported.
+    pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
 }
 
 impl GatewayConfig {
@@ -75,6 +77,7 @@ impl GatewayConfig {
             operators: Vec::new(),
             limits: validate::Limits::default(),
             metrics_listen: None,
+            otlp: None,
         }
     }
 }

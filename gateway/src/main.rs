@@ -34,7 +34,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    edgewise_ops::init_logging();
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     let file = match GatewayFile::load(&cli.config, &env) {
@@ -44,6 +43,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    match (&cli.command, &file.gateway.otlp) {
+        (Some(Command::Validate), _) | (_, None) => edgewise_ops::init_logging(),
+        (_, Some(otlp)) => edgewise_ops::telemetry::init(Some(("edgewise-gateway", otlp))),
+    }
     if let Some(Command::Validate) = cli.command {
         // the certificates too: an expired or mismatched file fails here, before a restart
         if let edgewise_tls::TlsMode::Mutual(files) = &file.gateway.tls
@@ -135,5 +138,6 @@ async fn serve(
     if let Some(w) = watchdog {
         let _ = w.await;
     }
+    edgewise_ops::telemetry::shutdown_traces(std::time::Duration::from_secs(5));
     Ok(())
 }

@@ -265,14 +265,14 @@ impl Collector for Fleet {
         let live = nodes.iter().filter(|n| n.live).count();
         let g = ConstGauge::new(live as i64);
         g.encode(encoder.encode_descriptor(
-            "edgewise_gateway_nodes_live",
+            "nodes_live",
             "Nodes in routing now",
             None,
             g.metric_type(),
         )?)?;
         let g = ConstGauge::new(nodes.len() as i64);
         g.encode(encoder.encode_descriptor(
-            "edgewise_gateway_nodes_known",
+            "nodes_known",
             "Nodes the gateway has heard from",
             None,
             g.metric_type(),
@@ -285,7 +285,7 @@ impl Collector for Fleet {
             .count();
         let g = ConstGauge::new(ready as i64);
         g.encode(encoder.encode_descriptor(
-            "edgewise_gateway_models_ready",
+            "models_ready",
             "Ready models on live nodes",
             None,
             g.metric_type(),
@@ -297,7 +297,7 @@ impl Collector for Fleet {
             .sum();
         let g = ConstGauge::new(queued as i64);
         g.encode(encoder.encode_descriptor(
-            "edgewise_gateway_fleet_queue_depth",
+            "fleet_queue_depth",
             "Requests queued on agents, as last reported",
             None,
             g.metric_type(),
@@ -305,18 +305,18 @@ impl Collector for Fleet {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let c = ConstCounter::new(load(&state.reloads));
         c.encode(encoder.encode_descriptor(
-            "edgewise_gateway_policy_reloads",
+            "policy_reloads",
             "Policy edits applied",
             None,
             c.metric_type(),
         )?)?;
         let c = ConstCounter::new(load(&state.reload_failures));
         c.encode(encoder.encode_descriptor(
-            "edgewise_gateway_policy_reload_failures",
+            "policy_reload_failures",
             "Policy edits rejected (the policy in force stayed)",
             None,
             c.metric_type(),
         )?)?;
-        Ok(())
+        edgewise_ops::telemetry::encode_counts(&mut encoder)
     }
 }

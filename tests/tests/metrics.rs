@@ -94,21 +94,27 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
     // what the endpoints say themselves
     let text = get(gw_metrics, "/metrics").await;
     assert!(
-        text.contains("edgewise_gateway_requests_total{route=\"all\",task=\"classify\",target=\"local\",outcome=\"OK\"} 3"),
+        text.lines().any(|l| l == "edgewise_gateway_requests_total{route=\"all\",task=\"classify\",target=\"local\",outcome=\"OK\"} 3"),
         "{text}"
     );
     assert!(
         text.contains("edgewise_gateway_time_to_first_token_seconds_bucket"),
         "{text}"
     );
-    assert!(text.contains("edgewise_gateway_nodes_live 1"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "edgewise_gateway_nodes_live 1"),
+        "{text}"
+    );
     let text = get(agent_metrics, "/metrics").await;
     assert!(
-        text.contains("edgewise_agent_requests_total{model=\"tiny-classify\"} 3"),
+        text.lines()
+            .any(|l| l == "edgewise_agent_requests_total{model=\"tiny-classify\"} 3"),
         "{text}"
     );
     assert!(
-        text.contains("edgewise_agent_time_to_first_token_seconds_count{model=\"tiny-lm-fp32\"} 1"),
+        text.lines()
+            .any(|l| l
+                == "edgewise_agent_time_to_first_token_seconds_count{model=\"tiny-lm-fp32\"} 1"),
         "{text}"
     );
 

@@ -1,8 +1,9 @@
 //! Secrets never leave their files: a gateway and an agent (the real binaries, debug logging,
 //! mutual TLS) are driven down the failure paths — a provider answering 401 (and echoing part
 //! of the key, as real APIs do), an unknown bearer token, a refused TLS peer, broken config
-//! files — and every log line, CLI output and audit record is searched for the canary provider
-//! key, the tokens and the TLS private keys. None may appear anywhere.
+//! files — and every log line, CLI output, audit record, metric and exported trace span is
+//! searched for the canary provider key, the tokens and the TLS private keys. None may appear
+//! anywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -32,8 +33,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// A daemon killed when dropped (a failing test leaves nothing running).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A daemon with debug logging into `log`; returns it once READY (and its notifications).
-fn daemon(bin: &Path, config: &Path, log: &Path) -> (Child, Notify) {
+fn daemon(bin: &Path, config: &Path, log: &Path) -> (Proc, Notify) {
     let sock = config.with_extension("notify");
     let mut notify = Notify::bind(&sock);
     let child = Command::new(bin)
@@ -46,15 +57,30 @@ fn daemon(bin: &Path, config: &Path, log: &Path) -> (Child, Notify) {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
+    let child = Proc(child);
     notify.wait("READY=1");
     (child, notify)
 }
 
-fn stop(mut child: Child) {
-    run(Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string()));
-    child.wait().unwrap();
+fn stop(mut p: Proc) {
+    run(Command::new("kill").arg("-TERM").arg(p.0.id().to_string()));
+    let _ = p.0.wait();
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 /// The base64 lines of a PEM private key: what would show if key material leaked.
@@ -93,6 +119,8 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     std::fs::write(d.join("openai.key"), PROVIDER_KEY).unwrap();
     // the provider accepts another key: every call gets a 401 that echoes part of ours
     let mock = MockProvider::start("sk-the-right-key").await;
+    let (otlp, spans, _otlp_server) = OtlpReceiver::start().await;
+    let (gw_metrics, agent_metrics) = (free_port(), free_port());
 
     std::fs::create_dir_all(d.join("policies")).unwrap();
     std::fs::write(
@@ -105,7 +133,8 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
          [tls]\nca_file = \"tls/ca.pem\"\ncert_file = \"tls/gateway-gw.pem\"\nkey_file = \"tls/gateway-gw.key\"\n\n\
          [auth]\noperators = [\"ops\"]\n{}\n\
          [providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"openai.key\"\nca_file = \"{}\"\n\
-         input_usd_per_million = 1\noutput_usd_per_million = 2\nmax_retries = 0\n",
+         input_usd_per_million = 1\noutput_usd_per_million = 2\nmax_retries = 0\n\n\
+         [metrics]\nlisten = \"{gw_metrics}\"\n\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\nexport_interval_ms = 100\n",
         String::from_utf8_lossy(&token_lines.stdout),
         mock.base_url,
         mock.ca_file.display()
@@ -131,7 +160,8 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
         d.join("agent.toml"),
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[models]\ndir = \"models\"\n\n[report]\ngateways = [\"{url}\"]\ninterval_ms = 100\n\n\
-             [state]\ndir = \"agent-state\"\n\n[tls]\nca_file = \"tls/ca.pem\"\ncert_file = \"tls/node-edge-a.pem\"\nkey_file = \"tls/node-edge-a.key\"\n"
+             [state]\ndir = \"agent-state\"\n\n[tls]\nca_file = \"tls/ca.pem\"\ncert_file = \"tls/node-edge-a.pem\"\nkey_file = \"tls/node-edge-a.key\"\n\n\
+             [metrics]\nlisten = \"{agent_metrics}\"\n\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\nexport_interval_ms = 100\n"
         ),
     )
     .unwrap();
@@ -237,8 +267,16 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     assert!(!o.status.success());
     outputs.push(("validate with a missing credential", text(&o)));
 
+    outputs.push(("gateway metrics", scrape(gw_metrics).await));
+    outputs.push(("agent metrics", scrape(agent_metrics).await));
     stop(agent);
-    stop(gw);
+    stop(gw); // flushes the spans still queued
+    let exported = spans.spans();
+    assert!(
+        exported.iter().any(|s| s.name == "external.call"),
+        "the failed external call was traced"
+    );
+    outputs.push(("trace spans", format!("{exported:?}")));
     let gw_log = std::fs::read_to_string(d.join("gateway.log")).unwrap();
     let agent_log = std::fs::read_to_string(d.join("agent.log")).unwrap();
     // the logs are at debug and did see the failures (so the search means something)

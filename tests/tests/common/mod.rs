@@ -10,6 +10,13 @@ use std::time::Duration;
 use edgewise_agent::Agent;
 use edgewise_agent::config::{AgentConfig, Limits};
 use edgewise_proto as pb;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -412,4 +419,77 @@ pub async fn spend_entries(c: &mut GatewayClient) -> Vec<pb::SpendEntry> {
         .unwrap()
         .into_inner()
         .entries
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub name: String,
+    pub trace: Vec<u8>,
+    pub id: Vec<u8>,
+    pub parent: Vec<u8>,
+    /// Every attribute, as text (for searching).
+    pub attributes: String,
+}
+
+/// An OTLP/gRPC trace collector standing in for a real one: keeps every span it receives.
+#[derive(Default, Clone)]
+pub struct OtlpReceiver(pub Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl TraceService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut out = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    out.push(ReceivedSpan {
+                        attributes: format!("{:?}", s.attributes),
+                        service: service.clone(),
+                        name: s.name,
+                        trace: s.trace_id,
+                        id: s.span_id,
+                        parent: s.parent_span_id,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl OtlpReceiver {
+    /// Listening on a port-0 address; (its address, the receiver, the server task).
+    pub async fn start() -> (
+        std::net::SocketAddr,
+        OtlpReceiver,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
+        let receiver = OtlpReceiver::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (addr, receiver, server)
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.0.lock().unwrap().clone()
+    }
 }

@@ -1,0 +1,229 @@
+//! Distributed traces: the real gateway and agent binaries export spans over OTLP/gRPC to a
+//! receiver in this test. One generation through the gateway yields one trace holding the
+//! gateway's spans (request, decision, agent call) and the agent's (request, queue wait,
+//! inference), the agent's request span a child of the gateway's agent call — the W3C trace
+//! context crossed the process boundary in the gRPC metadata. A collector that never answers
+//! slows nothing: requests succeed and the dropped spans are counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use edgewise_proto as pb;
+use tonic::{Request, Status};
+
+/// A daemon killed when dropped (a failing test leaves nothing running).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(bin: &Path, config: &Path) -> (Proc, Notify) {
+    let sock = config.with_extension("notify");
+    let mut notify = Notify::bind(&sock);
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock)
+        .env("EDGEWISE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let child = Proc(child);
+    notify.wait("READY=1");
+    (child, notify)
+}
+
+/// SIGTERM, and wait for the exit (spans still queued are sent on the way out).
+fn stop(mut p: Proc) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(p.0.id().to_string())
+        .status();
+    let _ = p.0.wait();
+}
+
+/// A gateway and an agent exporting to `endpoint`; returns them and the gateway's address.
+fn fleet(
+    dir: &Path,
+    endpoint: &str,
+    queue: usize,
+    metrics: Option<std::net::SocketAddr>,
+) -> (Proc, Proc, String) {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/p.yaml"),
+        "routes:\n  - name: all\n    min_quality: 0\n    spill: wait\n",
+    )
+    .unwrap();
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nqueue = {queue}\nexport_interval_ms = 100\n"
+    );
+    let metrics = metrics
+        .map(|m| format!("[metrics]\nlisten = \"{m}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-traces\"\n[tls]\nplaintext = true\n[policies]\npaths = [\"policies\"]\n[state]\ndir = \"state\"\n{telemetry}{metrics}"
+        ),
+    )
+    .unwrap();
+    let gw_bin = agent_bin().with_file_name("edgewise-gateway");
+    let (gw, mut notify) = daemon(&gw_bin, &dir.join("gateway.toml"));
+    notify.wait("STATUS=serving on ");
+    let addr = notify
+        .seen
+        .iter()
+        .flat_map(|m| m.lines())
+        .find_map(|l| l.strip_prefix("STATUS=serving on "))
+        .unwrap()
+        .to_string();
+    copy_dir(
+        &fixtures().join("tiny-lm-fp32"),
+        &dir.join("models/tiny-lm-fp32"),
+    );
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\nplaintext = true\n[models]\ndir = \"models\"\n[runtime]\nintra_op_threads = 1\n[report]\ngateways = [\"http://{addr}\"]\ninterval_ms = 100\n[state]\ndir = \"agent-state\"\n{telemetry}"
+        ),
+    )
+    .unwrap();
+    let (agent, _) = daemon(&agent_bin(), &dir.join("agent.toml"));
+    (gw, agent, addr)
+}
+
+async fn generate(c: &mut GatewayClient) -> Result<(), Status> {
+    let mut r = Request::new(pb::GatewayGenerateRequest {
+        request: Some(prompt("", "hello", 8)),
+        routing: None,
+    });
+    r.metadata_mut()
+        .insert("x-edgewise-tenant", "shop".parse().unwrap());
+    let mut s = c.generate(r).await?.into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_trace_across_gateway_and_agent() {
+    let (otlp, receiver, server) = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, agent, addr) = fleet(dir.path(), &format!("http://{otlp}"), 2048, None);
+    let mut c = gateway_client(&addr);
+    wait_fleet(&c, "the agent ready", |s| {
+        s.nodes.iter().any(|n| {
+            n.live
+                && n.models
+                    .iter()
+                    .any(|m| m.state == pb::ModelState::Ready as i32)
+        })
+    })
+    .await;
+    generate(&mut c).await.unwrap();
+
+    // the generation's trace: find the gateway's request span, then everything under its id
+    let spans = || receiver.spans();
+    let want = [
+        ("edgewise-gateway", "gateway.generate"),
+        ("edgewise-gateway", "routing.decide"),
+        ("edgewise-gateway", "agent.call"),
+        ("edgewise-agent", "agent.generate"),
+        ("edgewise-agent", "queue.wait"),
+        ("edgewise-agent", "inference"),
+    ];
+    let complete = |all: &[ReceivedSpan]| {
+        let Some(root) = all.iter().find(|s| s.name == "gateway.generate") else {
+            return false;
+        };
+        want.iter().all(|(svc, name)| {
+            all.iter()
+                .any(|s| s.trace == root.trace && s.name == *name && s.service.contains(svc))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !complete(&spans()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trace is incomplete after 30 s; received: {:#?}",
+            spans()
+                .iter()
+                .map(|s| (s.service.clone(), s.name.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = spans();
+    let root = all.iter().find(|s| s.name == "gateway.generate").unwrap();
+    let in_trace = |name: &str| {
+        all.iter()
+            .find(|s| s.trace == root.trace && s.name == name)
+            .unwrap()
+    };
+    assert!(root.parent.is_empty(), "the gateway starts the trace");
+    assert_eq!(in_trace("routing.decide").parent, root.id);
+    assert_eq!(in_trace("agent.call").parent, root.id);
+    // across the process boundary: the agent's request span hangs under the gateway's call
+    assert_eq!(in_trace("agent.generate").parent, in_trace("agent.call").id);
+    assert_eq!(in_trace("queue.wait").parent, in_trace("agent.generate").id);
+    assert_eq!(in_trace("inference").parent, in_trace("agent.generate").id);
+    stop(agent);
+    stop(gw);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_slows_nothing_and_drops_are_counted() {
+    // accepts connections and never says a word
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let metrics: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (gw, agent, addr) = fleet(dir.path(), &endpoint, 4, Some(metrics));
+    let mut c = gateway_client(&addr);
+    wait_fleet(&c, "the agent ready", |s| {
+        s.nodes.iter().any(|n| {
+            n.live
+                && n.models
+                    .iter()
+                    .any(|m| m.state == pb::ModelState::Ready as i32)
+        })
+    })
+    .await;
+    // every request succeeds while the exporter is stuck on the silent collector
+    for _ in 0..20 {
+        generate(&mut c).await.unwrap();
+    }
+    // and what did not fit the queue of 4 was dropped and counted
+    let text = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let dropped: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("edgewise_gateway_trace_spans_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-spans counter in:\n{text}"));
+    assert!(dropped > 0, "{text}");
+    stop(agent);
+    stop(gw);
+    drop(hole);
+}
