@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of the three fuzz targets into fuzz/corpus/<target>/ (deterministic:
-the same files every run). `cargo +nightly fuzz run TARGET` grows a corpus from them; the
-corpus in the repository (seeds plus what fuzzing found, minimised with `cargo fuzz cmin`)
-is replayed by `make test`."""
+the same files every run). `cargo +nightly fuzz run TARGET` grows a corpus from them. The
+corpus in the repository is replayed by `make test`: the seeds, the inputs that once crashed a
+target (regression-*), and what fuzzing found, minimised (`cargo fuzz cmin`) and then kept
+smallest-first up to 256 KB per target (`python3 fuzz/seeds.py --trim`), so the repository stays
+small while the replay keeps most of the coverage."""
 import hashlib
 import pathlib
 import struct
@@ -99,9 +101,27 @@ def requests():
     write("request_validation", b"\x02" + msg(field(2, msg(field(1, "nope"))), field(3, "x" * 3000)))
 
 
+def trim(limit=256 << 10):
+    # seeds and regressions stay; then the smallest other inputs up to `limit` bytes
+    for t in sorted(CORPUS.iterdir()):
+        files = sorted(t.iterdir(), key=lambda f: (f.stat().st_size, f.name))
+        kept = 0
+        for f in files:
+            keep = f.name.startswith(("seed-", "regression-"))
+            if not keep and kept + f.stat().st_size <= limit:
+                keep = True
+                kept += f.stat().st_size
+            if not keep:
+                f.unlink()
+
+
 if __name__ == "__main__":
+    import sys
+
     policies()
     manifests()
     requests()
+    if "--trim" in sys.argv:
+        trim()
     for t in sorted(CORPUS.iterdir()):
         print(f"{t.name}: {len(list(t.iterdir()))} files")

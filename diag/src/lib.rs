@@ -59,20 +59,18 @@ impl std::error::Error for Diagnostics {}
 pub struct TomlSource {
     file: PathBuf,
     text: String,
-    doc: Option<toml_edit::Document<String>>,
+    /// Parsed on first use: only a document the `toml` crate accepted has paths to place
+    /// (toml_edit 0.23 panics on some malformed inputs — "all items have spans", found by
+    /// fuzzing — so it never sees a document that failed to parse).
+    doc: std::sync::OnceLock<Option<toml_edit::Document<String>>>,
 }
 
 impl TomlSource {
     pub fn new(file: &Path, text: String) -> Self {
-        // only for placing problems: toml_edit 0.23 panics on some malformed inputs ("all
-        // items have spans", found by fuzzing), which must cost a position, never the process
-        let doc = std::panic::catch_unwind(|| toml_edit::Document::parse(text.clone()).ok())
-            .ok()
-            .flatten();
         Self {
             file: file.to_path_buf(),
             text,
-            doc,
+            doc: std::sync::OnceLock::new(),
         }
     }
 
@@ -94,7 +92,15 @@ impl TomlSource {
 
     /// Where the value at `path` starts, or where its closest present parent starts.
     pub fn locate(&self, path: &str) -> Option<(usize, usize)> {
-        let doc = self.doc.as_ref()?;
+        let doc = self
+            .doc
+            .get_or_init(|| {
+                // and should it panic anyway, that costs a position, never the process
+                std::panic::catch_unwind(|| toml_edit::Document::parse(self.text.clone()).ok())
+                    .ok()
+                    .flatten()
+            })
+            .as_ref()?;
         let mut item: &toml_edit::Item = doc.as_item();
         let mut best = None;
         for seg in split_path(path) {
