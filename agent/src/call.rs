@@ -20,17 +20,43 @@ impl From<tonic::Status> for CallError {
     }
 }
 
+/// Which agent to call and how: over TLS (an https:// address) with the fleet CA and a
+/// certificate the agent accepts, or in plain text for a development agent.
+#[derive(Clone)]
+pub struct Dial {
+    pub addr: String,
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl Dial {
+    async fn channel(&self) -> Result<tonic::transport::Channel, CallError> {
+        let fail = |e: String| CallError::Connect(self.addr.clone(), e);
+        let ep = tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .map_err(|e| fail(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        match (&self.tls, self.addr.starts_with("https://")) {
+            (Some(tls), true) => {
+                edgewise_tls::net::channel(ep, edgewise_tls::net::fixed(tls.clone()))
+                    .await
+                    .map_err(|e| fail(format!("{e:?}")))
+            }
+            (None, true) => Err(fail(
+                "an https:// agent needs --ca-file, --cert-file and --key-file".into(),
+            )),
+            (_, false) => ep.connect().await.map_err(|e| fail(e.to_string())),
+        }
+    }
+}
+
 async fn client(
-    addr: &str,
+    dial: &Dial,
 ) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, CallError> {
-    pb::agent_client::AgentClient::connect(addr.to_string())
-        .await
-        .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))
+    Ok(pb::agent_client::AgentClient::new(dial.channel().await?))
 }
 
 /// Streams a generation to stdout; returns the final chunk's summary.
 pub async fn generate(
-    addr: &str,
+    dial: &Dial,
     model: &str,
     text: &str,
     chat: bool,
@@ -52,7 +78,7 @@ pub async fn generate(
         max_tokens,
         ..Default::default()
     };
-    let mut stream = client(addr).await?.generate(req).await?.into_inner();
+    let mut stream = client(dial).await?.generate(req).await?.into_inner();
     let mut out = std::io::stdout();
     let mut done = None;
     while let Some(chunk) = stream.message().await? {
@@ -69,11 +95,11 @@ pub async fn generate(
 }
 
 pub async fn embed(
-    addr: &str,
+    dial: &Dial,
     model: &str,
     texts: Vec<String>,
 ) -> Result<pb::EmbedResponse, CallError> {
-    Ok(client(addr)
+    Ok(client(dial)
         .await?
         .embed(pb::EmbedRequest {
             model: model.into(),
@@ -84,11 +110,11 @@ pub async fn embed(
 }
 
 pub async fn classify(
-    addr: &str,
+    dial: &Dial,
     model: &str,
     texts: Vec<String>,
 ) -> Result<pb::ClassifyResponse, CallError> {
-    Ok(client(addr)
+    Ok(client(dial)
         .await?
         .classify(pb::ClassifyRequest {
             model: model.into(),
@@ -99,28 +125,25 @@ pub async fn classify(
 }
 
 /// Waits until the agent reports SERVING (every model has finished loading), up to `wait`.
-pub async fn wait_ready(addr: &str, wait: std::time::Duration) -> Result<(), CallError> {
+pub async fn wait_ready(dial: &Dial, wait: std::time::Duration) -> Result<(), CallError> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let serving = match tonic::transport::Endpoint::from_shared(addr.to_string()) {
-            Ok(ep) => match ep.connect().await {
-                Ok(ch) => tonic_health::pb::health_client::HealthClient::new(ch)
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: "edgewise.v1.Agent".into(),
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32),
-                Err(_) => false,
-            },
-            Err(e) => return Err(CallError::Connect(addr.to_string(), e.to_string())),
+        let serving = match dial.channel().await {
+            Ok(ch) => tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "edgewise.v1.Agent".into(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32),
+            Err(_) => false,
         };
         if serving {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(CallError::Connect(
-                addr.to_string(),
+                dial.addr.clone(),
                 format!("not serving after {wait:?}"),
             ));
         }

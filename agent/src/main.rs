@@ -34,9 +34,17 @@ enum Command {
     },
     /// Call a running agent (for trying a model by hand).
     Call {
-        /// The agent's address.
+        /// The agent's address (https:// when it runs mutual TLS).
         #[arg(long, default_value = "http://127.0.0.1:7300")]
         addr: String,
+        /// The fleet CA, for an https:// agent.
+        #[arg(long, env = "EDGEWISE_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// A fleet certificate and its key (an agent accepts only callers that have one).
+        #[arg(long, env = "EDGEWISE_CERT_FILE", requires = "key_file")]
+        cert_file: Option<PathBuf>,
+        #[arg(long, env = "EDGEWISE_KEY_FILE", requires = "cert_file")]
+        key_file: Option<PathBuf>,
         #[command(subcommand)]
         command: CallCommand,
     },
@@ -145,11 +153,25 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Call { addr, command } => {
+        Command::Call {
+            addr,
+            ca_file,
+            cert_file,
+            key_file,
+            command,
+        } => {
+            let tls = match &ca_file {
+                Some(ca) => Some(edgewise_tls::client_config(
+                    ca,
+                    cert_file.as_deref().zip(key_file.as_deref()),
+                )?),
+                None => None,
+            };
+            let dial = edgewise_agent::call::Dial { addr, tls };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(call(&addr, command))?;
+            runtime.block_on(call(&dial, command))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
@@ -210,7 +232,7 @@ async fn serve(
     Ok(())
 }
 
-async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
+async fn call(dial: &edgewise_agent::call::Dial, command: CallCommand) -> anyhow::Result<()> {
     use edgewise_agent::call;
     match command {
         CallCommand::Generate {
@@ -219,7 +241,7 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
             max_tokens,
             text,
         } => {
-            let done = call::generate(addr, &model, &text, chat, max_tokens).await?;
+            let done = call::generate(dial, &model, &text, chat, max_tokens).await?;
             let usage = done.usage.unwrap_or_default();
             eprintln!(
                 "[{model}: {} prompt + {} completion tokens, first token {:.0} ms, {:.1} ms/token, finish {:?}]",
@@ -231,7 +253,7 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
             );
         }
         CallCommand::Embed { model, texts } => {
-            let r = call::embed(addr, &model, texts.clone()).await?;
+            let r = call::embed(dial, &model, texts.clone()).await?;
             for (t, e) in texts.iter().zip(r.embeddings) {
                 let head: Vec<String> =
                     e.values.iter().take(4).map(|v| format!("{v:.4}")).collect();
@@ -239,11 +261,11 @@ async fn call(addr: &str, command: CallCommand) -> anyhow::Result<()> {
             }
         }
         CallCommand::WaitReady { timeout_secs } => {
-            call::wait_ready(addr, std::time::Duration::from_secs(timeout_secs)).await?;
-            eprintln!("{addr}: serving");
+            call::wait_ready(dial, std::time::Duration::from_secs(timeout_secs)).await?;
+            eprintln!("{}: serving", dial.addr);
         }
         CallCommand::Classify { model, texts } => {
-            let r = call::classify(addr, &model, texts.clone()).await?;
+            let r = call::classify(dial, &model, texts.clone()).await?;
             for (t, c) in texts.iter().zip(r.results) {
                 let top: Vec<String> = c
                     .labels

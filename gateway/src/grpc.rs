@@ -306,9 +306,11 @@ impl GatewayService {
         deadline: Option<Instant>,
         inner: Option<Q>,
         routing: Option<pb::RoutingHints>,
+        caller: &tonic::metadata::MetadataMap,
     ) -> Result<(Q::Out, pb::Decision), Status> {
         let mut track = self.state.metrics.track(Q::TASK.as_str());
         let span = tracing::info_span!("gateway.request", task = Q::TASK.as_str());
+        edgewise_ops::telemetry::continue_trace(&span, caller);
         let r = self
             .texts_untracked(tenant, deadline, inner, routing)
             .instrument(span)
@@ -550,9 +552,10 @@ impl pb::gateway_server::Gateway for GatewayService {
             deadline_of(&request),
         );
         let _slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
+        let caller = request.metadata().clone();
         let body = request.into_inner();
         let (response, decision) = self
-            .texts(tenant, deadline, body.request, body.routing)
+            .texts(tenant, deadline, body.request, body.routing, &caller)
             .await?;
         Ok(Response::new(pb::GatewayEmbedResponse {
             response: Some(response),
@@ -569,9 +572,10 @@ impl pb::gateway_server::Gateway for GatewayService {
             deadline_of(&request),
         );
         let _slot = self.state.enter(&tenant).map_err(|e| status(&e))?;
+        let caller = request.metadata().clone();
         let body = request.into_inner();
         let (response, decision) = self
-            .texts(tenant, deadline, body.request, body.routing)
+            .texts(tenant, deadline, body.request, body.routing, &caller)
             .await?;
         Ok(Response::new(pb::GatewayClassifyResponse {
             response: Some(response),
