@@ -30,16 +30,9 @@ pub struct RawAgentConfig {
     pub state: RawState,
     pub tls: Option<edgewise_tls::RawTls>,
     #[serde(default)]
-    pub metrics: RawMetrics,
+    pub metrics: edgewise_ops::metrics::RawMetrics,
     #[serde(default)]
     pub telemetry: edgewise_ops::telemetry::RawTelemetry,
-}
-
-/// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMetrics {
-    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +197,7 @@ fn validate(
     let mut problems = Vec::new();
     let tls = edgewise_tls::validate(raw.tls, &at, credentials, &mut problems);
     let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
+    let metrics_listen = edgewise_ops::metrics::validate(raw.metrics, &at, &mut problems);
     // peers are dialled over TLS exactly when it is on
     let scheme = if tls.is_plaintext() { "http" } else { "https" };
     let mut problem = |path: &str, msg: String| problems.push(at.problem(path, msg));
@@ -211,6 +205,7 @@ fn validate(
     let mut cfg = AgentConfig::for_models_dir(PathBuf::from("models"));
     cfg.tls = tls;
     cfg.otlp = otlp;
+    cfg.metrics_listen = metrics_listen;
 
     if let Some(listen) = raw.server.listen {
         match listen.parse::<SocketAddr>() {
@@ -232,15 +227,6 @@ fn validate(
                     tls_said(scheme)
                 ),
             );
-        }
-    }
-    if let Some(m) = raw.metrics.listen {
-        match m.parse::<SocketAddr>() {
-            Ok(a) => cfg.metrics_listen = Some(a),
-            Err(e) => problem(
-                "metrics.listen",
-                format!("`{m}` is not an address like 127.0.0.1:9401 ({e})"),
-            ),
         }
     }
     if let Some(ms) = raw.server.drain_timeout_ms {

@@ -171,17 +171,11 @@ impl Agent {
         let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
         let watchdog = edgewise_ops::systemd::spawn_watchdog(background.clone());
         let metrics_addr = match node.config.metrics_listen {
-            Some(at) => {
-                let l = TcpListener::bind(at).await.map_err(StartError::Listener)?;
-                let bound = l.local_addr().map_err(StartError::Listener)?;
-                tokio::spawn(edgewise_ops::metrics::serve(
-                    l,
-                    Arc::new(metrics::registry(&node)),
-                    background.clone(),
-                ));
-                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
-                Some(bound)
-            }
+            Some(at) => Some(
+                edgewise_ops::metrics::start(at, metrics::registry(&node), background.clone())
+                    .await
+                    .map_err(StartError::Listener)?,
+            ),
             None => None,
         };
 

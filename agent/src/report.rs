@@ -52,18 +52,6 @@ pub async fn report_to(node: Arc<Node>, gateway: String, stop: CancellationToken
     }
 }
 
-/// An error and what caused it ("transport error: ... : certificate expired").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 enum Outcome {
     /// Shut down on request.
     Stopped,
@@ -84,7 +72,7 @@ async fn stream_once(
         Some(tls) => edgewise_tls::net::channel(endpoint, edgewise_tls::net::source(tls)).await,
         None => endpoint.connect().await,
     }
-    .map_err(|e| with_causes(&e))?;
+    .map_err(|e| edgewise_ops::error_chain(&e))?;
     let mut client = pb::fleet_client::FleetClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::NodeReport>(4);
     let mut changes: watch::Receiver<u64> = node.subscribe();

@@ -84,7 +84,7 @@ impl Caller {
             (Some(tls), true) => {
                 edgewise_tls::net::channel(endpoint, edgewise_tls::net::fixed(tls.clone()))
                     .await
-                    .map_err(|e| fail(&with_causes(&e)))?
+                    .map_err(|e| fail(&edgewise_ops::error_chain(&e)))?
             }
             (None, true) => {
                 return Err(CliError::Usage(format!(
@@ -95,7 +95,7 @@ impl Caller {
             (_, false) => endpoint
                 .connect()
                 .await
-                .map_err(|e| fail(&with_causes(&e)))?,
+                .map_err(|e| fail(&edgewise_ops::error_chain(&e)))?,
         };
         Ok(pb::gateway_client::GatewayClient::new(channel).max_decoding_message_size(64 << 20))
     }
@@ -120,18 +120,6 @@ impl Caller {
         }
         Ok(r)
     }
-}
-
-/// An error and its causes, for connection failures ("transport error: ...: ...").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// A decision as people read it.

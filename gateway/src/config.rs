@@ -31,16 +31,9 @@ pub struct RawGatewayConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
-    pub metrics: RawMetrics,
+    pub metrics: edgewise_ops::metrics::RawMetrics,
     #[serde(default)]
     pub telemetry: edgewise_ops::telemetry::RawTelemetry,
-}
-
-/// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMetrics {
-    pub listen: Option<String>,
 }
 
 /// `[limits]`: what one request may ask for (hostile or mistaken input is refused early).
@@ -214,17 +207,7 @@ impl GatewayFile {
                 tokens.push((h, t));
             }
         }
-        let metrics_listen = match raw.metrics.listen.as_deref().map(str::parse::<SocketAddr>) {
-            None => None,
-            Some(Ok(a)) => Some(a),
-            Some(Err(e)) => {
-                problems.push(at.problem(
-                    "metrics.listen",
-                    format!("not an address like 127.0.0.1:9400 ({e})"),
-                ));
-                None
-            }
-        };
+        let metrics_listen = edgewise_ops::metrics::validate(raw.metrics, &at, &mut problems);
         let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
         let mut limits = crate::validate::Limits::default();
         let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {

@@ -214,17 +214,11 @@ impl Gateway {
                 )),
             };
         let metrics_addr = match config.metrics_listen {
-            Some(at) => {
-                let l = TcpListener::bind(at).await.map_err(StartError::Listener)?;
-                let bound = l.local_addr().map_err(StartError::Listener)?;
-                tokio::spawn(edgewise_ops::metrics::serve(
-                    l,
-                    Arc::new(state.metrics.registry(&state)),
-                    stop.clone(),
-                ));
-                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
-                Some(bound)
-            }
+            Some(at) => Some(
+                edgewise_ops::metrics::start(at, state.metrics.registry(&state), stop.clone())
+                    .await
+                    .map_err(StartError::Listener)?,
+            ),
             None => None,
         };
         let reload = Arc::new(tokio::sync::Notify::new());

@@ -8,6 +8,18 @@ pub mod telemetry;
 
 pub use telemetry::init_logging;
 
+/// An error and what caused it, one after another ("transport error: ...: certificate expired").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -68,6 +68,45 @@ fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Body> {
     r
 }
 
+/// `[metrics]` in both daemons' config files: the endpoint is off unless `listen` is set.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+/// Validates `[metrics]`, placing problems in the file.
+pub fn validate(
+    raw: RawMetrics,
+    at: &edgewise_diag::Layered<()>,
+    problems: &mut Vec<edgewise_diag::Diagnostic>,
+) -> Option<std::net::SocketAddr> {
+    let listen = raw.listen?;
+    match listen.parse() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            problems.push(at.problem(
+                "metrics.listen",
+                format!("`{listen}` is not an address like 127.0.0.1:9400 ({e})"),
+            ));
+            None
+        }
+    }
+}
+
+/// Binds `at` and serves `registry` there until `stop`; the address it got.
+pub async fn start(
+    at: std::net::SocketAddr,
+    registry: Registry,
+    stop: CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(at).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, Arc::new(registry), stop));
+    tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+    Ok(bound)
+}
+
 /// Serves `registry` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
     loop {

@@ -12,21 +12,7 @@ use std::time::Duration;
 use common::*;
 use edgewise_gateway::{Gateway, GatewayConfig};
 use edgewise_proto as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Request;
-
-/// GET `path` from `addr` over HTTP/1.0; the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
 
 fn encode(q: &str) -> String {
     q.bytes()
@@ -92,7 +78,7 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
     while s.message().await.unwrap().is_some() {}
 
     // what the endpoints say themselves
-    let text = get(gw_metrics, "/metrics").await;
+    let text = http_get(gw_metrics, "/metrics").await;
     assert!(
         text.lines().any(|l| l == "edgewise_gateway_requests_total{route=\"all\",task=\"classify\",target=\"local\",outcome=\"OK\"} 3"),
         "{text}"
@@ -105,7 +91,7 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
         text.lines().any(|l| l == "edgewise_gateway_nodes_live 1"),
         "{text}"
     );
-    let text = get(agent_metrics, "/metrics").await;
+    let text = http_get(agent_metrics, "/metrics").await;
     assert!(
         text.lines()
             .any(|l| l == "edgewise_agent_requests_total{model=\"tiny-classify\"} 3"),
@@ -119,11 +105,7 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
     );
 
     // a real Prometheus scrapes both
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let web: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let web = free_port();
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
@@ -149,7 +131,7 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
         let path = format!("/api/v1/query?query={}", encode(q));
         async move {
             match tokio::net::TcpStream::connect(web).await {
-                Ok(_) => get(web, &path).await,
+                Ok(_) => http_get(web, &path).await,
                 Err(_) => String::new(),
             }
         }

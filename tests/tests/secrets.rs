@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use edgewise_tests::mock_provider::MockProvider;
@@ -31,56 +31,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// A daemon killed when dropped (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A daemon with debug logging into `log`; returns it once READY (and its notifications).
-fn daemon(bin: &Path, config: &Path, log: &Path) -> (Proc, Notify) {
-    let sock = config.with_extension("notify");
-    let mut notify = Notify::bind(&sock);
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &sock)
-        .env("EDGEWISE_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let child = Proc(child);
-    notify.wait("READY=1");
-    (child, notify)
-}
-
-fn stop(mut p: Proc) {
-    run(Command::new("kill").arg("-TERM").arg(p.0.id().to_string()));
-    let _ = p.0.wait();
-}
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// The base64 lines of a PEM private key: what would show if key material leaked.
@@ -141,15 +91,13 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     );
     std::fs::write(d.join("gateway.toml"), &gateway_toml).unwrap();
     let gw_bin = agent_bin().with_file_name("edgewise-gateway");
-    let (gw, mut notify) = daemon(&gw_bin, &d.join("gateway.toml"), &d.join("gateway.log"));
-    notify.wait("STATUS=serving on ");
-    let addr = notify
-        .seen
-        .iter()
-        .flat_map(|m| m.lines())
-        .find_map(|l| l.strip_prefix("STATUS=serving on "))
-        .unwrap()
-        .to_string();
+    let (gw, mut notify) = daemon(
+        &gw_bin,
+        &d.join("gateway.toml"),
+        "debug",
+        Some(&d.join("gateway.log")),
+    );
+    let addr = notify.serving_addr();
     let url = format!("https://{addr}");
 
     copy_dir(
@@ -165,7 +113,12 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
         ),
     )
     .unwrap();
-    let (agent, _) = daemon(&agent_bin(), &d.join("agent.toml"), &d.join("agent.log"));
+    let (agent, _) = daemon(
+        &agent_bin(),
+        &d.join("agent.toml"),
+        "debug",
+        Some(&d.join("agent.log")),
+    );
 
     let cli = |args: &[&str]| {
         let mut c = Command::new(edgewise());
@@ -267,10 +220,10 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     assert!(!o.status.success());
     outputs.push(("validate with a missing credential", text(&o)));
 
-    outputs.push(("gateway metrics", scrape(gw_metrics).await));
-    outputs.push(("agent metrics", scrape(agent_metrics).await));
-    stop(agent);
-    stop(gw); // flushes the spans still queued
+    outputs.push(("gateway metrics", http_get(gw_metrics, "/metrics").await));
+    outputs.push(("agent metrics", http_get(agent_metrics, "/metrics").await));
+    agent.stop();
+    gw.stop(); // flushes the spans still queued
     let exported = spans.spans();
     assert!(
         exported.iter().any(|s| s.name == "external.call"),

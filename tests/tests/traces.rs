@@ -9,49 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use edgewise_proto as pb;
 use tonic::{Request, Status};
-
-/// A daemon killed when dropped (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn daemon(bin: &Path, config: &Path) -> (Proc, Notify) {
-    let sock = config.with_extension("notify");
-    let mut notify = Notify::bind(&sock);
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &sock)
-        .env("EDGEWISE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let child = Proc(child);
-    notify.wait("READY=1");
-    (child, notify)
-}
-
-/// SIGTERM, and wait for the exit (spans still queued are sent on the way out).
-fn stop(mut p: Proc) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(p.0.id().to_string())
-        .status();
-    let _ = p.0.wait();
-}
 
 /// A gateway and an agent exporting to `endpoint`; returns them and the gateway's address.
 fn fleet(
@@ -80,15 +42,8 @@ fn fleet(
     )
     .unwrap();
     let gw_bin = agent_bin().with_file_name("edgewise-gateway");
-    let (gw, mut notify) = daemon(&gw_bin, &dir.join("gateway.toml"));
-    notify.wait("STATUS=serving on ");
-    let addr = notify
-        .seen
-        .iter()
-        .flat_map(|m| m.lines())
-        .find_map(|l| l.strip_prefix("STATUS=serving on "))
-        .unwrap()
-        .to_string();
+    let (gw, mut notify) = daemon(&gw_bin, &dir.join("gateway.toml"), "warn", None);
+    let addr = notify.serving_addr();
     copy_dir(
         &fixtures().join("tiny-lm-fp32"),
         &dir.join("models/tiny-lm-fp32"),
@@ -100,8 +55,20 @@ fn fleet(
         ),
     )
     .unwrap();
-    let (agent, _) = daemon(&agent_bin(), &dir.join("agent.toml"));
+    let (agent, _) = daemon(&agent_bin(), &dir.join("agent.toml"), "warn", None);
     (gw, agent, addr)
+}
+
+async fn agent_ready(c: &GatewayClient) {
+    wait_fleet(c, "the agent ready", |s| {
+        s.nodes.iter().any(|n| {
+            n.live
+                && n.models
+                    .iter()
+                    .any(|m| m.state == pb::ModelState::Ready as i32)
+        })
+    })
+    .await;
 }
 
 async fn generate(c: &mut GatewayClient) -> Result<(), Status> {
@@ -122,15 +89,7 @@ async fn one_request_is_one_trace_across_gateway_and_agent() {
     let dir = tempfile::tempdir().unwrap();
     let (gw, agent, addr) = fleet(dir.path(), &format!("http://{otlp}"), 2048, None);
     let mut c = gateway_client(&addr);
-    wait_fleet(&c, "the agent ready", |s| {
-        s.nodes.iter().any(|n| {
-            n.live
-                && n.models
-                    .iter()
-                    .any(|m| m.state == pb::ModelState::Ready as i32)
-        })
-    })
-    .await;
+    agent_ready(&c).await;
     generate(&mut c).await.unwrap();
 
     // the generation's trace: find the gateway's request span, then everything under its id
@@ -178,8 +137,8 @@ async fn one_request_is_one_trace_across_gateway_and_agent() {
     assert_eq!(in_trace("agent.generate").parent, in_trace("agent.call").id);
     assert_eq!(in_trace("queue.wait").parent, in_trace("agent.generate").id);
     assert_eq!(in_trace("inference").parent, in_trace("agent.generate").id);
-    stop(agent);
-    stop(gw);
+    agent.stop();
+    gw.stop();
     server.abort();
 }
 
@@ -189,41 +148,23 @@ async fn a_collector_that_never_answers_slows_nothing_and_drops_are_counted() {
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", hole.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let metrics: std::net::SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let metrics = free_port();
     let (gw, agent, addr) = fleet(dir.path(), &endpoint, 4, Some(metrics));
     let mut c = gateway_client(&addr);
-    wait_fleet(&c, "the agent ready", |s| {
-        s.nodes.iter().any(|n| {
-            n.live
-                && n.models
-                    .iter()
-                    .any(|m| m.state == pb::ModelState::Ready as i32)
-        })
-    })
-    .await;
+    agent_ready(&c).await;
     // every request succeeds while the exporter is stuck on the silent collector
     for _ in 0..20 {
         generate(&mut c).await.unwrap();
     }
     // and what did not fit the queue of 4 was dropped and counted
-    let text = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let text = http_get(metrics, "/metrics").await;
     let dropped: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("edgewise_gateway_trace_spans_dropped_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no dropped-spans counter in:\n{text}"));
     assert!(dropped > 0, "{text}");
-    stop(agent);
-    stop(gw);
+    agent.stop();
+    gw.stop();
     drop(hole);
 }

@@ -493,3 +493,83 @@ impl OtlpReceiver {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// A daemon process, killed when dropped (a failing test leaves nothing running).
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// SIGTERM, and wait for the exit (what queued work a daemon flushes on the way out).
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `bin --config config run` at log level `level`, stderr to `log` (or the test's own);
+/// returned once it says READY=1, with its notifications.
+pub fn daemon(bin: &Path, config: &Path, level: &str, log: Option<&Path>) -> (Proc, Notify) {
+    let sock = config.with_extension("notify");
+    let mut notify = Notify::bind(&sock);
+    let stderr = match log {
+        Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+        None => std::process::Stdio::inherit(),
+    };
+    let child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock)
+        .env("EDGEWISE_LOG", level)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let child = Proc(child);
+    notify.wait("READY=1");
+    (child, notify)
+}
+
+impl Notify {
+    /// The address a gateway reports with `STATUS=serving on ADDR` (waits for it).
+    pub fn serving_addr(&mut self) -> String {
+        self.wait("STATUS=serving on ");
+        self.seen
+            .iter()
+            .flat_map(|m| m.lines())
+            .find_map(|l| l.strip_prefix("STATUS=serving on "))
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// An address on loopback that was free a moment ago (for daemons that take no port 0).
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// GET `path` from `addr` over HTTP/1.0; the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
