@@ -179,6 +179,19 @@ impl Agent {
             None => None,
         };
 
+        let metrics_export = node.config.otlp.as_ref().map(|otlp| {
+            edgewise_ops::metrics::otlp::spawn(
+                edgewise_ops::metrics::otlp::Source {
+                    service: "edgewise-agent",
+                    instance: node.id.clone(),
+                },
+                metrics::registry(&node),
+                otlp.endpoint.clone(),
+                otlp.metrics_interval,
+                background.clone(),
+            )
+        });
+
         let task = tokio::spawn(lifecycle(
             node.clone(),
             stop.clone(),
@@ -188,6 +201,7 @@ impl Agent {
                 reporters,
                 loader,
                 watchdog,
+                metrics_export,
                 stop: background,
             },
             health,
@@ -308,6 +322,8 @@ struct Background {
     reporters: Vec<JoinHandle<()>>,
     loader: JoinHandle<()>,
     watchdog: Option<JoinHandle<()>>,
+    /// Metrics over OTLP: its last export, after the drain, counts every request.
+    metrics_export: Option<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
@@ -357,6 +373,9 @@ async fn lifecycle(
     }
     if let Some(w) = background.watchdog {
         let _ = w.await;
+    }
+    if let Some(m) = background.metrics_export {
+        let _ = m.await;
     }
     // 4. persist counters and flush state.
     node.save_counters();

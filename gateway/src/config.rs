@@ -485,6 +485,45 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_settings_are_checked_where_written() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("policies")).ok();
+        let file = dir.path().join("gateway.toml");
+        let text = "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[telemetry]\notlp_endpoint = \"https://collector:4317\"\n";
+        std::fs::write(&file, text).ok();
+        let err = GatewayFile::load(&file, &[])
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let f = file.display();
+        assert_eq!(
+            err,
+            format!(
+                "{f}:6:17: telemetry.otlp_endpoint: `https://collector:4317`: OTLP over TLS is not supported; run a collector on this host (http://127.0.0.1:4317) and let it forward over TLS"
+            )
+        );
+        let text =
+            text.replace("https://collector", "http://127.0.0.1") + "metrics_interval_ms = 5\n";
+        std::fs::write(&file, &text).ok();
+        let err = GatewayFile::load(&file, &[])
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            format!("{f}:7:23: telemetry.metrics_interval_ms: 5 is out of range 100..=3600000")
+        );
+        std::fs::write(&file, text.replace("= 5\n", "= 500\n")).ok();
+        let otlp = GatewayFile::load(&file, &[])
+            .map(|g| g.gateway.otlp)
+            .map_err(|d| d.to_string());
+        assert_eq!(
+            otlp.map(|o| o.map(|o| o.metrics_interval)),
+            Ok(Some(Duration::from_millis(500)))
+        );
+    }
+
+    #[test]
     fn providers_are_validated_and_keys_never_echoed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(dir.path().join("policies")).ok();

@@ -111,6 +111,12 @@ pub struct Gateway {
     pub reload: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Metrics over OTLP, when `[telemetry]` names a collector; stopped after the drain so
+    /// its last export counts every request.
+    metrics_export: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Gateway {
@@ -221,6 +227,20 @@ impl Gateway {
             ),
             None => None,
         };
+        let metrics_export = config.otlp.as_ref().map(|otlp| {
+            let done = tokio_util::sync::CancellationToken::new();
+            let task = edgewise_ops::metrics::otlp::spawn(
+                edgewise_ops::metrics::otlp::Source {
+                    service: "edgewise-gateway",
+                    instance: config.id.clone(),
+                },
+                state.metrics.registry(&state),
+                otlp.endpoint.clone(),
+                otlp.metrics_interval,
+                done.clone(),
+            );
+            (done, task)
+        });
         let reload = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(reload::watch(
             state.clone(),
@@ -235,6 +255,7 @@ impl Gateway {
             reload,
             stop,
             task,
+            metrics_export,
         })
     }
 
@@ -249,6 +270,10 @@ impl Gateway {
         {
             tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
             abort.abort();
+        }
+        if let Some((done, task)) = self.metrics_export {
+            done.cancel();
+            let _ = task.await;
         }
     }
 }

@@ -5,6 +5,8 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+// label values from outside (policy, provider and tenant names) are escaped for the text format
+use edgewise_ops::metrics::openmetrics::escape;
 use edgewise_proto as pb;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -138,14 +140,14 @@ impl Metrics {
         let outcome = if ok { "ok" } else { "error" };
         self.external_calls
             .get_or_create(&vec![
-                ("provider", provider.to_string()),
+                ("provider", escape(provider)),
                 ("outcome", outcome.into()),
             ])
             .inc();
         self.external_cost_usd
             .get_or_create(&vec![
-                ("provider", provider.to_string()),
-                ("tenant", tenant.to_string()),
+                ("provider", escape(provider)),
+                ("tenant", escape(tenant)),
             ])
             .inc_by(cost_usd);
         self.count_tokens("external", usage);
@@ -183,7 +185,7 @@ impl Tracker {
         };
         self.m
             .decisions
-            .get_or_create(&vec![("rule", d.rule.clone())])
+            .get_or_create(&vec![("rule", escape(&d.rule))])
             .inc();
     }
 
@@ -229,7 +231,7 @@ impl Drop for Tracker {
         self.m
             .requests
             .get_or_create(&vec![
-                ("route", self.route.clone()),
+                ("route", escape(&self.route)),
                 ("task", self.task.into()),
                 ("target", self.target.into()),
                 ("outcome", self.outcome.into()),
@@ -318,5 +320,31 @@ impl Collector for Fleet {
             c.metric_type(),
         )?)?;
         edgewise_ops::telemetry::encode_counts(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant name from a development header may hold quotes, backslashes or a line feed;
+    /// the page stays well formed and the name reads back whole.
+    #[test]
+    fn outside_names_cannot_break_the_text_format() {
+        let m = Metrics::new();
+        let tenant = "shop\"} 1\nforged_total 99\\";
+        m.external("openai", tenant, false, 0.5, (0, 0));
+        let mut r = Registry::default();
+        r.register("cost", "Cost", m.external_cost_usd.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap_or_default();
+        let families = edgewise_ops::metrics::openmetrics::parse(&text).unwrap_or_default();
+        assert_eq!(families.len(), 1, "{text}");
+        let labels = &families[0].samples[0].labels;
+        assert!(
+            labels.contains(&("tenant".to_string(), tenant.to_string())),
+            "{text}"
+        );
+        assert!(!text.contains("\nforged_total"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
 //! OpenTelemetry traces, exported over OTLP/gRPC when a config names a collector (off by
-//! default). Spans come from `tracing` through tracing-opentelemetry; W3C trace context
+//! default; the same collector receives the metrics, see [`crate::metrics::otlp`]). Spans come from `tracing` through tracing-opentelemetry; W3C trace context
 //! travels in gRPC metadata (`traceparent`), so a request's gateway and agent spans share one
 //! trace id.
 //!
@@ -30,6 +30,8 @@ pub struct OtlpConfig {
     pub queue: usize,
     /// How long spans may wait before a batch goes out.
     pub export_interval: Duration,
+    /// How often the metrics go out.
+    pub metrics_interval: Duration,
 }
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -41,8 +43,8 @@ pub fn dropped_spans() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// The trace export's own figures for a metrics endpoint: spans dropped (queue full),
-/// exported, and lost in failed exports.
+/// The OTLP export's own figures for a metrics endpoint: spans dropped (queue full),
+/// exported, and lost in failed exports; metric exports accepted and failed.
 pub fn encode_counts(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
@@ -63,6 +65,16 @@ pub fn encode_counts(
             "trace_spans_failed",
             "Spans lost in failed or timed-out exports",
             failed,
+        ),
+        (
+            "metric_exports",
+            "Metric exports the OTLP collector accepted",
+            crate::metrics::otlp::exports().0,
+        ),
+        (
+            "metric_export_failures",
+            "Metric exports that failed or timed out",
+            crate::metrics::otlp::exports().1,
         ),
     ] {
         let c = prometheus_client::metrics::counter::ConstCounter::new(v);
@@ -334,10 +346,12 @@ mod tests {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
-    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset: no traces exported.
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset: no traces or metrics
+    /// exported.
     pub otlp_endpoint: Option<String>,
     pub queue: Option<usize>,
     pub export_interval_ms: Option<u64>,
+    pub metrics_interval_ms: Option<u64>,
 }
 
 /// Validates `[telemetry]`, placing problems in the file.
@@ -347,7 +361,18 @@ pub fn validate(
     problems: &mut Vec<edgewise_diag::Diagnostic>,
 ) -> Option<OtlpConfig> {
     let endpoint = raw.otlp_endpoint?;
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+    if endpoint.starts_with("https://") {
+        // the exporters speak plain gRPC: a local collector (loopback) relays onwards over TLS
+        problems.push(at.problem(
+            "telemetry.otlp_endpoint",
+            format!(
+                "`{endpoint}`: OTLP over TLS is not supported; run a collector on this host \
+                 (http://127.0.0.1:4317) and let it forward over TLS"
+            ),
+        ));
+        return None;
+    }
+    if !endpoint.starts_with("http://") {
         problems.push(at.problem(
             "telemetry.otlp_endpoint",
             format!("`{endpoint}` must be a URL like http://127.0.0.1:4317"),
@@ -368,9 +393,17 @@ pub fn validate(
             format!("{ms} is out of range 10..=60000"),
         ));
     }
+    let metrics_ms = raw.metrics_interval_ms.unwrap_or(10_000);
+    if !(100..=3_600_000).contains(&metrics_ms) {
+        problems.push(at.problem(
+            "telemetry.metrics_interval_ms",
+            format!("{metrics_ms} is out of range 100..=3600000"),
+        ));
+    }
     Some(OtlpConfig {
         endpoint,
         queue,
         export_interval: Duration::from_millis(ms),
+        metrics_interval: Duration::from_millis(metrics_ms),
     })
 }

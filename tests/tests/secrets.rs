@@ -69,7 +69,7 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     std::fs::write(d.join("openai.key"), PROVIDER_KEY).unwrap();
     // the provider accepts another key: every call gets a 401 that echoes part of ours
     let mock = MockProvider::start("sk-the-right-key").await;
-    let (otlp, spans, _otlp_server) = OtlpReceiver::start().await;
+    let (otlp, collector, _otlp_server) = OtlpReceiver::start().await;
     let (gw_metrics, agent_metrics) = (free_port(), free_port());
 
     std::fs::create_dir_all(d.join("policies")).unwrap();
@@ -223,13 +223,21 @@ async fn the_canary_key_tokens_and_tls_keys_are_found_nowhere() {
     outputs.push(("gateway metrics", http_get(gw_metrics, "/metrics").await));
     outputs.push(("agent metrics", http_get(agent_metrics, "/metrics").await));
     agent.stop();
-    gw.stop(); // flushes the spans still queued
-    let exported = spans.spans();
+    gw.stop(); // flushes the spans still queued, and exports the metrics once more
+    let exported = collector.spans();
     assert!(
         exported.iter().any(|s| s.name == "external.call"),
         "the failed external call was traced"
     );
     outputs.push(("trace spans", format!("{exported:?}")));
+    let metrics = collector.metrics();
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m.metric.name == "edgewise_gateway_external_calls"),
+        "the failed external call was counted in the exported metrics"
+    );
+    outputs.push(("OTLP metrics", format!("{metrics:?}")));
     let gw_log = std::fs::read_to_string(d.join("gateway.log")).unwrap();
     let agent_log = std::fs::read_to_string(d.join("agent.log")).unwrap();
     // the logs are at debug and did see the failures (so the search means something)

@@ -10,6 +10,12 @@ use std::time::Duration;
 use edgewise_agent::Agent;
 use edgewise_agent::config::{AgentConfig, Limits};
 use edgewise_proto as pb;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -432,9 +438,39 @@ pub struct ReceivedSpan {
     pub attributes: String,
 }
 
-/// An OTLP/gRPC trace collector standing in for a real one: keeps every span it receives.
+/// One metric as a collector received it, with the resource that sent it.
+#[derive(Debug, Clone)]
+pub struct ReceivedMetric {
+    /// `service.name`.
+    pub service: String,
+    /// `service.instance.id`.
+    pub instance: String,
+    pub metric: opentelemetry_proto::tonic::metrics::v1::Metric,
+}
+
+/// An OTLP/gRPC collector standing in for a real one: keeps every span and every metric it
+/// receives.
 #[derive(Default, Clone)]
-pub struct OtlpReceiver(pub Arc<Mutex<Vec<ReceivedSpan>>>);
+pub struct OtlpReceiver {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    metrics: Arc<Mutex<Vec<ReceivedMetric>>>,
+}
+
+fn resource_text(
+    r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+    key: &str,
+) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    r.iter()
+        .flat_map(|r| &r.attributes)
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
 
 #[tonic::async_trait]
 impl TraceService for OtlpReceiver {
@@ -442,16 +478,9 @@ impl TraceService for OtlpReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut out = self.0.lock().unwrap();
+        let mut out = self.spans.lock().unwrap();
         for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+            let service = resource_text(rs.resource.as_ref(), "service.name");
             for ss in rs.scope_spans {
                 for s in ss.spans {
                     out.push(ReceivedSpan {
@@ -471,6 +500,32 @@ impl TraceService for OtlpReceiver {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut out = self.metrics.lock().unwrap();
+        for rm in request.into_inner().resource_metrics {
+            let service = resource_text(rm.resource.as_ref(), "service.name");
+            let instance = resource_text(rm.resource.as_ref(), "service.instance.id");
+            for sm in rm.scope_metrics {
+                for metric in sm.metrics {
+                    out.push(ReceivedMetric {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                        metric,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 impl OtlpReceiver {
     /// Listening on a port-0 address; (its address, the receiver, the server task).
     pub async fn start() -> (
@@ -484,13 +539,19 @@ impl OtlpReceiver {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(receiver.clone()))
+                .add_service(MetricsServiceServer::new(receiver.clone()))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         (addr, receiver, server)
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.0.lock().unwrap().clone()
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Every metric received so far, oldest export first.
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        self.metrics.lock().unwrap().clone()
     }
 }
 

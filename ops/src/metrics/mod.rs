@@ -1,5 +1,9 @@
 //! The Prometheus endpoint both daemons serve when `[metrics] listen` is set: `GET /metrics`
 //! in the OpenMetrics text format, plain HTTP (bind it to a local or management address).
+//! The same registry is pushed over OTLP when `[telemetry]` names a collector ([`otlp`]).
+
+pub mod openmetrics;
+pub mod otlp;
 
 use std::convert::Infallible;
 use std::sync::Arc;

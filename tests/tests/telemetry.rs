@@ -1,9 +1,15 @@
-//! Distributed traces: the real gateway and agent binaries export spans over OTLP/gRPC to a
-//! receiver in this test. One generation through the gateway yields one trace holding the
+//! OpenTelemetry over OTLP/gRPC from the real gateway and agent binaries to a collector in
+//! this test: traces and metrics.
+//!
+//! Traces: the binaries export spans to the receiver. One generation through the gateway yields one trace holding the
 //! gateway's spans (request, decision, agent call) and the agent's (request, queue wait,
 //! inference), the agent's request span a child of the gateway's agent call — the W3C trace
 //! context crossed the process boundary in the gRPC metadata. A collector that never answers
 //! slows nothing: requests succeed and the dropped spans are counted.
+//!
+//! Metrics: both daemons push their registries on an interval; the requests the gateway served
+//! arrive as a monotonic cumulative sum with route, task, target and outcome, its latency as a
+//! histogram, and the agent's per-model figures under its node id.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use edgewise_proto as pb;
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric::Data};
 use tonic::{Request, Status};
 
 /// A gateway and an agent exporting to `endpoint`; returns them and the gateway's address.
@@ -29,7 +36,7 @@ fn fleet(
     )
     .unwrap();
     let telemetry = format!(
-        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nqueue = {queue}\nexport_interval_ms = 100\n"
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nqueue = {queue}\nexport_interval_ms = 100\nmetrics_interval_ms = 200\n"
     );
     let metrics = metrics
         .map(|m| format!("[metrics]\nlisten = \"{m}\"\n"))
@@ -167,4 +174,130 @@ async fn a_collector_that_never_answers_slows_nothing_and_drops_are_counted() {
     agent.stop();
     gw.stop();
     drop(hole);
+}
+
+/// The attributes of a data point, as (key, text value) pairs.
+fn attrs(a: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> Vec<(String, String)> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    a.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+fn has(a: &[(String, String)], key: &str, value: &str) -> bool {
+    a.iter().any(|(k, v)| k == key && v == value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_the_collector_over_otlp() {
+    let (otlp, receiver, server) = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, agent, addr) = fleet(dir.path(), &format!("http://{otlp}"), 2048, None);
+    let mut c = gateway_client(&addr);
+    agent_ready(&c).await;
+    for _ in 0..3 {
+        generate(&mut c).await.unwrap();
+    }
+
+    // the gateway's request counter, once an export after the three requests has arrived
+    let requests = |all: &[ReceivedMetric]| -> Option<i64> {
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+        all.iter()
+            .rev()
+            .filter(|m| m.service == "edgewise-gateway")
+            .find(|m| m.metric.name == "edgewise_gateway_requests")
+            .and_then(|m| match &m.metric.data {
+                Some(Data::Sum(s)) => s.data_points.iter().find_map(|p| {
+                    let a = attrs(&p.attributes);
+                    let ok = has(&a, "route", "all")
+                        && has(&a, "task", "generate")
+                        && has(&a, "target", "local")
+                        && has(&a, "outcome", "OK");
+                    match (ok, p.value) {
+                        (true, Some(Value::AsInt(n))) => Some(n),
+                        _ => None,
+                    }
+                }),
+                _ => None,
+            })
+    };
+    let agent_exported = |all: &[ReceivedMetric]| {
+        all.iter()
+            .any(|m| m.service == "edgewise-agent" && m.metric.name == "edgewise_agent_requests")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = receiver.metrics();
+        if requests(&all) == Some(3) && agent_exported(&all) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no export with the three requests after 30 s; received: {:?}",
+            all.iter()
+                .map(|m| (m.service.clone(), m.metric.name.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = receiver.metrics();
+    let latest = |service: &str, name: &str| {
+        all.iter()
+            .rev()
+            .find(|m| m.service == service && m.metric.name == name)
+            .unwrap_or_else(|| panic!("{service} exported no {name}"))
+    };
+
+    let requests = latest("edgewise-gateway", "edgewise_gateway_requests");
+    assert_eq!(requests.instance, "gw-traces");
+    let Some(Data::Sum(sum)) = &requests.metric.data else {
+        panic!("{requests:?}")
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32
+    );
+
+    // latency: a histogram whose buckets add up to its count
+    let latency = latest(
+        "edgewise-gateway",
+        "edgewise_gateway_request_duration_seconds",
+    );
+    let Some(Data::Histogram(h)) = &latency.metric.data else {
+        panic!("{latency:?}")
+    };
+    let p = h
+        .data_points
+        .iter()
+        .find(|p| has(&attrs(&p.attributes), "task", "generate"))
+        .expect("a generate latency point");
+    assert_eq!(p.count, 3);
+    assert_eq!(p.bucket_counts.iter().sum::<u64>(), 3);
+    assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1);
+    assert!(p.sum.is_some_and(|s| s > 0.0));
+
+    // the agent's per-model figures, under the node's id, and a gauge stays a gauge
+    let served = latest("edgewise-agent", "edgewise_agent_requests");
+    assert!(!served.instance.is_empty());
+    let Some(Data::Sum(s)) = &served.metric.data else {
+        panic!("{served:?}")
+    };
+    assert!(
+        s.data_points
+            .iter()
+            .any(|p| has(&attrs(&p.attributes), "model", "tiny-lm-fp32")),
+        "{served:?}"
+    );
+    let live = latest("edgewise-gateway", "edgewise_gateway_nodes_live");
+    assert!(matches!(live.metric.data, Some(Data::Gauge(_))), "{live:?}");
+    agent.stop();
+    gw.stop();
+    server.abort();
 }
