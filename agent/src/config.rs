@@ -42,6 +42,9 @@ pub struct RawServer {
     pub advertise: Option<String>,
     pub drain_timeout_ms: Option<u64>,
     pub max_message_bytes: Option<usize>,
+    /// Tenants whose certificates may call this agent directly (`edgewise-agent call`).
+    #[serde(default)]
+    pub operators: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,8 +115,10 @@ pub struct AgentConfig {
     pub tls: edgewise_tls::TlsMode,
     /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
-    /// Where traces are exported (OTLP); `None`: not exported.
+    /// Where traces and metrics are exported (OTLP); `None`: not exported.
     pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
+    /// Tenants (besides gateways) whose certificates may call this agent under mutual TLS.
+    pub operators: Vec<String>,
 }
 
 /// Per-model admission limits. Unset fields take the task's defaults.
@@ -160,13 +165,17 @@ impl AgentConfig {
             tls: edgewise_tls::TlsMode::Plaintext,
             metrics_listen: None,
             otlp: None,
+            operators: Vec::new(),
         }
     }
 
     /// Reads `path`, applies `EDGEWISE_*__*` overrides from `env`, validates.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Self, Diagnostics> {
-        let layered =
-            Layered::<RawAgentConfig>::load(path, env, &["report.gateways", "models.include"])?;
+        let layered = Layered::<RawAgentConfig>::load(
+            path,
+            env,
+            &["report.gateways", "models.include", "server.operators"],
+        )?;
         let credentials = env
             .iter()
             .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
@@ -242,6 +251,15 @@ fn validate(
             cfg.max_message_bytes = bytes;
         }
     }
+    for (i, o) in raw.server.operators.iter().enumerate() {
+        if !edgewise_tls::valid_name(o) {
+            problem(
+                &format!("server.operators[{i}]"),
+                format!("`{o}` is not a tenant name"),
+            );
+        }
+    }
+    cfg.operators = raw.server.operators;
     if let Some(dir) = raw.models.dir {
         cfg.models_dir = base.join(dir);
     } else {
@@ -351,7 +369,7 @@ mod tests {
     #[test]
     fn reports_every_problem_with_its_position() {
         let err = load(
-            "[server]\nlisten = \"nowhere\"\n\n[report]\ninterval_ms = 5\ngateways = [\"127.0.0.1:1\"]\n\n[tls]\nplaintext = true\n",
+            "[server]\nlisten = \"nowhere\"\noperators = [\"ops\", \"ops team\"]\n\n[report]\ninterval_ms = 5\ngateways = [\"127.0.0.1:1\"]\n\n[tls]\nplaintext = true\n",
             &[],
         )
         .err();
@@ -359,8 +377,9 @@ mod tests {
             err.as_deref(),
             Some(
                 "agent.toml:2:10: server.listen: `nowhere` is not an address like 127.0.0.1:7300 (invalid socket address syntax)\n\
-                 agent.toml:6:13: report.gateways[0]: `127.0.0.1:1` must be a URL starting with http:// (tls.plaintext = true)\n\
-                 agent.toml:5:15: report.interval_ms: 5 is out of range 50..=60000"
+                 agent.toml:3:21: server.operators[1]: `ops team` is not a tenant name\n\
+                 agent.toml:7:13: report.gateways[0]: `127.0.0.1:1` must be a URL starting with http:// (tls.plaintext = true)\n\
+                 agent.toml:6:15: report.interval_ms: 5 is out of range 50..=60000"
             )
         );
     }

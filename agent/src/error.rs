@@ -35,6 +35,8 @@ pub enum AgentError {
     DeadlineExceeded(String),
     #[error("the agent is draining for shutdown; send new requests elsewhere")]
     Draining,
+    #[error("{0}")]
+    CallerNotAllowed(String),
     #[error("inference failed in model `{model}`: {message}")]
     Inference { model: String, message: String },
 }

@@ -30,6 +30,7 @@ pub fn status(e: &AgentError) -> Status {
             s
         }
         AgentError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+        AgentError::CallerNotAllowed(_) => Status::permission_denied(msg),
         AgentError::Inference { .. } => Status::internal(msg),
     }
 }
@@ -49,6 +50,19 @@ pub struct AgentService {
     pub inference: Inference,
 }
 
+impl AgentService {
+    /// Refuses callers the agent does not serve (see [`crate::callers`]).
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let node = &self.inference.node;
+        crate::callers::admit(
+            node.tls.is_some(),
+            edgewise_tls::net::peer_identity(request).as_ref(),
+            &node.config.operators,
+        )
+        .map_err(|e| status(&e))
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -59,6 +73,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.admit(&request)?;
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         let span = request_span("agent.generate", &request, &request.get_ref().model);
         let out = self
@@ -78,6 +93,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
+        self.admit(&request)?;
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         let span = request_span("agent.embed", &request, &request.get_ref().model);
         self.inference
@@ -92,6 +108,7 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        self.admit(&request)?;
         let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
         let span = request_span("agent.classify", &request, &request.get_ref().model);
         self.inference

@@ -4,6 +4,7 @@
 //! tests can start a real agent on a port-0 listener with their own shutdown signal.
 
 pub mod call;
+pub mod callers;
 pub mod check;
 pub mod config;
 pub mod engine;
@@ -221,9 +222,6 @@ impl Agent {
         let _ = self.loaded.wait_for(|l| *l).await;
     }
 
-    /// Drains and stops; resolves when the agent has shut down.
-    /// Applies what a reloaded config can change while serving (per-model limits) and names
-    /// the changed settings that need a restart.
     /// Applies a reloaded config (limits now; other changes at the next restart) and reads
     /// the TLS files again. Errors: the TLS files were refused (the ones in use stay).
     pub fn reload(&self, next: &AgentConfig) -> Result<(), edgewise_tls::TlsError> {
@@ -238,6 +236,7 @@ impl Agent {
         let restart: Vec<&str> = [
             ("server.listen", now.listen != next.listen),
             ("server.advertise", now.advertise != next.advertise),
+            ("server.operators", now.operators != next.operators),
             (
                 "models.dir / models.include",
                 now.models_dir != next.models_dir || now.include != next.include,

@@ -91,6 +91,8 @@ async fn start_agent(tls: &Path, node: &str, gateway: &Gateway) -> (Agent, tempf
     c.models_dir = kept;
     c.gateways = vec![format!("https://{}", gateway.addr)];
     c.tls = TlsMode::Mutual(files(tls, &format!("node-{node}")));
+    // besides gateways, the `ops` tenant may call the agent directly
+    c.operators = vec!["ops".into()];
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut agent = Agent::start(c, listener).await.unwrap();
     agent.loaded().await;
@@ -234,7 +236,33 @@ async fn nodes_report_and_serve_over_mutual_tls_and_callers_prove_their_tenant()
         "{e:?}"
     );
 
-    // the operator's client reaches a TLS agent with a fleet certificate, and only with one
+    // a tenant service going around the gateway (and its policy, budget and audit) is refused
+    // by the agent, though its certificate is the fleet's; so is another node
+    for who in ["tenant-shop", "node-edge-b"] {
+        let f = files(&tls, who);
+        let with_cert =
+            edgewise_tls::client_config(&f.ca, Some((f.cert.as_path(), f.key.as_path()))).unwrap();
+        let ch = edgewise_tls::net::channel_lazy(
+            Endpoint::from_shared(format!("https://{}", agent.addr)).unwrap(),
+            edgewise_tls::net::fixed(with_cert),
+        );
+        let e = pb::agent_client::AgentClient::new(ch)
+            .classify(pb::ClassifyRequest {
+                model: "tiny-classify".into(),
+                texts: vec!["x".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
+        assert!(
+            e.message()
+                .contains("may not call this agent: agents serve gateways"),
+            "{who}: {}",
+            e.message()
+        );
+    }
+
+    // the operator's client reaches a TLS agent with an operator's certificate, and only with one
     let call = |with_cert: bool| {
         let mut c = Command::new(agent_bin());
         c.args(["call", "--addr"])
