@@ -262,6 +262,7 @@ impl Agent {
         tls
     }
 
+    /// Drains and stops; resolves when the agent has shut down.
     pub async fn stop(self) -> Result<(), StartError> {
         self.stop.cancel();
         self.task
