@@ -187,8 +187,7 @@ impl Agent {
                     instance: node.id.clone(),
                 },
                 metrics::registry(&node),
-                otlp.endpoint.clone(),
-                otlp.metrics_interval,
+                otlp,
                 background.clone(),
             )
         });

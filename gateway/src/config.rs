@@ -489,37 +489,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir_all(dir.path().join("policies")).ok();
         let file = dir.path().join("gateway.toml");
-        let text = "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[telemetry]\notlp_endpoint = \"https://collector:4317\"\n";
-        std::fs::write(&file, text).ok();
-        let err = GatewayFile::load(&file, &[])
-            .err()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
+        let load = |text: &str| {
+            std::fs::write(&file, text).ok();
+            GatewayFile::load(&file, &[])
+                .map(|g| g.gateway.otlp)
+                .map_err(|d| d.to_string())
+        };
+        let head = "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[telemetry]\n";
         let f = file.display();
+        let missing = dir.path().join("missing.pem");
         assert_eq!(
-            err,
-            format!(
-                "{f}:6:17: telemetry.otlp_endpoint: `https://collector:4317`: OTLP over TLS is not supported; run a collector on this host (http://127.0.0.1:4317) and let it forward over TLS"
-            )
+            load(&format!(
+                "{head}otlp_endpoint = \"grpc://collector:4317\"\n"
+            )),
+            Err(format!(
+                "{f}:6:17: telemetry.otlp_endpoint: `grpc://collector:4317` must be a URL like http://127.0.0.1:4317 or https://collector:4317"
+            ))
         );
-        let text =
-            text.replace("https://collector", "http://127.0.0.1") + "metrics_interval_ms = 5\n";
-        std::fs::write(&file, &text).ok();
-        let err = GatewayFile::load(&file, &[])
-            .err()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
         assert_eq!(
-            err,
-            format!("{f}:7:23: telemetry.metrics_interval_ms: 5 is out of range 100..=3600000")
+            load(&format!(
+                "{head}otlp_endpoint = \"https://collector:4317\"\nca_file = \"missing.pem\"\nmetrics_interval_ms = 5\n"
+            )),
+            Err(format!(
+                "{f}:7:11: telemetry.ca_file: {} is not a file\n\
+                 {f}:8:23: telemetry.metrics_interval_ms: 5 is out of range 100..=3600000",
+                missing.display()
+            ))
         );
-        std::fs::write(&file, text.replace("= 5\n", "= 500\n")).ok();
-        let otlp = GatewayFile::load(&file, &[])
-            .map(|g| g.gateway.otlp)
-            .map_err(|d| d.to_string());
+        std::fs::write(&missing, "").ok();
         assert_eq!(
-            otlp.map(|o| o.map(|o| o.metrics_interval)),
-            Ok(Some(Duration::from_millis(500)))
+            load(&format!(
+                "{head}otlp_endpoint = \"http://127.0.0.1:4317\"\nca_file = \"missing.pem\"\n"
+            )),
+            Err(format!(
+                "{f}:7:11: telemetry.ca_file: applies to https:// collectors; `http://127.0.0.1:4317` is plain"
+            ))
+        );
+        let ok = load(&format!(
+            "{head}otlp_endpoint = \"https://collector:4317\"\nca_file = \"missing.pem\"\nmetrics_interval_ms = 500\n"
+        ));
+        let ok = ok.map(|o| o.map(|o| (o.ca_file, o.metrics_interval)));
+        assert_eq!(
+            ok,
+            Ok(Some((Some(missing.clone()), Duration::from_millis(500))))
         );
     }
 

@@ -235,8 +235,7 @@ impl Gateway {
                     instance: config.id.clone(),
                 },
                 state.metrics.registry(&state),
-                otlp.endpoint.clone(),
-                otlp.metrics_interval,
+                otlp,
                 done.clone(),
             );
             (done, task)

@@ -15,17 +15,20 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Where spans go.
+/// Where spans and metrics go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
-    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`, or `https://…` (the
+    /// collector's certificate checked against the system's roots and `ca_file`).
     pub endpoint: String,
+    /// A CA trusted for an `https://` collector besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Spans waiting for export at most; beyond, new spans are dropped and counted.
     pub queue: usize,
     /// How long spans may wait before a batch goes out.
@@ -145,11 +148,13 @@ fn export_loop(rx: Receiver<SpanData>, config: OtlpConfig, service: &'static str
         }
     };
     let exporter = rt.block_on(async {
+        let channel = channel(&config)?;
         opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(config.endpoint.clone())
+            .with_channel(channel)
             .with_timeout(EXPORT_TIMEOUT)
             .build()
+            .map_err(|e| e.to_string())
     });
     let mut exporter = match exporter {
         Ok(e) => e,
@@ -198,6 +203,25 @@ fn export_loop(rx: Receiver<SpanData>, config: OtlpConfig, service: &'static str
             }
         }
     }
+}
+
+/// A channel to the collector, connecting on first use: plain for `http://`, TLS (system
+/// roots and `ca_file`) for `https://`. Needs a runtime.
+pub fn channel(config: &OtlpConfig) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| format!("`{}`: {e}", config.endpoint))?
+        .connect_timeout(EXPORT_TIMEOUT)
+        .timeout(EXPORT_TIMEOUT);
+    if !config.endpoint.starts_with("https://") {
+        return Ok(endpoint.connect_lazy());
+    }
+    let mut tls =
+        edgewise_tls::public_client_config(config.ca_file.as_deref(), "the OTLP collector")?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(edgewise_tls::net::channel_lazy(
+        endpoint,
+        edgewise_tls::net::fixed(std::sync::Arc::new(tls)),
+    ))
 }
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -349,6 +373,8 @@ pub struct RawTelemetry {
     /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset: no traces or metrics
     /// exported.
     pub otlp_endpoint: Option<String>,
+    /// For an `https://` collector: a CA trusted besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     pub queue: Option<usize>,
     pub export_interval_ms: Option<u64>,
     pub metrics_interval_ms: Option<u64>,
@@ -360,24 +386,36 @@ pub fn validate(
     at: &edgewise_diag::Layered<()>,
     problems: &mut Vec<edgewise_diag::Diagnostic>,
 ) -> Option<OtlpConfig> {
-    let endpoint = raw.otlp_endpoint?;
-    if endpoint.starts_with("https://") {
-        // the exporters speak plain gRPC: a local collector (loopback) relays onwards over TLS
+    let Some(endpoint) = raw.otlp_endpoint else {
+        if raw.ca_file.is_some() {
+            problems.push(at.problem(
+                "telemetry.ca_file",
+                "is set but otlp_endpoint is not (nothing is exported)".to_string(),
+            ));
+        }
+        return None;
+    };
+    let tls = endpoint.starts_with("https://");
+    if !(tls || endpoint.starts_with("http://")) {
         problems.push(at.problem(
             "telemetry.otlp_endpoint",
             format!(
-                "`{endpoint}`: OTLP over TLS is not supported; run a collector on this host \
-                 (http://127.0.0.1:4317) and let it forward over TLS"
+                "`{endpoint}` must be a URL like http://127.0.0.1:4317 or https://collector:4317"
             ),
         ));
         return None;
     }
-    if !endpoint.starts_with("http://") {
-        problems.push(at.problem(
-            "telemetry.otlp_endpoint",
-            format!("`{endpoint}` must be a URL like http://127.0.0.1:4317"),
-        ));
-        return None;
+    let ca_file = raw.ca_file.map(|p| at.base().join(p));
+    match &ca_file {
+        Some(_) if !tls => problems.push(at.problem(
+            "telemetry.ca_file",
+            format!("applies to https:// collectors; `{endpoint}` is plain"),
+        )),
+        Some(p) if !p.is_file() => problems.push(at.problem(
+            "telemetry.ca_file",
+            format!("{} is not a file", p.display()),
+        )),
+        _ => {}
     }
     let queue = raw.queue.unwrap_or(2048);
     if !(1..=1_000_000).contains(&queue) {
@@ -402,6 +440,7 @@ pub fn validate(
     }
     Some(OtlpConfig {
         endpoint,
+        ca_file,
         queue,
         export_interval: Duration::from_millis(ms),
         metrics_interval: Duration::from_millis(metrics_ms),

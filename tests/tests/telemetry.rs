@@ -29,6 +29,17 @@ fn fleet(
     queue: usize,
     metrics: Option<std::net::SocketAddr>,
 ) -> (Proc, Proc, String) {
+    fleet_with(dir, endpoint, "", queue, metrics)
+}
+
+/// [`fleet`], with more `[telemetry]` lines.
+fn fleet_with(
+    dir: &Path,
+    endpoint: &str,
+    more: &str,
+    queue: usize,
+    metrics: Option<std::net::SocketAddr>,
+) -> (Proc, Proc, String) {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(
         dir.join("policies/p.yaml"),
@@ -36,7 +47,7 @@ fn fleet(
     )
     .unwrap();
     let telemetry = format!(
-        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nqueue = {queue}\nexport_interval_ms = 100\nmetrics_interval_ms = 200\n"
+        "[telemetry]\notlp_endpoint = \"{endpoint}\"\nqueue = {queue}\nexport_interval_ms = 100\nmetrics_interval_ms = 200\n{more}"
     );
     let metrics = metrics
         .map(|m| format!("[metrics]\nlisten = \"{m}\"\n"))
@@ -297,6 +308,117 @@ async fn metrics_reach_the_collector_over_otlp() {
     );
     let live = latest("edgewise-gateway", "edgewise_gateway_nodes_live");
     assert!(matches!(live.metric.data, Some(Data::Gauge(_))), "{live:?}");
+    agent.stop();
+    gw.stop();
+    server.abort();
+}
+
+/// The collector's certificate, from the fleet tooling (`edgewise certs init`): its CA is no
+/// system root, so a daemon trusts it only through `[telemetry] ca_file`.
+fn collector_tls(dir: &Path) -> std::sync::Arc<edgewise_tls::Tls> {
+    let out = dir.join("collector-tls");
+    let status = std::process::Command::new(agent_bin().with_file_name("edgewise"))
+        .args(["certs", "init", "--out"])
+        .arg(&out)
+        .args(["gateway:collector", "--host", "127.0.0.1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let files = edgewise_tls::TlsFiles {
+        ca: out.join("ca.pem"),
+        cert: out.join("gateway-collector.pem"),
+        key: out.join("gateway-collector.key"),
+    };
+    edgewise_tls::Tls::load(files, edgewise_tls::ClientAuth::Optional).unwrap()
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_reached_when_its_ca_is_trusted_and_refused_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = collector_tls(dir.path());
+    let ca = dir.path().join("collector-tls/ca.pem");
+
+    // trusted through ca_file: the spans and the metrics arrive over TLS
+    let (otlp, receiver, server) = OtlpReceiver::start_tls(tls.clone()).await;
+    let trusted = dir.path().join("trusted");
+    let (gw, agent, addr) = fleet_with(
+        &trusted,
+        &format!("https://127.0.0.1:{}", otlp.port()),
+        &format!("ca_file = \"{}\"\n", ca.display()),
+        2048,
+        None,
+    );
+    let mut c = gateway_client(&addr);
+    agent_ready(&c).await;
+    generate(&mut c).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = receiver.spans();
+        let metrics = receiver.metrics();
+        let arrived = spans.iter().any(|s| s.name == "gateway.generate")
+            && spans.iter().any(|s| s.name == "agent.generate")
+            && metrics
+                .iter()
+                .any(|m| m.metric.name == "edgewise_gateway_requests")
+            && metrics
+                .iter()
+                .any(|m| m.metric.name == "edgewise_agent_requests");
+        if arrived {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "over TLS after 30 s: {} spans, {} metrics",
+            spans.len(),
+            metrics.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.stop();
+    gw.stop();
+    server.abort();
+
+    // the same collector without ca_file: its certificate is not trusted, nothing is sent,
+    // requests still succeed and the failures are counted
+    let (otlp, receiver, server) = OtlpReceiver::start_tls(tls).await;
+    let metrics = free_port();
+    let (gw, agent, addr) = fleet_with(
+        &dir.path().join("untrusted"),
+        &format!("https://127.0.0.1:{}", otlp.port()),
+        "",
+        2048,
+        Some(metrics),
+    );
+    let mut c = gateway_client(&addr);
+    agent_ready(&c).await;
+    generate(&mut c).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(metrics, "/metrics").await;
+        let failed = counter(&text, "edgewise_gateway_metric_export_failures_total");
+        let spans_failed = counter(&text, "edgewise_gateway_trace_spans_failed_total");
+        if failed > 0 && spans_failed > 0 {
+            assert_eq!(
+                counter(&text, "edgewise_gateway_metric_exports_total"),
+                0,
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed exports counted after 30 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(receiver.spans().is_empty() && receiver.metrics().is_empty());
     agent.stop();
     gw.stop();
     server.abort();

@@ -13,8 +13,10 @@ mod config;
 mod identity;
 pub mod issue;
 pub mod net;
+mod public;
 mod settings;
 
 pub use config::{ClientAuth, Tls, TlsError, TlsFiles, client_config, load_roots};
 pub use identity::{Identity, valid_name};
+pub use public::public_client_config;
 pub use settings::{RawTls, TlsMode, validate};

@@ -9,7 +9,6 @@
 mod anthropic;
 mod openai;
 pub mod sse;
-mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -204,7 +203,8 @@ impl fmt::Debug for Provider {
 
 impl Provider {
     pub fn new(config: ProviderConfig) -> Result<Self, String> {
-        let tls = tls::client_config(config.ca_file.as_deref())?;
+        let mut tls = edgewise_tls::public_client_config(config.ca_file.as_deref(), "providers")?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))

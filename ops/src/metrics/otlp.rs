@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::openmetrics::{Family, Kind, Labels, Sample, Value};
+use crate::telemetry::OtlpConfig;
 
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,29 +48,21 @@ pub struct Source {
     pub instance: String,
 }
 
-/// Starts exporting `registry` to `endpoint` every `interval` until `stop`, then once more.
+/// Starts exporting `registry` to the collector in `config` every `metrics_interval` until
+/// `stop`, then once more.
 pub fn spawn(
     source: Source,
     registry: Registry,
-    endpoint: String,
-    interval: Duration,
+    config: &OtlpConfig,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(source, registry, endpoint, interval, stop))
+    tokio::spawn(run(source, registry, config.clone(), stop))
 }
 
-async fn run(
-    source: Source,
-    registry: Registry,
-    endpoint: String,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
-        Ok(e) => e
-            .connect_timeout(EXPORT_TIMEOUT)
-            .timeout(EXPORT_TIMEOUT)
-            .connect_lazy(),
+async fn run(source: Source, registry: Registry, config: OtlpConfig, stop: CancellationToken) {
+    let (endpoint, interval) = (config.endpoint.as_str(), config.metrics_interval);
+    let channel = match crate::telemetry::channel(&config) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, endpoint, "metric export disabled");
             return;

@@ -545,6 +545,27 @@ impl OtlpReceiver {
         (addr, receiver, server)
     }
 
+    /// Like [`OtlpReceiver::start`], over TLS with `tls`'s certificate (no client certificate
+    /// asked for).
+    pub async fn start_tls(
+        tls: std::sync::Arc<edgewise_tls::Tls>,
+    ) -> (
+        std::net::SocketAddr,
+        OtlpReceiver,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
+        let receiver = OtlpReceiver::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .add_service(MetricsServiceServer::new(receiver.clone()))
+                .serve_with_incoming(edgewise_tls::net::incoming(listener, tls)),
+        );
+        (addr, receiver, server)
+    }
+
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap().clone()
     }

@@ -1,4 +1,5 @@
-//! The HTTPS client's TLS: rustls with the system's roots plus an optional extra CA.
+//! TLS to services outside the fleet (hosted providers, telemetry collectors): the system's
+//! roots plus, optionally, one extra CA file; no client certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,7 +7,12 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+/// A client config trusting the system's roots and the certificates in `extra_ca`; the
+/// caller sets ALPN. `what` names the peers in the warning when the system has no roots.
+pub fn public_client_config(
+    extra_ca: Option<&Path>,
+    what: &str,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -27,15 +33,13 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
         }
     } else if added == 0 {
         tracing::warn!(
-            "no system CA certificates found; HTTPS to providers will fail unless a provider sets ca_file"
+            "no system CA certificates found; HTTPS to {what} will fail without a ca_file"
         );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+        .with_no_client_auth())
 }
