@@ -53,6 +53,7 @@ pub fn encode_counts(
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::encoding::EncodeMetric;
     let (exported, failed) = exported_spans();
+    let (metric_exports, metric_failures) = crate::metrics::otlp::exports();
     for (name, help, v) in [
         (
             "trace_spans_dropped",
@@ -72,12 +73,12 @@ pub fn encode_counts(
         (
             "metric_exports",
             "Metric exports the OTLP collector accepted",
-            crate::metrics::otlp::exports().0,
+            metric_exports,
         ),
         (
             "metric_export_failures",
             "Metric exports that failed or timed out",
-            crate::metrics::otlp::exports().1,
+            metric_failures,
         ),
     ] {
         let c = prometheus_client::metrics::counter::ConstCounter::new(v);
@@ -133,7 +134,8 @@ impl SpanProcessor for BoundedProcessor {
 }
 
 const BATCH: usize = 512;
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one export (spans or metrics) may take.
+pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The exporter thread: its own small runtime for the tonic exporter; batches by size or age.
 fn export_loop(rx: Receiver<SpanData>, config: OtlpConfig, service: &'static str) {

@@ -228,21 +228,13 @@ fn sample(line: &str) -> Result<Sample, String> {
 
 /// A label value up to its closing quote, unescaped, and what follows the quote.
 fn quoted_value(s: &str) -> Option<(String, &str)> {
-    let mut out = String::new();
-    let mut chars = s.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Some((out, &s[i + 1..])),
-            '\\' => match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, c @ ('\\' | '"'))) => out.push(c),
-                Some((_, c)) => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                None => return None,
-            },
-            c => out.push(c),
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return Some((unescape(&s[..i]), &s[i + 1..])),
+            _ => {}
         }
     }
     None

@@ -10,7 +10,7 @@
 //! shutdown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -24,9 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::openmetrics::{Family, Kind, Labels, Sample, Value};
-use crate::telemetry::OtlpConfig;
-
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::telemetry::{EXPORT_TIMEOUT, OtlpConfig};
 
 static EXPORTS: AtomicU64 = AtomicU64::new(0);
 static FAILURES: AtomicU64 = AtomicU64::new(0);

@@ -526,43 +526,37 @@ impl MetricsService for OtlpReceiver {
     }
 }
 
+type Started = (
+    std::net::SocketAddr,
+    OtlpReceiver,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+);
+
 impl OtlpReceiver {
     /// Listening on a port-0 address; (its address, the receiver, the server task).
-    pub async fn start() -> (
-        std::net::SocketAddr,
-        OtlpReceiver,
-        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    ) {
-        let receiver = OtlpReceiver::default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(receiver.clone()))
-                .add_service(MetricsServiceServer::new(receiver.clone()))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        (addr, receiver, server)
+    pub async fn start() -> Started {
+        Self::serve(None).await
     }
 
     /// Like [`OtlpReceiver::start`], over TLS with `tls`'s certificate (no client certificate
     /// asked for).
-    pub async fn start_tls(
-        tls: std::sync::Arc<edgewise_tls::Tls>,
-    ) -> (
-        std::net::SocketAddr,
-        OtlpReceiver,
-        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    ) {
+    pub async fn start_tls(tls: Arc<edgewise_tls::Tls>) -> Started {
+        Self::serve(Some(tls)).await
+    }
+
+    async fn serve(tls: Option<Arc<edgewise_tls::Tls>>) -> Started {
         let receiver = OtlpReceiver::default();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(receiver.clone()))
-                .add_service(MetricsServiceServer::new(receiver.clone()))
-                .serve_with_incoming(edgewise_tls::net::incoming(listener, tls)),
-        );
+        let router = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(MetricsServiceServer::new(receiver.clone()));
+        let server = match tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming(edgewise_tls::net::incoming(listener, tls)))
+            }
+            None => tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener))),
+        };
         (addr, receiver, server)
     }
 
