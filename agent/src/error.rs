@@ -31,6 +31,15 @@ pub enum AgentError {
         max_queue: u32,
         retry_after: Duration,
     },
+    #[error(
+        "model `{model}`: {positions} positions (prompt + max_tokens) need {need} bytes of K/V cache, more than its budget of {budget} bytes; ask for fewer tokens"
+    )]
+    KvBudget {
+        model: String,
+        positions: usize,
+        need: u64,
+        budget: u64,
+    },
     #[error("deadline exceeded {0}")]
     DeadlineExceeded(String),
     #[error("the agent is draining for shutdown; send new requests elsewhere")]

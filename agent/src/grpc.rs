@@ -29,6 +29,8 @@ pub fn status(e: &AgentError) -> Status {
             }
             s
         }
+        // no retry hint: the same request never fits; a smaller max_tokens may
+        AgentError::KvBudget { .. } => Status::resource_exhausted(msg),
         AgentError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
         AgentError::CallerNotAllowed(_) => Status::permission_denied(msg),
         AgentError::Inference { .. } => Status::internal(msg),

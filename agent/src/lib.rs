@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fuzzing;
+pub mod generation;
 pub mod grpc;
 pub mod hardware;
 pub mod metrics;

@@ -13,6 +13,7 @@ use edgewise_proto as pb;
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, Limits};
+use crate::engine::batch::BatchConfig;
 use crate::models::manifest::{Manifest, Task};
 use crate::models::{Engine, LoadedModel};
 use crate::runtime::Runtime;
@@ -69,7 +70,8 @@ impl ModelSlot {
 /// encoders take many requests at once because the batcher merges them.
 fn limits_for(task: Option<Task>, limits: Option<&Limits>, batch: usize) -> (u32, u32) {
     let (c, q) = match task {
-        Some(Task::Generate) => (4, 16),
+        // generations share decode steps: eight rows cost ~2 steps' time on 2 cores
+        Some(Task::Generate) => (8, 16),
         Some(_) => (batch as u32, 8 * batch as u32),
         None => (1, 0),
     };
@@ -261,8 +263,15 @@ impl Node {
             self.set_state(slot, SlotState::Failed(reason.clone()));
             return Err(reason);
         };
-        let loaded = LoadedModel::load(&slot.folder, manifest, rt, self.config.intra_op_threads)
-            .and_then(|m| m.smoke().map(|t| (m, t)));
+        let batch = self.batch_config(&slot.name);
+        let loaded = LoadedModel::load(
+            &slot.folder,
+            manifest,
+            rt,
+            self.config.intra_op_threads,
+            batch,
+        )
+        .and_then(|m| m.smoke().map(|t| (m, t)));
         match loaded {
             Ok((model, smoke)) => {
                 tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.as_millis() as u64, "model ready");
@@ -275,6 +284,31 @@ impl Node {
                 self.set_state(slot, SlotState::Failed(reason.clone()));
                 Err(reason)
             }
+        }
+    }
+
+    /// A generate model's batch settings. Its K/V budget is `models.limits.<name>.kv_budget_mb`,
+    /// else a quarter of the memory available now, shared by the node's generate models.
+    fn batch_config(&self, name: &str) -> BatchConfig {
+        let configured = self.config.limits.get(name).and_then(|l| l.kv_budget_bytes);
+        let kv_budget_bytes = configured.unwrap_or_else(|| {
+            let generate = self
+                .slots
+                .values()
+                .filter(|s| s.manifest.as_ref().map(Manifest::task) == Some(Task::Generate))
+                .count()
+                .max(1) as u64;
+            let available = crate::hardware::snapshot().memory_available_bytes;
+            // without a reading (not Linux), 1 GiB per model
+            if available == 0 {
+                1 << 30
+            } else {
+                available / 4 / generate
+            }
+        });
+        BatchConfig {
+            kv_budget_bytes,
+            prefill_chunk: self.config.prefill_chunk_tokens,
         }
     }
 
@@ -351,6 +385,15 @@ impl Node {
                 .map(|m| m.len())
                 .unwrap_or(0)
         });
+        // (in use, budget, per position) of a loaded generate model
+        let kv = s.ready().and_then(|(m, _)| match &m.engine {
+            Engine::Decoder(b) => Some((
+                b.stats.kv_bytes_in_use.load(Ordering::Relaxed),
+                b.kv_budget_bytes(),
+                b.kv_bytes(1),
+            )),
+            Engine::Encoder(_) => None,
+        });
         pb::ModelStatus {
             name: s.name.clone(),
             task: match m.map(Manifest::task) {
@@ -382,6 +425,9 @@ impl Node {
             errors_total: st.errors_total.load(Ordering::Relaxed),
             rejected_total: st.rejected_total.load(Ordering::Relaxed),
             tokens_generated_total: st.tokens_generated_total.load(Ordering::Relaxed),
+            kv_bytes_in_use: kv.map_or(0, |(used, _, _)| used),
+            kv_bytes_free: kv.map_or(0, |(used, budget, _)| budget.saturating_sub(used)),
+            kv_bytes_per_position: kv.map_or(0, |(_, _, per)| per),
         }
     }
 }

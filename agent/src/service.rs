@@ -13,13 +13,14 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::engine::sampling::{SamplingParams, sample};
-use crate::engine::text::{Detokenizer, TextStream};
+use crate::engine::batch::SequenceRequest;
+use crate::engine::sampling::SamplingParams;
 use crate::error::AgentError;
+use crate::generation::Generation;
 use crate::models::manifest::{Task, TaskSpec};
 use crate::models::{Engine, LoadedModel, Turn};
 use crate::node::{ModelSlot, Node};
-use crate::scheduler::{Batcher, SlotGuard};
+use crate::scheduler::Batcher;
 
 /// Bounds on what one request may ask for.
 pub const MAX_BATCH_TEXTS: usize = 256;
@@ -155,6 +156,22 @@ impl Inference {
                 req.model
             )));
         }
+        let Engine::Decoder(batch) = &r.model.engine else {
+            return Err(AgentError::InvalidRequest(format!(
+                "model `{}` is not a decoder",
+                req.model
+            )));
+        };
+        let positions = prompt.len() + max_tokens as usize;
+        let (need, budget) = (batch.kv_bytes(positions), batch.kv_budget_bytes());
+        if need > budget {
+            return Err(AgentError::KvBudget {
+                model: req.model.clone(),
+                positions,
+                need,
+                budget,
+            });
+        }
         let guard = r
             .slot
             .admission
@@ -163,17 +180,32 @@ impl Inference {
             .await?;
         let (tx, chunks) = mpsc::channel(STREAM_BUFFER);
         let (end_tx, end) = oneshot::channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let sequence = SequenceRequest {
+            prompt,
+            max_tokens,
+            eos,
+            params,
+            rng: ChaCha8Rng::seed_from_u64(req.seed.unwrap_or_else(rand::random)),
+            deadline,
+            events,
+        };
+        let prompt_tokens = sequence.prompt.len() as u32;
+        if batch.submit(sequence).is_err() {
+            return Err(AgentError::NotReady {
+                model: req.model.clone(),
+                state: "failed",
+                reason: "its decode thread has stopped".into(),
+            });
+        }
         let job = Generation {
             slot: r.slot,
             model: r.model,
-            eos,
-            prompt,
-            max_tokens,
-            params,
-            rng: ChaCha8Rng::seed_from_u64(req.seed.unwrap_or_else(rand::random)),
+            prompt_tokens,
             stops: req.stop,
             deadline,
             arrived,
+            events: events_rx,
         };
         // the generation is the caller's request still: its spans stay in the caller's trace
         let span = tracing::info_span!("inference", model = %req.model, task = "generate");
@@ -315,204 +347,6 @@ fn sampling_params(req: &pb::GenerateRequest) -> Result<SamplingParams, AgentErr
         top_p: req.top_p,
         top_k: req.top_k as usize,
     })
-}
-
-/// One admitted generation, run as its own task.
-struct Generation {
-    slot: Arc<ModelSlot>,
-    model: Arc<LoadedModel>,
-    eos: Vec<u32>,
-    prompt: Vec<u32>,
-    max_tokens: u32,
-    params: SamplingParams,
-    rng: ChaCha8Rng,
-    stops: Vec<String>,
-    deadline: Option<Instant>,
-    arrived: Instant,
-}
-
-enum Stop {
-    Finished(pb::FinishReason),
-    /// The caller went away: nothing more to send.
-    Gone,
-    Failed(AgentError),
-}
-
-impl Generation {
-    async fn run(
-        mut self,
-        tx: mpsc::Sender<pb::GenerateChunk>,
-        end: oneshot::Sender<AgentError>,
-        _slot: SlotGuard,
-    ) {
-        let stats = self.slot.stats.clone();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = TextStream::new(std::mem::take(&mut self.stops));
-        let mut detok = Detokenizer::default();
-        let mut first_token_at = None;
-        let outcome = self
-            .decode_loop(
-                &tx,
-                &mut generated,
-                &mut detok,
-                &mut text,
-                &mut first_token_at,
-            )
-            .await;
-        let n = generated.len() as u32;
-        stats
-            .tokens_generated_total
-            .fetch_add(u64::from(n), Ordering::Relaxed);
-        stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let ttft = first_token_at.map(|t: Instant| t.duration_since(self.arrived));
-        if let Some(t) = ttft {
-            stats.time_to_first_token.observe(t.as_secs_f64());
-        }
-        let tpot = match (first_token_at, n) {
-            (Some(t), n) if n > 1 => Some(t.elapsed() / (n - 1)),
-            _ => None,
-        };
-        match outcome {
-            Stop::Finished(reason) => {
-                stats.record_latency(self.arrived.elapsed(), tpot);
-                let tail = if reason == pb::FinishReason::StopSequence {
-                    String::new()
-                } else {
-                    let held = detok.finish(|ids| self.model.decode(ids));
-                    let pushed = text.push(&held);
-                    pushed.text + &text.finish()
-                };
-                let done = pb::GenerateDone {
-                    finish_reason: reason as i32,
-                    usage: Some(pb::Usage {
-                        prompt_tokens: self.prompt.len() as u32,
-                        completion_tokens: n,
-                    }),
-                    time_to_first_token_ms: ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                    time_per_output_token_ms: tpot.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                };
-                let _ = tx
-                    .send(pb::GenerateChunk {
-                        text: tail,
-                        done: Some(done),
-                    })
-                    .await;
-            }
-            Stop::Gone => {
-                stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
-            }
-            Stop::Failed(e) => {
-                if matches!(e, AgentError::DeadlineExceeded(_)) {
-                    stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.errors_total.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(model = %self.model.manifest.name, error = %e, "generation failed");
-                }
-                let _ = end.send(e);
-            }
-        }
-    }
-
-    fn past_deadline(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    async fn decode_loop(
-        &mut self,
-        tx: &mpsc::Sender<pb::GenerateChunk>,
-        generated: &mut Vec<u32>,
-        detok: &mut Detokenizer,
-        text: &mut TextStream,
-        first_token_at: &mut Option<Instant>,
-    ) -> Stop {
-        let name = self.model.manifest.name.clone();
-        let Engine::Decoder(_) = &self.model.engine else {
-            return Stop::Failed(AgentError::InvalidRequest(format!(
-                "model `{name}` is not a decoder"
-            )));
-        };
-        let mut cache = None;
-        let mut feed = self.prompt.clone();
-        loop {
-            // checked before every step: a caller that left or a passed deadline stops here
-            if tx.is_closed() {
-                return Stop::Gone;
-            }
-            if self.past_deadline() {
-                return Stop::Failed(AgentError::DeadlineExceeded(format!(
-                    "after {} generated tokens",
-                    generated.len()
-                )));
-            }
-            let model = self.model.clone();
-            let step_feed = std::mem::take(&mut feed);
-            let mut c = cache.take();
-            let result = tokio::task::spawn_blocking(move || {
-                let Engine::Decoder(d) = &model.engine else {
-                    return Err(crate::engine::EngineError("not a decoder".into()));
-                };
-                let cache = match c.as_mut() {
-                    Some(c) => c,
-                    None => c.insert(d.new_cache()?),
-                };
-                let logits = d.step(cache, &step_feed)?;
-                Ok::<_, crate::engine::EngineError>((c, logits))
-            })
-            .await;
-            let (c, logits) = match result {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    return Stop::Failed(AgentError::Inference {
-                        model: name,
-                        message: e.0,
-                    });
-                }
-                Err(e) => {
-                    return Stop::Failed(AgentError::Inference {
-                        model: name,
-                        message: format!("inference task failed: {e}"),
-                    });
-                }
-            };
-            cache = c;
-            let token = sample(&logits, &self.params, &mut self.rng);
-            first_token_at.get_or_insert_with(Instant::now);
-            if self.eos.contains(&token) {
-                return Stop::Finished(pb::FinishReason::Stop);
-            }
-            generated.push(token);
-            let piece = detok.push(token, |ids| self.model.decode(ids));
-            let pushed = text.push(&piece);
-            if !pushed.text.is_empty() {
-                let chunk = pb::GenerateChunk {
-                    text: pushed.text,
-                    done: None,
-                };
-                let sent = match self.deadline {
-                    Some(d) => match tokio::time::timeout_at(d.into(), tx.send(chunk)).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            return Stop::Failed(AgentError::DeadlineExceeded(format!(
-                                "after {} generated tokens (the caller was not reading)",
-                                generated.len()
-                            )));
-                        }
-                    },
-                    None => tx.send(chunk).await,
-                };
-                if sent.is_err() {
-                    return Stop::Gone;
-                }
-            }
-            if pushed.stopped {
-                return Stop::Finished(pb::FinishReason::StopSequence);
-            }
-            if generated.len() as u32 >= self.max_tokens {
-                return Stop::Finished(pb::FinishReason::Length);
-            }
-            feed = vec![token];
-        }
-    }
 }
 
 /// Deadline from a gRPC timeout, capped so that absurd values do not overflow.

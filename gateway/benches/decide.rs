@@ -37,6 +37,7 @@ fn fleet(nodes: usize) -> FleetSnapshot {
                         gateway_in_flight: 0,
                         ewma_latency_ms: 40.0,
                         ewma_time_per_output_token_ms: 15.0,
+                        kv_room: true,
                     })
                     .collect(),
             })

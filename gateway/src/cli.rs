@@ -251,8 +251,17 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
         .into_inner();
     println!("gateway {}  policy {}", s.gateway_id, s.policy_hash);
     println!(
-        "{:<38} {:<5} {:<22} {:<9} {:<8} {:>5} {:>5} {:>7} {:>9}",
-        "NODE", "LIVE", "MODEL", "TASK", "STATE", "BUSY", "QUEUE", "LAT ms", "TOK/s"
+        "{:<38} {:<5} {:<22} {:<9} {:<8} {:>5} {:>5} {:>7} {:>9} {:>14}",
+        "NODE",
+        "LIVE",
+        "MODEL",
+        "TASK",
+        "STATE",
+        "BUSY",
+        "QUEUE",
+        "LAT ms",
+        "TOK/s",
+        "KV MiB used/free"
     );
     for n in &s.nodes {
         for m in &n.models {
@@ -266,8 +275,17 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
                         .to_lowercase()
                 })
                 .unwrap_or_default();
+            let kv = if m.kv_bytes_per_position > 0 {
+                format!(
+                    "{:.0}/{:.0}",
+                    m.kv_bytes_in_use as f64 / 1048576.0,
+                    m.kv_bytes_free as f64 / 1048576.0
+                )
+            } else {
+                "-".to_string()
+            };
             println!(
-                "{:<38} {:<5} {:<22} {:<9} {:<8} {:>2}/{:<2} {:>5} {:>7.1} {:>9.1}",
+                "{:<38} {:<5} {:<22} {:<9} {:<8} {:>2}/{:<2} {:>5} {:>7.1} {:>9.1} {:>14}",
                 n.node_id,
                 if n.live { "yes" } else { "no" },
                 m.name,
@@ -277,7 +295,8 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
                 m.max_concurrency,
                 m.queue_depth,
                 m.ewma_latency_ms,
-                m.tokens_per_s
+                m.tokens_per_s,
+                kv
             );
         }
     }

@@ -190,6 +190,10 @@ impl Registry {
                             gateway_in_flight: own.running,
                             ewma_latency_ms: m.ewma_latency_ms,
                             ewma_time_per_output_token_ms: m.ewma_time_per_output_token_ms,
+                            kv_room: m.kv_bytes_per_position == 0
+                                || m.kv_bytes_free
+                                    >= m.kv_bytes_per_position
+                                        * crate::routing::types::KV_ALLOCATION_POSITIONS,
                         })
                     })
                     .collect(),

@@ -54,6 +54,9 @@ struct CaseModel {
     ewma_latency_ms: f64,
     #[serde(default)]
     ms_per_token: f64,
+    /// The agent's K/V budget has room for another sequence.
+    #[serde(default = "yes")]
+    kv_room: bool,
 }
 
 fn two() -> u32 {
@@ -126,6 +129,7 @@ fn run_case(path: &Path) -> Result<(), String> {
                         gateway_in_flight: 0,
                         ewma_latency_ms: m.ewma_latency_ms,
                         ewma_time_per_output_token_ms: m.ms_per_token,
+                        kv_room: m.kv_room,
                     })
                     .collect(),
             })

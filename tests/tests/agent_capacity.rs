@@ -155,3 +155,69 @@ async fn reports_go_out_at_once_on_drain_and_reconnect_after_the_gateway_returns
     assert_eq!(r.node_id, node_id);
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_kv_budget_is_reported_and_a_request_that_cannot_fit_is_refused() {
+    let gw = FakeGateway::start().await;
+    let dir = models_dir(&["tiny-lm-fp32"]);
+    let (mut cfg, state) = config(dir.path(), Some(&gw));
+    // tiny-lm-fp32: 2 layers × (K + V) × 2 heads × 16 dims × 4 bytes = 512 bytes a position
+    let budget = 1u64 << 20;
+    cfg.limits.insert(
+        "tiny-lm-fp32".into(),
+        edgewise_agent::config::Limits {
+            kv_budget_bytes: Some(budget),
+            ..Default::default()
+        },
+    );
+    let mut a = TestAgent::start(cfg, state).await;
+    let r = gw
+        .wait_report("the model is ready", |r| {
+            r.models
+                .iter()
+                .any(|m| m.state == pb::ModelState::Ready as i32)
+        })
+        .await;
+    let lm = &r.models[0];
+    assert_eq!(
+        (
+            lm.kv_bytes_per_position,
+            lm.kv_bytes_in_use,
+            lm.kv_bytes_free
+        ),
+        (512, 0, budget)
+    );
+    // 1 MiB holds 2048 positions: 15 prompt tokens + 500 fit, the context (512) allows 497
+    let (_, done) = collect(
+        &mut a.client,
+        prompt("tiny-lm-fp32", "Hello, tiny LM!", 497),
+    )
+    .await
+    .unwrap();
+    assert!(done.usage.unwrap().completion_tokens > 0);
+    a.stop().await;
+
+    // a budget smaller than one request: refused before it is admitted, naming the budget
+    let dir = models_dir(&["tiny-lm-fp32"]);
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.limits.insert(
+        "tiny-lm-fp32".into(),
+        edgewise_agent::config::Limits {
+            kv_budget_bytes: Some(64 * 512),
+            ..Default::default()
+        },
+    );
+    let mut a = TestAgent::start(cfg, state).await;
+    let err = collect(
+        &mut a.client,
+        prompt("tiny-lm-fp32", "Hello, tiny LM!", 100),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        err.message(),
+        "model `tiny-lm-fp32`: 115 positions (prompt + max_tokens) need 58880 bytes of K/V cache, more than its budget of 32768 bytes; ask for fewer tokens"
+    );
+    a.stop().await;
+}

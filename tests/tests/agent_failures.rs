@@ -48,6 +48,17 @@ fn broken_models() -> tempfile::TempDir {
         lm.replace("name = \"tiny-lm-fp32\"", "name = \"wrong-task\""),
     )
     .unwrap();
+    // 4. a decoder whose manifest names a graph layout this agent does not drive
+    copy_dir(
+        &fixtures().join("tiny-lm-fp32"),
+        &dir.path().join("old-layout"),
+    );
+    std::fs::write(
+        dir.path().join("old-layout/model.toml"),
+        lm.replace("name = \"tiny-lm-fp32\"", "name = \"old-layout\"")
+            .replace("interface = \"fused-gqa\"", "interface = \"optimum-kv\""),
+    )
+    .unwrap();
     dir
 }
 
@@ -60,7 +71,7 @@ async fn broken_models_fail_with_reasons_while_the_others_serve() {
 
     let r = gw
         .wait_report("all models settled", |r| {
-            r.models.len() == 5
+            r.models.len() == 6
                 && r.models
                     .iter()
                     .all(|m| m.state != pb::ModelState::Loading as i32)
@@ -90,7 +101,13 @@ async fn broken_models_fail_with_reasons_while_the_others_serve() {
     assert_eq!(s, failed);
     assert_eq!(
         reason,
-        "decoder graph has no output `logits` (outputs: last_hidden_state)"
+        "the graph is not in the `fused-gqa` layout this agent drives: no `past_key_values.0.key` input (re-prepare it with `make models` or `tools/prepare_models.py`)"
+    );
+    let (s, reason) = state("old-layout");
+    assert_eq!(s, failed);
+    assert_eq!(
+        reason,
+        "generate.interface `optimum-kv` is not a graph this agent drives (it drives `fused-gqa`); re-prepare the model"
     );
     assert_eq!(state("tiny-embed").0, pb::ModelState::Ready as i32);
 
@@ -180,8 +197,9 @@ fn models_check_prints_each_model_and_fails_on_any_failure() {
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let by_name = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     assert_eq!(by_name("tiny-embed")["state"], "ready");
+    assert_eq!(by_name("old-layout")["state"], "failed");
     assert!(by_name("tiny-embed")["smoke_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(by_name("corrupt")["state"], "failed");
     assert_eq!(by_name("bad-manifest")["state"], "failed");

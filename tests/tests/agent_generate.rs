@@ -1,5 +1,5 @@
-//! Generation through the agent: KV cache vs full recompute, streaming, sampling, stops,
-//! context limits and deadlines.
+//! Generation through the agent: streaming, sampling, stops, context limits and deadlines
+//! (the engine itself: decoder_batch.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,69 +7,36 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use edgewise_agent::engine::batch::BatchConfig;
+use edgewise_agent::engine::decoder::Decoder;
+use edgewise_agent::engine::kv::KvArena;
+use edgewise_agent::engine::open_session;
 use edgewise_agent::engine::sampling::argmax;
+use edgewise_agent::models::LoadedModel;
 use edgewise_agent::models::manifest::Manifest;
-use edgewise_agent::models::{Engine, LoadedModel};
 use edgewise_proto as pb;
 
 fn load(name: &str) -> LoadedModel {
     let rt = edgewise_agent::runtime::init(None).unwrap();
     let dir = fixtures().join(name);
     let m = Manifest::load(&dir.join("model.toml")).unwrap();
-    LoadedModel::load(&dir, m, rt, 1).unwrap()
+    LoadedModel::load(&dir, m, rt, 1, BatchConfig::default()).unwrap()
 }
 
-/// Greedy tokens two ways: through the KV cache, and recomputing the whole sequence each step.
-fn cached_and_full(model: &LoadedModel, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<u32>, f32) {
-    let Engine::Decoder(d) = &model.engine else {
-        panic!("not a decoder")
-    };
-    let mut cache = d.new_cache().unwrap();
-    let mut logits = d.step(&mut cache, prompt).unwrap();
-    let (mut cached, mut full) = (Vec::new(), Vec::new());
-    let mut worst = 0f32;
-    let mut seq = prompt.to_vec();
-    for _ in 0..n {
-        let full_logits = d.full_logits(&seq).unwrap();
-        worst = worst.max(
-            logits
-                .iter()
-                .zip(&full_logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max),
-        );
-        let t = argmax(&logits);
-        cached.push(t);
-        full.push(argmax(&full_logits));
-        seq.push(t);
-        logits = d.step(&mut cache, &[t]).unwrap();
+/// Greedy tokens straight from the decoder (no batch loop, no server).
+fn greedy(name: &str, prompt: &[u32], n: usize) -> Vec<u32> {
+    let rt = edgewise_agent::runtime::init(None).unwrap();
+    let session = open_session(rt, &fixtures().join(name).join("model.onnx"), 1).unwrap();
+    let mut d = Decoder::new(session).unwrap();
+    let mut arena = KvArena::new(d.geometry, 1, prompt.len() + n);
+    let mut t = argmax(d.prefill(&mut arena, 0, 0, prompt).unwrap());
+    let mut out = vec![t];
+    while out.len() < n {
+        let len = prompt.len() + out.len() - 1;
+        t = argmax(d.decode(&mut arena, &[t], &[len]).unwrap());
+        out.push(t);
     }
-    assert_eq!(
-        cache.len,
-        prompt.len() + n,
-        "the cache holds exactly the request's tokens"
-    );
-    (cached, full, worst)
-}
-
-#[test]
-fn kv_cache_equals_full_recompute_fp32_exactly() {
-    let m = load("tiny-lm-fp32");
-    let prompt = m.encode_prompt("Hello, tiny LM!").unwrap();
-    let (cached, full, worst) = cached_and_full(&m, &prompt, 24);
-    assert_eq!(cached, full);
-    assert!(
-        worst < 1e-4,
-        "cached and recomputed logits differ by {worst}"
-    );
-}
-
-#[test]
-fn kv_cache_equals_full_recompute_int8_by_tokens() {
-    let m = load("tiny-lm-int8");
-    let prompt = m.encode_prompt("Hello, tiny LM!").unwrap();
-    let (cached, full, _) = cached_and_full(&m, &prompt, 24);
-    assert_eq!(cached, full);
+    out
 }
 
 #[tokio::test]
@@ -79,7 +46,7 @@ async fn streams_the_same_greedy_text_as_the_engine() {
     let mut a = TestAgent::start(cfg, state).await;
     let m = load("tiny-lm-fp32");
     let prompt = m.encode_prompt("Hello, tiny LM!").unwrap();
-    let (tokens, _, _) = cached_and_full(&m, &prompt, 20);
+    let tokens = greedy("tiny-lm-fp32", &prompt, 20);
     let expected = m.decode(&tokens);
 
     let mut stream = a

@@ -1,4 +1,4 @@
-//! The real models from `make models`: SmolLM2 answers, MiniLM embeds, the classifiers classify.
+//! The real models from `make models`: SmolLM2 (8- and 4-bit) answers, MiniLM embeds, the classifiers classify.
 //! `make test` sets EDGEWISE_TEST_REAL_MODELS=required, so there a missing models/ fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,17 +26,23 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[tokio::test]
-async fn smollm2_int8_answers_and_minilm_models_agree_with_their_sources() {
+async fn smollm2_int8_and_q4_answer_and_minilm_models_agree_with_their_sources() {
     let Some(dir) = real_models() else { return };
     let (mut cfg, state) = config(&dir, None);
     cfg.include = vec![
         "smollm2-135m-int8".into(),
+        "smollm2-135m-q4".into(),
         "minilm-l6-int8".into(),
         "minilm-difficulty".into(),
     ];
     cfg.intra_op_threads = 2;
     let mut a = TestAgent::start(cfg, state).await;
-    for name in ["smollm2-135m-int8", "minilm-l6-int8", "minilm-difficulty"] {
+    for name in [
+        "smollm2-135m-int8",
+        "smollm2-135m-q4",
+        "minilm-l6-int8",
+        "minilm-difficulty",
+    ] {
         assert!(
             a.slot(name).ready().is_some(),
             "{name} is not ready: {:?}",
@@ -44,20 +50,23 @@ async fn smollm2_int8_answers_and_minilm_models_agree_with_their_sources() {
         );
     }
 
-    let req = pb::GenerateRequest {
-        model: "smollm2-135m-int8".into(),
-        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-            messages: vec![pb::ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }],
-        })),
-        max_tokens: 32,
-        ..Default::default()
-    };
-    let (text, done) = collect(&mut a.client, req).await.unwrap();
-    println!("SmolLM2 int8: {text:?} ({done:?})");
-    assert!(text.contains("Paris"), "{text:?}");
+    // both encodings of the fused decoder answer (greedy)
+    for model in ["smollm2-135m-int8", "smollm2-135m-q4"] {
+        let req = pb::GenerateRequest {
+            model: model.into(),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "What is the capital of France?".into(),
+                }],
+            })),
+            max_tokens: 32,
+            ..Default::default()
+        };
+        let (text, done) = collect(&mut a.client, req).await.unwrap();
+        println!("{model}: {text:?} ({done:?})");
+        assert!(text.contains("Paris"), "{model}: {text:?}");
+    }
 
     let texts = [
         "What is the capital of France?",

@@ -1,37 +1,27 @@
-//! Decoder-only LMs with the Optimum KV-cache interface.
+//! Decoder-only LMs in the fused layout (manifest `interface = "fused-gqa"`).
 //!
-//! Inputs `input_ids`, `attention_mask`, `position_ids` (optional) and
-//! `past_key_values.{i}.key/.value`; outputs `logits` and `present.{i}.key/.value`. The cache
-//! of a request holds exactly its own tokens (prompt + generated so far): it grows by one
-//! position per step and is never sized for the model's whole context. The `present` values
-//! ONNX Runtime returns are moved back in as the next step's `past` without copying.
+//! Inputs `input_ids` [batch, seq] and `attention_mask` [batch, total] (row b: total_b ones,
+//! then zeros), `past_key_values.{i}.key/.value` [batch, kv_heads, capacity, head_dim] bound as
+//! the same memory as `present.{i}.key/.value`; output `logits` [batch, 1, vocab] (the last
+//! position). `GroupQueryAttention` takes each row's length from the mask, so rows of
+//! different lengths share a decode step. A multi-token feed (prefill) runs one row at a
+//! time: the kernel refuses it at batch > 1 with a past.
+//!
+//! Calls block; the decoder is driven by one thread (`engine::batch`).
 
-use std::borrow::Cow;
-use std::sync::Mutex;
+use ort::session::Session;
+use ort::value::{Tensor, ValueType};
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, ValueType};
-
+use super::kv::{KvArena, KvGeometry};
 use super::{EngineError, Result};
 
-/// The shape facts of a decoder graph, read from its inputs.
-#[derive(Debug, Clone)]
-pub struct DecoderShape {
-    pub layers: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub has_position_ids: bool,
-}
+/// The graph interface this engine drives (the manifest's `generate.interface`).
+pub const INTERFACE: &str = "fused-gqa";
 
 pub struct Decoder {
-    session: Mutex<Session>,
-    pub shape: DecoderShape,
-}
-
-/// One request's cache: the `past` tensors and how many positions they hold.
-pub struct KvCache {
-    past: Vec<DynValue>,
-    pub len: usize,
+    session: Session,
+    pub geometry: KvGeometry,
+    pub vocab: usize,
 }
 
 fn dims(t: &ValueType) -> Option<Vec<i64>> {
@@ -39,43 +29,38 @@ fn dims(t: &ValueType) -> Option<Vec<i64>> {
 }
 
 impl Decoder {
-    /// Checks the graph's input and output names against the decoder interface.
+    /// Checks the graph's inputs and outputs against the fused interface.
     pub fn new(session: Session) -> Result<Self> {
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let refuse = |what: String| {
+            Err(EngineError(format!(
+                "the graph is not in the `{INTERFACE}` layout this agent drives: {what} (re-prepare it with `make models` or `tools/prepare_models.py`)"
+            )))
+        };
         for need in ["input_ids", "attention_mask"] {
             if !inputs.contains(&need) {
-                return Err(EngineError(format!(
-                    "decoder graph has no input `{need}` (inputs: {})",
-                    inputs.join(", ")
-                )));
+                return refuse(format!("no input `{need}` (inputs: {})", inputs.join(", ")));
             }
         }
-        if !outputs.contains(&"logits") {
-            return Err(EngineError(format!(
-                "decoder graph has no output `logits` (outputs: {})",
-                outputs.join(", ")
-            )));
+        if inputs.contains(&"position_ids") {
+            return refuse("it takes `position_ids` (an Optimum-style graph)".into());
         }
         let mut layers = 0;
         while inputs.contains(&format!("past_key_values.{layers}.key").as_str()) {
-            for name in [
-                format!("past_key_values.{layers}.value"),
-                format!("present.{layers}.key"),
-                format!("present.{layers}.value"),
+            for (name, list) in [
+                (format!("past_key_values.{layers}.value"), &inputs),
+                (format!("present.{layers}.key"), &outputs),
+                (format!("present.{layers}.value"), &outputs),
             ] {
-                if !inputs.contains(&name.as_str()) && !outputs.contains(&name.as_str()) {
-                    return Err(EngineError(format!(
-                        "decoder graph has `past_key_values.{layers}.key` but no `{name}`"
-                    )));
+                if !list.contains(&name.as_str()) {
+                    return refuse(format!("`past_key_values.{layers}.key` but no `{name}`"));
                 }
             }
             layers += 1;
         }
         if layers == 0 {
-            return Err(EngineError(
-                "decoder graph has no `past_key_values.0.key` input (KV cache required)".into(),
-            ));
+            return refuse("no `past_key_values.0.key` input".into());
         }
         let past0 = session
             .inputs()
@@ -85,103 +70,113 @@ impl Decoder {
         let (kv_heads, head_dim) = match past0.as_deref() {
             Some([_, h, _, d]) if *h > 0 && *d > 0 => (*h as usize, *d as usize),
             other => {
-                return Err(EngineError(format!(
-                    "`past_key_values.0.key` must be [batch, kv_heads, past, head_dim] with fixed heads and head_dim, got {other:?}"
-                )));
+                return refuse(format!(
+                    "`past_key_values.0.key` must be [batch, kv_heads, capacity, head_dim] with fixed heads and head_dim, got {other:?}"
+                ));
             }
         };
-        let has_position_ids = inputs.contains(&"position_ids");
+        let logits = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == "logits")
+            .and_then(|o| dims(o.dtype()));
+        let vocab = match logits.as_deref() {
+            Some([_, 1, v]) if *v > 0 => *v as usize,
+            other => {
+                return refuse(format!(
+                    "`logits` must be [batch, 1, vocab] (last position only), got {other:?}"
+                ));
+            }
+        };
         Ok(Self {
-            session: Mutex::new(session),
-            shape: DecoderShape {
+            session,
+            geometry: KvGeometry {
                 layers,
                 kv_heads,
                 head_dim,
-                has_position_ids,
             },
+            vocab,
         })
     }
 
-    /// An empty cache (zero past positions).
-    pub fn new_cache(&self) -> Result<KvCache> {
-        let s = &self.shape;
-        let mut past = Vec::with_capacity(2 * s.layers);
-        for _ in 0..2 * s.layers {
-            let t = Tensor::<f32>::from_array((
-                [1usize, s.kv_heads, 0, s.head_dim],
-                Vec::<f32>::new(),
-            ))?;
-            past.push(t.into_dyn());
+    /// Feeds `ids` into `row` after its `len` cached positions; returns the logits of the
+    /// last one. The row must have room for `len + ids.len()` positions.
+    pub fn prefill<'a>(
+        &mut self,
+        arena: &'a mut KvArena,
+        row: usize,
+        len: usize,
+        ids: &[u32],
+    ) -> Result<&'a [f32]> {
+        if ids.is_empty() {
+            return Err(EngineError("a prefill with no tokens".into()));
         }
-        Ok(KvCache { past, len: 0 })
+        let total = len + ids.len();
+        self.check_room(arena, total)?;
+        let ids: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+        let input_ids = Tensor::from_array(([1usize, ids.len()], ids))?;
+        let mask = Tensor::from_array(([1usize, total], vec![1i64; total]))?;
+        self.run(arena, row, 1, input_ids, mask)
     }
 
-    /// Feeds `ids` after the cached positions; returns the logits of the last position.
-    pub fn step(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
-        let n = ids.len();
-        if n == 0 {
-            return Err(EngineError("decoder step with no tokens".into()));
+    /// One decode step for rows `0..tokens.len()`: row r feeds `tokens[r]` after its `lens[r]`
+    /// cached positions. Returns the logits, `vocab` values per row.
+    pub fn decode<'a>(
+        &mut self,
+        arena: &'a mut KvArena,
+        tokens: &[u32],
+        lens: &[usize],
+    ) -> Result<&'a [f32]> {
+        let rows = tokens.len();
+        if rows == 0 || lens.len() != rows {
+            return Err(EngineError(format!(
+                "a decode step of {rows} tokens for {} rows",
+                lens.len()
+            )));
         }
-        let total = cache.len + n;
-        let input_ids: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + cache.past.len());
-        inputs.push((
-            "input_ids".into(),
-            Tensor::from_array(([1usize, n], input_ids))?.into(),
-        ));
-        inputs.push((
-            "attention_mask".into(),
-            Tensor::from_array(([1usize, total], vec![1i64; total]))?.into(),
-        ));
-        if self.shape.has_position_ids {
-            let pos: Vec<i64> = (cache.len as i64..total as i64).collect();
-            inputs.push((
-                "position_ids".into(),
-                Tensor::from_array(([1usize, n], pos))?.into(),
-            ));
+        let width = lens.iter().max().copied().unwrap_or(0) + 1;
+        self.check_room(arena, width)?;
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let input_ids = Tensor::from_array(([rows, 1usize], ids))?;
+        let mut mask = vec![0i64; rows * width];
+        for (r, &len) in lens.iter().enumerate() {
+            mask[r * width..r * width + len + 1].fill(1);
         }
-        let past = std::mem::take(&mut cache.past);
-        for (i, v) in past.into_iter().enumerate() {
-            let kind = if i % 2 == 0 { "key" } else { "value" };
-            inputs.push((format!("past_key_values.{}.{kind}", i / 2).into(), v.into()));
-        }
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| EngineError("decoder session poisoned".into()))?;
-        let mut out = session.run(inputs)?;
-        let logits = out
-            .get("logits")
-            .ok_or_else(|| EngineError("no logits output".into()))?;
-        let (shape, data) = logits.try_extract_tensor::<f32>()?;
-        let vocab = *shape
-            .last()
-            .ok_or_else(|| EngineError("logits has no dimensions".into()))?
-            as usize;
-        if vocab == 0 || data.len() < vocab {
-            return Err(EngineError(format!("logits shape {shape:?} is empty")));
-        }
-        let last = data[data.len() - vocab..].to_vec();
-        let mut present = Vec::with_capacity(2 * self.shape.layers);
-        for layer in 0..self.shape.layers {
-            for kind in ["key", "value"] {
-                let name = format!("present.{layer}.{kind}");
-                present.push(
-                    out.remove(name.as_str())
-                        .ok_or_else(|| EngineError(format!("no `{name}` output")))?,
-                );
-            }
-        }
-        cache.past = present;
-        cache.len = total;
-        Ok(last)
+        let mask = Tensor::from_array(([rows, width], mask))?;
+        self.run(arena, 0, rows, input_ids, mask)
     }
 
-    /// Logits of every position of `ids` computed from scratch (no cache): the reference the
-    /// cached path is tested against.
-    pub fn full_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let mut cache = self.new_cache()?;
-        self.step(&mut cache, ids)
+    fn check_room(&self, arena: &KvArena, positions: usize) -> Result<()> {
+        if positions > arena.capacity() {
+            return Err(EngineError(format!(
+                "{positions} positions do not fit the cache's capacity of {}",
+                arena.capacity()
+            )));
+        }
+        Ok(())
+    }
+
+    fn run<'a>(
+        &mut self,
+        arena: &'a mut KvArena,
+        start: usize,
+        rows: usize,
+        input_ids: Tensor<i64>,
+        mask: Tensor<i64>,
+    ) -> Result<&'a [f32]> {
+        let vocab = self.vocab;
+        let (binding, _) = arena.binding(&self.session, start, rows, vocab)?;
+        binding.bind_input("input_ids", &input_ids)?;
+        binding.bind_input("attention_mask", &mask)?;
+        self.session.run_binding(binding)?;
+        let (_, logits) = arena.binding(&self.session, start, rows, vocab)?;
+        let (_, data) = logits.try_extract_tensor()?;
+        if data.len() != rows * vocab {
+            return Err(EngineError(format!(
+                "logits hold {} values, expected {rows} × {vocab}",
+                data.len()
+            )));
+        }
+        Ok(data)
     }
 }

@@ -25,6 +25,8 @@ struct RawManifest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGenerate {
+    /// The graph's input/output layout (the engine refuses one it cannot drive).
+    interface: Option<String>,
     eos_token_ids: Vec<u32>,
     #[serde(default)]
     add_bos: bool,
@@ -107,6 +109,7 @@ pub struct ChatTemplate {
 
 #[derive(Debug, Clone)]
 pub struct GenerateSpec {
+    pub interface: String,
     pub eos_token_ids: Vec<u32>,
     pub add_bos: bool,
     pub bos_token_id: Option<u32>,
@@ -267,7 +270,15 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                         default_system: t.default_system,
                     }
                 });
+                let interface = g.interface.unwrap_or_else(|| {
+                    p.push(src.diag(
+                        "generate",
+                        "needs `interface` (the graph layout, e.g. \"fused-gqa\"); models prepared before it was recorded must be prepared again",
+                    ));
+                    String::new()
+                });
                 Some(TaskSpec::Generate(GenerateSpec {
+                    interface,
                     eos_token_ids: g.eos_token_ids,
                     add_bos: g.add_bos,
                     bos_token_id: g.bos_token_id,
@@ -366,7 +377,7 @@ mod tests {
     fn valid_generate_manifest() -> Result<(), String> {
         let m = parse(
             "name = \"lm\"\ntask = \"generate\"\nparameters = 10\nquantization = \"int8\"\nquality = 0.5\n\
-             context_length = 64\n[generate]\neos_token_ids = [2]\n[generate.chat_template]\n\
+             context_length = 64\n[generate]\ninterface = \"fused-gqa\"\neos_token_ids = [2]\n[generate.chat_template]\n\
              message = \"<{role}>{content}\"\ngeneration_prompt = \"<assistant>\"\n",
         )?;
         assert_eq!(m.task(), Task::Generate);

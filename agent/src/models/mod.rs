@@ -11,15 +11,19 @@ use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 
+use crate::engine::batch::{BatchConfig, BatchHandle, SequenceEvent, SequenceRequest};
 use crate::engine::decoder::Decoder;
 use crate::engine::encoder::{Encoder, Head};
+use crate::engine::kv::KvArena;
 use crate::engine::open_session;
+use crate::engine::sampling::{SamplingParams, argmax};
 use crate::error::AgentError;
 use crate::runtime::Runtime;
 use manifest::{Manifest, TaskSpec};
 
 pub enum Engine {
-    Decoder(Decoder),
+    /// A decoder LM, served by its batch loop.
+    Decoder(BatchHandle),
     Encoder(Encoder),
 }
 
@@ -82,6 +86,7 @@ impl LoadedModel {
         manifest: Manifest,
         rt: &Runtime,
         intra_threads: usize,
+        batch: BatchConfig,
     ) -> Result<Self, String> {
         let started = Instant::now();
         let onnx = dir.join("model.onnx");
@@ -94,7 +99,21 @@ impl LoadedModel {
         let session = open_session(rt, &onnx, intra_threads)
             .map_err(|e| format!("{}: {e}", onnx.display()))?;
         let engine = match &manifest.spec {
-            TaskSpec::Generate(_) => Engine::Decoder(Decoder::new(session).map_err(|e| e.0)?),
+            TaskSpec::Generate(g) => {
+                if g.interface != crate::engine::decoder::INTERFACE {
+                    return Err(format!(
+                        "generate.interface `{}` is not a graph this agent drives (it drives `{}`); re-prepare the model",
+                        g.interface,
+                        crate::engine::decoder::INTERFACE
+                    ));
+                }
+                let mut decoder = Decoder::new(session).map_err(|e| e.0)?;
+                direct_smoke(&mut decoder, &tokenizer)?;
+                Engine::Decoder(
+                    BatchHandle::spawn(decoder, batch, &manifest.name)
+                        .map_err(|e| format!("cannot start the decode thread: {e}"))?,
+                )
+            }
             TaskSpec::Embed(e) => Engine::Encoder(
                 Encoder::new(
                     session,
@@ -126,11 +145,30 @@ impl LoadedModel {
         let started = Instant::now();
         match &self.engine {
             Engine::Decoder(d) => {
-                let ids = self.encode_prompt("Hello").map_err(|e| e.to_string())?;
-                let mut cache = d.new_cache().map_err(|e| e.0)?;
-                let logits = d.step(&mut cache, &ids).map_err(|e| e.0)?;
-                let next = crate::engine::sampling::argmax(&logits);
-                d.step(&mut cache, &[next]).map_err(|e| e.0)?;
+                // two greedy tokens through the batch loop (blocking: called off the runtime)
+                let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let prompt = self.encode_prompt("Hello").map_err(|e| e.to_string())?;
+                let seq = SequenceRequest {
+                    prompt,
+                    max_tokens: 2,
+                    eos: Vec::new(),
+                    params: SamplingParams::greedy(),
+                    rng: rand::SeedableRng::seed_from_u64(0),
+                    deadline: None,
+                    events,
+                };
+                d.submit(seq)
+                    .map_err(|_| "the decode thread has stopped".to_string())?;
+                loop {
+                    match rx.blocking_recv() {
+                        Some(SequenceEvent::Token { .. }) => {}
+                        Some(SequenceEvent::Length) => break,
+                        Some(other) => {
+                            return Err(format!("smoke generation ended with {other:?}"));
+                        }
+                        None => return Err("the decode thread dropped the smoke generation".into()),
+                    }
+                }
             }
             Engine::Encoder(e) => {
                 let batch = self
@@ -251,6 +289,31 @@ impl LoadedModel {
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()
     }
+}
+
+/// One prefill and one decode step on the decoder itself, before its batch loop starts: a
+/// graph that loads but cannot run fails here with ONNX Runtime's reason.
+fn direct_smoke(decoder: &mut Decoder, tokenizer: &Tokenizer) -> Result<(), String> {
+    let ids: Vec<u32> = tokenizer
+        .encode("Hello", false)
+        .map_err(|e| format!("tokenizer: {e}"))?
+        .get_ids()
+        .to_vec();
+    if ids.is_empty() {
+        return Err("the tokenizer turns \"Hello\" into no tokens".into());
+    }
+    let mut arena = KvArena::new(decoder.geometry, 1, ids.len() + 1);
+    let logits = decoder
+        .prefill(&mut arena, 0, 0, &ids)
+        .map_err(|e| format!("smoke prefill: {e}"))?;
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Err("the smoke inference produced non-finite logits".into());
+    }
+    let next = argmax(logits);
+    decoder
+        .decode(&mut arena, &[next], &[ids.len()])
+        .map_err(|e| format!("smoke decode step: {e}"))?;
+    Ok(())
 }
 
 fn pad_id(tok: &Tokenizer) -> u32 {

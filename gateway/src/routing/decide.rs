@@ -380,6 +380,8 @@ fn note_others(all: &[Candidate<'_>], chosen: &Candidate<'_>, excluded: &mut Vec
         }
         let reason = if size(c) > size(chosen) {
             "a smaller adequate model was chosen".to_string()
+        } else if !c.model.kv_room {
+            "its K/V cache budget is full".to_string()
         } else if !c.model.has_free_slot() {
             format!(
                 "no free slot ({} busy of {})",

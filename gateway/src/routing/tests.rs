@@ -24,6 +24,7 @@ fn model(name: &str, task: Task, params: u64, quality: f32) -> ModelView {
         gateway_in_flight: 0,
         ewma_latency_ms: 0.0,
         ewma_time_per_output_token_ms: 0.0,
+        kv_room: true,
     }
 }
 
@@ -342,6 +343,7 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 gateway_in_flight: 0,
                 ewma_latency_ms: 0.0,
                 ewma_time_per_output_token_ms: 0.0,
+                kv_room: true,
             }
         })
 }

@@ -188,7 +188,13 @@ pub struct ModelView {
     /// Measured by the agent (moving averages); 0 when nothing has been measured yet.
     pub ewma_latency_ms: f64,
     pub ewma_time_per_output_token_ms: f64,
+    /// Generate models: the agent's K/V budget has room for another sequence (at least one
+    /// allocation step of 64 positions). Always true for other tasks.
+    pub kv_room: bool,
 }
+
+/// Positions a generate model's K/V cache is allocated in (the agent's step).
+pub const KV_ALLOCATION_POSITIONS: u64 = 64;
 
 impl ModelView {
     /// Requests running or promised to run, counting the gateway's own.
@@ -199,7 +205,7 @@ impl ModelView {
     }
 
     pub fn has_free_slot(&self) -> bool {
-        self.busy() < self.max_concurrency
+        self.busy() < self.max_concurrency && self.kv_room
     }
 
     pub fn has_queue_room(&self) -> bool {

@@ -1,0 +1,191 @@
+//! One admitted generation, from its sequence in the model's batch loop to the caller's
+//! stream: tokens become text (whole characters), stop sequences cut it, chunks are sent
+//! with the caller's deadline, and the final chunk carries usage and timings.
+//!
+//! Holds the request's admission slot until the caller has its last chunk (or is gone), so
+//! a caller that stops reading keeps counting against the model's concurrency. Dropping
+//! the token receiver ends the sequence in the batch loop at its next step.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use edgewise_proto as pb;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::batch::SequenceEvent;
+use crate::engine::text::{Detokenizer, TextStream};
+use crate::error::AgentError;
+use crate::models::LoadedModel;
+use crate::node::ModelSlot;
+use crate::scheduler::SlotGuard;
+
+pub struct Generation {
+    pub slot: Arc<ModelSlot>,
+    pub model: Arc<LoadedModel>,
+    pub prompt_tokens: u32,
+    pub stops: Vec<String>,
+    pub deadline: Option<Instant>,
+    pub arrived: Instant,
+    pub events: mpsc::UnboundedReceiver<SequenceEvent>,
+}
+
+enum Stop {
+    Finished(pb::FinishReason),
+    /// The caller went away: nothing more to send.
+    Gone,
+    Failed(AgentError),
+}
+
+/// What the stream loop saw, for the final chunk and the stats.
+#[derive(Default)]
+struct Progress {
+    generated: u32,
+    first_token_at: Option<Instant>,
+}
+
+impl Generation {
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<pb::GenerateChunk>,
+        end: oneshot::Sender<AgentError>,
+        _slot: SlotGuard,
+    ) {
+        let stats = self.slot.stats.clone();
+        let mut text = TextStream::new(std::mem::take(&mut self.stops));
+        let mut detok = Detokenizer::default();
+        let mut progress = Progress::default();
+        let outcome = self.stream(&tx, &mut detok, &mut text, &mut progress).await;
+        // the sequence ends in the batch loop at its next step (if it has not already)
+        self.events.close();
+        let n = progress.generated;
+        stats
+            .tokens_generated_total
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+        stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        let ttft = progress
+            .first_token_at
+            .map(|t: Instant| t.duration_since(self.arrived));
+        if let Some(t) = ttft {
+            stats.time_to_first_token.observe(t.as_secs_f64());
+        }
+        let tpot = match (progress.first_token_at, n) {
+            (Some(t), n) if n > 1 => Some(t.elapsed() / (n - 1)),
+            _ => None,
+        };
+        match outcome {
+            Stop::Finished(reason) => {
+                stats.record_latency(self.arrived.elapsed(), tpot);
+                let tail = if reason == pb::FinishReason::StopSequence {
+                    String::new()
+                } else {
+                    let held = detok.finish(|ids| self.model.decode(ids));
+                    let pushed = text.push(&held);
+                    pushed.text + &text.finish()
+                };
+                let done = pb::GenerateDone {
+                    finish_reason: reason as i32,
+                    usage: Some(pb::Usage {
+                        prompt_tokens: self.prompt_tokens,
+                        completion_tokens: n,
+                    }),
+                    time_to_first_token_ms: ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                    time_per_output_token_ms: tpot.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                };
+                let _ = tx
+                    .send(pb::GenerateChunk {
+                        text: tail,
+                        done: Some(done),
+                    })
+                    .await;
+            }
+            Stop::Gone => {
+                stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Stop::Failed(e) => {
+                if matches!(e, AgentError::DeadlineExceeded(_)) {
+                    stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.errors_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(model = %self.model.manifest.name, error = %e, "generation failed");
+                }
+                let _ = end.send(e);
+            }
+        }
+    }
+
+    fn deadline_error(&self, generated: u32, why: &str) -> Stop {
+        Stop::Failed(AgentError::DeadlineExceeded(format!(
+            "after {generated} generated tokens{why}"
+        )))
+    }
+
+    async fn stream(
+        &mut self,
+        tx: &mpsc::Sender<pb::GenerateChunk>,
+        detok: &mut Detokenizer,
+        text: &mut TextStream,
+        progress: &mut Progress,
+    ) -> Stop {
+        let name = self.model.manifest.name.clone();
+        loop {
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                // a caller that leaves while waiting for a token ends the sequence now
+                () = tx.closed() => return Stop::Gone,
+            };
+            let id = match event {
+                Some(SequenceEvent::Token { id, .. }) => id,
+                Some(SequenceEvent::Eos) => return Stop::Finished(pb::FinishReason::Stop),
+                Some(SequenceEvent::Length) => return Stop::Finished(pb::FinishReason::Length),
+                Some(SequenceEvent::DeadlineExceeded { generated }) => {
+                    return self.deadline_error(generated, "");
+                }
+                Some(SequenceEvent::Failed(message)) => {
+                    return Stop::Failed(AgentError::Inference {
+                        model: name,
+                        message,
+                    });
+                }
+                None => {
+                    return Stop::Failed(AgentError::Inference {
+                        model: name,
+                        message: "the decode thread stopped".into(),
+                    });
+                }
+            };
+            progress.first_token_at.get_or_insert_with(Instant::now);
+            progress.generated += 1;
+            // tokens the batch loop made ahead of a slow reader are not sent past the deadline
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return self.deadline_error(progress.generated - 1, "");
+            }
+            let piece = detok.push(id, |ids| self.model.decode(ids));
+            let pushed = text.push(&piece);
+            if !pushed.text.is_empty() {
+                let chunk = pb::GenerateChunk {
+                    text: pushed.text,
+                    done: None,
+                };
+                let sent = match self.deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), tx.send(chunk)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return self.deadline_error(
+                                progress.generated,
+                                " (the caller was not reading)",
+                            );
+                        }
+                    },
+                    None => tx.send(chunk).await,
+                };
+                if sent.is_err() {
+                    return Stop::Gone;
+                }
+            }
+            if pushed.stopped {
+                return Stop::Finished(pb::FinishReason::StopSequence);
+            }
+        }
+    }
+}
