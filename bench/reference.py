@@ -2,8 +2,10 @@
 and thread counts. Each subcommand prints one JSON object per line.
 
   embed     onnxruntime session on an embedder: tokenize, run, mean-pool, normalise
-  generate  a greedy decode loop in onnxruntime over the same ONNX file the agent runs
-  llama     llama.cpp (llama-cpp-python) greedy on the original GGUF
+  generate    a greedy decode loop in onnxruntime over the same ONNX file the agent runs
+  batch-step  the same graph's batched decode steps (rows sequences at once), no server
+  llama       llama.cpp (llama-cpp-python) greedy on the original GGUF
+  llama-batch llama.cpp decoding rows sequences in one batch per step (its batch API)
   weights   bytes of weights one decode step reads (the roofline's denominator)
 
 Run with build/venv/bin/python (numpy, onnx, onnxruntime, tokenizers); `llama` needs the
@@ -80,49 +82,84 @@ def chatml(system: str, prompt: str) -> str:
             "<|im_start|>assistant\n")
 
 
-def generate(a):
+def fused_loop(model: Path, threads: int):
+    """A greedy decode loop in onnxruntime over the agent's fused graph, laid out as the agent
+    drives it: one K/V buffer per layer bound as both past and present (IO binding)."""
     import numpy as np
-    from tokenizers import Tokenizer
+    import onnxruntime as ort
 
-    tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
-    sess = ort_session(a.model / "model.onnx", a.threads)
+    sess = ort_session(model / "model.onnx", threads)
     inputs = {i.name: i for i in sess.get_inputs()}
     past = sorted(n for n in inputs if n.startswith("past_key_values."))
     kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
-    outputs = ["logits"] + [n.replace("past_key_values.", "present.") for n in past]
-    text = chatml(a.system, a.prompt)
+
+    def run(rows: list[list[int]], new_tokens: int, on_token=None):
+        """Greedy-decodes every row (each prefilled alone, then batched steps); returns the
+        time of the first batched step's start and the end."""
+        cap = max(len(r) for r in rows) + new_tokens
+        # the arrays own the memory (an OrtValue from numpy only borrows it): keep them alive
+        arrays = {n: np.zeros((len(rows), kv_heads, cap, head_dim), np.float32) for n in past}
+        kv = {n: ort.OrtValue.ortvalue_from_numpy(arr) for n, arr in arrays.items()}
+        lens, last = [], []
+        for b, ids in enumerate(rows):
+            # a row prefills into its own view: a batch-1 buffer per row, copied in afterwards
+            row_arrays = {n: np.zeros((1, kv_heads, cap, head_dim), np.float32) for n in past}
+            row_kv = {n: ort.OrtValue.ortvalue_from_numpy(arr) for n, arr in row_arrays.items()}
+            bind = sess.io_binding()
+            bind.bind_output("logits")  # first: copy_outputs_to_cpu()[0]
+            bind.bind_cpu_input("input_ids", np.array([ids], np.int64))
+            bind.bind_cpu_input("attention_mask", np.ones((1, len(ids)), np.int64))
+            for n, v in row_kv.items():
+                bind.bind_ortvalue_input(n, v)
+                bind.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+            sess.run_with_iobinding(bind)
+            logits = bind.copy_outputs_to_cpu()[0]
+            for n in past:
+                arrays[n][b] = row_arrays[n][0]
+            last.append(int(logits[0, -1].argmax()))
+            lens.append(len(ids))
+            if on_token:
+                on_token(b)
+        start = time.perf_counter()
+        bind = sess.io_binding()
+        bind.bind_output("logits")
+        for n, v in kv.items():
+            bind.bind_ortvalue_input(n, v)
+            bind.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+        for _ in range(new_tokens - 1):
+            width = max(lens) + 1
+            mask = np.zeros((len(rows), width), np.int64)
+            for b, n in enumerate(lens):
+                mask[b, : n + 1] = 1
+            bind.bind_cpu_input("input_ids", np.array(last, np.int64)[:, None])
+            bind.bind_cpu_input("attention_mask", mask)
+            sess.run_with_iobinding(bind)
+            logits = bind.copy_outputs_to_cpu()[0]
+            last = [int(x) for x in logits[:, -1].argmax(-1)]
+            lens = [n + 1 for n in lens]
+        return start, time.perf_counter()
+
+    return run
+
+
+def generate(a):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
+    run = fused_loop(a.model, a.threads)
+    ids = tok.encode(chatml(a.system, a.prompt), add_special_tokens=False).ids
 
     def once():
-        start = time.perf_counter()
-        ids = tok.encode(text, add_special_tokens=False).ids
-        cache = {n: np.zeros((1, kv_heads, 0, head_dim), dtype=np.float32) for n in past}
-        step = np.array([ids], dtype=np.int64)
-        pos = 0
-        ttft, out = None, []
-        while len(out) < a.new_tokens:
-            n = step.shape[1]
-            feed = {"input_ids": step,
-                    "attention_mask": np.ones((1, pos + n), dtype=np.int64),
-                    "position_ids": np.arange(pos, pos + n, dtype=np.int64)[None, :]}
-            feed.update(cache)
-            res = sess.run(outputs, feed)
-            nxt = int(res[0][0, -1].argmax())
-            out.append(nxt)
-            if ttft is None:
-                ttft = time.perf_counter() - start
-            for name, value in zip(past, res[1:]):
-                cache[name] = value
-            pos += n
-            step = np.array([[nxt]], dtype=np.int64)
-        total = time.perf_counter() - start
-        return len(ids), ttft, (total - ttft) / max(1, len(out) - 1)
+        t0 = time.perf_counter()
+        first, end = run([ids], a.new_tokens)
+        return first - t0, (end - first) / max(1, a.new_tokens - 1)
 
     once()  # warm-up: first-run allocations
     runs = [once() for _ in range(a.runs)]
-    print(json.dumps({"ref": "python-ort-greedy", "model": a.model.name, "prompt_tokens": runs[0][0],
+    print(json.dumps({"ref": "python-ort-greedy", "model": a.model.name, "prompt_tokens": len(ids),
                       "new_tokens": a.new_tokens,
-                      "ttft_ms": statistics.median(r[1] for r in runs) * 1e3,
-                      "tpot_ms": statistics.median(r[2] for r in runs) * 1e3}), flush=True)
+                      "ttft_ms": statistics.median(r[0] for r in runs) * 1e3,
+                      "tpot_ms": statistics.median(r[1] for r in runs) * 1e3}), flush=True)
 
 
 def llama(a):
@@ -153,6 +190,74 @@ def llama(a):
                       "new_tokens": runs[0][2],
                       "ttft_ms": statistics.median(r[0] for r in runs) * 1e3,
                       "tpot_ms": statistics.median(r[1] for r in runs) * 1e3}), flush=True)
+
+
+def llama_batch(a):
+    """llama.cpp decoding `rows` sequences in one batch per step (its low-level batch API):
+    what llama.cpp's server does with parallel slots. Aggregate tokens per second."""
+    import llama_cpp as lc
+    import numpy as np
+    from llama_cpp import Llama
+
+    text = chatml(a.system, a.prompt)
+    for rows in a.rows:
+        llm = Llama(model_path=str(a.gguf), n_threads=a.threads, n_threads_batch=a.threads,
+                    n_ctx=rows * (256 + a.new_tokens), n_batch=512, n_seq_max=rows, seed=7, verbose=False)
+        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+        ctx, vocab = llm.ctx, llm.n_vocab()
+        batch = lc.llama_batch_init(max(len(ids), rows), 0, rows)
+
+        def add(i, tok, pos, seq, logits):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+
+        def argmax(i):
+            return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i), shape=(vocab,)).argmax())
+
+        def once():
+            lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+            last = []
+            for s in range(rows):  # each sequence's prompt, prefilled on its own
+                batch.n_tokens = len(ids)
+                for i, t in enumerate(ids):
+                    add(i, t, i, s, i == len(ids) - 1)
+                assert lc.llama_decode(ctx, batch) == 0
+                last.append(argmax(len(ids) - 1))
+            start = time.perf_counter()
+            for step in range(a.new_tokens - 1):
+                batch.n_tokens = rows
+                for s in range(rows):
+                    add(s, last[s], len(ids) + step, s, True)
+                assert lc.llama_decode(ctx, batch) == 0
+                last = [argmax(s) for s in range(rows)]
+            return time.perf_counter() - start
+
+        once()
+        el = statistics.median(once() for _ in range(a.runs))
+        print(json.dumps({"ref": "llama.cpp-batch", "model": a.gguf.name, "rows": rows,
+                          "tokens_per_s": rows * (a.new_tokens - 1) / el}), flush=True)
+        lc.llama_batch_free(batch)
+        del llm
+
+
+def batch_step(a):
+    """The same fused graph's batched decode step in Python onnxruntime (no server)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
+    run = fused_loop(a.model, a.threads)
+    ids = tok.encode(chatml(a.system, a.prompt), add_special_tokens=False).ids
+    for rows in a.rows:
+        run([ids] * rows, 8)
+        els = []
+        for _ in range(a.runs):
+            first, end = run([ids] * rows, a.new_tokens)
+            els.append(end - first)
+        print(json.dumps({"ref": "python-ort-batch", "model": a.model.name, "rows": rows,
+                          "tokens_per_s": rows * (a.new_tokens - 1) / statistics.median(els)}), flush=True)
 
 
 def weights(a):
@@ -188,12 +293,14 @@ def main():
     e.add_argument("--text", action="append", required=True)
     e.add_argument("--iters", type=int, default=200)
     e.add_argument("--warmup", type=int, default=20)
-    for name in ("generate", "llama"):
+    for name in ("generate", "llama", "llama-batch", "batch-step"):
         g = sub.add_parser(name)
-        if name == "generate":
+        if name in ("generate", "batch-step"):
             g.add_argument("--model", type=Path, required=True)
         else:
             g.add_argument("--gguf", type=Path, required=True)
+        if name in ("llama-batch", "batch-step"):
+            g.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8])
         g.add_argument("--threads", type=int, default=2)
         g.add_argument("--system", required=True)
         g.add_argument("--prompt", required=True)
@@ -202,7 +309,8 @@ def main():
     w = sub.add_parser("weights")
     w.add_argument("--model", type=Path, required=True)
     a = p.parse_args()
-    {"embed": embed, "generate": generate, "llama": llama, "weights": weights}[a.cmd](a)
+    {"embed": embed, "generate": generate, "llama": llama, "llama-batch": llama_batch, "batch-step": batch_step,
+     "weights": weights}[a.cmd](a)
 
 
 if __name__ == "__main__":

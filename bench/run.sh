@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: every measurement against a reference taken in the same run, then
 # BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
-# PART one of decide, overhead, embed, generate, fleet, footprint.
+# PART one of decide, overhead, embed, generate, batching, fleet, footprint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide overhead embed generate fleet footprint)
+[ ${#parts[@]} -gt 0 ] || parts=(decide overhead embed generate batching fleet footprint)
 PY=build/venv/bin/python
 THREADS=2
 pids=()
@@ -160,6 +160,47 @@ dir = \"$dir/state\"" > "$dir/agent.toml"
     echo '{"ref": "llama.cpp", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/generate.jsonl"
   fi
   "$BIN/edgewise-bench" bandwidth --threads "$THREADS" | tee -a "$OUT/generate.jsonl"
+}
+
+# Concurrent generations of one model: through the agent (batched decode steps), the same
+# engine stepping the same rows with no server (the ceiling), llama.cpp's batch API, and the
+# inter-token gaps of running streams while a long prompt arrives (chunked prefill vs none).
+batching() {
+  local dir=$OUT/batching model=smollm2-135m-q4
+  local prompt="Write a detailed, step by step guide to baking sourdough bread at home."
+  local system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+  local filler="Edge boxes keep private requests on their own hardware, close to the data, and send them to a hosted model only when the policy allows it."
+  rm -rf "$dir"; mkdir -p "$dir"
+  : > "$OUT/batching.jsonl"
+  for chunk in 128 4096; do
+    agent_toml 7541 "\"$model\"" "prefill_chunk_tokens = $chunk
+[models.limits.$model]
+max_concurrency = 8
+max_queue = 16
+[state]
+dir = \"$dir/state-$chunk\"" > "$dir/agent-$chunk.toml"
+    EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent-$chunk.toml" run & pids+=($!)
+    "$BIN/edgewise-agent" call --addr http://127.0.0.1:7541 wait-ready --timeout-secs 180 >/dev/null
+    if [ "$chunk" = 128 ]; then
+      echo "== concurrent generations ($model, $THREADS threads, 96 new tokens each): agent"
+      "$BIN/edgewise-bench" concurrency --agent http://127.0.0.1:7541 --model "$model" --prompt "$prompt" \
+        --max-tokens 96 | tee -a "$OUT/batching.jsonl"
+    fi
+    echo "== running streams while a 1,000-token prompt arrives (prefill chunk $chunk)"
+    "$BIN/edgewise-bench" prefill-stall --agent http://127.0.0.1:7541 --model "$model" --prompt "$prompt" \
+      --filler "$filler" --long-tokens 1000 --streams 4 --label "chunk $chunk" | tee -a "$OUT/batching.jsonl"
+    cleanup; pids=()
+  done
+  echo "== the engine's batched step, no server (the ceiling)"
+  "$BIN/edgewise-bench" batch-step --model "models/$model" --threads "$THREADS" --steps 95 | tee -a "$OUT/batching.jsonl"
+  local llama
+  if llama=$(bash bench/llama/setup.sh); then
+    echo "== llama.cpp decoding the same number of sequences in one batch per step"
+    "$llama" bench/reference.py llama-batch --gguf build/bench/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --threads "$THREADS" --system "$system" --prompt "$prompt" --new-tokens 96 | tee -a "$OUT/batching.jsonl"
+  else
+    echo '{"ref": "llama.cpp-batch", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/batching.jsonl"
+  fi
 }
 
 fleet() {

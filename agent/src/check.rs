@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::batch::BatchConfig;
+use crate::batch::BatchConfig;
 use crate::models::manifest::Manifest;
 use crate::models::{LoadedModel, discover};
 use crate::runtime::Runtime;

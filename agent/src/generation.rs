@@ -13,7 +13,7 @@ use std::time::Instant;
 use edgewise_proto as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::batch::SequenceEvent;
+use crate::batch::SequenceEvent;
 use crate::engine::text::{Detokenizer, TextStream};
 use crate::error::AgentError;
 use crate::models::LoadedModel;

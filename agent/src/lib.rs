@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line and loads config; everything else is here so that
 //! tests can start a real agent on a port-0 listener with their own shutdown signal.
 
+pub mod batch;
 pub mod call;
 pub mod callers;
 pub mod check;

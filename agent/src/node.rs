@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use edgewise_proto as pb;
 use tokio::sync::watch;
 
+use crate::batch::BatchConfig;
 use crate::config::{AgentConfig, Limits};
-use crate::engine::batch::BatchConfig;
 use crate::models::manifest::{Manifest, Task};
 use crate::models::{Engine, LoadedModel};
 use crate::runtime::Runtime;

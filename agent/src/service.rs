@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::engine::batch::SequenceRequest;
+use crate::batch::SequenceRequest;
 use crate::engine::sampling::SamplingParams;
 use crate::error::AgentError;
 use crate::generation::Generation;

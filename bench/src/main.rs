@@ -9,10 +9,16 @@
 //!   without dynamic batching (the Python reference is `bench/reference.py embed`).
 //! - `generate`: time to first token and decode time per token through the agent (the
 //!   references are `bench/reference.py generate` and `llama`).
+//! - `concurrency`: aggregate tokens/s of 1, 2, 4, 8 concurrent generations through the agent,
+//!   against `batch-step` (the agent's engine stepping the same rows with no server) and
+//!   llama.cpp's batch API (`bench/reference.py llama-batch`).
+//! - `prefill-stall`: inter-token gaps of running streams while a long prompt arrives.
 //! - `bandwidth`: memory copy bandwidth, the decode roofline's numerator.
 //! - `fleet`: simulated agents streaming reports into one gateway.
 
 mod bandwidth;
+mod batch_step;
+mod concurrency;
 mod embed;
 mod fleet;
 mod footprint;
@@ -39,6 +45,12 @@ enum Command {
     Embed(embed::Args),
     /// Time to first token and decode time per token through the agent.
     Generate(generate::Args),
+    /// Aggregate tokens/s of concurrent generations through the agent.
+    Concurrency(concurrency::Args),
+    /// Running streams' inter-token gaps while a long prompt arrives.
+    PrefillStall(concurrency::StallArgs),
+    /// The engine's batched decode step, no server (the ceiling for `concurrency`).
+    BatchStep(batch_step::Args),
     /// Memory copy and read bandwidth.
     Bandwidth(bandwidth::Args),
     /// Simulated agents reporting into one gateway.
@@ -56,6 +68,11 @@ fn main() -> anyhow::Result<()> {
             Command::Footprint(a) => footprint::run(a).await,
             Command::Embed(a) => embed::run(a).await,
             Command::Generate(a) => generate::run(a).await,
+            Command::Concurrency(a) => concurrency::run(a).await,
+            Command::PrefillStall(a) => concurrency::stall(a).await,
+            Command::BatchStep(a) => {
+                tokio::task::spawn_blocking(move || batch_step::run(a)).await?
+            }
             Command::Bandwidth(a) => tokio::task::spawn_blocking(move || bandwidth::run(a)).await?,
             Command::Fleet(a) => fleet::run(a).await,
         }

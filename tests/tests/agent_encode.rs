@@ -26,7 +26,7 @@ fn a_padded_batch_equals_single_runs_fp32() {
         Manifest::load(&dir.join("model.toml")).unwrap(),
         rt,
         1,
-        edgewise_agent::engine::batch::BatchConfig::default(),
+        edgewise_agent::batch::BatchConfig::default(),
     )
     .unwrap();
     let Engine::Encoder(e) = &m.engine else {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use edgewise_agent::engine::batch::BatchConfig;
+use edgewise_agent::batch::BatchConfig;
 use edgewise_agent::engine::decoder::Decoder;
 use edgewise_agent::engine::kv::KvArena;
 use edgewise_agent::engine::open_session;

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgewise_agent::engine::batch::{BatchConfig, BatchHandle, SequenceEvent, SequenceRequest};
+use edgewise_agent::batch::{BatchConfig, BatchHandle, SequenceEvent, SequenceRequest};
 use edgewise_agent::engine::decoder::Decoder;
 use edgewise_agent::engine::kv::KvArena;
 use edgewise_agent::engine::open_session;

@@ -7,7 +7,7 @@
 //! different lengths share a decode step. A multi-token feed (prefill) runs one row at a
 //! time: the kernel refuses it at batch > 1 with a past.
 //!
-//! Calls block; the decoder is driven by one thread (`engine::batch`).
+//! Calls block; the decoder is driven by one thread per model (`crate::batch`).
 
 use ort::session::Session;
 use ort::value::{Tensor, ValueType};

@@ -1,11 +1,10 @@
-//! Running ONNX models: decoder LMs with a K/V cache and continuous batching, and encoders
+//! Running ONNX models: decoder LMs with a K/V cache bound in place, and encoders
 //! (embed / classify).
 //!
 //! Owns ONNX Runtime sessions and tensors. Calls here block (ONNX Runtime runs on the
 //! calling thread), so async code reaches them through `spawn_blocking`. Nothing here knows
 //! gRPC, queues or deadlines.
 
-pub mod batch;
 pub mod decoder;
 pub mod encoder;
 pub mod kv;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 
-use crate::engine::batch::{BatchConfig, BatchHandle, SequenceEvent, SequenceRequest};
+use crate::batch::{BatchConfig, BatchHandle, SequenceEvent, SequenceRequest};
 use crate::engine::decoder::Decoder;
 use crate::engine::encoder::{Encoder, Head};
 use crate::engine::kv::KvArena;

@@ -24,9 +24,9 @@ use std::time::Instant;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
-use super::decoder::Decoder;
-use super::kv::{KvArena, KvGeometry};
-use super::sampling::{SamplingParams, sample};
+use crate::engine::decoder::Decoder;
+use crate::engine::kv::{KvArena, KvGeometry};
+use crate::engine::sampling::{SamplingParams, sample};
 
 /// Tuning of one model's batch loop.
 #[derive(Debug, Clone, Copy)]

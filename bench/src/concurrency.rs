@@ -1,0 +1,171 @@
+//! Concurrent generations through the agent.
+//!
+//! - `concurrency`: N greedy generations of one model started together; aggregate generated
+//!   tokens per second from the first request to the last final chunk.
+//! - `prefill-stall`: running streams' inter-token gaps before and while a long prompt arrives
+//!   (chunked prefill bounds the stall to one chunk per decode step).
+
+use std::time::{Duration, Instant};
+
+use edgewise_proto as pb;
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::stats::{ms, percentile};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 96)]
+    max_tokens: u32,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StallArgs {
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    /// A text that is repeated to make the long prompt.
+    #[arg(long)]
+    filler: String,
+    /// Tokens the long prompt should have (about; the agent reports the exact count).
+    #[arg(long, default_value_t = 1000)]
+    long_tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Names the agent's configuration in the output (e.g. its prefill chunk).
+    #[arg(long)]
+    label: String,
+}
+
+async fn client(url: &str) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
+    let ch = Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(pb::agent_client::AgentClient::new(ch))
+}
+
+fn request(model: &str, prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: prompt.into(),
+            }],
+        })),
+        max_tokens,
+        ..Default::default()
+    }
+}
+
+/// One stream to its end: arrival times of the chunks with text, and the usage.
+async fn stream(
+    mut c: pb::agent_client::AgentClient<Channel>,
+    req: pb::GenerateRequest,
+) -> anyhow::Result<(Vec<Instant>, pb::Usage)> {
+    let mut s = c.generate(req).await?.into_inner();
+    let mut times = Vec::new();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk?;
+        if !chunk.text.is_empty() {
+            times.push(Instant::now());
+        }
+        if let Some(done) = chunk.done {
+            return Ok((times, done.usage.unwrap_or_default()));
+        }
+    }
+    anyhow::bail!("the stream ended without `done`")
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let c = client(&a.agent).await?;
+    stream(c.clone(), request(&a.model, &a.prompt, 8)).await?; // warm-up
+    for &n in &a.concurrency {
+        let mut rates = Vec::new();
+        let mut tokens = 0;
+        for _ in 0..a.runs {
+            let start = Instant::now();
+            let all = futures::future::try_join_all(
+                (0..n).map(|_| stream(c.clone(), request(&a.model, &a.prompt, a.max_tokens))),
+            )
+            .await?;
+            let elapsed = start.elapsed().as_secs_f64();
+            tokens = all.iter().map(|(_, u)| u.completion_tokens).sum::<u32>();
+            rates.push(f64::from(tokens) / elapsed);
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "concurrency", "model": a.model, "streams": n,
+                "tokens": tokens, "tokens_per_s": rates[rates.len() / 2], "runs": a.runs,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn gaps(times: &[Instant], from: Instant, to: Instant) -> Vec<Duration> {
+    times
+        .windows(2)
+        .filter(|w| w[1] > from && w[0] < to)
+        .map(|w| w[1] - w[0])
+        .collect()
+}
+
+pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
+    let c = client(&a.agent).await?;
+    stream(c.clone(), request(&a.model, &a.prompt, 8)).await?; // warm-up
+    // a long prompt: the filler repeated to about `long_tokens` (4 characters a token)
+    let mut long = String::new();
+    while long.len() < a.long_tokens * 4 {
+        long.push_str(&a.filler);
+        long.push(' ');
+    }
+    long.push_str("\nSummarise the text above in one sentence.");
+    let running: Vec<_> = (0..a.streams)
+        .map(|_| tokio::spawn(stream(c.clone(), request(&a.model, &a.prompt, 200))))
+        .collect();
+    // let the streams reach steady decoding, then the long prompt arrives
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let sent = Instant::now();
+    let (long_times, long_usage) = stream(c.clone(), request(&a.model, &long, 4)).await?;
+    let first = long_times.first().copied().unwrap_or_else(Instant::now);
+    let mut before = Vec::new();
+    let mut during = Vec::new();
+    for h in running {
+        let (times, _) = h.await??;
+        before.extend(gaps(&times, times[0], sent));
+        during.extend(gaps(&times, sent, first));
+    }
+    before.sort();
+    during.sort();
+    let p = |v: &[Duration], q| percentile(v, q).map_or(f64::NAN, ms);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "prefill-stall", "label": a.label, "model": a.model, "streams": a.streams,
+            "long_prompt_tokens": long_usage.prompt_tokens,
+            "long_ttft_ms": ms(first - sent),
+            "itl_before_p50_ms": p(&before, 50.0), "itl_before_p99_ms": p(&before, 99.0),
+            "itl_during_p50_ms": p(&during, 50.0), "itl_during_p99_ms": p(&during, 99.0),
+            "itl_during_max_ms": during.last().map_or(f64::NAN, |d| ms(*d)),
+            "gaps_during": during.len(),
+        })
+    );
+    Ok(())
+}
