@@ -200,11 +200,18 @@ def llama_batch(a):
     from llama_cpp import Llama
 
     text = chatml(a.system, a.prompt)
+    # the model once; a context per batch size with room for `rows` sequences
+    llm = Llama(model_path=str(a.gguf), n_threads=a.threads, n_threads_batch=a.threads, n_ctx=512,
+                verbose=False)
+    ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+    vocab = llm.n_vocab()
     for rows in a.rows:
-        llm = Llama(model_path=str(a.gguf), n_threads=a.threads, n_threads_batch=a.threads,
-                    n_ctx=rows * (256 + a.new_tokens), n_batch=512, n_seq_max=rows, seed=7, verbose=False)
-        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
-        ctx, vocab = llm.ctx, llm.n_vocab()
+        params = lc.llama_context_default_params()
+        params.n_ctx = rows * 256 * -(-(len(ids) + a.new_tokens + 16) // 256)  # a multiple of rows
+        params.n_batch = 512
+        params.n_seq_max = rows
+        params.n_threads = params.n_threads_batch = a.threads
+        ctx = lc.llama_init_from_model(llm.model, params)
         batch = lc.llama_batch_init(max(len(ids), rows), 0, rows)
 
         def add(i, tok, pos, seq, logits):
@@ -240,7 +247,7 @@ def llama_batch(a):
         print(json.dumps({"ref": "llama.cpp-batch", "model": a.gguf.name, "rows": rows,
                           "tokens_per_s": rows * (a.new_tokens - 1) / el}), flush=True)
         lc.llama_batch_free(batch)
-        del llm
+        lc.llama_free(ctx)
 
 
 def batch_step(a):

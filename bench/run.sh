@@ -172,7 +172,7 @@ batching() {
   local filler="Edge boxes keep private requests on their own hardware, close to the data, and send them to a hosted model only when the policy allows it."
   rm -rf "$dir"; mkdir -p "$dir"
   : > "$OUT/batching.jsonl"
-  for chunk in 128 4096; do
+  for chunk in 128 32 4096; do
     agent_toml 7541 "\"$model\"" "prefill_chunk_tokens = $chunk
 [models.limits.$model]
 max_concurrency = 8

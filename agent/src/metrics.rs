@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics, read from the models' live figures at each scrape:
 //! requests, errors, refusals, tokens and batches (counters), requests running and queued and
-//! readiness (gauges), request latency and time to first token (histograms), per model.
+//! readiness (gauges), request latency and time to first token (histograms), per model; for
+//! generate models also K/V cache bytes and budget, decode steps and the rows they advanced.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -107,6 +108,59 @@ impl Collector for Models {
             "model_ready",
             "1 when the model is loaded and serving",
             &gauge(&|s| i64::from(s.ready().is_some())),
+        )?;
+        // generate models' batch loops (loaded ones only)
+        let loops: Vec<_> = slots
+            .iter()
+            .filter_map(|s| match s.ready() {
+                Some((m, _)) => match &m.engine {
+                    crate::models::Engine::Decoder(b) => Some((label(&s.name), b.stats.clone())),
+                    crate::models::Engine::Encoder(_) => None,
+                },
+                None => None,
+            })
+            .collect();
+        let per_loop_gauge = |f: &dyn Fn(&crate::batch::BatchStats) -> u64| {
+            loops
+                .iter()
+                .map(|(l, b)| (l.clone(), ConstGauge::new(f(b) as i64)))
+                .collect::<Vec<_>>()
+        };
+        let per_loop_counter = |f: &dyn Fn(&crate::batch::BatchStats) -> u64| {
+            loops
+                .iter()
+                .map(|(l, b)| (l.clone(), ConstCounter::new(f(b))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut encoder,
+            "kv_cache_bytes",
+            "K/V cache memory held by a generate model's running sequences",
+            &per_loop_gauge(&|b| load(&b.kv_bytes_in_use)),
+        )?;
+        family(
+            &mut encoder,
+            "kv_budget_bytes",
+            "The most K/V cache memory a generate model's sequences may hold",
+            &per_loop_gauge(&|b| load(&b.kv_budget_bytes)),
+        )?;
+        family(
+            &mut encoder,
+            "decode_steps",
+            "Batched decode steps run, by model",
+            &per_loop_counter(&|b| load(&b.decode_steps)),
+        )?;
+        family(
+            &mut encoder,
+            "decode_rows",
+            "Sequences advanced by decode steps (÷ decode_steps = mean batch size), by model",
+            &per_loop_counter(&|b| load(&b.decode_rows)),
+        )?;
+        family(
+            &mut encoder,
+            "kv_waits",
+            "Sequences that waited because the K/V budget had no room, by model",
+            &per_loop_counter(&|b| load(&b.kv_waits_total)),
         )?;
         let histograms = |f: &dyn Fn(
             &crate::scheduler::ModelStats,

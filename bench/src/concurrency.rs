@@ -1,7 +1,8 @@
 //! Concurrent generations through the agent.
 //!
 //! - `concurrency`: N greedy generations of one model started together; aggregate generated
-//!   tokens per second from the first request to the last final chunk.
+//!   tokens per second from the first request to the last final chunk (prefills included), and
+//!   while all N are decoding (the figure comparable with the engine's batched step).
 //! - `prefill-stall`: running streams' inter-token gaps before and while a long prompt arrives
 //!   (chunked prefill bounds the stall to one chunk per decode step).
 
@@ -96,6 +97,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     stream(c.clone(), request(&a.model, &a.prompt, 8)).await?; // warm-up
     for &n in &a.concurrency {
         let mut rates = Vec::new();
+        let mut steady = Vec::new();
         let mut tokens = 0;
         for _ in 0..a.runs {
             let start = Instant::now();
@@ -106,25 +108,50 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let elapsed = start.elapsed().as_secs_f64();
             tokens = all.iter().map(|(_, u)| u.completion_tokens).sum::<u32>();
             rates.push(f64::from(tokens) / elapsed);
+            steady.extend(steady_rate(&all));
         }
         rates.sort_by(f64::total_cmp);
+        steady.sort_by(f64::total_cmp);
         println!(
             "{}",
             serde_json::json!({
                 "bench": "concurrency", "model": a.model, "streams": n,
-                "tokens": tokens, "tokens_per_s": rates[rates.len() / 2], "runs": a.runs,
+                "tokens": tokens, "tokens_per_s": rates[rates.len() / 2],
+                "steady_tokens_per_s": steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN),
+                "runs": a.runs,
             })
         );
     }
     Ok(())
 }
 
+/// Gaps between successive chunks that end after `from` and start before `to` (the gap in
+/// which `from` falls counts: it is the one a stall at `from` stretches).
 fn gaps(times: &[Instant], from: Instant, to: Instant) -> Vec<Duration> {
     times
         .windows(2)
         .filter(|w| w[1] > from && w[0] < to)
         .map(|w| w[1] - w[0])
         .collect()
+}
+
+/// Tokens per second while every stream is decoding: from the last stream's first chunk to
+/// the first stream's last, each stream's chunks in that window scaled by its tokens per chunk.
+fn steady_rate(all: &[(Vec<Instant>, pb::Usage)]) -> Option<f64> {
+    let from = all.iter().filter_map(|(t, _)| t.first()).max()?;
+    let to = all.iter().filter_map(|(t, _)| t.last()).min()?;
+    let window = to.checked_duration_since(*from)?.as_secs_f64();
+    if window <= 0.0 {
+        return None;
+    }
+    let tokens: f64 = all
+        .iter()
+        .map(|(t, u)| {
+            let inside = t.iter().filter(|&&x| x > *from && x <= *to).count() as f64;
+            inside * f64::from(u.completion_tokens) / t.len().max(1) as f64
+        })
+        .sum();
+    Some(tokens / window)
 }
 
 pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
@@ -149,7 +176,13 @@ pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
     let mut during = Vec::new();
     for h in running {
         let (times, _) = h.await??;
-        before.extend(gaps(&times, times[0], sent));
+        // before: gaps wholly before the long prompt was sent
+        before.extend(
+            times
+                .windows(2)
+                .filter(|w| w[1] <= sent)
+                .map(|w| w[1] - w[0]),
+        );
         during.extend(gaps(&times, sent, first));
     }
     before.sort();

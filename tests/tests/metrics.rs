@@ -103,6 +103,19 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
                 == "edgewise_agent_time_to_first_token_seconds_count{model=\"tiny-lm-fp32\"} 1"),
         "{text}"
     );
+    // the generate model's batch loop: steps ran, and nothing is cached once it is idle
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{model=\"tiny-lm-fp32\"}} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for tiny-lm-fp32 in:\n{text}"))
+    };
+    assert!(value("edgewise_agent_decode_steps_total") > 0.0, "{text}");
+    assert!(
+        value("edgewise_agent_decode_rows_total") >= value("edgewise_agent_decode_steps_total")
+    );
+    assert_eq!(value("edgewise_agent_kv_cache_bytes"), 0.0, "{text}");
+    assert!(value("edgewise_agent_kv_budget_bytes") > 0.0, "{text}");
 
     // a real Prometheus scrapes both
     let web = free_port();
