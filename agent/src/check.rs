@@ -35,11 +35,12 @@ pub fn check_dir(
     let (folders, _) = discover(dir, &[])?;
     Ok(folders
         .iter()
-        .map(|f| check_one(f, rt, intra_threads))
+        .map(|f| check_folder(f, rt, intra_threads))
         .collect())
 }
 
-fn check_one(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
+/// Loads one model folder and runs its smoke inference.
+pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
     let folder_name = folder
         .file_name()
         .and_then(|n| n.to_str())

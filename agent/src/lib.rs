@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod generation;
 pub mod grpc;
 pub mod hardware;
+pub mod import;
 pub mod metrics;
 pub mod models;
 pub mod node;

@@ -93,6 +93,30 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Turn a llama or qwen2 GGUF file (as used with llama.cpp or Ollama) into a model folder:
+    /// fused ONNX decoder, tokenizer, manifest (chat template and EOS from the file). Runs the
+    /// project's Python converter (tools/import_gguf.py) in its virtualenv (build/venv, made by
+    /// `make models`), then loads the folder once; a refused, failed or unloadable import leaves
+    /// no folder behind.
+    Import {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// Folder name (default: from the file name and quantization).
+        #[arg(long)]
+        name: Option<String>,
+        /// Weight encoding: q4 (4-bit, 8-bit head) or q8 (8-bit).
+        #[arg(long, default_value = "q4", value_parser = ["q4", "q8"])]
+        quant: String,
+        /// Models directory (default: the config's models.dir, or ./models without a config).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// A checkout's tools/ (default: found above the working directory or the executable).
+        #[arg(long, env = "EDGEWISE_TOOLS_DIR")]
+        tools_dir: Option<PathBuf>,
+        /// The converter's Python (default: build/venv/bin/python beside tools/).
+        #[arg(long, env = "EDGEWISE_MODELPREP_PYTHON")]
+        python: Option<PathBuf>,
+    },
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -152,6 +176,51 @@ fn real_main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Import {
+                    gguf,
+                    name,
+                    quant,
+                    models_dir,
+                    tools_dir,
+                    python,
+                },
+        } => {
+            let config = if cli.config.exists() {
+                AgentConfig::load(&cli.config, &env_vars())?
+            } else {
+                AgentConfig::for_models_dir(PathBuf::from("models"))
+            };
+            let dir = models_dir.unwrap_or(config.models_dir.clone());
+            let converter =
+                edgewise_agent::import::Converter::locate(tools_dir.as_deref(), python.as_deref())?;
+            match converter.run(&gguf, &dir, name.as_deref(), &quant) {
+                Ok(()) => {}
+                Err(edgewise_agent::import::ImportError::Refused) => return Ok(ExitCode::from(2)),
+                Err(e) => return Err(e.into()),
+            }
+            let name = name.unwrap_or_else(|| edgewise_agent::import::default_name(&gguf, &quant));
+            let folder = dir.join(&name);
+            let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
+            let r = edgewise_agent::check::check_folder(&folder, rt, config.intra_op_threads);
+            print!(
+                "{}",
+                edgewise_agent::check::render_table(std::slice::from_ref(&r))
+            );
+            if r.state != "ready" {
+                // a folder the agent cannot serve is not left for it to fail on
+                std::fs::remove_dir_all(&folder)
+                    .with_context(|| format!("removing {}", folder.display()))?;
+                eprintln!(
+                    "edgewise-agent: the imported model does not load ({}); {} removed",
+                    r.reason,
+                    folder.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Call {
             addr,

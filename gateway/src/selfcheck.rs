@@ -1,7 +1,7 @@
 //! `edgewise selfcheck`: routes a handful of real requests through a running gateway and
 //! prints what happened to each as a table — an embed, a classify, a generation, a request that
-//! spills because the smallest model is saturated, and a confidential request whose fallback
-//! policy refuses. Exit status 0 only if every check passed.
+//! spills because the smallest model is saturated, a request whose quality floor only a larger
+//! model on the ladder meets, and a confidential request whose fallback policy refuses. Exit status 0 only if every check passed.
 
 use std::time::{Duration, Instant};
 
@@ -297,7 +297,11 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
     drop(held); // cancels the held generations
     rows.push(row);
 
-    // 5. confidential, asking for more quality than any local model has: only a hosted model
+    // 5. a request that needs more quality than the smallest local LM has: the smallest model
+    //    that has it serves it (a larger size on the ladder), not the smallest overall
+    rows.push(quality_floor(&mut c, caller, &fleet, &internal, question).await?);
+
+    // 6. confidential, asking for more quality than any local model has: only a hosted model
     //    could serve it, and the policy forbids that for confidential data
     let t = Instant::now();
     let hints = pb::RoutingHints {
@@ -343,6 +347,64 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         println!("\nself-check: {failed} of {} checks FAILED", rows.len());
     }
     Ok(failed == 0)
+}
+
+/// The ready generate models' (quality, name), smallest quality first.
+fn generate_qualities(fleet: &pb::FleetStatusResponse) -> Vec<(f32, String)> {
+    let mut q: Vec<(f32, String)> = fleet
+        .nodes
+        .iter()
+        .flat_map(|n| &n.models)
+        .filter(|m| m.task == pb::Task::Generate as i32 && m.state == pb::ModelState::Ready as i32)
+        .map(|m| (m.quality, m.name.clone()))
+        .collect();
+    q.sort_by(|a, b| a.0.total_cmp(&b.0));
+    q
+}
+
+async fn quality_floor(
+    c: &mut Client,
+    caller: &Caller,
+    fleet: &pb::FleetStatusResponse,
+    internal: &pb::RoutingHints,
+    question: &str,
+) -> Result<Row, CliError> {
+    let t = Instant::now();
+    let q = generate_qualities(fleet);
+    let Some((low, high)) = q.first().zip(q.iter().find(|(v, _)| *v > q[0].0)) else {
+        return Ok(Row {
+            check: "quality floor".into(),
+            decision: "-".into(),
+            target: "-".into(),
+            result: "one model size only: nothing larger to choose".into(),
+            ms: 0,
+            ok: false,
+        });
+    };
+    // halfway between the two measured qualities
+    let floor = (low.0 + high.0) / 2.0;
+    let hints = pb::RoutingHints {
+        min_quality: Some(floor),
+        ..internal.clone()
+    };
+    let check = format!("needs quality {floor:.2} (> {} {:.2})", low.1, low.0);
+    Ok(match generate(c, caller, chat(question, 24, hints)).await {
+        Ok((d, text)) => {
+            let chosen = d.as_ref().and_then(|d| match &d.target {
+                Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
+                _ => None,
+            });
+            Row {
+                check,
+                decision: rule(d.as_ref()),
+                target: target(d.as_ref()),
+                result: format!("{:?}", text.trim().chars().take(40).collect::<String>()),
+                ms: t.elapsed().as_millis(),
+                ok: chosen.as_deref() == Some(high.1.as_str()),
+            }
+        }
+        Err(s) => failed("quality floor", &s, t),
+    })
 }
 
 fn norm(v: &[f32]) -> f32 {

@@ -152,15 +152,20 @@ fn batched_vs_alone(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, f32) {
 
 #[test]
 fn batched_decode_equals_each_sequence_alone_fp32_within_1e4() {
-    let (batched, solo, worst) = batched_vs_alone("tiny-lm-fp32");
-    assert_eq!(batched, solo);
-    assert!(worst < 1e-4, "batched and single logits differ by {worst}");
+    for name in ["tiny-lm-fp32", "tiny-qwen2-fp32"] {
+        let (batched, solo, worst) = batched_vs_alone(name);
+        assert_eq!(batched, solo, "{name}");
+        assert!(
+            worst < 1e-4,
+            "{name}: batched and single logits differ by {worst}"
+        );
+    }
 }
 
 #[test]
 fn batched_decode_equals_each_sequence_alone_4_and_8_bit_by_tokens() {
     // the int8-compute kernels round differently per batch shape: compare tokens
-    for name in ["tiny-lm-q4", "tiny-lm-int8"] {
+    for name in ["tiny-lm-q4", "tiny-lm-int8", "tiny-qwen2-q4"] {
         let (batched, solo, _) = batched_vs_alone(name);
         assert_eq!(batched, solo, "{name}");
     }

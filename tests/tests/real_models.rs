@@ -119,3 +119,55 @@ async fn smollm2_int8_and_q4_answer_and_minilm_models_agree_with_their_sources()
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn qwen_half_billion_answers_and_its_rebuilt_tokenizer_matches_llama_cpp() {
+    let Some(dir) = real_models() else { return };
+    let qwen = dir.join("qwen2.5-coder-0.5b-q4");
+    assert!(
+        qwen.join("model.onnx").exists(),
+        "{} is missing: run `make models`",
+        qwen.display()
+    );
+    // the tokenizer rebuilt from the GGUF gives the ids llama.cpp's own tokenizer gives
+    // (tests/fixtures/qwen2-tokenizer-parity.json, written by tools/qwen_tokenizer_parity.py)
+    let tok = tokenizers::Tokenizer::from_file(qwen.join("tokenizer.json")).unwrap();
+    let parity: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/qwen2-tokenizer-parity.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let cases = parity["cases"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(got, want, "{text:?}");
+    }
+
+    let (mut cfg, state) = config(&dir, None);
+    cfg.include = vec!["qwen2.5-coder-0.5b-q4".into()];
+    cfg.intra_op_threads = 2;
+    let mut a = TestAgent::start(cfg, state).await;
+    let req = pb::GenerateRequest {
+        model: "qwen2.5-coder-0.5b-q4".into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+        })),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let (text, done) = collect(&mut a.client, req).await.unwrap();
+    println!("qwen2.5-coder-0.5b-q4: {text:?} ({done:?})");
+    assert!(text.contains("Paris"), "{text:?}");
+    a.stop().await;
+}

@@ -130,9 +130,10 @@ class _Graph:
                        accuracy_level=4)[0]
 
 
-def build(cfg: Config, weights: Weights, quant: str) -> onnx.ModelProto:
+def build(cfg: Config, weights: Weights, quant: str,
+          progress: Callable[[int, int], None] | None = None) -> onnx.ModelProto:
     """The whole decoder; `weights` is called once per tensor, so a lazy source keeps only one
-    fp32 tensor alive at a time."""
+    fp32 tensor alive at a time. `progress(layers_done, layers)` is called as layers are written."""
     if cfg.model_type not in ARCHITECTURES:
         raise ValueError(f"architecture {cfg.model_type!r}: supported are {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[cfg.model_type]
@@ -173,7 +174,7 @@ def build(cfg: Config, weights: Weights, quant: str) -> onnx.ModelProto:
         rows = g.op("Gather", [g.init("model.embed_tokens.q8", q), "input_ids"], axis=0)[0]
         s = g.op("Gather", [g.init("model.embed_tokens.scales", scale.astype(np.float32)), "input_ids"], axis=0)[0]
         x = g.op("Mul", [g.op("Cast", [rows], to=TensorProto.FLOAT)[0], s])[0]
-    lm_head = weights("lm_head.weight")  # may be the embedding itself (tied)
+    del emb  # one fp32 tensor alive at a time (the lm_head is read at the end)
 
     residual = x
     delta = None  # what the next norm adds to the residual
@@ -211,11 +212,13 @@ def build(cfg: Config, weights: Weights, quant: str) -> onnx.ModelProto:
         up = g.linear(h, weights(p + "mlp.up_proj.weight"), p + "mlp.up_proj.weight")
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0], up])[0]
         delta = g.linear(act, weights(p + "mlp.down_proj.weight"), p + "mlp.down_proj.weight")
+        if progress:
+            progress(i + 1, cfg.num_hidden_layers)
     gamma = g.init("model.norm.weight", weights("model.norm.weight").astype(np.float32))
     final, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [delta, residual, gamma],
                           [g.fresh("final"), "", "", ""], domain="com.microsoft", epsilon=eps)
     last = g.op("Slice", [final, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])])[0]
-    logits = g.linear(last, lm_head, "lm_head.weight", bits=None if quant == "fp32" else 8)
+    logits = g.linear(last, weights("lm_head.weight"), "lm_head.weight", bits=None if quant == "fp32" else 8)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
 
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.inits)
