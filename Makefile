@@ -15,7 +15,7 @@ help:
 	@echo "make install      install binaries, libonnxruntime, units and example configs (PREFIX=DIR for a staging tree)"
 	@echo "make test         lint and run every test (fetches ONNX Runtime and models first)"
 	@echo "make onnxruntime  fetch libonnxruntime from the pinned PyPI wheel into build/onnxruntime"
-	@echo "make models       fetch and prepare the real models into models/"
+	@echo "make models       fetch and prepare the real models into models/ (LADDER=full: also Qwen2.5 1.5B)"
 	@echo "make prometheus   fetch Debian's Prometheus into build/prometheus (for the metrics test)"
 	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
 
@@ -25,8 +25,10 @@ prereqs:
 onnxruntime: prereqs
 	@bash tools/fetch_onnxruntime.sh
 
+# LADDER=full also fetches and prepares the opt-in Qwen2.5-Coder-1.5B (about 1.05 GB more)
+LADDER ?= default
 models: prereqs
-	@bash tools/fetch_models.sh
+	@LADDER=$(LADDER) bash tools/fetch_models.sh
 
 # Debian's Prometheus, unpacked into build/prometheus (the metrics test scrapes with it)
 prometheus:

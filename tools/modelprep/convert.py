@@ -11,9 +11,9 @@ import onnx
 
 from . import fused_decoder, gguf_import, manifest
 
-# ONNX's protobuf limit is 2 GiB: a graph whose weights come near it keeps them in one
-# external data file beside model.onnx
-EXTERNAL_DATA_ABOVE = 1_800_000_000
+# ONNX's protobuf limit is 2 GiB; past 1 GB the weights go to one external data file beside
+# model.onnx, which also spares serializing the whole graph into one buffer (peak memory)
+EXTERNAL_DATA_ABOVE = 1_000_000_000
 QUANT_LABEL = {"q4": "q4", "q8": "int8", "fp32": "fp32"}
 
 

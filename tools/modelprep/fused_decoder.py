@@ -86,8 +86,10 @@ class _Graph:
         if quant not in ("fp32", "q4", "q8"):
             raise ValueError(f"quantization {quant!r}: expected fp32, q4 or q8")
         self.quant = quant
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        # written straight into the model: helper.make_graph / make_model would copy every
+        # initializer twice (a 1.5B model's peak memory tripled)
+        self.model = onnx.ModelProto()
+        self.graph = self.model.graph
         self._consts: dict[tuple, str] = {}
         self._n = 0
 
@@ -96,7 +98,7 @@ class _Graph:
         return f"{base}_{self._n}"
 
     def init(self, name: str, arr: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
     def const(self, values, dtype=np.int64) -> str:
@@ -110,19 +112,31 @@ class _Graph:
            **attrs) -> list[str]:
         name = self.fresh(op_type)
         outs = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        self.graph.node.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
         return outs
 
-    def linear(self, x: str, w_out_in: np.ndarray, name: str, bits: int | None = None) -> str:
-        """x @ W^T; quantized per the graph's mode (`bits` overrides it, e.g. the lm_head)."""
-        n, k = w_out_in.shape
+    def linear(self, x: str, w_out_in, name: str, bits: int | None = None) -> str:
+        """x @ W^T; quantized per the graph's mode (`bits` overrides it, e.g. the lm_head).
+        `w_out_in` is an array [out, in], or (n, k, rows(r0, r1)) for a table read in chunks."""
+        if isinstance(w_out_in, tuple):
+            n, k, rows = w_out_in
+        else:
+            n, k = w_out_in.shape
+            rows = lambda r0, r1, w=w_out_in: w[r0:r1]  # noqa: E731
         bits = bits if bits is not None else {"fp32": None, "q4": 4, "q8": 8}[self.quant]
         if self.quant == "fp32" or bits is None:
-            return self.op("MatMul", [x, self.init(name, np.ascontiguousarray(w_out_in.T, dtype=np.float32))])[0]
+            return self.op("MatMul", [x, self.init(name, np.ascontiguousarray(rows(0, n).T, dtype=np.float32))])[0]
         # 4-bit symmetric (the faster kernels, measured); 8-bit asymmetric: on SmolLM2 its logits
         # stay closer to fp32 (max error 1.23 vs 1.68 on a chat prompt) and keep fp32's answer
         # where symmetric flips a near-tie
-        packed, scales, zero_points = _pack_nbits(w_out_in.T, bits, symmetric=bits == 4)
+        # in chunks of output rows (a large head's transposed fp32 copy would double it)
+        chunks = [_pack_nbits(rows(r, r + 16384).T, bits, symmetric=bits == 4) for r in range(0, n, 16384)]
+        k_blocks = (k + BLOCK - 1) // BLOCK
+        packed = np.concatenate([c[0] for c in chunks])
+        scales = np.concatenate([c[1].reshape(-1, k_blocks) for c in chunks]).reshape(-1)
+        zero_points = None if chunks[0][2] is None else np.concatenate(
+            [c[2].reshape(c[0].shape[0], -1) for c in chunks]).reshape(-1)
+        del chunks
         inputs = [x, self.init(name + f".q{bits}", packed), self.init(name + ".scales", scales)]
         if zero_points is not None:
             inputs.append(self.init(name + ".zero_points", zero_points))
@@ -168,9 +182,14 @@ def build(cfg: Config, weights: Weights, quant: str,
     if quant == "fp32":
         x = g.op("Gather", [g.init("model.embed_tokens.weight", emb.astype(np.float32)), "input_ids"], axis=0)[0]
     else:
-        # int8 rows with one scale each: a token reads one row, so 4 bits would save little
-        scale = np.maximum(np.abs(emb).max(axis=1, keepdims=True), 1e-8) / 127.0
-        q = np.clip(np.round(emb / scale), -127, 127).astype(np.int8)
+        # int8 rows with one scale each: a token reads one row, so 4 bits would save little.
+        # In row chunks, so the fp32 temporaries stay small next to the table itself.
+        scale = np.empty((emb.shape[0], 1), np.float32)
+        q = np.empty(emb.shape, np.int8)
+        for r in range(0, emb.shape[0], 8192):
+            part = emb[r:r + 8192]
+            scale[r:r + 8192] = np.maximum(np.abs(part).max(axis=1, keepdims=True), 1e-8) / 127.0
+            q[r:r + 8192] = np.clip(np.round(part / scale[r:r + 8192]), -127, 127)
         rows = g.op("Gather", [g.init("model.embed_tokens.q8", q), "input_ids"], axis=0)[0]
         s = g.op("Gather", [g.init("model.embed_tokens.scales", scale.astype(np.float32)), "input_ids"], axis=0)[0]
         x = g.op("Mul", [g.op("Cast", [rows], to=TensorProto.FLOAT)[0], s])[0]
@@ -218,13 +237,20 @@ def build(cfg: Config, weights: Weights, quant: str,
     final, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [delta, residual, gamma],
                           [g.fresh("final"), "", "", ""], domain="com.microsoft", epsilon=eps)
     last = g.op("Slice", [final, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])])[0]
-    logits = g.linear(last, weights("lm_head.weight"), "lm_head.weight", bits=None if quant == "fp32" else 8)
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+    if hasattr(weights, "rows"):  # a lazy source: the head in chunks, never whole in fp32
+        n, k = weights.shape("lm_head.weight")
+        head = (n, k, lambda r0, r1: weights.rows("lm_head.weight", r0, r1))
+    else:
+        head = weights("lm_head.weight")
+    logits = g.linear(last, head, "lm_head.weight", bits=None if quant == "fp32" else 8)
+    g.graph.node.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
 
-    graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="edgewise-modelprep")
+    g.graph.name = "decoder"
+    g.graph.input.extend(inputs)
+    g.graph.output.extend(outputs)
+    model = g.model
+    model.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model.producer_name = "edgewise-modelprep"
     model.ir_version = 10
     return model
 

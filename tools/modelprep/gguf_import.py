@@ -122,10 +122,33 @@ def load(path: str, max_context: int = 8192) -> Imported:
             raise ImportRefused(f"{path}: the GGUF file is truncated (tensor {t.name} ends at byte {end:,}, "
                                 f"the file has {size:,})")
 
+    mapped = getattr(r.data, "_mmap", None)
+
+    def release() -> None:
+        # the file is read once, tensor by tensor: its pages need not stay resident
+        if mapped is not None and hasattr(mapped, "madvise"):
+            import mmap
+
+            mapped.madvise(mmap.MADV_DONTNEED)
+
     def deq(name: str) -> np.ndarray:
+        try:
+            return _deq(name)
+        finally:
+            release()
+
+    def _deq(name: str) -> np.ndarray:
         t = tensors[name]
-        arr = dequantize(t.data, t.tensor_type).astype(np.float32)
-        return arr.reshape([int(d) for d in reversed(list(t.shape))])  # GGUF dims are reversed -> [out, in]
+        shape = [int(d) for d in reversed(list(t.shape))]  # GGUF dims are reversed -> [out, in]
+        data = t.data
+        if data.ndim == 2 and data.shape[0] == shape[0] and shape[0] > 8192:
+            # a large table (embedding, head) in row chunks: the dequantizer's temporaries
+            # are several times its output, so they stay small next to the result
+            out = np.empty(shape, np.float32)
+            for r in range(0, shape[0], 8192):
+                out[r:r + 8192] = dequantize(data[r:r + 8192], t.tensor_type).reshape(-1, *shape[1:])
+            return out
+        return dequantize(data, t.tensor_type).astype(np.float32).reshape(shape)
 
     def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
         # llama.cpp's convert script interleaves llama's Q/K rows; undo it (rotate-half layout)
@@ -155,6 +178,21 @@ def load(path: str, max_context: int = 8192) -> Imported:
         elif arch == "llama" and m.group(2) == "self_attn.k_proj.weight":
             w = unpermute(w, KVH)
         return w
+
+    def rows(name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of a table (embedding or head), without dequantizing the rest."""
+        if name != "lm_head.weight":
+            return weights(name)[r0:r1]
+        t = tensors["token_embd.weight" if tied else "output.weight"]
+        shape = [int(d) for d in reversed(list(t.shape))]
+        try:
+            return dequantize(t.data[r0:r1], t.tensor_type).astype(np.float32).reshape(-1, *shape[1:])
+        finally:
+            release()
+
+    weights.rows = rows  # type: ignore[attr-defined]
+    weights.shape = lambda name: [int(d) for d in reversed(list(  # type: ignore[attr-defined]
+        tensors["token_embd.weight" if tied or name != "lm_head.weight" else "output.weight"].shape))]
 
     tok = _tokenizer(path, val, tokens)
     types = val("tokenizer.ggml.token_type") or []

@@ -32,7 +32,7 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     pub tokenizer: Tokenizer,
     pub engine: Engine,
-    /// Bytes of `model.onnx` on disk.
+    /// Bytes of `model.onnx` (and its external data) on disk.
     pub size_bytes: u64,
     pub load_time: Duration,
 }
@@ -90,9 +90,11 @@ impl LoadedModel {
     ) -> Result<Self, String> {
         let started = Instant::now();
         let onnx = dir.join("model.onnx");
+        // a large graph keeps its weights beside it (ONNX external data)
         let size_bytes = std::fs::metadata(&onnx)
             .map_err(|e| format!("{}: {e}", onnx.display()))?
-            .len();
+            .len()
+            + std::fs::metadata(dir.join("model.onnx.data")).map_or(0, |m| m.len());
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
