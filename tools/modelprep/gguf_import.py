@@ -21,6 +21,17 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+# per-layer tensors: HF-style name (after `model.layers.N.`) -> GGUF name (after `blk.N.`)
+HF_TO_GGUF = {
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
+}
+
+
 class ImportRefused(Exception):
     """The file cannot be imported; the message says what was found and what is supported."""
 
@@ -154,12 +165,6 @@ def load(path: str, max_context: int = 8192) -> Imported:
         # llama.cpp's convert script interleaves llama's Q/K rows; undo it (rotate-half layout)
         return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    names = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-             "mlp.down_proj.weight": "ffn_down.weight", "self_attn.q_proj.bias": "attn_q.bias",
-             "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias"}
     tied = "output.weight" not in tensors
 
     def weights(name: str) -> np.ndarray:
@@ -170,9 +175,9 @@ def load(path: str, max_context: int = 8192) -> Imported:
         if name == "lm_head.weight":
             return deq("token_embd.weight" if tied else "output.weight")
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
-        if not m or m.group(2) not in names:
+        if not m or m.group(2) not in HF_TO_GGUF:
             raise KeyError(name)
-        w = deq(f"blk.{m.group(1)}.{names[m.group(2)]}")
+        w = deq(f"blk.{m.group(1)}.{HF_TO_GGUF[m.group(2)]}")
         if arch == "llama" and m.group(2) == "self_attn.q_proj.weight":
             w = unpermute(w, NH)
         elif arch == "llama" and m.group(2) == "self_attn.k_proj.weight":

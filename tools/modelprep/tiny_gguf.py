@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import llama_onnx
+from .gguf_import import HF_TO_GGUF
 from .fused_decoder import Config
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -54,15 +55,9 @@ def write_qwen2(path: str, seed: int = 1) -> tuple[Config, dict[str, np.ndarray]
     gw.add_bos_token_id(cfg.bos_token_id)
     gw.add_eos_token_id(cfg.eos_token_id)
     gw.add_chat_template(CHATML)
-    names = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-             "mlp.down_proj.weight": "ffn_down.weight", "self_attn.q_proj.bias": "attn_q.bias",
-             "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias"}
     gw.add_tensor("token_embd.weight", w["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
-        for hf, gg in names.items():
+        for hf, gg in HF_TO_GGUF.items():
             gw.add_tensor(f"blk.{i}.{gg}", w[f"model.layers.{i}.{hf}"])
     gw.add_tensor("output_norm.weight", w["model.norm.weight"])
     gw.add_tensor("output.weight", w["lm_head.weight"])
