@@ -387,7 +387,9 @@ LIMITS = {
 }
 unmet = [h for h in head if "not met" in h]
 if unmet:
-    md += ["## Goals not met, and what limits them", ""]
+    md += ["## Goals not met, and what limits them", "",
+           "Ratios move between runs on this shared machine (llama.cpp's decode time by ±15 % across",
+           "runs of the same day), so a goal met or missed by a small margin can flip in another run.", ""]
     for h in unmet:
         why = next((v for k, v in LIMITS.items() if k in h), "see the section above.")
         md.append(f"- {h}\n  *Why:* {why}")
