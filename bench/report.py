@@ -291,6 +291,22 @@ if bat:
                     + (f", {sd8 / lb[8]['tokens_per_s']:.2f}× llama.cpp decoding 8 sequences in one batch "
                        f"(goal ≥ 1×: {'met' if sd8 >= lb[8]['tokens_per_s'] else 'not met'})"
                        if 8 in lb and sd8 else "") + ".")
+    heads = [r for r in bat if r.get("bench") == "lm-head"]
+    if heads:
+        md += [
+            "",
+            "**The lm_head encoding** (`bench/head_choice.py`, Python onnxruntime, the 4-bit SmolLM2",
+            f"graph; perplexity on the README's first {heads[0]['tokens']} tokens; decode steps of 100 cached positions):",
+            "",
+            "| head | perplexity | tokens/s, 1 row | tokens/s, 8 rows |",
+            "|---|---|---|---|",
+        ] + [f"| {h['variant']} | {h['perplexity']:.1f} | {h['tokens_per_s_1']:.0f} | {h['tokens_per_s_8']:.0f} |" for h in heads] + [
+            "",
+            "The per-tensor int8 head is faster, but its one activation scale spans the whole batch, so a",
+            "sequence's logits would depend on which others share its step (the same seed could give",
+            "different text under load). The shipped 8-bit MatMulNBits head keeps every row's result",
+            "independent of its batch (tested against each sequence alone), at the cost in the table.",
+        ]
     if stall:
         md += [
             "",

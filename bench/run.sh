@@ -209,6 +209,8 @@ dir = \"$dir/state-$chunk\"" > "$dir/agent-$chunk.toml"
       --filler "$filler" --long-tokens 1000 --streams 4 --label "chunk $chunk" | tee -a "$OUT/batching.jsonl"
     cleanup; pids=()
   done
+  echo "== the lm_head encoding: perplexity and batched steps, 8-bit MatMulNBits vs per-tensor int8"
+  "$PY" bench/head_choice.py build/downloads/work/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$OUT/batching.jsonl"
   echo "== the engine's batched step, no server (the ceiling)"
   "$BIN/edgewise-bench" batch-step --model "models/$model" --threads "$THREADS" --steps 95 | tee -a "$OUT/batching.jsonl"
   local llama
