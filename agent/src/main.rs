@@ -119,6 +119,21 @@ enum ModelsCommand {
     },
 }
 
+/// The config for the `models` commands (the file if there is one, else a checkout's
+/// defaults) and the models directory they work on.
+fn models_config(
+    path: &std::path::Path,
+    models_dir: Option<PathBuf>,
+) -> anyhow::Result<(AgentConfig, PathBuf)> {
+    let config = if path.exists() {
+        AgentConfig::load(path, &env_vars())?
+    } else {
+        AgentConfig::for_models_dir(PathBuf::from("models"))
+    };
+    let dir = models_dir.unwrap_or_else(|| config.models_dir.clone());
+    Ok((config, dir))
+}
+
 fn env_vars() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
@@ -153,12 +168,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::Check { models_dir, json },
         } => {
-            let config = if cli.config.exists() {
-                AgentConfig::load(&cli.config, &env_vars())?
-            } else {
-                AgentConfig::for_models_dir(PathBuf::from("models"))
-            };
-            let dir = models_dir.unwrap_or(config.models_dir.clone());
+            let (config, dir) = models_config(&cli.config, models_dir)?;
             let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
             let results = edgewise_agent::check::check_dir(&dir, rt, config.intra_op_threads)
                 .with_context(|| format!("models directory {}", dir.display()))?;
@@ -188,12 +198,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     python,
                 },
         } => {
-            let config = if cli.config.exists() {
-                AgentConfig::load(&cli.config, &env_vars())?
-            } else {
-                AgentConfig::for_models_dir(PathBuf::from("models"))
-            };
-            let dir = models_dir.unwrap_or(config.models_dir.clone());
+            let (config, dir) = models_config(&cli.config, models_dir)?;
             let converter =
                 edgewise_agent::import::Converter::locate(tools_dir.as_deref(), python.as_deref())?;
             match converter.run(&gguf, &dir, name.as_deref(), &quant) {

@@ -14,14 +14,21 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::stats::{ms, percentile};
 
+/// The agent, model and prompt both measurements use.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct Target {
     #[arg(long)]
     agent: String,
     #[arg(long)]
     model: String,
     #[arg(long)]
     prompt: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 96)]
     max_tokens: u32,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -32,12 +39,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 pub struct StallArgs {
-    #[arg(long)]
-    agent: String,
-    #[arg(long)]
-    model: String,
-    #[arg(long)]
-    prompt: String,
+    #[command(flatten)]
+    target: Target,
     /// A text that is repeated to make the long prompt.
     #[arg(long)]
     filler: String,
@@ -93,17 +96,20 @@ async fn stream(
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let c = client(&a.agent).await?;
-    stream(c.clone(), request(&a.model, &a.prompt, 8)).await?; // warm-up
+    let c = client(&a.target.agent).await?;
+    stream(c.clone(), request(&a.target.model, &a.target.prompt, 8)).await?; // warm-up
     for &n in &a.concurrency {
         let mut rates = Vec::new();
         let mut steady = Vec::new();
         let mut tokens = 0;
         for _ in 0..a.runs {
             let start = Instant::now();
-            let all = futures::future::try_join_all(
-                (0..n).map(|_| stream(c.clone(), request(&a.model, &a.prompt, a.max_tokens))),
-            )
+            let all = futures::future::try_join_all((0..n).map(|_| {
+                stream(
+                    c.clone(),
+                    request(&a.target.model, &a.target.prompt, a.max_tokens),
+                )
+            }))
             .await?;
             let elapsed = start.elapsed().as_secs_f64();
             tokens = all.iter().map(|(_, u)| u.completion_tokens).sum::<u32>();
@@ -115,7 +121,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "bench": "concurrency", "model": a.model, "streams": n,
+                "bench": "concurrency", "model": a.target.model, "streams": n,
                 "tokens": tokens, "tokens_per_s": rates[rates.len() / 2],
                 "steady_tokens_per_s": steady.get(steady.len() / 2).copied().unwrap_or(f64::NAN),
                 "runs": a.runs,
@@ -155,8 +161,8 @@ fn steady_rate(all: &[(Vec<Instant>, pb::Usage)]) -> Option<f64> {
 }
 
 pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
-    let c = client(&a.agent).await?;
-    stream(c.clone(), request(&a.model, &a.prompt, 8)).await?; // warm-up
+    let c = client(&a.target.agent).await?;
+    stream(c.clone(), request(&a.target.model, &a.target.prompt, 8)).await?; // warm-up
     // a long prompt: the filler repeated to about `long_tokens` (4 characters a token)
     let mut long = String::new();
     while long.len() < a.long_tokens * 4 {
@@ -165,12 +171,17 @@ pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
     }
     long.push_str("\nSummarise the text above in one sentence.");
     let running: Vec<_> = (0..a.streams)
-        .map(|_| tokio::spawn(stream(c.clone(), request(&a.model, &a.prompt, 200))))
+        .map(|_| {
+            tokio::spawn(stream(
+                c.clone(),
+                request(&a.target.model, &a.target.prompt, 200),
+            ))
+        })
         .collect();
     // let the streams reach steady decoding, then the long prompt arrives
     tokio::time::sleep(Duration::from_millis(400)).await;
     let sent = Instant::now();
-    let (long_times, long_usage) = stream(c.clone(), request(&a.model, &long, 4)).await?;
+    let (long_times, long_usage) = stream(c.clone(), request(&a.target.model, &long, 4)).await?;
     let first = long_times.first().copied().unwrap_or_else(Instant::now);
     let mut before = Vec::new();
     let mut during = Vec::new();
@@ -191,7 +202,7 @@ pub async fn stall(a: StallArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "bench": "prefill-stall", "label": a.label, "model": a.model, "streams": a.streams,
+            "bench": "prefill-stall", "label": a.label, "model": a.target.model, "streams": a.streams,
             "long_prompt_tokens": long_usage.prompt_tokens,
             "long_ttft_ms": ms(first - sent),
             "itl_before_p50_ms": p(&before, 50.0), "itl_before_p99_ms": p(&before, 99.0),

@@ -21,6 +21,21 @@ fn real_models() -> Option<std::path::PathBuf> {
     None
 }
 
+/// "What is the capital of France?" as a user chat message (greedy).
+fn france(model: &str, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "What is the capital of France?".into(),
+            }],
+        })),
+        max_tokens,
+        ..Default::default()
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -52,17 +67,7 @@ async fn smollm2_int8_and_q4_answer_and_minilm_models_agree_with_their_sources()
 
     // both encodings of the fused decoder answer (greedy)
     for model in ["smollm2-135m-int8", "smollm2-135m-q4"] {
-        let req = pb::GenerateRequest {
-            model: model.into(),
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-                messages: vec![pb::ChatMessage {
-                    role: "user".into(),
-                    content: "What is the capital of France?".into(),
-                }],
-            })),
-            max_tokens: 32,
-            ..Default::default()
-        };
+        let req = france(model, 32);
         let (text, done) = collect(&mut a.client, req).await.unwrap();
         println!("{model}: {text:?} ({done:?})");
         assert!(text.contains("Paris"), "{model}: {text:?}");
@@ -155,18 +160,9 @@ async fn qwen_half_billion_answers_and_its_rebuilt_tokenizer_matches_llama_cpp()
     cfg.include = vec!["qwen2.5-coder-0.5b-q4".into()];
     cfg.intra_op_threads = 2;
     let mut a = TestAgent::start(cfg, state).await;
-    let req = pb::GenerateRequest {
-        model: "qwen2.5-coder-0.5b-q4".into(),
-        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-            messages: vec![pb::ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }],
-        })),
-        max_tokens: 24,
-        ..Default::default()
-    };
-    let (text, done) = collect(&mut a.client, req).await.unwrap();
+    let (text, done) = collect(&mut a.client, france("qwen2.5-coder-0.5b-q4", 24))
+        .await
+        .unwrap();
     println!("qwen2.5-coder-0.5b-q4: {text:?} ({done:?})");
     assert!(text.contains("Paris"), "{text:?}");
     a.stop().await;
