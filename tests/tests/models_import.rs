@@ -70,15 +70,7 @@ async fn an_imported_gguf_is_served_and_bad_files_are_refused_cleanly() {
     // an agent serves it: a chat generation through the template
     let (cfg, state) = config(dir.path(), None);
     let mut a = TestAgent::start(cfg, state).await;
-    let mut req = prompt("my-qwen", "", 8);
-    req.input = Some(edgewise_proto::generate_request::Input::Chat(
-        edgewise_proto::ChatMessages {
-            messages: vec![edgewise_proto::ChatMessage {
-                role: "user".into(),
-                content: "the".into(),
-            }],
-        },
-    ));
+    let req = chat("my-qwen", "the", 8);
     let (_, done) = collect(&mut a.client, req).await.unwrap();
     assert!(done.usage.unwrap().completion_tokens > 0);
     a.stop().await;

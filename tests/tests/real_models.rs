@@ -21,19 +21,8 @@ fn real_models() -> Option<std::path::PathBuf> {
     None
 }
 
-/// "What is the capital of France?" as a user chat message (greedy).
 fn france(model: &str, max_tokens: u32) -> pb::GenerateRequest {
-    pb::GenerateRequest {
-        model: model.into(),
-        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-            messages: vec![pb::ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }],
-        })),
-        max_tokens,
-        ..Default::default()
-    }
+    chat(model, "What is the capital of France?", max_tokens)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -363,19 +363,25 @@ pub fn gateway_client(addr: impl std::fmt::Display) -> GatewayClient {
     pb::gateway_client::GatewayClient::new(ch)
 }
 
+/// `text` as one user chat message to `model` (empty: the gateway chooses), greedy.
+pub fn chat(model: &str, text: &str, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: text.into(),
+            }],
+        })),
+        max_tokens,
+        ..Default::default()
+    }
+}
+
 /// "What is the capital of France?" as a chat, from tenant `shop`, with data class `class`.
 pub fn chat_request(class: &str, max_tokens: u32) -> Request<pb::GatewayGenerateRequest> {
     let mut r = Request::new(pb::GatewayGenerateRequest {
-        request: Some(pb::GenerateRequest {
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-                messages: vec![pb::ChatMessage {
-                    role: "user".into(),
-                    content: "What is the capital of France?".into(),
-                }],
-            })),
-            max_tokens,
-            ..Default::default()
-        }),
+        request: Some(chat("", "What is the capital of France?", max_tokens)),
         routing: Some(pb::RoutingHints {
             data_class: class.into(),
             ..Default::default()
