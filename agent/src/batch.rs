@@ -126,7 +126,7 @@ pub struct BatchStats {
 /// The model's side of the batch loop: submit sequences; dropping it ends the loop once the
 /// sequences already submitted are done.
 pub struct BatchHandle {
-    tx: std_mpsc::Sender<SequenceRequest>,
+    tx: std_mpsc::Sender<Vec<SequenceRequest>>,
     pub stats: Arc<BatchStats>,
     pub geometry: KvGeometry,
 }
@@ -172,7 +172,13 @@ impl BatchHandle {
 
     /// Hands a sequence to the loop; fails only when the loop has stopped.
     pub fn submit(&self, seq: SequenceRequest) -> Result<(), LoopStopped> {
-        self.tx.send(seq).map_err(|_| LoopStopped)
+        self.submit_all(vec![seq])
+    }
+
+    /// Hands several sequences to the loop at once: they join its queue together, in order,
+    /// before its next step (so the first is admitted before any later one is considered).
+    pub fn submit_all(&self, seqs: Vec<SequenceRequest>) -> Result<(), LoopStopped> {
+        self.tx.send(seqs).map_err(|_| LoopStopped)
     }
 }
 
@@ -232,7 +238,7 @@ fn log_probability(logits: &[f32], id: u32) -> f32 {
 struct Worker {
     decoder: Decoder,
     config: BatchConfig,
-    rx: std_mpsc::Receiver<SequenceRequest>,
+    rx: std_mpsc::Receiver<Vec<SequenceRequest>>,
     open: bool,
     arena: Option<KvArena>,
     /// Row r holds `decoding[r]`.
@@ -271,13 +277,13 @@ impl Worker {
                 return false;
             }
             match self.rx.recv() {
-                Ok(seq) => self.waiting.push_back(seq),
+                Ok(seqs) => self.waiting.extend(seqs),
                 Err(_) => return false,
             }
         }
         loop {
             match self.rx.try_recv() {
-                Ok(seq) => self.waiting.push_back(seq),
+                Ok(seqs) => self.waiting.extend(seqs),
                 Err(std_mpsc::TryRecvError::Empty) => return true,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
                     self.open = false;

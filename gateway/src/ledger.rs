@@ -344,7 +344,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
+        #![proptest_config(ProptestConfig {
+            cases: 32,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6c65_6467),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         /// Threads racing to reserve never take the total past the budget, and what is
         /// recorded equals what was granted.
         #[test]

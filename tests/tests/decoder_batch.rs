@@ -185,12 +185,11 @@ fn handle(name: &str, kv_budget_bytes: u64, prefill_chunk: usize) -> BatchHandle
     .unwrap()
 }
 
-fn submit(
-    h: &BatchHandle,
+fn sequence(
     prompt: &str,
     max_tokens: u32,
     deadline: Option<Instant>,
-) -> mpsc::UnboundedReceiver<SequenceEvent> {
+) -> (SequenceRequest, mpsc::UnboundedReceiver<SequenceEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let seq = SequenceRequest::new(
         bytes(prompt),
@@ -201,8 +200,32 @@ fn submit(
         deadline,
         tx,
     );
+    (seq, rx)
+}
+
+fn submit(
+    h: &BatchHandle,
+    prompt: &str,
+    max_tokens: u32,
+    deadline: Option<Instant>,
+) -> mpsc::UnboundedReceiver<SequenceEvent> {
+    let (seq, rx) = sequence(prompt, max_tokens, deadline);
     assert!(h.submit(seq).is_ok());
     rx
+}
+
+/// Every prompt, submitted at once: they share the loop's steps however the threads are
+/// scheduled.
+fn submit_together(
+    h: &BatchHandle,
+    max_tokens: u32,
+) -> Vec<mpsc::UnboundedReceiver<SequenceEvent>> {
+    let (seqs, rxs): (Vec<_>, Vec<_>) = PROMPTS
+        .iter()
+        .map(|p| sequence(p, max_tokens, None))
+        .unzip();
+    assert!(h.submit_all(seqs).is_ok());
+    rxs
 }
 
 /// Every token until the sequence ends, and how it ended.
@@ -236,7 +259,7 @@ fn concurrent_sequences_get_the_tokens_they_get_alone() {
     let solo = solo_tokens("tiny-lm-fp32", 40);
     // prefill chunks of 7 tokens: the long prompt joins over several steps
     let h = handle("tiny-lm-fp32", 64 << 20, 7);
-    let mut rxs: Vec<_> = PROMPTS.iter().map(|p| submit(&h, p, 40, None)).collect();
+    let mut rxs = submit_together(&h, 40);
     for (r, rx) in rxs.iter_mut().enumerate() {
         let (tokens, end) = drain(rx);
         assert_eq!(end, SequenceEvent::Length);
@@ -259,7 +282,7 @@ fn concurrent_sequences_get_the_tokens_they_get_alone() {
 fn a_cancelled_sequence_leaves_the_others_unchanged() {
     let solo = solo_tokens("tiny-lm-fp32", 60);
     let h = handle("tiny-lm-fp32", 64 << 20, 128);
-    let mut rxs: Vec<_> = PROMPTS.iter().map(|p| submit(&h, p, 60, None)).collect();
+    let mut rxs = submit_together(&h, 60);
     // sequence 1 leaves after 5 tokens: its row is refilled by moving the last row down
     let mut gone = rxs.remove(1);
     for _ in 0..5 {
@@ -329,9 +352,12 @@ fn the_kv_budget_queues_what_does_not_fit_and_never_overcommits() {
     let budget = per_position * 128;
     let h = handle("tiny-lm-fp32", budget, 128);
     let solo = solo_tokens("tiny-lm-fp32", 100);
-    let mut first = submit(&h, PROMPTS[0], 100, None);
-    let mut second = submit(&h, PROMPTS[2], 60, None);
-    // the second waits for the first to leave: its first token comes after the first's end
+    // submitted together, so the second is in the queue while the first holds the budget
+    // (one after the other, the first could finish before the second arrives)
+    let (a, mut first) = sequence(PROMPTS[0], 100, None);
+    let (b, mut second) = sequence(PROMPTS[2], 60, None);
+    assert!(h.submit_all(vec![a, b]).is_ok());
+    // the second waits for the first to leave
     let (tokens, end) = drain(&mut first);
     assert_eq!((tokens, end), (solo[0].clone(), SequenceEvent::Length));
     let waited = h
