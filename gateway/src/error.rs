@@ -1,5 +1,11 @@
-//! The gateway's request errors, mapped to `tonic::Status` in one place (`grpc::status`).
+//! The gateway's request errors, and the one place they become a gRPC status
+//! (`GatewayError::grpc_status`) or an HTTP answer of the OpenAI-compatible front
+//! (`GatewayError::http`). Both mappings are exhaustive on purpose: a new error kind must say
+//! what each front answers.
 
+use tonic::{Code, Status};
+
+use crate::providers::ProviderError;
 use crate::routing::Refusal;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +24,21 @@ pub enum GatewayError {
     TenantBusy { tenant: String, limit: u32 },
     #[error("{0}")]
     InvalidRequest(String),
+    /// A body larger than `limits.max_message_bytes`.
+    #[error("the request body is more than {limit} bytes (limits.max_message_bytes)")]
+    TooLarge { limit: usize },
+    /// The caller named a model (an OpenAI `model`) this gateway does not serve to it.
+    #[error("{0}")]
+    UnknownModel(String),
+    /// The caller did not send its request in time.
+    #[error("{0}")]
+    ClientTimeout(String),
     #[error("{0}")]
     Refused(Refusal),
+    #[error("provider `{0}` is not configured")]
+    ProviderNotConfigured(String),
     #[error("{0}")]
-    Provider(crate::providers::ProviderError),
+    Provider(ProviderError),
     #[error("the budget ledger failed, so no external call was made: {0}")]
     Ledger(String),
     #[error("agent {node} ({model}): {status}")]
@@ -41,5 +58,203 @@ impl std::fmt::Display for Refusal {
                 f.write_str(m)
             }
         }
+    }
+}
+
+/// What the HTTP front answers for an error: status, OpenAI's error `type` and `code`, and
+/// for refusals a caller may retry soon, `Retry-After` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub retry_after_s: Option<u32>,
+}
+
+const fn http(status: u16, kind: &'static str, code: &'static str) -> HttpError {
+    HttpError {
+        status,
+        kind,
+        code,
+        retry_after_s: None,
+    }
+}
+
+const fn retry(status: u16, kind: &'static str, code: &'static str) -> HttpError {
+    HttpError {
+        status,
+        kind,
+        code,
+        retry_after_s: Some(1),
+    }
+}
+
+impl GatewayError {
+    /// The gRPC code, with the error's message as the status's reason.
+    pub fn grpc_status(&self) -> Status {
+        Status::new(self.grpc_code(), self.to_string())
+    }
+
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            GatewayError::NoTenant | GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => Code::PermissionDenied,
+            GatewayError::TenantBusy { .. } | GatewayError::TooLarge { .. } => {
+                Code::ResourceExhausted
+            }
+            GatewayError::InvalidRequest(_) => Code::InvalidArgument,
+            GatewayError::UnknownModel(_) => Code::NotFound,
+            GatewayError::ClientTimeout(_) => Code::DeadlineExceeded,
+            GatewayError::Refused(Refusal::NoAdequateModel(_)) => Code::FailedPrecondition,
+            GatewayError::Refused(Refusal::NoCapacity(_)) => Code::ResourceExhausted,
+            GatewayError::Refused(Refusal::Forbidden(_)) => Code::PermissionDenied,
+            GatewayError::ProviderNotConfigured(_) => Code::FailedPrecondition,
+            GatewayError::Provider(p) => provider_code(p),
+            GatewayError::Ledger(_) => Code::Internal,
+            GatewayError::Agent { status, .. } => status.code(),
+            GatewayError::RetriesExhausted { .. } => Code::Unavailable,
+        }
+    }
+
+    /// The HTTP answer of the OpenAI-compatible front.
+    pub fn http(&self) -> HttpError {
+        match self {
+            GatewayError::NoTenant | GatewayError::Unauthenticated(_) => {
+                http(401, "authentication_error", "invalid_api_key")
+            }
+            GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => {
+                http(403, "permission_error", "permission_denied")
+            }
+            GatewayError::TenantBusy { .. } => {
+                retry(429, "rate_limit_error", "tenant_requests_in_flight")
+            }
+            GatewayError::InvalidRequest(_) => {
+                http(400, "invalid_request_error", "invalid_request")
+            }
+            GatewayError::TooLarge { .. } => {
+                http(413, "invalid_request_error", "request_too_large")
+            }
+            GatewayError::UnknownModel(_) => http(404, "invalid_request_error", "model_not_found"),
+            GatewayError::ClientTimeout(_) => http(408, "invalid_request_error", "request_timeout"),
+            GatewayError::Refused(Refusal::NoAdequateModel(_)) => {
+                http(503, "server_error", "no_adequate_model")
+            }
+            GatewayError::Refused(Refusal::NoCapacity(_)) => {
+                retry(429, "rate_limit_error", "no_capacity")
+            }
+            GatewayError::Refused(Refusal::Forbidden(_)) => {
+                http(403, "permission_error", "forbidden_by_policy")
+            }
+            GatewayError::ProviderNotConfigured(_) => {
+                http(503, "server_error", "provider_not_configured")
+            }
+            GatewayError::Provider(p) => match p {
+                ProviderError::Deadline { .. } => http(504, "server_error", "timeout"),
+                ProviderError::Status { status: 429, .. } => {
+                    retry(429, "rate_limit_error", "provider_rate_limited")
+                }
+                ProviderError::Status {
+                    status: 400 | 413 | 422,
+                    ..
+                } => http(400, "invalid_request_error", "provider_refused"),
+                ProviderError::Connect { .. }
+                | ProviderError::Status { .. }
+                | ProviderError::Protocol { .. }
+                | ProviderError::Unsupported { .. } => http(502, "server_error", "provider_error"),
+            },
+            GatewayError::Ledger(_) => http(500, "server_error", "ledger_failed"),
+            GatewayError::Agent { status, .. } => match status.code() {
+                Code::DeadlineExceeded => http(504, "server_error", "timeout"),
+                Code::ResourceExhausted => retry(429, "rate_limit_error", "no_capacity"),
+                Code::InvalidArgument | Code::OutOfRange => {
+                    http(400, "invalid_request_error", "invalid_request")
+                }
+                Code::Unavailable => retry(503, "server_error", "agent_unavailable"),
+                _ => http(502, "server_error", "agent_error"),
+            },
+            GatewayError::RetriesExhausted { .. } => {
+                retry(503, "server_error", "agent_unavailable")
+            }
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Self {
+        e.grpc_status()
+    }
+}
+
+fn provider_code(e: &ProviderError) -> Code {
+    match e {
+        ProviderError::Deadline { .. } => Code::DeadlineExceeded,
+        ProviderError::Connect { .. } => Code::Unavailable,
+        ProviderError::Status { status, .. } => match status {
+            429 => Code::ResourceExhausted,
+            400 | 413 | 422 => Code::InvalidArgument,
+            401 | 403 | 404 => Code::FailedPrecondition,
+            _ => Code::Unavailable,
+        },
+        ProviderError::Protocol { .. } => Code::Internal,
+        ProviderError::Unsupported { .. } => Code::FailedPrecondition,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_kind_has_its_grpc_code_and_http_status() {
+        let cases = [
+            (GatewayError::NoTenant, Code::Unauthenticated, 401),
+            (
+                GatewayError::Refused(Refusal::Forbidden("no".into())),
+                Code::PermissionDenied,
+                403,
+            ),
+            (
+                GatewayError::Refused(Refusal::NoCapacity("busy".into())),
+                Code::ResourceExhausted,
+                429,
+            ),
+            (
+                GatewayError::Refused(Refusal::NoAdequateModel("none".into())),
+                Code::FailedPrecondition,
+                503,
+            ),
+            (
+                GatewayError::InvalidRequest("bad".into()),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                GatewayError::TooLarge { limit: 1 },
+                Code::ResourceExhausted,
+                413,
+            ),
+            (GatewayError::UnknownModel("m".into()), Code::NotFound, 404),
+            (
+                GatewayError::ClientTimeout("slow".into()),
+                Code::DeadlineExceeded,
+                408,
+            ),
+            (
+                GatewayError::Agent {
+                    node: "n".into(),
+                    model: "m".into(),
+                    status: Status::deadline_exceeded("late"),
+                },
+                Code::DeadlineExceeded,
+                504,
+            ),
+        ];
+        for (e, code, http) in cases {
+            assert_eq!((e.grpc_code(), e.http().status), (code, http), "{e}");
+        }
+        // a caller told to slow down is told when to come back
+        let busy = GatewayError::Refused(Refusal::NoCapacity("busy".into())).http();
+        assert_eq!(busy.retry_after_s, Some(1));
+        assert_eq!(GatewayError::NoTenant.http().retry_after_s, None);
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod reload;
+pub mod requests;
 pub mod routing;
 pub mod selfcheck;
 pub mod state;
@@ -173,7 +174,7 @@ impl Gateway {
             }
         };
         let state = Arc::new(state);
-        grpc::settle_abandoned(&state).await;
+        dispatch::settle_abandoned(&state).await;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()

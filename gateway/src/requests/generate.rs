@@ -1,0 +1,281 @@
+//! Generation: decide, then stream from the agent or the hosted API. The stream's first item
+//! carries the decision; a local stream ends when the agent's does, an external one only
+//! after its call is settled and audited.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgewise_proto as pb;
+use futures::{Stream, StreamExt};
+use tonic::Code;
+use tracing::Instrument;
+
+use super::texts::{failed, provider_of};
+use super::{Caller, with_timeout};
+use crate::dispatch::{self, AgentClient, Served};
+use crate::error::GatewayError;
+use crate::external::{CallEnd, ExternalCall};
+use crate::metrics::Tracker;
+use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
+use crate::state::State;
+
+/// The decision, then the text chunks; an error after the decision ends the stream.
+pub type ChunkStream =
+    Pin<Box<dyn Stream<Item = Result<pb::GatewayGenerateChunk, GatewayError>> + Send>>;
+
+/// A generation, measured and traced: the tracker goes with the stream.
+pub async fn generate(
+    state: &Arc<State>,
+    caller: Caller,
+    body: pb::GatewayGenerateRequest,
+) -> Result<ChunkStream, GatewayError> {
+    // moved into the stream's task once there is one; records the outcome when dropped
+    let mut track = Some(state.metrics.track("generate"));
+    let span = tracing::info_span!("gateway.generate");
+    edgewise_ops::telemetry::continue_trace(&span, &caller.headers);
+    let r = tracked(state, caller, body, &mut track)
+        .instrument(span)
+        .await;
+    if let (Err(e), Some(t)) = (&r, track.as_mut()) {
+        t.failed_with(e.grpc_code());
+    }
+    r
+}
+
+async fn tracked(
+    state: &Arc<State>,
+    caller: Caller,
+    body: pb::GatewayGenerateRequest,
+    track: &mut Option<Tracker>,
+) -> Result<ChunkStream, GatewayError> {
+    let Caller {
+        tenant, deadline, ..
+    } = caller;
+    let slot = state.enter(&tenant)?;
+    let (messages, route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
+    let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
+    let gen_req = body.request.unwrap_or_default();
+    let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
+        let mut r = gen_req.clone();
+        r.model = model;
+        async move {
+            let mut stream = client
+                .generate(with_timeout(r, timeout))
+                .await?
+                .into_inner();
+            // the first chunk decides whether a retry is still possible
+            let first = stream.message().await?;
+            Ok((first, stream))
+        }
+    };
+    let served = dispatch::with_retries(state, route_req, deadline, call).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    match served {
+        Served::Local((first, stream), routed) => {
+            let track = track.take();
+            let span = tracing::Span::current();
+            tokio::spawn(
+                async move {
+                    let mut track = track;
+                    if let Some(t) = track.as_mut() {
+                        pipe_local(&tx, first, stream, &routed, t).await;
+                    }
+                    // the model's slot is released before the caller sees the end of the stream
+                    drop(routed);
+                    drop(slot);
+                    drop(tx);
+                }
+                .instrument(span),
+            );
+        }
+        Served::External(ext) => {
+            let provider = provider_of(state, &ext).await?;
+            let call = GenerateCall {
+                model: ext.model.clone(),
+                messages,
+                max_tokens: match gen_req.max_tokens {
+                    0 => provider.config.default_max_tokens,
+                    n => n,
+                },
+                temperature: gen_req.temperature,
+                top_p: gen_req.top_p,
+                top_k: gen_req.top_k,
+                stop: gen_req.stop.clone(),
+                seed: gen_req.seed,
+            };
+            let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
+            let external =
+                tracing::info_span!("external.call", provider = %ext.provider, model = %ext.model);
+            let events = match provider
+                .generate(&call, deadline)
+                .instrument(external.clone())
+                .await
+            {
+                Ok(events) => events,
+                Err(e) => return Err(failed(state, &ext, e).await),
+            };
+            let state = state.clone();
+            let mut track = track.take();
+            tokio::spawn(async move {
+                if let Some(t) = track.as_mut() {
+                    pipe_external(&state, &tx, &ext, events, tokens.0, t)
+                        .instrument(external)
+                        .await;
+                }
+                drop(slot);
+            });
+        }
+    }
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, GatewayError>>;
+
+fn text_chunk(chunk: pb::GenerateChunk) -> pb::GatewayGenerateChunk {
+    pb::GatewayGenerateChunk {
+        chunk: Some(chunk),
+        decision: None,
+    }
+}
+
+fn decision_chunk(decision: pb::Decision) -> pb::GatewayGenerateChunk {
+    pb::GatewayGenerateChunk {
+        chunk: None,
+        decision: Some(decision),
+    }
+}
+
+/// Sends the decision, then the agent's chunks, to the caller; stops when either side ends.
+async fn pipe_local(
+    tx: &Chunks,
+    first: Option<pb::GenerateChunk>,
+    mut stream: tonic::Streaming<pb::GenerateChunk>,
+    routed: &dispatch::LocalCall,
+    track: &mut Tracker,
+) {
+    track.decided(&routed.decision);
+    if tx
+        .send(Ok(decision_chunk(routed.decision.clone())))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut next = first;
+    while let Some(chunk) = next {
+        if !chunk.text.is_empty() {
+            track.first_token();
+        }
+        if let Some(u) = chunk.done.as_ref().and_then(|d| d.usage) {
+            track.local_tokens((u.prompt_tokens, u.completion_tokens));
+        }
+        if tx.send(Ok(text_chunk(chunk))).await.is_err() {
+            track.failed_with(Code::Cancelled);
+            return; // the caller left: dropping the agent stream cancels the generation
+        }
+        next = match stream.message().await {
+            Ok(c) => c,
+            Err(s) => {
+                let e = GatewayError::Agent {
+                    node: routed.node.clone(),
+                    model: routed.model.clone(),
+                    status: s,
+                };
+                track.failed_with(e.grpc_code());
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+    }
+}
+
+/// Streams a hosted API's answer to the caller as agent-shaped chunks, then settles and
+/// audits the call before the final chunk (so an acknowledged answer is always accounted).
+async fn pipe_external(
+    state: &State,
+    tx: &Chunks,
+    ext: &ExternalCall,
+    mut events: providers::EventStream,
+    estimate_prompt: u32,
+    track: &mut Tracker,
+) {
+    track.decided(&ext.decision);
+    let started = Instant::now();
+    let mut first_token: Option<Instant> = None;
+    let mut pieces = 0u32;
+    if tx
+        .send(Ok(decision_chunk(ext.decision.clone())))
+        .await
+        .is_err()
+    {
+        ext.close(state, CallEnd::Cancelled).await;
+        return;
+    }
+    loop {
+        match events.next().await {
+            Some(Ok(Event::Text(text))) => {
+                first_token.get_or_insert_with(Instant::now);
+                track.first_token();
+                pieces += 1;
+                let chunk = pb::GenerateChunk { text, done: None };
+                if tx.send(Ok(text_chunk(chunk))).await.is_err() {
+                    ext.close(state, CallEnd::Cancelled).await;
+                    return;
+                }
+            }
+            Some(Ok(Event::Done { finish, usage })) => {
+                let end = match usage {
+                    Some(u) => CallEnd::Billed(u),
+                    None => CallEnd::Unreported {
+                        estimate: Usage {
+                            prompt_tokens: estimate_prompt,
+                            completion_tokens: pieces,
+                        },
+                    },
+                };
+                let shown = match &end {
+                    CallEnd::Billed(u) | CallEnd::Unreported { estimate: u } => *u,
+                    _ => Usage::default(),
+                };
+                ext.close(state, end).await;
+                let ttft = first_token.map_or(0.0, |t| (t - started).as_secs_f64() * 1e3);
+                let decode_ms = first_token.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+                let done = pb::GenerateDone {
+                    finish_reason: match finish {
+                        Finish::Stop => pb::FinishReason::Stop,
+                        Finish::Length => pb::FinishReason::Length,
+                        Finish::StopSequence => pb::FinishReason::StopSequence,
+                    } as i32,
+                    usage: Some(pb::Usage {
+                        prompt_tokens: shown.prompt_tokens,
+                        completion_tokens: shown.completion_tokens,
+                    }),
+                    time_to_first_token_ms: ttft,
+                    time_per_output_token_ms: decode_ms
+                        / f64::from(shown.completion_tokens.saturating_sub(1).max(1)),
+                };
+                let chunk = pb::GenerateChunk {
+                    text: String::new(),
+                    done: Some(done),
+                };
+                let _ = tx.send(Ok(text_chunk(chunk))).await;
+                return;
+            }
+            Some(Err(e)) => {
+                ext.close(state, CallEnd::Failed(e.to_string())).await;
+                let _ = tx.send(Err(GatewayError::Provider(e))).await;
+                return;
+            }
+            None => {
+                let e = ProviderError::Protocol {
+                    provider: ext.provider.clone(),
+                    detail: "the stream ended without a final event".into(),
+                };
+                ext.close(state, CallEnd::Failed(e.to_string())).await;
+                let _ = tx.send(Err(GatewayError::Provider(e))).await;
+                return;
+            }
+        }
+    }
+}
