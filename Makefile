@@ -7,7 +7,7 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help prereqs onnxruntime models prometheus fixtures build release test lint fmt up install bench clean
+.PHONY: help prereqs onnxruntime models prometheus testvenv fixtures build release test lint fmt up install bench clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
@@ -18,6 +18,7 @@ help:
 	@echo "make models       fetch and prepare the real models into models/ (LADDER=full: also Qwen2.5 1.5B)"
 	@echo "make prometheus   fetch Debian's Prometheus into build/prometheus (for the metrics test)"
 	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
+	@echo "make testvenv     the pinned openai SDK in build/test-venv (for the HTTP API tests)"
 
 prereqs:
 	@bash tools/check_prereqs.sh
@@ -34,6 +35,10 @@ models: prereqs
 prometheus:
 	@bash tools/fetch_prometheus.sh
 
+# The pinned openai SDK in build/test-venv (tests/ drives the gateway's HTTP API with it)
+testvenv: prereqs
+	@bash tools/fetch_test_venv.sh
+
 # The committed fixtures are byte-identical to what this writes (seeded).
 fixtures:
 	@bash tools/fetch_models.sh --venv-only
@@ -49,12 +54,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/.
+# EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/;
+# EDGEWISE_TEST_SDK=required: the openai SDK test fails without build/test-venv.
 # The binaries are built first: tests/ runs the real edgewise-agent (cargo test builds only
 # the binaries of the package under test).
-test: onnxruntime models prometheus lint
+test: onnxruntime models prometheus testvenv lint
 	$(CARGO) build --workspace --bins
-	EDGEWISE_TEST_REAL_MODELS=required $(CARGO) test --workspace --no-fail-fast
+	EDGEWISE_TEST_REAL_MODELS=required EDGEWISE_TEST_SDK=required $(CARGO) test --workspace --no-fail-fast
 
 ONCE ?= 0
 up: onnxruntime models release

@@ -32,7 +32,7 @@ for n in a b; do
   "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" run 2>"$LOGS/agent-$n.log" &
   pids+=($!)
 done
-echo "== started gateway (127.0.0.1:7400), agent-a (127.0.0.1:7301), agent-b (127.0.0.1:7302); logs in $LOGS/"
+echo "== started gateway (gRPC 127.0.0.1:7400, OpenAI-compatible HTTP http://127.0.0.1:7480/v1), agent-a (127.0.0.1:7301), agent-b (127.0.0.1:7302); logs in $LOGS/"
 
 for n in a b; do
   port=$((7300 + $([ "$n" = a ] && echo 1 || echo 2)))
@@ -51,5 +51,8 @@ Edgewise is serving on $GATEWAY (Ctrl-C stops everything). Try:
   $BIN/edgewise --gateway $GATEWAY --tenant dev generate "Write a haiku about edge computing"
   $BIN/edgewise --gateway $GATEWAY --tenant dev route explain --data-class confidential "Our Q3 numbers"
   $BIN/edgewise --gateway $GATEWAY fleet status
+  curl -sS -D- http://127.0.0.1:7480/v1/chat/completions -H 'x-edgewise-tenant: dev' \
+    -H 'content-type: application/json' \
+    -d '{"model":"auto","messages":[{"role":"user","content":"What is the capital of France?"}]}'
 MSG
 wait "${pids[0]}"

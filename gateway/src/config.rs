@@ -33,6 +33,8 @@ pub struct RawGatewayConfig {
     #[serde(default)]
     pub metrics: edgewise_ops::metrics::RawMetrics,
     #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
     pub telemetry: edgewise_ops::telemetry::RawTelemetry,
 }
 
@@ -45,6 +47,48 @@ pub struct RawLimits {
     pub max_prompt_tokens: Option<u32>,
     pub max_tokens: Option<u32>,
     pub max_in_flight_per_tenant: Option<u32>,
+}
+
+/// `[http]`: the OpenAI-compatible API (not served unless `listen` is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    /// How long a client may take to send its headers, then its body (default 10 s).
+    pub client_timeout_ms: Option<u64>,
+}
+
+/// Validates `[http]`, placing problems in the file.
+fn http(
+    raw: RawHttp,
+    at: &Layered<()>,
+    problems: &mut Vec<edgewise_diag::Diagnostic>,
+) -> Option<crate::http::HttpConfig> {
+    let timeout = match raw.client_timeout_ms {
+        None => Some(crate::http::HttpConfig::DEFAULT_CLIENT_TIMEOUT),
+        Some(ms) if (50..=600_000).contains(&ms) => Some(Duration::from_millis(ms)),
+        Some(ms) => {
+            problems.push(at.problem(
+                "http.client_timeout_ms",
+                format!("{ms} is out of range 50..=600000"),
+            ));
+            None
+        }
+    };
+    let listen = match raw.listen?.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            problems.push(at.problem(
+                "http.listen",
+                format!("is not an address like 127.0.0.1:7480 ({e})"),
+            ));
+            None
+        }
+    };
+    Some(crate::http::HttpConfig {
+        listen: listen?,
+        client_timeout: timeout?,
+    })
 }
 
 /// `[auth]`: callers' bearer tokens (by hash) and the operator tenants.
@@ -208,6 +252,7 @@ impl GatewayFile {
             }
         }
         let metrics_listen = edgewise_ops::metrics::validate(raw.metrics, &at, &mut problems);
+        let http = http(raw.http, &at, &mut problems);
         let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
         let mut limits = crate::validate::Limits::default();
         let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {
@@ -283,6 +328,7 @@ impl GatewayFile {
                 operators: raw.auth.operators,
                 limits,
                 metrics_listen,
+                http,
                 otlp,
             },
         })

@@ -30,6 +30,9 @@ pub enum GatewayError {
     /// The caller named a model (an OpenAI `model`) this gateway does not serve to it.
     #[error("{0}")]
     UnknownModel(String),
+    /// An HTTP path the OpenAI-compatible front does not serve.
+    #[error("{0}")]
+    NoEndpoint(String),
     /// The caller did not send its request in time.
     #[error("{0}")]
     ClientTimeout(String),
@@ -103,7 +106,7 @@ impl GatewayError {
                 Code::ResourceExhausted
             }
             GatewayError::InvalidRequest(_) => Code::InvalidArgument,
-            GatewayError::UnknownModel(_) => Code::NotFound,
+            GatewayError::UnknownModel(_) | GatewayError::NoEndpoint(_) => Code::NotFound,
             GatewayError::ClientTimeout(_) => Code::DeadlineExceeded,
             GatewayError::Refused(Refusal::NoAdequateModel(_)) => Code::FailedPrecondition,
             GatewayError::Refused(Refusal::NoCapacity(_)) => Code::ResourceExhausted,
@@ -135,6 +138,7 @@ impl GatewayError {
                 http(413, "invalid_request_error", "request_too_large")
             }
             GatewayError::UnknownModel(_) => http(404, "invalid_request_error", "model_not_found"),
+            GatewayError::NoEndpoint(_) => http(404, "invalid_request_error", "unknown_url"),
             GatewayError::ClientTimeout(_) => http(408, "invalid_request_error", "request_timeout"),
             GatewayError::Refused(Refusal::NoAdequateModel(_)) => {
                 http(503, "server_error", "no_adequate_model")

@@ -17,6 +17,7 @@ pub mod external;
 pub mod fleet;
 pub mod fuzzing;
 pub mod grpc;
+pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     pub limits: validate::Limits,
     /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The OpenAI-compatible HTTP API (`[http]`); `None`: not served.
+    pub http: Option<http::HttpConfig>,
     /// Where traces are exported (OTLP); `None`: not exported.
     pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
 }
@@ -78,6 +81,7 @@ impl GatewayConfig {
             operators: Vec::new(),
             limits: validate::Limits::default(),
             metrics_listen: None,
+            http: None,
             otlp: None,
         }
     }
@@ -107,11 +111,14 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Where `GET /metrics` is served, when `[metrics] listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the OpenAI-compatible API is served, when `[http] listen` is set.
+    pub http_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     /// Notify to reload the policy now (what SIGHUP does).
     pub reload: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
     /// Metrics over OTLP, when `[telemetry]` names a collector; stopped after the drain so
     /// its last export counts every request.
     metrics_export: Option<(
@@ -228,6 +235,16 @@ impl Gateway {
             ),
             None => None,
         };
+        let (http_addr, http_task) = match config.http {
+            Some(h) => {
+                let (addr, task) =
+                    http::start(h, state.clone(), tls.clone(), stop.clone(), DRAIN_TIMEOUT)
+                        .await
+                        .map_err(StartError::Listener)?;
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
         let metrics_export = config.otlp.as_ref().map(|otlp| {
             let done = tokio_util::sync::CancellationToken::new();
             let task = edgewise_ops::metrics::otlp::spawn(
@@ -251,10 +268,12 @@ impl Gateway {
         Ok(Self {
             addr,
             metrics_addr,
+            http_addr,
             state,
             reload,
             stop,
             task,
+            http_task,
             metrics_export,
         })
     }
@@ -270,6 +289,10 @@ impl Gateway {
         {
             tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
             abort.abort();
+        }
+        if let Some(http) = self.http_task {
+            // it drains on the same signal, within the same timeout
+            let _ = http.await;
         }
         if let Some((done, task)) = self.metrics_export {
             done.cancel();

@@ -1,0 +1,561 @@
+//! The OpenAI-compatible endpoints: each reads its body (`wire`), authenticates the caller
+//! as the gRPC front does, and runs the shared request path (`requests`). Errors leave in
+//! OpenAI's shape with the status `GatewayError::http` gives them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use edgewise_proto as pb;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::wire::{Chat, Embeddings, Hints};
+use crate::error::GatewayError;
+use crate::requests::{self, Caller};
+use crate::routing::Task;
+
+/// What the endpoints share: the gateway's state and how long a client may take to send.
+pub struct Front {
+    pub state: Arc<crate::state::State>,
+    pub client_timeout: Duration,
+}
+
+/// An error as OpenAI's clients expect it: `{"error": {"message", "type", "code"}}`.
+pub struct ApiError(pub GatewayError);
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let h = self.0.http();
+        let mut r = (
+            StatusCode::from_u16(h.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(error_body(&self.0)),
+        )
+            .into_response();
+        if let Some(s) = h.retry_after_s {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+fn error_body(e: &GatewayError) -> Value {
+    let h = e.http();
+    json!({"error": {"message": e.to_string(), "type": h.kind, "code": h.code, "param": null}})
+}
+
+fn invalid(m: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidRequest(m.into())
+}
+
+/// The body, whole: refused past `limits.max_message_bytes` (413) or when it does not arrive
+/// within the client timeout (408).
+async fn read_body(front: &Front, headers: &HeaderMap, body: Body) -> Result<Bytes, GatewayError> {
+    let limit = front.state.limits.max_message_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    match tokio::time::timeout(front.client_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(GatewayError::ClientTimeout(format!(
+            "the request body did not arrive within {} ms (http.client_timeout_ms)",
+            front.client_timeout.as_millis()
+        ))),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(GatewayError::TooLarge { limit });
+                }
+                source = s.source();
+            }
+            Err(invalid(format!("reading the request body failed: {e}")))
+        }
+    }
+}
+
+/// The tenant (bearer token, tenant certificate, or in development the `x-edgewise-tenant`
+/// header), the deadline (`x-edgewise-timeout-ms`) and the trace context.
+fn caller(front: &Front, parts: &axum::http::request::Parts) -> Result<Caller, GatewayError> {
+    let headers = tonic::metadata::MetadataMap::from_headers(parts.headers.clone());
+    let mut extensions = tonic::Extensions::new();
+    if let Some(peer) = parts.extensions.get::<edgewise_tls::net::PeerInfo>() {
+        extensions.insert(peer.clone());
+    }
+    let request = tonic::Request::from_parts(headers.clone(), extensions, ());
+    let tenant = front.state.auth.tenant(&request)?;
+    let deadline = match parts.headers.get("x-edgewise-timeout-ms") {
+        None => None,
+        Some(v) => {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "header x-edgewise-timeout-ms must be a positive number of milliseconds",
+                    )
+                })?;
+            Some(Instant::now() + Duration::from_millis(ms))
+        }
+    };
+    Ok(Caller {
+        tenant,
+        deadline,
+        headers,
+    })
+}
+
+/// Routing hints from the `x-edgewise-*` headers and the body's `edgewise` object (which
+/// must agree where both are set), and the route `model` names (`auto`: none).
+fn routing(
+    front: &Front,
+    headers: &HeaderMap,
+    body: &Hints,
+    model: &str,
+    task: Task,
+    tenant: &str,
+) -> Result<pb::RoutingHints, GatewayError> {
+    fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
+        h.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| invalid(format!("header {name} is not text")))
+            })
+            .transpose()
+    }
+    fn both<T: PartialEq + std::fmt::Display>(
+        name: &str,
+        header: Option<T>,
+        body: Option<T>,
+    ) -> Result<Option<T>, GatewayError> {
+        match (header, body) {
+            (Some(h), Some(b)) if h != b => Err(invalid(format!(
+                "header x-edgewise-{} `{h}` and body edgewise.{name} `{b}` disagree; send one",
+                name.replace('_', "-")
+            ))),
+            (h, b) => Ok(h.or(b)),
+        }
+    }
+    fn number<T: std::str::FromStr>(
+        name: &str,
+        v: Option<&str>,
+    ) -> Result<Option<T>, GatewayError> {
+        v.map(|s| {
+            s.parse()
+                .map_err(|_| invalid(format!("header {name} `{s}` is not a number")))
+        })
+        .transpose()
+    }
+    let data_class = both(
+        "data_class",
+        header(headers, "x-edgewise-data-class")?.map(str::to_string),
+        body.data_class.clone(),
+    )?;
+    let min_quality = both(
+        "min_quality",
+        number(
+            "x-edgewise-min-quality",
+            header(headers, "x-edgewise-min-quality")?,
+        )?,
+        body.min_quality,
+    )?;
+    let max_latency_ms = both(
+        "max_latency_ms",
+        number(
+            "x-edgewise-max-latency-ms",
+            header(headers, "x-edgewise-max-latency-ms")?,
+        )?,
+        body.max_latency_ms,
+    )?;
+    let mut route = both(
+        "route",
+        header(headers, "x-edgewise-route")?.map(str::to_string),
+        body.route.clone(),
+    )?;
+    if let Some(named) = model_route(front, model, task, tenant)? {
+        match &route {
+            Some(r) if *r != named => {
+                return Err(invalid(format!(
+                    "`model` `{named}` and the route hint `{r}` disagree; send one"
+                )));
+            }
+            _ => route = Some(named),
+        }
+    }
+    Ok(pb::RoutingHints {
+        data_class: data_class.unwrap_or_default(),
+        min_quality,
+        max_latency_ms,
+        route: route.unwrap_or_default(),
+    })
+}
+
+/// `model`: `auto` (the policy chooses) or the name of a route that serves `task`.
+fn model_route(
+    front: &Front,
+    model: &str,
+    task: Task,
+    tenant: &str,
+) -> Result<Option<String>, GatewayError> {
+    if model == "auto" {
+        return Ok(None);
+    }
+    let policy = front.state.policy();
+    match policy.policy.routes.iter().find(|r| r.name == model) {
+        Some(r) if r.tasks.is_empty() || r.tasks.contains(&task) => Ok(Some(r.name.clone())),
+        Some(r) => Err(GatewayError::UnknownModel(format!(
+            "model `{model}` is a route that does not serve {task} (it serves {})",
+            r.tasks
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        None => {
+            let names = visible_models(&policy.policy, task, tenant);
+            Err(GatewayError::UnknownModel(format!(
+                "model `{}` is not served here; ask for one of: {}",
+                model.chars().take(64).collect::<String>(),
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// `auto` and the routes a tenant may use for a task.
+fn visible_models(policy: &crate::routing::Policy, task: Task, tenant: &str) -> Vec<String> {
+    std::iter::once("auto".to_string())
+        .chain(
+            policy
+                .routes
+                .iter()
+                .filter(|r| r.tasks.is_empty() || r.tasks.contains(&task))
+                .filter(|r| r.tenants.is_empty() || r.tenants.iter().any(|t| t == tenant))
+                .map(|r| r.name.clone()),
+        )
+        .collect()
+}
+
+/// `local:node/model` or `external:provider/model`.
+fn target(d: &pb::Decision) -> (String, String) {
+    match &d.target {
+        Some(pb::decision::Target::Local(l)) => {
+            (format!("local:{}/{}", l.node_id, l.model), l.model.clone())
+        }
+        Some(pb::decision::Target::External(e)) => (
+            format!("external:{}/{}", e.provider, e.model),
+            e.model.clone(),
+        ),
+        None => ("none".into(), String::new()),
+    }
+}
+
+/// The decision, as the non-streaming answers' `edgewise` field.
+fn decision_json(d: &pb::Decision) -> Value {
+    let list = |v: &[pb::Excluded]| {
+        v.iter()
+            .map(|e| json!({"candidate": e.candidate, "reason": e.reason}))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "decision_id": d.decision_id,
+        "route": d.route,
+        "rule": d.rule,
+        "data_class": d.data_class,
+        "target": target(d).0,
+        "excluded": list(&d.excluded),
+        "retried": list(&d.retried),
+    })
+}
+
+fn decision_headers(r: &mut Response, d: &pb::Decision) {
+    let h = r.headers_mut();
+    for (name, value) in [
+        ("x-edgewise-decision-id", d.decision_id.clone()),
+        ("x-edgewise-target", target(d).0),
+        ("x-edgewise-rule", d.rule.clone()),
+        ("x-edgewise-route", d.route.clone()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(done: &pb::GenerateDone) -> &'static str {
+    match pb::FinishReason::try_from(done.finish_reason) {
+        Ok(pb::FinishReason::Length) => "length",
+        _ => "stop",
+    }
+}
+
+fn usage_json(u: Option<pb::Usage>) -> Value {
+    let u = u.unwrap_or_default();
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let caller = caller(&front, &parts)?;
+    let bytes = read_body(&front, &parts.headers, body).await?;
+    let chat = Chat::parse(&bytes)?;
+    let hints = routing(
+        &front,
+        &parts.headers,
+        &chat.hints,
+        &chat.model,
+        Task::Generate,
+        &caller.tenant,
+    )?;
+    let request = pb::GatewayGenerateRequest {
+        request: Some(pb::GenerateRequest {
+            model: String::new(),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: chat
+                    .messages
+                    .iter()
+                    .map(|m| pb::ChatMessage {
+                        role: m.role.clone(),
+                        content: m.content.clone(),
+                    })
+                    .collect(),
+            })),
+            max_tokens: chat.max_tokens,
+            temperature: chat.temperature,
+            top_p: chat.top_p,
+            top_k: chat.top_k,
+            seed: chat.seed,
+            stop: chat.stop.clone(),
+        }),
+        routing: Some(hints),
+    };
+    let mut stream = requests::generate(&front.state, caller, request).await?;
+    // the first item is the decision; a failure before it is the whole answer
+    let decision = match stream.next().await {
+        Some(Ok(pb::GatewayGenerateChunk {
+            decision: Some(d), ..
+        })) => d,
+        Some(Err(e)) => return Err(e.into()),
+        _ => {
+            return Err(invalid("the generation ended before its decision").into());
+        }
+    };
+    let id = format!("chatcmpl-{}", decision.decision_id);
+    let (_, model) = target(&decision);
+    let created = unix_now();
+    let mut response = if chat.stream {
+        sse(stream, id, model, created, chat.include_usage)
+    } else {
+        let mut text = String::new();
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            let chunk = item?.chunk.unwrap_or_default();
+            text.push_str(&chunk.text);
+            if chunk.done.is_some() {
+                done = chunk.done;
+            }
+        }
+        let done = done.ok_or_else(|| invalid("the generation ended without its final chunk"))?;
+        axum::Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason(&done),
+                "logprobs": null,
+            }],
+            "usage": usage_json(done.usage),
+            "edgewise": decision_json(&decision),
+        }))
+        .into_response()
+    };
+    decision_headers(&mut response, &decision);
+    Ok(response)
+}
+
+/// Server-sent events: a role chunk, content deltas, the finish chunk, usage when asked for,
+/// and `data: [DONE]`. A failure mid-stream is sent as an `error` event and ends it.
+fn sse(
+    stream: requests::ChunkStream,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+) -> Response {
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+    };
+    let event = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
+    let first = futures::stream::once({
+        let e = event(&chunk(json!({"role": "assistant", "content": ""}), None));
+        async move { e }
+    });
+    let rest = stream
+        .map(move |item| match item {
+            Ok(c) => {
+                let c = c.chunk.unwrap_or_default();
+                let mut out = Vec::new();
+                if !c.text.is_empty() {
+                    out.push(event(&chunk(json!({"content": c.text}), None)));
+                }
+                if let Some(done) = c.done {
+                    out.push(event(&chunk(json!({}), Some(finish_reason(&done)))));
+                    if include_usage {
+                        let mut u = chunk(json!({}), None);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage_json(done.usage);
+                        out.push(event(&u));
+                    }
+                    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                futures::stream::iter(out)
+            }
+            Err(e) => futures::stream::iter(vec![event(&error_body(&e))]),
+        })
+        .flatten();
+    let body = first.chain(rest).map(Ok::<_, std::convert::Infallible>);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    State(front): State<Arc<Front>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let caller = caller(&front, &parts)?;
+    let bytes = read_body(&front, &parts.headers, body).await?;
+    let e = Embeddings::parse(&bytes)?;
+    let hints = routing(
+        &front,
+        &parts.headers,
+        &e.hints,
+        &e.model,
+        Task::Embed,
+        &caller.tenant,
+    )?;
+    let inner = pb::EmbedRequest {
+        model: String::new(),
+        texts: e.input,
+    };
+    let (out, decision) = requests::texts(&front.state, caller, Some(inner), Some(hints)).await?;
+    let data: Vec<Value> = out
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if e.base64 {
+                let bytes: Vec<u8> = v.values.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v.values)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let prompt = out.usage.map_or(0, |u| u.prompt_tokens);
+    let mut response = axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": out.model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        "edgewise": decision_json(&decision),
+    }))
+    .into_response();
+    decision_headers(&mut response, &decision);
+    Ok(response)
+}
+
+/// `GET /v1/models`: what this caller may ask for — `auto` and the policy's routes it may use.
+pub async fn models(
+    State(front): State<Arc<Front>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let caller = caller(&front, &parts)?;
+    let policy = front.state.policy();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut data = Vec::new();
+    for task in [Task::Generate, Task::Embed, Task::Classify] {
+        for name in visible_models(&policy.policy, task, &caller.tenant) {
+            if seen.insert(name.clone()) {
+                let tasks: Vec<&str> = if name == "auto" {
+                    vec!["generate", "embed", "classify"]
+                } else {
+                    policy
+                        .policy
+                        .routes
+                        .iter()
+                        .find(|r| r.name == name)
+                        .map(|r| {
+                            if r.tasks.is_empty() {
+                                vec!["generate", "embed", "classify"]
+                            } else {
+                                r.tasks.iter().map(|t| t.as_str()).collect()
+                            }
+                        })
+                        .unwrap_or_default()
+                };
+                data.push(json!({
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "edgewise",
+                    "edgewise": {"tasks": tasks},
+                }));
+            }
+        }
+    }
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+/// Anything else under this listener.
+pub async fn not_found(request: Request) -> ApiError {
+    ApiError(GatewayError::NoEndpoint(format!(
+        "no endpoint {} {}: this gateway serves POST /v1/chat/completions, POST /v1/embeddings and GET /v1/models",
+        request.method(),
+        request.uri().path()
+    )))
+}

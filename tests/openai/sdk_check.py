@@ -1,0 +1,132 @@
+"""The real OpenAI Python SDK against the gateway's OpenAI-compatible API.
+
+Run by tests/tests/openai_api.rs with the gateway and an agent on the tiny fixtures already
+up:  sdk_check.py BASE_URL API_KEY LOCAL_MODEL EXTERNAL_MODEL
+Each check asserts what a caller sees; the first failure exits non-zero with its reason.
+"""
+
+import base64
+import struct
+import sys
+
+import openai
+from openai import OpenAI
+
+BASE, KEY, LOCAL_MODEL, EXTERNAL_MODEL = sys.argv[1:5]
+client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=60)
+HELLO = [{"role": "user", "content": "Hello, tiny LM!"}]
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def refused(kind, call):
+    try:
+        call()
+    except kind as e:
+        return e
+    except openai.APIStatusError as e:
+        check(False, f"expected {kind.__name__}, got {type(e).__name__} {e.status_code}: {e.message}")
+    check(False, f"expected {kind.__name__}, the call succeeded")
+
+
+# chat, not streamed: greedy, so the streamed answer below must be the same text
+raw = client.chat.completions.with_raw_response.create(
+    model="auto", messages=HELLO, max_tokens=8, temperature=0, seed=1
+)
+reply = raw.parse()
+text = reply.choices[0].message.content
+check(isinstance(text, str) and text, f"a chat answer ({text!r})")
+check(reply.model == LOCAL_MODEL, f"served by the local model ({reply.model})")
+check(reply.usage.completion_tokens > 0, f"usage reported ({reply.usage})")
+check(reply.choices[0].finish_reason in ("stop", "length"), "a finish reason")
+check(raw.headers.get("x-edgewise-target", "").startswith("local:"), f"decision header {raw.headers.get('x-edgewise-target')}")
+check(raw.headers.get("x-edgewise-decision-id"), "a decision id header")
+extra = reply.model_extra or {}
+check(extra.get("edgewise", {}).get("rule") == raw.headers.get("x-edgewise-rule"), "the body's decision matches the headers")
+
+# the same request streamed, with usage at the end
+chunks = list(
+    client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        max_tokens=8,
+        temperature=0,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+)
+streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+check(streamed == text, f"streamed text equals the non-streamed text ({streamed!r})")
+check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens, "usage in the last streamed chunk")
+check(any(c.choices and c.choices[0].finish_reason for c in chunks), "a streamed finish reason")
+
+# a route by name, and the route hint in the body's edgewise object
+named = client.chat.completions.create(model="chat", messages=HELLO, max_tokens=4, temperature=0)
+check(named.model == LOCAL_MODEL, "model = a route name")
+
+# embeddings, float and base64
+floats = client.embeddings.create(model="auto", input=["red", "blue"], encoding_format="float")
+check(len(floats.data) == 2 and len(floats.data[0].embedding) > 0, f"two embeddings of {len(floats.data[0].embedding)} dims")
+check(floats.usage.prompt_tokens > 0, "embedding usage")
+b64 = client.embeddings.create(model="auto", input="red", encoding_format="base64")
+raw_b64 = b64.data[0].embedding
+decoded = (
+    list(struct.unpack(f"<{len(base64.b64decode(raw_b64)) // 4}f", base64.b64decode(raw_b64)))
+    if isinstance(raw_b64, str)
+    else raw_b64
+)
+check(max(abs(a - b) for a, b in zip(decoded, floats.data[0].embedding)) < 1e-6, "base64 decodes to the float vector")
+
+# the models this tenant may ask for
+ids = [m.id for m in client.models.list()]
+check("auto" in ids and "chat" in ids and "encoders" in ids, f"models list {ids}")
+
+# a hosted model where policy allows it: public data, a quality no local model has
+ext = client.chat.completions.create(
+    model="auto",
+    messages=HELLO,
+    max_tokens=16,
+    extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
+)
+check(ext.model == EXTERNAL_MODEL and ext.choices[0].message.content, f"served by the hosted API ({ext.model})")
+
+# refusals, each with its reason
+e = refused(openai.AuthenticationError, lambda: OpenAI(base_url=BASE, api_key="not-a-token", max_retries=0).chat.completions.create(model="auto", messages=HELLO))
+check("bearer token" in e.message, f"401: {e.message}")
+e = refused(
+    openai.PermissionDeniedError,
+    lambda: client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        extra_body={"edgewise": {"data_class": "confidential", "min_quality": 0.99}},
+    ),
+)
+check("not permitted for confidential data" in e.message, f"403: {e.message}")
+e = refused(
+    openai.APIStatusError,
+    lambda: client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        max_tokens=4000,
+        extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
+    ),
+)
+check(e.status_code == 503 and "daily budget" in e.message, f"budget: {e.status_code} {e.message}")
+e = refused(
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(
+        model="auto",
+        messages=HELLO,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    ),
+)
+check("unsupported field `tools`" in e.message, f"400: {e.message}")
+e = refused(openai.NotFoundError, lambda: client.chat.completions.create(model="gpt-5", messages=HELLO))
+check("ask for one of: auto, chat" in e.message, f"404: {e.message}")
+print("all SDK checks passed")

@@ -1,0 +1,391 @@
+//! The gateway's OpenAI-compatible HTTP API: the real `openai` Python SDK (pinned, in
+//! build/test-venv) against a real gateway, an agent on the tiny fixtures and a mock hosted
+//! API over TLS; and raw HTTP for what an SDK never sends (malformed JSON, oversized
+//! bodies, slow clients).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgewise_gateway::providers::{Kind, ProviderConfig, Secret};
+use edgewise_gateway::routing::ProviderPrice;
+use edgewise_gateway::{Gateway, GatewayConfig};
+use edgewise_proto as pb;
+use edgewise_tests::mock_provider::MockProvider;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "ew_test_shop_token";
+const PROVIDER_KEY: &str = "sk-test-openai-front";
+const LOCAL_MODEL: &str = "tiny-lm-fp32";
+const EXTERNAL_MODEL: &str = "gpt-test";
+
+/// Generation may go to the mock only for public and internal data, within a budget a
+/// 4,000-token answer would break; embeddings stay local.
+const POLICY: &str = "default_data_class: internal
+routes:
+  - name: chat
+    match:
+      tasks: [generate]
+    min_quality: 0.1
+    spill: larger
+    external:
+      allowed: true
+      provider: mock
+      model: gpt-test
+      data_classes: [public, internal]
+      when: [no_adequate_local, no_local_capacity]
+      daily_budget_usd: 0.02
+  - name: encoders
+    match:
+      tasks: [embed, classify]
+    min_quality: 0.1
+    spill: wait
+";
+
+struct Fleet {
+    gateway: Gateway,
+    _agent: TestAgent,
+    _mock: MockProvider,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Fleet {
+    fn http(&self) -> std::net::SocketAddr {
+        self.gateway.http_addr.unwrap()
+    }
+}
+
+async fn fleet(client_timeout: Duration, max_message_bytes: usize) -> Fleet {
+    let mock = MockProvider::start(PROVIDER_KEY).await;
+    let policy = tempfile::tempdir().unwrap();
+    std::fs::write(policy.path().join("p.yaml"), POLICY).unwrap();
+    let mut gw = GatewayConfig::new(vec![policy.path().to_path_buf()], "gw-openai");
+    gw.tokens = edgewise_gateway::auth::Tokens::new([(
+        edgewise_gateway::auth::hash(TOKEN),
+        "shop".to_string(),
+    )]);
+    gw.limits.max_message_bytes = max_message_bytes;
+    gw.http = Some(edgewise_gateway::http::HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_timeout,
+    });
+    gw.providers = vec![ProviderConfig {
+        name: "mock".into(),
+        kind: Kind::OpenAi,
+        base_url: mock.base_url.parse().unwrap(),
+        key: Secret::new(std::fs::read_to_string(&mock.key_file).unwrap().trim()),
+        ca_file: Some(mock.ca_file.clone()),
+        price: ProviderPrice {
+            input_per_million_usd: 5.0,
+            output_per_million_usd: 10.0,
+        },
+        timeout: Duration::from_secs(30),
+        max_retries: 0,
+        default_max_tokens: 64,
+    }];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = Gateway::start(gw, listener).await.unwrap();
+    let models = models_dir(&[LOCAL_MODEL, "tiny-embed"]);
+    let (mut cfg, state) = config(models.path(), None);
+    cfg.gateways = vec![format!("http://{}", gateway.addr)];
+    let agent = TestAgent::start(cfg, state).await;
+    let registry = gateway.state.registry.clone();
+    wait_for(
+        "the gateway sees the agent's ready models",
+        Duration::from_secs(30),
+        || {
+            let nodes = registry.status(Instant::now());
+            async move {
+                nodes.iter().any(|n| {
+                    n.live
+                        && n.models.len() == 2
+                        && n.models
+                            .iter()
+                            .all(|m| m.state == pb::ModelState::Ready as i32)
+                })
+            }
+        },
+    )
+    .await;
+    Fleet {
+        gateway,
+        _agent: agent,
+        _mock: mock,
+        _dirs: (policy, models),
+    }
+}
+
+/// One raw HTTP/1.1 exchange (`Connection: close`): (status, headers, body).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    parse_response(&out)
+}
+
+fn parse_response(out: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn post(path: &str, body: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn error_of(body: &str) -> (String, String, String) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let e = &v["error"];
+    (
+        e["message"].as_str().unwrap_or_default().to_string(),
+        e["type"].as_str().unwrap_or_default().to_string(),
+        e["code"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+fn test_python() -> Option<std::path::PathBuf> {
+    let py = repo_root().join("build/test-venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("EDGEWISE_TEST_SDK").as_deref() != Ok("required"),
+        "build/test-venv is missing: `make test` creates it (tools/fetch_test_venv.sh)"
+    );
+    eprintln!("skipped: build/test-venv is missing (tools/fetch_test_venv.sh creates it)");
+    None
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
+    let Some(python) = test_python() else { return };
+    let f = fleet(Duration::from_secs(10), 4 << 20).await;
+    let out = tokio::process::Command::new(python)
+        .arg(repo_root().join("tests/openai/sdk_check.py"))
+        .arg(format!("http://{}/v1", f.http()))
+        .arg(TOKEN)
+        .arg(LOCAL_MODEL)
+        .arg(EXTERNAL_MODEL)
+        .output()
+        .await
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the SDK checks failed:\n{log}");
+    assert!(log.contains("all SDK checks passed"), "{log}");
+    // the hosted call and the budget refusal went through the same ledger and audit as gRPC
+    let records = f.gateway.state.audit.range(0, u64::MAX).collect::<Vec<_>>();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "external_call" && r.outcome == "ok" && r.tenant == "shop"),
+        "{records:#?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "refused_fallback" && r.outcome.contains("daily budget")),
+        "{records:#?}"
+    );
+}
+
+#[tokio::test]
+async fn curl_sees_the_decision_in_headers_and_a_stream_that_ends_in_done() {
+    let f = fleet(Duration::from_secs(10), 4 << 20).await;
+    let body = r#"{"model":"auto","messages":[{"role":"user","content":"Hello, tiny LM!"}],"max_tokens":6,"temperature":0}"#;
+    let (status, head, text) = exchange(f.http(), &post("/v1/chat/completions", body, "")).await;
+    assert_eq!(status, 200, "{head}\n{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = header(&head, "x-edgewise-decision-id").unwrap();
+    assert_eq!(v["edgewise"]["decision_id"], id);
+    assert_eq!(v["id"], format!("chatcmpl-{id}"));
+    let target = header(&head, "x-edgewise-target").unwrap();
+    assert!(
+        target.starts_with("local:") && target.ends_with("/tiny-lm-fp32"),
+        "{target}"
+    );
+    assert_eq!(v["edgewise"]["target"], target);
+    assert_eq!(header(&head, "x-edgewise-rule"), Some("smallest"));
+    assert_eq!(v["model"], LOCAL_MODEL);
+
+    let streamed = body.replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
+    let (status, head, events) =
+        exchange(f.http(), &post("/v1/chat/completions", &streamed, "")).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(header(&head, "x-edgewise-decision-id").is_some());
+    // chunked transfer: the events are in the body, the last one is [DONE]
+    let datas: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{events}");
+    let content: String = datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        content,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_in_openais_shape_with_the_reason() {
+    let f = fleet(Duration::from_secs(10), 64 << 10).await;
+    let addr = f.http();
+    // malformed JSON: where it breaks
+    let (status, _, body) = exchange(
+        addr,
+        &post(
+            "/v1/chat/completions",
+            "{\"model\": \"auto\",\n \"messages\": [}",
+            "",
+        ),
+    )
+    .await;
+    let (message, kind, _) = error_of(&body);
+    assert_eq!((status, kind.as_str()), (400, "invalid_request_error"));
+    assert!(
+        message.contains("not valid JSON") && message.contains("line 2"),
+        "{message}"
+    );
+    // no credentials, and a wrong token
+    let no_auth = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    let (status, _, body) = exchange(addr, no_auth.as_bytes()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(error_of(&body).1, "authentication_error");
+    // a body over limits.max_message_bytes, declared and chunked
+    let big = format!(
+        "{{\"model\":\"auto\",\"input\":\"{}\"}}",
+        "x".repeat(100 << 10)
+    );
+    let (status, _, body) = exchange(addr, &post("/v1/embeddings", &big, "")).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(error_of(&body).0.contains("limits.max_message_bytes"));
+    let chunked = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    let (status, _, _) = exchange(addr, chunked.as_bytes()).await;
+    assert_eq!(status, 413);
+    // an unknown model, an unknown path, n > 1
+    let (status, _, body) = exchange(
+        addr,
+        &post(
+            "/v1/embeddings",
+            r#"{"model":"text-embedding-3-small","input":"x"}"#,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body).2.as_str()),
+        (404, "model_not_found"),
+        "{body}"
+    );
+    assert!(
+        error_of(&body).0.contains("ask for one of: auto, encoders"),
+        "{body}"
+    );
+    let (status, _, body) = exchange(addr, &post("/v1/completions", "{}", "")).await;
+    assert_eq!((status, error_of(&body).2.as_str()), (404, "unknown_url"));
+    let (status, _, body) = exchange(
+        addr,
+        &post(
+            "/v1/chat/completions",
+            r#"{"model":"auto","n":2,"messages":[{"role":"user","content":"x"}]}"#,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).0.contains("`n` 2"), "{body}");
+    // hints that disagree
+    let (status, _, body) = exchange(
+        addr,
+        &post(
+            "/v1/chat/completions",
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"edgewise":{"data_class":"public"}}"#,
+            "x-edgewise-data-class: confidential\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).0.contains("disagree"), "{body}");
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_at_the_client_timeout() {
+    let f = fleet(Duration::from_millis(300), 4 << 20).await;
+    let addr = f.http();
+    // headers that never finish: the connection is closed
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open for a client that never sent its headers"
+    );
+    // a body that stops half way: 408, naming the setting
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // read until the response's JSON body is complete (the connection stays open)
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || String::from_utf8_lossy(&buf).trim_end().ends_with('}') {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no answer to a body that stopped");
+    let (status, _, body) = parse_response(&buf);
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        error_of(&body).0.contains("http.client_timeout_ms"),
+        "{body}"
+    );
+}
