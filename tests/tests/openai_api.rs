@@ -277,9 +277,7 @@ async fn bad_requests_are_refused_in_openais_shape_with_the_reason() {
         "{message}"
     );
     // no credentials, and a wrong token
-    let no_auth = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
+    let no_auth = "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
     let (status, _, body) = exchange(addr, no_auth.as_bytes()).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(error_of(&body).1, "authentication_error");
