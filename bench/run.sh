@@ -18,7 +18,7 @@ trap cleanup EXIT
 overhead() {
   local dir=$OUT/overhead
   rm -rf "$dir"; mkdir -p "$dir/models" "$dir/policies"
-  cp -r tests/fixtures/models/tiny-classify "$dir/models/"
+  cp -r tests/fixtures/models/tiny-classify tests/fixtures/models/tiny-embed "$dir/models/"
   cat > "$dir/agent.toml" <<TOML
 [server]
 listen = "127.0.0.1:7501"
@@ -27,6 +27,9 @@ plaintext = true
 [models]
 dir = "models"
 [models.limits.tiny-classify]
+max_concurrency = 64
+max_queue = 256
+[models.limits.tiny-embed]
 max_concurrency = 64
 max_queue = 256
 [batching]
@@ -46,6 +49,8 @@ listen = "127.0.0.1:7500"
 id = "bench"
 [tls]
 plaintext = true
+[http]
+listen = "127.0.0.1:7580"
 [policies]
 paths = ["policies"]
 [state]
@@ -56,13 +61,17 @@ TOML
   EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent.toml" run & pids+=($!)
   "$BIN/edgewise-agent" call --addr http://127.0.0.1:7501 wait-ready --timeout-secs 60 >/dev/null
   for _ in $(seq 1 100); do
-    "$BIN/edgewise" --gateway http://127.0.0.1:7500 fleet status 2>/dev/null | grep -q "tiny-classify .* ready" && break
+    s=$("$BIN/edgewise" --gateway http://127.0.0.1:7500 fleet status 2>/dev/null || true)
+    grep -q "tiny-classify .* ready" <<<"$s" && grep -q "tiny-embed .* ready" <<<"$s" && break
     sleep 0.1
   done
   echo "== gateway overhead (tiny-classify fixture, open loop, direct and gateway interleaved)"
   "$BIN/edgewise-bench" overhead --agent http://127.0.0.1:7501 --gateway http://127.0.0.1:7500 \
     --model tiny-classify --rates "${RATES:-500,1000,2000}" --seconds "${SECONDS_PER_RATE:-10}" \
     --gateway-pid "$gw" | tee "$OUT/overhead.jsonl"
+  echo "== the HTTP front (tiny-embed fixture, gRPC Embed and POST /v1/embeddings interleaved, open loop)"
+  "$BIN/edgewise-bench" http-front --grpc http://127.0.0.1:7500 --http http://127.0.0.1:7580 \
+    --rates "${HTTP_RATES:-500,1000}" --seconds "${SECONDS_PER_RATE:-10}" | tee "$OUT/http_front.jsonl"
   cleanup; pids=()
 }
 

@@ -3,6 +3,8 @@
 //!
 //! - `overhead`: the same Classify requests straight to an agent and through the gateway,
 //!   interleaved, open loop at fixed rates; the gateway's added latency at p50 and p99.
+//! - `http-front`: the same embedding through the gateway's gRPC and its OpenAI-compatible
+//!   HTTP API, interleaved, open loop; what the HTTP front adds at p50 and p99.
 //! - `footprint`: binary sizes, the agent's cold start to READY and idle memory (with no
 //!   models, and with one), against Python importing onnxruntime.
 //! - `embed`: embedding latency per text length and throughput per concurrency, with and
@@ -23,6 +25,7 @@ mod embed;
 mod fleet;
 mod footprint;
 mod generate;
+mod http_front;
 mod overhead;
 mod stats;
 
@@ -39,6 +42,8 @@ struct Cli {
 enum Command {
     /// Gateway overhead: direct vs through the gateway, interleaved, open loop.
     Overhead(overhead::Args),
+    /// The HTTP front against the gRPC front for the same request.
+    HttpFront(http_front::Args),
     /// Binary sizes, cold start to READY, idle RSS.
     Footprint(footprint::Args),
     /// Embedding latency and throughput, batched and unbatched.
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Overhead(a) => overhead::run(a).await,
+            Command::HttpFront(a) => http_front::run(a).await,
             Command::Footprint(a) => footprint::run(a).await,
             Command::Embed(a) => embed::run(a).await,
             Command::Generate(a) => generate::run(a).await,

@@ -31,17 +31,91 @@ pub struct Args {
     gateway_pid: Option<u32>,
 }
 
-#[derive(Default)]
-struct Path {
-    latencies: Vec<Duration>,
-    errors: u64,
-}
-
-async fn channel(url: &str) -> anyhow::Result<Channel> {
+pub async fn channel(url: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url.to_string())?
         .tcp_nodelay(true)
         .connect()
         .await?)
+}
+
+/// What one path of an interleaved run saw.
+#[derive(Default)]
+pub struct Path {
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+}
+
+impl Path {
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        percentile(&self.latencies, q).map_or(f64::NAN, ms)
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "n": self.latencies.len(),
+            "errors": self.errors,
+            "p50_ms": self.quantile_ms(50.0),
+            "p99_ms": self.quantile_ms(99.0),
+        })
+    }
+}
+
+/// `rate` requests a second for `seconds`, alternating between two paths (`call(true)`: the
+/// reference, `call(false)`: the path measured), open loop: each is timed from its scheduled
+/// send. Returns both paths and the peak RSS of `pid` sampled meanwhile.
+pub async fn interleaved<F, Fut>(
+    rate: u32,
+    seconds: u64,
+    pid: Option<u32>,
+    call: F,
+) -> (Path, Path, u64)
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let reference = Arc::new(Mutex::new(Path::default()));
+    let measured = Arc::new(Mutex::new(Path::default()));
+    let total = u64::from(rate) * seconds;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut peak_rss = 0u64;
+    for i in 0..total {
+        let at = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at).await;
+        if i % 500 == 0
+            && let Some(r) = pid.and_then(rss_bytes)
+        {
+            peak_rss = peak_rss.max(r);
+        }
+        let first = i % 2 == 0;
+        let sink = if first {
+            reference.clone()
+        } else {
+            measured.clone()
+        };
+        let scheduled = at.into_std();
+        let fut = call(first);
+        tasks.push(tokio::spawn(async move {
+            let ok = fut.await;
+            let took = scheduled.elapsed();
+            let mut p = sink.lock().await;
+            if ok {
+                p.latencies.push(took);
+            } else {
+                p.errors += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let take = |p: Arc<Mutex<Path>>| {
+        let mut p = Arc::try_unwrap(p).map_or_else(|_| Path::default(), Mutex::into_inner);
+        p.latencies.sort();
+        p
+    };
+    (take(reference), take(measured), peak_rss)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -54,58 +128,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let _ = call(&agent, &gateway, &a.model, &texts, false).await;
     }
     for rate in &a.rates {
-        let direct = Arc::new(Mutex::new(Path::default()));
-        let via = Arc::new(Mutex::new(Path::default()));
-        let total = u64::from(*rate) * a.seconds;
-        let interval = Duration::from_secs_f64(1.0 / f64::from(*rate));
-        let start = tokio::time::Instant::now() + Duration::from_millis(50);
-        let mut tasks = Vec::with_capacity(total as usize);
-        let mut peak_rss = 0u64;
-        for i in 0..total {
-            let at = start + interval.mul_f64(i as f64);
-            tokio::time::sleep_until(at).await;
-            if i % 500 == 0
-                && let Some(r) = a.gateway_pid.and_then(rss_bytes)
-            {
-                peak_rss = peak_rss.max(r);
-            }
+        let (d, v, peak_rss) = interleaved(*rate, a.seconds, a.gateway_pid, |direct| {
             let (agent, gateway, model, texts) = (
                 agent.clone(),
                 gateway.clone(),
                 a.model.clone(),
                 texts.clone(),
             );
-            let direct_path = i % 2 == 0;
-            let sink = if direct_path {
-                direct.clone()
-            } else {
-                via.clone()
-            };
-            let scheduled = at.into_std();
-            tasks.push(tokio::spawn(async move {
-                let ok = call(&agent, &gateway, &model, &texts, direct_path).await;
-                let took = scheduled.elapsed();
-                let mut p = sink.lock().await;
-                if ok {
-                    p.latencies.push(took);
-                } else {
-                    p.errors += 1;
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let (mut d, mut v) = (direct.lock().await, via.lock().await);
-        d.latencies.sort();
-        v.latencies.sort();
-        let q = |p: &Path, x: f64| percentile(&p.latencies, x).map_or(f64::NAN, ms);
+            async move { call(&agent, &gateway, &model, &texts, direct).await }
+        })
+        .await;
+        let q = |p: &Path, x: f64| p.quantile_ms(x);
         let line = serde_json::json!({
             "bench": "gateway_overhead",
             "rate_rps": rate,
             "seconds": a.seconds,
-            "direct": {"n": d.latencies.len(), "errors": d.errors, "p50_ms": q(&d, 50.0), "p99_ms": q(&d, 99.0)},
-            "gateway": {"n": v.latencies.len(), "errors": v.errors, "p50_ms": q(&v, 50.0), "p99_ms": q(&v, 99.0)},
+            "direct": d.summary(),
+            "gateway": v.summary(),
             "added_p50_ms": q(&v, 50.0) - q(&d, 50.0),
             "added_p99_ms": q(&v, 99.0) - q(&d, 99.0),
             "ratio_p50": q(&v, 50.0) / q(&d, 50.0),

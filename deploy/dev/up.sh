@@ -51,8 +51,7 @@ Edgewise is serving on $GATEWAY (Ctrl-C stops everything). Try:
   $BIN/edgewise --gateway $GATEWAY --tenant dev generate "Write a haiku about edge computing"
   $BIN/edgewise --gateway $GATEWAY --tenant dev route explain --data-class confidential "Our Q3 numbers"
   $BIN/edgewise --gateway $GATEWAY fleet status
-  curl -sS -D- http://127.0.0.1:7480/v1/chat/completions -H 'x-edgewise-tenant: dev' \
-    -H 'content-type: application/json' \
-    -d '{"model":"auto","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+  curl -sS -D- http://127.0.0.1:7480/v1/chat/completions -H 'x-edgewise-tenant: dev' -d '{"model":"auto","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+  (an OpenAI SDK: base_url http://127.0.0.1:7480/v1 and the x-edgewise-tenant header; README, "The OpenAI-compatible API")
 MSG
 wait "${pids[0]}"

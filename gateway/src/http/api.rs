@@ -459,6 +459,31 @@ fn sse(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The embeddings answer, serialized straight from the vectors (as f32: a `Value` would
+/// widen each to f64 and print 17 digits).
+#[derive(serde::Serialize)]
+struct EmbeddingsOut<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingOut<'a>>,
+    model: &'a str,
+    usage: Value,
+    edgewise: Value,
+}
+
+#[derive(serde::Serialize)]
+struct EmbeddingOut<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Vector<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Vector<'a> {
+    Floats(&'a [f32]),
+    Base64(String),
+}
+
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(front): State<Arc<Front>>,
@@ -481,28 +506,29 @@ pub async fn embeddings(
         texts: e.input,
     };
     let (out, decision) = requests::texts(&front.state, caller, Some(inner), Some(hints)).await?;
-    let data: Vec<Value> = out
+    let prompt = out.usage.map_or(0, |u| u.prompt_tokens);
+    let data = out
         .embeddings
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if e.base64 {
+        .map(|(index, v)| EmbeddingOut {
+            object: "embedding",
+            index,
+            embedding: if e.base64 {
                 let bytes: Vec<u8> = v.values.iter().flat_map(|f| f.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v.values)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+                Vector::Floats(&v.values)
+            },
         })
         .collect();
-    let prompt = out.usage.map_or(0, |u| u.prompt_tokens);
-    let mut response = axum::Json(json!({
-        "object": "list",
-        "data": data,
-        "model": out.model,
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        "edgewise": decision_json(&decision),
-    }))
+    let mut response = axum::Json(EmbeddingsOut {
+        object: "list",
+        data,
+        model: &out.model,
+        usage: json!({"prompt_tokens": prompt, "total_tokens": prompt}),
+        edgewise: decision_json(&decision),
+    })
     .into_response();
     decision_headers(&mut response, &decision);
     Ok(response)
