@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::AgentError;
-use crate::service::{Inference, deadline_from};
+use crate::service::{Inference, deadline_of};
 
 /// Maps every request error to a status with a readable reason (exhaustive on purpose).
 pub fn status(e: &AgentError) -> Status {
@@ -76,7 +76,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         self.admit(&request)?;
-        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
         let span = request_span("agent.generate", &request, &request.get_ref().model);
         let out = self
             .inference
@@ -96,7 +96,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         self.admit(&request)?;
-        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
         let span = request_span("agent.embed", &request, &request.get_ref().model);
         self.inference
             .embed(request.into_inner(), deadline)
@@ -111,7 +111,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         self.admit(&request)?;
-        let deadline = deadline_from(edgewise_proto::grpc_timeout(request.metadata()));
+        let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
         let span = request_span("agent.classify", &request, &request.get_ref().model);
         self.inference
             .classify(request.into_inner(), deadline)

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edgewise_proto as pb;
 use rand::SeedableRng;
@@ -24,8 +24,6 @@ use crate::scheduler::Batcher;
 
 /// Bounds on what one request may ask for.
 pub const MAX_BATCH_TEXTS: usize = 256;
-pub const MAX_STOP_SEQUENCES: usize = 8;
-pub const MAX_STOP_LEN: usize = 64;
 /// Chunks buffered per generation stream: a caller that stops reading pauses generation.
 const STREAM_BUFFER: usize = 8;
 
@@ -134,11 +132,7 @@ impl Inference {
             }
         };
         let params = sampling_params(&req)?;
-        if req.stop.len() > MAX_STOP_SEQUENCES || req.stop.iter().any(|s| s.len() > MAX_STOP_LEN) {
-            return Err(AgentError::InvalidRequest(format!(
-                "stop: at most {MAX_STOP_SEQUENCES} sequences of at most {MAX_STOP_LEN} bytes"
-            )));
-        }
+        edgewise_proto::contract::check_stops(&req.stop).map_err(AgentError::InvalidRequest)?;
         let prompt = r.model.encode_prompt(&text)?;
         if prompt.is_empty() {
             return Err(AgentError::InvalidRequest("the prompt is empty".into()));
@@ -349,7 +343,9 @@ fn sampling_params(req: &pb::GenerateRequest) -> Result<SamplingParams, AgentErr
     })
 }
 
-/// Deadline from a gRPC timeout, capped so that absurd values do not overflow.
-pub fn deadline_from(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t.min(Duration::from_secs(24 * 3600)))
+/// The deadline a request's `grpc-timeout` sets (capped at a day), or INVALID_ARGUMENT for
+/// a header that is not a timeout.
+pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Instant>, AgentError> {
+    let timeout = edgewise_proto::grpc_timeout(metadata).map_err(AgentError::InvalidRequest)?;
+    Ok(timeout.map(|t| Instant::now() + t))
 }

@@ -263,7 +263,7 @@ pub async fn route(
                     Err(LedgerError::OverBudget { .. }) if attempt == 0 => continue,
                     Err(e @ LedgerError::OverBudget { .. }) => {
                         let refusal =
-                            routing::Refusal::NoCapacity(format!("route `{}`: {e}", d.route));
+                            routing::Refusal::OverBudget(format!("route `{}`: {e}", d.route));
                         return Err(GatewayError::Refused(refusal));
                     }
                     Err(e) => return Err(GatewayError::Ledger(e.to_string())),

@@ -57,9 +57,10 @@ pub enum GatewayError {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::NoAdequateModel(m) | Refusal::NoCapacity(m) | Refusal::Forbidden(m) => {
-                f.write_str(m)
-            }
+            Refusal::NoAdequateModel(m)
+            | Refusal::NoCapacity(m)
+            | Refusal::Forbidden(m)
+            | Refusal::OverBudget(m) => f.write_str(m),
         }
     }
 }
@@ -109,7 +110,9 @@ impl GatewayError {
             GatewayError::UnknownModel(_) | GatewayError::NoEndpoint(_) => Code::NotFound,
             GatewayError::ClientTimeout(_) => Code::DeadlineExceeded,
             GatewayError::Refused(Refusal::NoAdequateModel(_)) => Code::FailedPrecondition,
-            GatewayError::Refused(Refusal::NoCapacity(_)) => Code::ResourceExhausted,
+            GatewayError::Refused(Refusal::NoCapacity(_) | Refusal::OverBudget(_)) => {
+                Code::ResourceExhausted
+            }
             GatewayError::Refused(Refusal::Forbidden(_)) => Code::PermissionDenied,
             GatewayError::ProviderNotConfigured(_) => Code::FailedPrecondition,
             GatewayError::Provider(p) => provider_code(p),
@@ -149,6 +152,13 @@ impl GatewayError {
             GatewayError::Refused(Refusal::Forbidden(_)) => {
                 http(403, "permission_error", "forbidden_by_policy")
             }
+            // budgets are per UTC day: come back when the next one starts
+            GatewayError::Refused(Refusal::OverBudget(_)) => HttpError {
+                status: 429,
+                kind: "insufficient_quota",
+                code: "daily_budget_exhausted",
+                retry_after_s: Some(seconds_to_next_utc_day()),
+            },
             GatewayError::ProviderNotConfigured(_) => {
                 http(503, "server_error", "provider_not_configured")
             }
@@ -181,6 +191,13 @@ impl GatewayError {
             }
         }
     }
+}
+
+fn seconds_to_next_utc_day() -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (86_400 - now % 86_400) as u32
 }
 
 impl From<GatewayError> for Status {
@@ -260,5 +277,10 @@ mod tests {
         let busy = GatewayError::Refused(Refusal::NoCapacity("busy".into())).http();
         assert_eq!(busy.retry_after_s, Some(1));
         assert_eq!(GatewayError::NoTenant.http().retry_after_s, None);
+        let broke = GatewayError::Refused(Refusal::OverBudget("budget".into()));
+        assert_eq!(broke.grpc_code(), Code::ResourceExhausted);
+        let h = broke.http();
+        assert_eq!((h.status, h.kind), (429, "insufficient_quota"));
+        assert!(h.retry_after_s.is_some_and(|s| (1..=86_400).contains(&s)));
     }
 }

@@ -25,7 +25,9 @@ impl GatewayService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
         Ok(Caller {
             tenant: self.state.auth.tenant(request)?,
-            deadline: edgewise_proto::grpc_timeout(request.metadata()).map(|t| Instant::now() + t),
+            deadline: edgewise_proto::grpc_timeout(request.metadata())
+                .map_err(GatewayError::InvalidRequest)?
+                .map(|t| Instant::now() + t),
             headers: request.metadata().clone(),
         })
     }

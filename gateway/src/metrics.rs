@@ -122,6 +122,7 @@ impl Metrics {
             NoAdequateModel(_) => "no_adequate_model",
             NoCapacity(_) => "no_capacity",
             Forbidden(_) => "forbidden",
+            OverBudget(_) => "over_budget",
         };
         self.refusals
             .get_or_create(&vec![("reason", kind.into())])

@@ -34,10 +34,6 @@ impl Default for Limits {
     }
 }
 
-/// Most stop sequences, and the longest, a generation may name.
-const MAX_STOPS: usize = 16;
-const MAX_STOP_BYTES: usize = 256;
-
 fn invalid(m: String) -> GatewayError {
     GatewayError::InvalidRequest(m)
 }
@@ -174,15 +170,8 @@ pub fn generate(
             r.top_p
         )));
     }
-    if r.stop.len() > MAX_STOPS
-        || r.stop
-            .iter()
-            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
-    {
-        return Err(invalid(format!(
-            "request.stop: at most {MAX_STOPS} sequences of 1 to {MAX_STOP_BYTES} bytes"
-        )));
-    }
+    // the agents' limit too (one contract): nothing admitted here fails there for it
+    edgewise_proto::contract::check_stops(&r.stop).map_err(|m| invalid(format!("request.{m}")))?;
     let estimate = messages.iter().fold(0u32, |a, m| {
         a.saturating_add(estimate_tokens(&m.content))
             .saturating_add(4)

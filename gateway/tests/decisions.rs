@@ -215,6 +215,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         Err(Refusal::NoAdequateModel(m)) => (Some("failed_precondition"), Some(m.clone())),
         Err(Refusal::NoCapacity(m)) => (Some("resource_exhausted"), Some(m.clone())),
         Err(Refusal::Forbidden(m)) => (Some("permission_denied"), Some(m.clone())),
+        Err(Refusal::OverBudget(m)) => (Some("resource_exhausted"), Some(m.clone())),
         Ok(_) => (None, None),
     };
     if code.map(str::to_string) != e.code {

@@ -16,22 +16,78 @@ pub use v1::*;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/edgewise_descriptor.bin"));
 
-/// The caller's deadline from the `grpc-timeout` header (`500m`, `2S`, ...), which the agent
-/// and the gateway both honour for streams (tonic enforces it only up to the first message).
-pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+/// The limits a request must meet wherever it arrives. The gateway checks them before
+/// routing and the agent again on receipt, with the same message, so nothing the gateway
+/// admits is refused by an agent for breaking them.
+pub mod contract {
     use std::time::Duration;
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
+
+    /// Most stop sequences a generation may name, and the longest, in bytes.
+    pub const MAX_STOP_SEQUENCES: usize = 8;
+    pub const MAX_STOP_BYTES: usize = 64;
+    /// The longest deadline honoured; a longer `grpc-timeout` is capped to it.
+    pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+    /// Stop sequences within the limits, or why not.
+    pub fn check_stops(stop: &[String]) -> Result<(), String> {
+        if stop.len() > MAX_STOP_SEQUENCES
+            || stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(format!(
+                "stop: at most {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_BYTES} bytes (got {}{})",
+                stop.len(),
+                stop.iter()
+                    .map(String::len)
+                    .max()
+                    .map(|m| format!(", the longest {m} bytes"))
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`500m`, `2S`, ...), which the agent
+/// and the gateway both honour for streams (tonic enforces it only up to the first message),
+/// capped at [`contract::MAX_DEADLINE`]. A header that is not a gRPC timeout is an error
+/// (never silently no deadline).
+pub fn grpc_timeout(
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Option<std::time::Duration>, String> {
+    use std::time::Duration;
+    let Some(raw) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let bad = || {
+        format!(
+            "grpc-timeout `{}` is not a gRPC timeout (up to 8 digits and a unit H, M, S, m, u or n)",
+            String::from_utf8_lossy(raw.as_bytes())
+                .chars()
+                .take(32)
+                .collect::<String>()
+        )
+    };
+    let v = raw.to_str().map_err(|_| bad())?;
+    let Some(split) = v.len().checked_sub(1) else {
+        return Err(bad());
+    };
+    let (num, unit) = v.split_at(split);
+    if num.is_empty() || num.len() > 8 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let t = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+        _ => return Err(bad()),
+    };
+    Ok(Some(t.min(contract::MAX_DEADLINE)))
 }
 
 #[cfg(test)]
@@ -45,7 +101,7 @@ mod tests {
         );
         assert_eq!(
             super::grpc_timeout(&m),
-            Some(std::time::Duration::from_millis(1500))
+            Ok(Some(std::time::Duration::from_millis(1500)))
         );
         m.insert(
             "grpc-timeout",
@@ -53,12 +109,36 @@ mod tests {
         );
         assert_eq!(
             super::grpc_timeout(&m),
-            Some(std::time::Duration::from_secs(2))
+            Ok(Some(std::time::Duration::from_secs(2)))
         );
         m.insert(
             "grpc-timeout",
             tonic::metadata::MetadataValue::from_static("x"),
         );
-        assert_eq!(super::grpc_timeout(&m), None);
+        assert!(
+            super::grpc_timeout(&m)
+                .unwrap_err()
+                .contains("`x` is not a gRPC timeout")
+        );
+        // a week is capped at a day
+        m.insert(
+            "grpc-timeout",
+            tonic::metadata::MetadataValue::from_static("168H"),
+        );
+        assert_eq!(
+            super::grpc_timeout(&m),
+            Ok(Some(super::contract::MAX_DEADLINE))
+        );
+        assert_eq!(
+            super::grpc_timeout(&tonic::metadata::MetadataMap::new()),
+            Ok(None)
+        );
+        assert!(
+            super::contract::check_stops(&vec!["x".into(); 9])
+                .unwrap_err()
+                .contains("at most 8")
+        );
+        assert!(super::contract::check_stops(&["x".repeat(65)]).is_err());
+        assert!(super::contract::check_stops(&["\n".into()]).is_ok());
     }
 }

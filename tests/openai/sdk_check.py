@@ -109,7 +109,7 @@ e = refused(
 )
 check("not permitted for confidential data" in e.message, f"403: {e.message}")
 e = refused(
-    openai.APIStatusError,
+    openai.RateLimitError,
     lambda: client.chat.completions.create(
         model="auto",
         messages=HELLO,
@@ -117,7 +117,8 @@ e = refused(
         extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
     ),
 )
-check(e.status_code == 503 and "daily budget" in e.message, f"budget: {e.status_code} {e.message}")
+retry_after = int(e.response.headers.get("retry-after", "0"))
+check(e.status_code == 429 and "daily budget" in e.message and 0 < retry_after <= 86400, f"budget: {e.status_code} retry after {retry_after} s: {e.message}")
 e = refused(
     openai.BadRequestError,
     lambda: client.chat.completions.create(

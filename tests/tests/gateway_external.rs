@@ -257,7 +257,8 @@ async fn an_exhausted_budget_refuses_the_fallback() {
     let err = generate(&g, chat_request("internal", 10))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // a client can act on it: no more today
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("daily budget for `openai` left"),
         "{}",

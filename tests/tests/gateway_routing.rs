@@ -370,3 +370,55 @@ async fn a_request_is_routed_again_when_its_agent_cannot_be_reached() {
     b.stop().await;
     g.stop().await;
 }
+
+#[tokio::test]
+async fn the_gateway_and_its_agents_enforce_one_request_contract() {
+    let (g, _p) = gateway(POLICY).await;
+    let a = agent_for(&g, &["tiny-lm-fp32"], &[]).await;
+    let mut c = client(&g);
+    wait_live(&mut c, 1).await;
+    // nine stop sequences break the agents' limit: the gateway refuses them itself, in the
+    // agent's words, rather than routing a request no agent will take
+    let mut req = gen_req(4);
+    req.request.as_mut().unwrap().stop = vec!["zz".into(); 9];
+    let err = c.generate(with_tenant(req)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("request.stop: at most 8 sequences of 1 to 64 bytes (got 9"),
+        "{}",
+        err.message()
+    );
+    let mut direct = pb::agent_client::AgentClient::connect(a.url.clone())
+        .await
+        .unwrap();
+    let mut at_agent = prompt("tiny-lm-fp32", "Hello", 4);
+    at_agent.stop = vec!["zz".into(); 9];
+    let err = direct.generate(at_agent).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("stop: at most 8 sequences of 1 to 64 bytes (got 9"),
+        "{}",
+        err.message()
+    );
+    // a grpc-timeout that is not one is refused at both, never taken as no deadline
+    let mut r = with_tenant(gen_req(4));
+    r.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let err = c.generate(r).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("grpc-timeout `soon` is not a gRPC timeout"),
+        "{}",
+        err.message()
+    );
+    let mut r = tonic::Request::new(prompt("tiny-lm-fp32", "Hello", 4));
+    r.metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let err = direct.generate(r).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    a.stop().await;
+    g.stop().await;
+}

@@ -35,6 +35,8 @@ pub enum Refusal {
     NoCapacity(String),
     /// Only external could serve, and policy forbids it for this data class.
     Forbidden(String),
+    /// Only external could serve, and the tenant's daily budget has no room for it.
+    OverBudget(String),
 }
 
 /// One candidate that was not chosen, and why.
@@ -211,6 +213,14 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 ))),
                 excluded,
             ),
+            Err(ExternalRefusal::OverBudget(why)) => decision(
+                "refused".into(),
+                Err(Refusal::OverBudget(format!(
+                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
+                    route.name, req.task
+                ))),
+                excluded,
+            ),
         };
     }
 
@@ -294,6 +304,16 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         Err(ExternalRefusal::NotPermitted(why)) => decision(
             "refused".into(),
             Err(Refusal::NoCapacity(format!(
+                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
+                route.name,
+                req.task,
+                spill_name(route.spill)
+            ))),
+            excluded,
+        ),
+        Err(ExternalRefusal::OverBudget(why)) => decision(
+            "refused".into(),
+            Err(Refusal::OverBudget(format!(
                 "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
                 route.name,
                 req.task,
@@ -407,8 +427,10 @@ fn note_others(all: &[Candidate<'_>], chosen: &Candidate<'_>, excluded: &mut Vec
 enum ExternalRefusal {
     /// Policy forbids this data class externally.
     Forbidden(String),
-    /// Not allowed for another reason (no external block, condition, budget, provider).
+    /// Not allowed for another reason (no external block, condition, provider).
     NotPermitted(String),
+    /// The tenant's daily budget for the provider has no room for the worst case.
+    OverBudget(String),
 }
 
 /// External only when every condition holds: the route allows it, the data class is
@@ -429,7 +451,9 @@ fn external(
     };
     let candidate = format!("external:{}/{}", ext.provider, ext.model);
     let refuse = |excluded: &mut Vec<Exclusion>, r: ExternalRefusal| {
-        let (ExternalRefusal::Forbidden(why) | ExternalRefusal::NotPermitted(why)) = &r;
+        let (ExternalRefusal::Forbidden(why)
+        | ExternalRefusal::NotPermitted(why)
+        | ExternalRefusal::OverBudget(why)) = &r;
         excluded.push(Exclusion {
             candidate: candidate.clone(),
             reason: why.clone(),
@@ -486,7 +510,7 @@ fn external(
     if spent + cost > ext.daily_budget_usd {
         return refuse(
             excluded,
-            ExternalRefusal::NotPermitted(format!(
+            ExternalRefusal::OverBudget(format!(
                 "tenant `{}` has ${:.4} of its ${} daily budget for `{}` left, and this request may cost ${cost:.4}",
                 req.tenant,
                 (ext.daily_budget_usd - spent).max(0.0),

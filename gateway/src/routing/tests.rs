@@ -262,7 +262,7 @@ fn the_budget_bounds_external_calls() {
         .insert(("shop".into(), "openai".into()), 0.0008);
     let d = run(&p, &FleetSnapshot::default(), &budgets, &req);
     assert!(
-        matches!(&d.outcome, Err(Refusal::NoAdequateModel(m)) if m.contains("has $0.0002 of its $0.001 daily budget")),
+        matches!(&d.outcome, Err(Refusal::OverBudget(m)) if m.contains("has $0.0002 of its $0.001 daily budget")),
         "{d:?}"
     );
 }
