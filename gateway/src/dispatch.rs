@@ -354,11 +354,12 @@ where
                 });
             }
             Err(status) => {
-                return Err(GatewayError::Agent {
-                    node: routed.node,
-                    model: routed.model,
+                return Err(GatewayError::from_agent(
+                    &routed.node,
+                    &routed.model,
                     status,
-                });
+                    deadline,
+                ));
             }
         }
     }

@@ -44,12 +44,23 @@ pub enum GatewayError {
     Provider(ProviderError),
     #[error("the budget ledger failed, so no external call was made: {0}")]
     Ledger(String),
-    #[error("agent {node} ({model}): {status}")]
+    /// The agent answered with this status (its code is passed on).
+    #[error("agent {node} ({model}): {}", .status.message())]
     Agent {
         node: String,
         model: String,
         status: tonic::Status,
     },
+    /// The connection to the agent broke (not a status it sent).
+    #[error("the connection to agent {node} ({model}) was lost: {detail}")]
+    AgentLost {
+        node: String,
+        model: String,
+        detail: String,
+    },
+    /// The caller's deadline passed (wherever that was noticed).
+    #[error("the deadline passed {0}")]
+    DeadlineExceeded(String),
     #[error("no agent could serve the request after {attempts} attempts; last: {last}")]
     RetriesExhausted { attempts: usize, last: String },
 }
@@ -118,7 +129,10 @@ impl GatewayError {
             GatewayError::Provider(p) => provider_code(p),
             GatewayError::Ledger(_) => Code::Internal,
             GatewayError::Agent { status, .. } => status.code(),
-            GatewayError::RetriesExhausted { .. } => Code::Unavailable,
+            GatewayError::AgentLost { .. } | GatewayError::RetriesExhausted { .. } => {
+                Code::Unavailable
+            }
+            GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         }
     }
 
@@ -186,9 +200,10 @@ impl GatewayError {
                 Code::Unavailable => retry(503, "server_error", "agent_unavailable"),
                 _ => http(502, "server_error", "agent_error"),
             },
-            GatewayError::RetriesExhausted { .. } => {
+            GatewayError::AgentLost { .. } | GatewayError::RetriesExhausted { .. } => {
                 retry(503, "server_error", "agent_unavailable")
             }
+            GatewayError::DeadlineExceeded(_) => http(504, "server_error", "timeout"),
         }
     }
 }
@@ -198,6 +213,54 @@ fn seconds_to_next_utc_day() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     (86_400 - now % 86_400) as u32
+}
+
+impl GatewayError {
+    /// What an agent call's failure means for the caller: its deadline passed (tonic's own
+    /// timeout says CANCELLED "Timeout expired"), the connection broke (a transport error, not
+    /// a status the agent sent: UNAVAILABLE), or the agent's status, passed on.
+    pub fn from_agent(
+        node: &str,
+        model: &str,
+        status: tonic::Status,
+        deadline: Option<std::time::Instant>,
+    ) -> Self {
+        let mut source = std::error::Error::source(&status);
+        let mut transport = false;
+        while let Some(e) = source {
+            if e.is::<tonic::TimeoutExpired>() {
+                return GatewayError::DeadlineExceeded(format!(
+                    "while waiting for agent {node} ({model})"
+                ));
+            }
+            transport = true;
+            source = e.source();
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d)
+            && matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+        {
+            return GatewayError::DeadlineExceeded(format!(
+                "while agent {node} ({model}) was serving the request"
+            ));
+        }
+        if transport
+            && matches!(
+                status.code(),
+                Code::Unknown | Code::Internal | Code::Cancelled | Code::Unavailable
+            )
+        {
+            return GatewayError::AgentLost {
+                node: node.to_string(),
+                model: model.to_string(),
+                detail: status.message().to_string(),
+            };
+        }
+        GatewayError::Agent {
+            node: node.to_string(),
+            model: model.to_string(),
+            status,
+        }
+    }
 }
 
 impl From<GatewayError> for Status {

@@ -16,6 +16,11 @@ use crate::requests::{self, Caller};
 use crate::routing::Task;
 use crate::state::State;
 
+/// tonic's server enforces `grpc-timeout` too, and answers CANCELLED "Timeout expired" when
+/// its timer wins. The gateway's own deadline ends this much earlier, so a caller whose
+/// deadline passes is told DEADLINE_EXCEEDED by the gateway, with what it was waiting for.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
+
 pub struct GatewayService {
     pub state: Arc<State>,
 }
@@ -27,7 +32,7 @@ impl GatewayService {
             tenant: self.state.auth.tenant(request)?,
             deadline: edgewise_proto::grpc_timeout(request.metadata())
                 .map_err(GatewayError::InvalidRequest)?
-                .map(|t| Instant::now() + t),
+                .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN)),
             headers: request.metadata().clone(),
         })
     }

@@ -422,3 +422,165 @@ async fn the_gateway_and_its_agents_enforce_one_request_contract() {
     a.stop().await;
     g.stop().await;
 }
+
+/// An agent that answers one chunk and then holds the stream open, or (for `hang`) never
+/// answers at all; registered with the gateway through the Fleet service like a real one.
+struct StallingAgent;
+
+type ChunkStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::GenerateChunk, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for StallingAgent {
+    type GenerateStream = ChunkStream;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<tonic::Response<ChunkStream>, tonic::Status> {
+        if request.get_ref().model == "hang" {
+            futures::future::pending::<()>().await;
+        }
+        let first = futures::stream::once(async {
+            Ok(pb::GenerateChunk {
+                text: "Hel".into(),
+                done: None,
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(futures::StreamExt::chain(
+            first,
+            futures::stream::pending(),
+        ))))
+    }
+
+    async fn embed(
+        &self,
+        _: Request<pb::EmbedRequest>,
+    ) -> Result<tonic::Response<pb::EmbedResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
+
+    async fn classify(
+        &self,
+        _: Request<pb::ClassifyRequest>,
+    ) -> Result<tonic::Response<pb::ClassifyResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
+}
+
+/// A TCP proxy in front of an address; `cut` drops every connection through it at once.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                held.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, conns }
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// The stalling agent behind a proxy, reporting `model` (quality 0.5) to the gateway.
+async fn stalling_agent(g: &Gateway, model: &str) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::agent_server::AgentServer::new(StallingAgent))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let proxy = Proxy::start(upstream).await;
+    let report = pb::NodeReport {
+        node_id: "stalling".into(),
+        advertise_addr: format!("http://{}", proxy.addr),
+        seq: 1,
+        models: vec![pb::ModelStatus {
+            name: model.into(),
+            task: pb::Task::Generate as i32,
+            state: pb::ModelState::Ready as i32,
+            quality: 0.5,
+            parameters: 1000,
+            size_bytes: 1000,
+            context_length: 4096,
+            max_concurrency: 4,
+            max_queue: 4,
+            ..Default::default()
+        }],
+        report_interval_ms: 60_000,
+        ..Default::default()
+    };
+    let mut fleet = pb::fleet_client::FleetClient::connect(format!("http://{}", g.addr))
+        .await
+        .unwrap();
+    let reports = futures::StreamExt::chain(
+        futures::stream::once(async move { report }),
+        futures::stream::pending(),
+    );
+    let acks = fleet.report(reports).await.unwrap().into_inner();
+    std::mem::forget(acks); // the report stream stays open for the test's lifetime
+    let mut c = client(g);
+    wait_live(&mut c, 1).await;
+    proxy
+}
+
+#[tokio::test]
+async fn an_agent_lost_mid_stream_is_unavailable_and_a_passed_deadline_is_deadline_exceeded() {
+    let (g, _p) = gateway(POLICY).await;
+    let proxy = stalling_agent(&g, "stalling-lm").await;
+    let mut c = client(&g);
+    let mut s = c
+        .generate(with_tenant(gen_req(8)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.message().await.unwrap().unwrap().decision.is_some());
+    let first = s.message().await.unwrap().unwrap().chunk.unwrap();
+    assert_eq!(first.text, "Hel");
+    proxy.cut();
+    let err = s.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("the connection to agent stalling (stalling-lm) was lost"),
+        "{}",
+        err.message()
+    );
+    g.stop().await;
+
+    // an agent that never answers: the caller's deadline, named as such
+    let (g, _p) = gateway(POLICY).await;
+    let _proxy = stalling_agent(&g, "hang").await;
+    // the header only: this client does not enforce it itself, so what comes back is the
+    // gateway's answer
+    let mut r = with_tenant(gen_req(8));
+    r.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let err = client(&g).generate(r).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().starts_with("the deadline passed"),
+        "{}",
+        err.message()
+    );
+    g.stop().await;
+}

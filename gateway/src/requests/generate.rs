@@ -79,7 +79,7 @@ async fn tracked(
                 async move {
                     let mut track = track;
                     if let Some(t) = track.as_mut() {
-                        pipe_local(&tx, first, stream, &routed, t).await;
+                        pipe_local(&tx, first, stream, &routed, deadline, t).await;
                     }
                     // the model's slot is released before the caller sees the end of the stream
                     drop(routed);
@@ -152,6 +152,7 @@ async fn pipe_local(
     first: Option<pb::GenerateChunk>,
     mut stream: tonic::Streaming<pb::GenerateChunk>,
     routed: &dispatch::LocalCall,
+    deadline: Option<Instant>,
     track: &mut Tracker,
 ) {
     track.decided(&routed.decision);
@@ -177,11 +178,7 @@ async fn pipe_local(
         next = match stream.message().await {
             Ok(c) => c,
             Err(s) => {
-                let e = GatewayError::Agent {
-                    node: routed.node.clone(),
-                    model: routed.model.clone(),
-                    status: s,
-                };
+                let e = GatewayError::from_agent(&routed.node, &routed.model, s, deadline);
                 track.failed_with(e.grpc_code());
                 let _ = tx.send(Err(e)).await;
                 return;
