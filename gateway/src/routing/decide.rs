@@ -231,6 +231,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         rng,
     ) {
         note_others(&adequate, c, &mut excluded);
+        note_external(route, data_class, &mut excluded);
         return decision("smallest".into(), Ok(local(c)), excluded);
     }
 
@@ -261,6 +262,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                     rng,
                 ) {
                     note_others(&adequate, c, &mut excluded);
+                    note_external(route, data_class, &mut excluded);
                     return decision("spill: larger".into(), Ok(local(c)), excluded);
                 }
             }
@@ -276,6 +278,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 });
             if let Some(c) = queued {
                 note_others(&adequate, c, &mut excluded);
+                note_external(route, data_class, &mut excluded);
                 return decision("spill: wait".into(), Ok(local(c)), excluded);
             }
         }
@@ -389,6 +392,31 @@ where
             })
         }
     }
+}
+
+/// A local model won: the route's external candidate, if it has one, is listed with why it
+/// was not used (so a decision always shows where the request could have gone off the box).
+fn note_external(route: &Route, class: DataClass, excluded: &mut Vec<Exclusion>) {
+    let Some(ext) = &route.external else { return };
+    let reason = if ext.data_classes.contains(&class) {
+        format!(
+            "a local model can serve (the route goes external only on {})",
+            ext.conditions
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!(
+            "a local model can serve, and external provider `{}` is not permitted for {class} data",
+            ext.provider
+        )
+    };
+    excluded.push(Exclusion {
+        candidate: format!("external:{}/{}", ext.provider, ext.model),
+        reason,
+    });
 }
 
 /// Why each adequate candidate other than `chosen` lost.
