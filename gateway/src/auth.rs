@@ -124,10 +124,11 @@ impl CallerAuth {
 
 impl CallerAuth {
     /// Checks the caller may use the operator calls (fleet status, audit export, every
-    /// tenant's spend). Development mode has no operators: everyone may.
+    /// tenant's spend). Development mode has no credentials, so only callers on this box
+    /// (loopback) may.
     pub fn operator<T>(&self, req: &Request<T>) -> Result<(), GatewayError> {
         match self {
-            CallerAuth::Header => Ok(()),
+            CallerAuth::Header => loopback_only(req),
             CallerAuth::Credentials { operators, .. } => {
                 let tenant = self.tenant(req)?;
                 if operators.contains(&tenant) {
@@ -143,10 +144,22 @@ impl CallerAuth {
     /// an operator.
     pub fn may_read_spend<T>(&self, req: &Request<T>, tenant: &str) -> Result<(), GatewayError> {
         match self {
-            CallerAuth::Header => Ok(()),
+            CallerAuth::Header if !tenant.is_empty() && self.tenant(req)? == tenant => Ok(()),
+            CallerAuth::Header => loopback_only(req),
             CallerAuth::Credentials { .. } if self.tenant(req)? == tenant => Ok(()),
             CallerAuth::Credentials { .. } => self.operator(req),
         }
+    }
+}
+
+/// Development mode's operator rule: the caller must be on this box.
+fn loopback_only<T>(req: &Request<T>) -> Result<(), GatewayError> {
+    match req.remote_addr() {
+        Some(a) if a.ip().is_loopback() => Ok(()),
+        other => Err(GatewayError::NotLoopback(other.map_or_else(
+            || "an unknown address".to_string(),
+            |a| a.ip().to_string(),
+        ))),
     }
 }
 
@@ -214,6 +227,36 @@ mod tests {
             Err(GatewayError::NotOperator(_))
         ));
         assert!(a.may_read_spend(&ops, "shop").is_ok());
+    }
+
+    #[test]
+    fn without_credentials_operator_calls_are_for_loopback_callers_only() {
+        let from = |addr: &str, tenant: &str| {
+            let mut r = req(Some(("x-edgewise-tenant", tenant)));
+            r.extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some(addr.parse().unwrap()),
+                });
+            r
+        };
+        let dev = CallerAuth::Header;
+        assert!(dev.operator(&from("127.0.0.1:5000", "dev")).is_ok());
+        assert!(dev.operator(&from("[::1]:5000", "dev")).is_ok());
+        let far = from("192.0.2.7:5000", "shop");
+        let e = dev.operator(&far).unwrap_err();
+        assert!(
+            matches!(&e, GatewayError::NotLoopback(a) if a == "192.0.2.7"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("only to callers on this box"), "{e}");
+        // a tenant's own spend is its own; everyone's or another's is an operator call
+        assert!(dev.may_read_spend(&far, "shop").is_ok());
+        assert!(dev.may_read_spend(&far, "billing").is_err());
+        assert!(dev.may_read_spend(&far, "").is_err());
+        assert!(dev.may_read_spend(&from("127.0.0.1:1", "shop"), "").is_ok());
+        // no peer address at all is not loopback
+        assert!(dev.operator(&req(None)).is_err());
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum GatewayError {
     #[error("tenant `{0}` is not an operator of this gateway (auth.operators)")]
     NotOperator(String),
     #[error(
+        "without TLS or auth.tokens, operator calls (fleet status, audit export, other tenants' spend) are served only to callers on this box; {0} is not loopback"
+    )]
+    NotLoopback(String),
+    #[error(
         "tenant `{tenant}` already has {limit} requests in flight (limits.max_in_flight_per_tenant); retry when one ends"
     )]
     TenantBusy { tenant: String, limit: u32 },
@@ -113,7 +117,9 @@ impl GatewayError {
     pub fn grpc_code(&self) -> Code {
         match self {
             GatewayError::NoTenant | GatewayError::Unauthenticated(_) => Code::Unauthenticated,
-            GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => Code::PermissionDenied,
+            GatewayError::WrongIdentity(_)
+            | GatewayError::NotOperator(_)
+            | GatewayError::NotLoopback(_) => Code::PermissionDenied,
             GatewayError::TenantBusy { .. } | GatewayError::TooLarge { .. } => {
                 Code::ResourceExhausted
             }
@@ -142,9 +148,9 @@ impl GatewayError {
             GatewayError::NoTenant | GatewayError::Unauthenticated(_) => {
                 http(401, "authentication_error", "invalid_api_key")
             }
-            GatewayError::WrongIdentity(_) | GatewayError::NotOperator(_) => {
-                http(403, "permission_error", "permission_denied")
-            }
+            GatewayError::WrongIdentity(_)
+            | GatewayError::NotOperator(_)
+            | GatewayError::NotLoopback(_) => http(403, "permission_error", "permission_denied"),
             GatewayError::TenantBusy { .. } => {
                 retry(429, "rate_limit_error", "tenant_requests_in_flight")
             }
