@@ -258,6 +258,7 @@ pub async fn route(
                             provider,
                             model,
                             reserved: reservation.nanos,
+                            settled: Default::default(),
                         }));
                     }
                     Err(LedgerError::OverBudget { .. }) if attempt == 0 => continue,

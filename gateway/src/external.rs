@@ -24,6 +24,53 @@ pub struct ExternalCall {
     pub model: String,
     /// Reserved nano-USD.
     pub reserved: u64,
+    /// Set by the first `close`; clones share it, so a call is settled exactly once.
+    pub settled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Holds an external call from its reservation until its stream is handed on: if the
+/// request is dropped in between (the caller left while the provider was being reached),
+/// the call is closed as cancelled at once instead of staying reserved until a restart.
+pub struct SettleOnDrop {
+    state: std::sync::Arc<State>,
+    call: Option<ExternalCall>,
+}
+
+impl SettleOnDrop {
+    pub fn new(state: std::sync::Arc<State>, call: ExternalCall) -> Self {
+        Self {
+            state,
+            call: Some(call),
+        }
+    }
+
+    pub fn call(&self) -> &ExternalCall {
+        self.call
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only by into_inner"))
+    }
+
+    /// The call, for whoever settles it from here on.
+    pub fn into_inner(mut self) -> ExternalCall {
+        self.call
+            .take()
+            .unwrap_or_else(|| unreachable!("taken once"))
+    }
+}
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        if call.settled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let state = self.state.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                call.close(&state, CallEnd::Cancelled).await;
+            });
+        }
+    }
 }
 
 /// How a call ended, for billing.
@@ -57,8 +104,12 @@ impl CallEnd {
 }
 
 impl ExternalCall {
-    /// Settles the reservation and appends the audit record; returns the charge in USD.
+    /// Settles the reservation and appends the audit record; returns the charge in USD. Only
+    /// the first close of a call (or of any of its clones) settles it; later ones return 0.
     pub async fn close(&self, state: &State, end: CallEnd) -> f64 {
+        if self.settled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return 0.0;
+        }
         let price = state.providers.get(&self.provider).map(|p| p.config.price);
         let (charged, outcome, usage, reported) = match &end {
             CallEnd::Billed(u) => (

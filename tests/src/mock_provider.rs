@@ -41,6 +41,8 @@ pub struct MockState {
     /// Whether streamed answers end with a usage report.
     pub report_usage: std::sync::atomic::AtomicBool,
     pub seen: Mutex<Vec<Seen>>,
+    /// When set, the next request is received (and seen) but never answered.
+    pub stall_next: std::sync::atomic::AtomicBool,
 }
 
 impl MockState {
@@ -293,6 +295,12 @@ async fn handle(state: Arc<MockState>, req: Request<hyper::body::Incoming>) -> R
             json!({"error": {"message": format!("Incorrect API key provided: {shown}***"), "type": "invalid_request_error", "code": "invalid_api_key"}}),
         );
     }
+    if state
+        .stall_next
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        futures::future::pending::<()>().await;
+    }
     let failure = state.failures.lock().ok().and_then(|mut q| q.pop_front());
     if let Some(f) = failure {
         let mut r = full(
@@ -356,6 +364,7 @@ impl MockProvider {
             failures: Mutex::new(VecDeque::new()),
             report_usage: std::sync::atomic::AtomicBool::new(true),
             seen: Mutex::new(Vec::new()),
+            stall_next: std::sync::atomic::AtomicBool::new(false),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {

@@ -367,3 +367,55 @@ async fn the_ledger_and_audit_survive_a_restart() {
     assert_eq!(records[0].decision_id, d.decision_id);
     g.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_leaving_before_the_provider_answers_settles_its_reservation() {
+    let mock = MockProvider::start(KEY).await;
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 5.0),
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        None,
+    )
+    .await;
+    mock.state
+        .stall_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let c = client(&g);
+    let call = tokio::spawn(async move {
+        let mut c = c;
+        c.generate(chat_request("internal", 8)).await.map(|_| ())
+    });
+    // the reservation is made and the provider has the request; then the caller goes away
+    let seen = mock.state.clone();
+    wait_for(
+        "the provider to receive the call",
+        Duration::from_secs(10),
+        || {
+            let n = seen.requests().len();
+            async move { n == 1 }
+        },
+    )
+    .await;
+    call.abort();
+    let mut c = client(&g);
+    wait_for(
+        "the abandoned call to be settled and audited",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move {
+                audit_records(&mut c)
+                    .await
+                    .iter()
+                    .any(|r| r.kind == "external_call" && r.outcome.starts_with("cancelled"))
+            }
+        },
+    )
+    .await;
+    let spend = spend_entries(&mut c).await;
+    assert!(
+        spend.iter().all(|e| e.reserved_usd == 0.0) && spend.iter().any(|e| e.spent_usd > 0.0),
+        "still reserved: {spend:?}"
+    );
+    g.stop().await;
+}

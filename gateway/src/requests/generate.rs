@@ -15,7 +15,7 @@ use super::texts::{failed, provider_of};
 use super::{Caller, with_timeout};
 use crate::dispatch::{self, AgentClient, Served};
 use crate::error::GatewayError;
-use crate::external::{CallEnd, ExternalCall};
+use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
 use crate::metrics::Tracker;
 use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
 use crate::state::State;
@@ -90,7 +90,10 @@ async fn tracked(
             );
         }
         Served::External(ext) => {
-            let provider = provider_of(state, &ext).await?;
+            // from here until the stream is settled, dropping the request settles the call
+            let guard = SettleOnDrop::new(state.clone(), ext);
+            let ext = guard.call();
+            let provider = provider_of(state, ext).await?;
             let call = GenerateCall {
                 model: ext.model.clone(),
                 messages,
@@ -113,16 +116,17 @@ async fn tracked(
                 .await
             {
                 Ok(events) => events,
-                Err(e) => return Err(failed(state, &ext, e).await),
+                Err(e) => return Err(failed(state, ext, e).await),
             };
             let state = state.clone();
             let mut track = track.take();
             tokio::spawn(async move {
                 if let Some(t) = track.as_mut() {
-                    pipe_external(&state, &tx, &ext, events, tokens.0, t)
+                    pipe_external(&state, &tx, guard.call(), events, tokens.0, t)
                         .instrument(external)
                         .await;
                 }
+                drop(guard);
                 drop(slot);
             });
         }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::{Caller, with_timeout};
 use crate::dispatch::{self, AgentClient, Served};
 use crate::error::GatewayError;
-use crate::external::{CallEnd, ExternalCall};
+use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
 use crate::providers::{self, ProviderError, Usage};
 use crate::routing::Task;
 use crate::state::State;
@@ -168,7 +168,10 @@ async fn untracked<Q: TextsCall>(
     match dispatch::with_retries(state, route_req, deadline, call).await? {
         Served::Local(out, routed) => Ok((out, routed.decision)),
         Served::External(ext) => {
-            let provider = provider_of(state, &ext).await?;
+            // dropping the request before the answer settles the call as cancelled
+            let guard = SettleOnDrop::new(state.clone(), ext);
+            let ext = guard.call();
+            let provider = provider_of(state, ext).await?;
             let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
             let external =
                 tracing::info_span!("external.call", provider = %ext.provider, model = %ext.model);
@@ -179,9 +182,9 @@ async fn untracked<Q: TextsCall>(
             {
                 Ok((out, end)) => {
                     ext.close(state, end).await;
-                    Ok((out, ext.decision))
+                    Ok((out, ext.decision.clone()))
                 }
-                Err(e) => Err(failed(state, &ext, e).await),
+                Err(e) => Err(failed(state, ext, e).await),
             }
         }
     }
