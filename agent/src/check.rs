@@ -73,7 +73,7 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
             r.load_ms = ms(m.load_time);
             match m.smoke() {
                 Ok(t) => {
-                    r.smoke_ms = ms(t);
+                    r.smoke_ms = ms(t.latency);
                     r.state = "ready";
                 }
                 Err(e) => r.reason = e,

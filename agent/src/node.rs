@@ -274,10 +274,14 @@ impl Node {
         .and_then(|m| m.smoke().map(|t| (m, t)));
         match loaded {
             Ok((model, smoke)) => {
-                tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.as_millis() as u64, "model ready");
+                tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.latency.as_millis() as u64, "model ready");
+                // reports carry a measured latency from the start: a model never measured
+                // is not taken to be fast by a gateway with a latency limit
+                slot.stats
+                    .seed_latency(smoke.latency, smoke.time_per_output_token);
                 let model = Arc::new(model);
                 self.install(slot, model);
-                Ok(smoke)
+                Ok(smoke.latency)
             }
             Err(reason) => {
                 tracing::warn!(model = %slot.name, reason = %reason, "model failed to load");

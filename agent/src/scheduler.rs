@@ -86,6 +86,20 @@ impl ModelStats {
         }
     }
 
+    /// A first measurement (the load-time smoke inference): sets the averages that have none
+    /// yet, without counting a request.
+    pub fn seed_latency(&self, latency: Duration, time_per_output_token: Option<Duration>) {
+        let mut a = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        if a.latency_ms == 0.0 {
+            a.latency_ms = latency.as_secs_f64() * 1e3;
+        }
+        if let Some(t) = time_per_output_token
+            && a.tpot_ms == 0.0
+        {
+            a.tpot_ms = t.as_secs_f64() * 1e3;
+        }
+    }
+
     pub fn ewma_latency_ms(&self) -> f64 {
         self.ewma
             .lock()

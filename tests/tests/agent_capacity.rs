@@ -221,3 +221,36 @@ async fn the_kv_budget_is_reported_and_a_request_that_cannot_fit_is_refused() {
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_reports_a_measured_latency_before_its_first_request() {
+    let gw = FakeGateway::start().await;
+    let dir = models_dir(&["tiny-lm-fp32", "tiny-embed"]);
+    let (cfg, state) = config(dir.path(), Some(&gw));
+    let a = TestAgent::start(cfg, state).await;
+    let r = gw
+        .wait_report("both models are ready", |r| {
+            r.models.len() == 2
+                && r.models
+                    .iter()
+                    .all(|m| m.state == pb::ModelState::Ready as i32)
+        })
+        .await;
+    // the load-time smoke inference is the first measurement: a gateway with a latency
+    // limit routes on it, rather than on nothing
+    for m in &r.models {
+        assert_eq!(
+            m.requests_total, 0,
+            "{}: a smoke run is not a request",
+            m.name
+        );
+        assert!(m.ewma_latency_ms > 0.0, "{}: no latency measured", m.name);
+    }
+    let lm = r.models.iter().find(|m| m.name == "tiny-lm-fp32").unwrap();
+    assert!(
+        lm.ewma_time_per_output_token_ms > 0.0
+            && lm.ewma_time_per_output_token_ms < lm.ewma_latency_ms,
+        "{lm:?}"
+    );
+    a.stop().await;
+}

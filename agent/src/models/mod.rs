@@ -79,6 +79,17 @@ pub fn discover(dir: &Path, include: &[String]) -> std::io::Result<(Vec<PathBuf>
     Ok((found, missing))
 }
 
+/// Tokens the load-time smoke generation decodes (its per-token time is measured).
+const SMOKE_TOKENS: u32 = 5;
+
+/// What the load-time smoke inference measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Smoke {
+    pub latency: Duration,
+    /// Generate models: the mean time per token after the first.
+    pub time_per_output_token: Option<Duration>,
+}
+
 impl LoadedModel {
     /// Loads and checks one folder. `Err` is the reason the model is `failed`.
     pub fn load(
@@ -142,17 +153,20 @@ impl LoadedModel {
         })
     }
 
-    /// One small inference that exercises the whole path; returns how long it took.
-    pub fn smoke(&self) -> Result<Duration, String> {
+    /// One small inference that exercises the whole path: how long it took and, for a
+    /// generate model, its measured time per token after the first (the first estimate the
+    /// gateway routes on, before real requests refine it).
+    pub fn smoke(&self) -> Result<Smoke, String> {
         let started = Instant::now();
+        let mut tpot = None;
         match &self.engine {
             Engine::Decoder(d) => {
-                // two greedy tokens through the batch loop (blocking: called off the runtime)
+                // a few greedy tokens through the batch loop (blocking: called off the runtime)
                 let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let prompt = self.encode_prompt("Hello").map_err(|e| e.to_string())?;
                 let seq = SequenceRequest {
                     prompt,
-                    max_tokens: 2,
+                    max_tokens: SMOKE_TOKENS,
                     eos: Vec::new(),
                     params: SamplingParams::greedy(),
                     rng: rand::SeedableRng::seed_from_u64(0),
@@ -161,10 +175,16 @@ impl LoadedModel {
                 };
                 d.submit(seq)
                     .map_err(|_| "the decode thread has stopped".to_string())?;
+                let mut first = None;
                 loop {
                     match rx.blocking_recv() {
-                        Some(SequenceEvent::Token { .. }) => {}
-                        Some(SequenceEvent::Length) => break,
+                        Some(SequenceEvent::Token { .. }) => {
+                            first.get_or_insert_with(Instant::now);
+                        }
+                        Some(SequenceEvent::Length) => {
+                            tpot = first.map(|t| t.elapsed() / (SMOKE_TOKENS - 1));
+                            break;
+                        }
                         Some(other) => {
                             return Err(format!("smoke generation ended with {other:?}"));
                         }
@@ -195,7 +215,10 @@ impl LoadedModel {
                 }
             }
         }
-        Ok(started.elapsed())
+        Ok(Smoke {
+            latency: started.elapsed(),
+            time_per_output_token: tpot,
+        })
     }
 
     fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, AgentError> {

@@ -146,12 +146,9 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                     model.context_length
                 ))
             } else if let Some((limit, what)) = latency_limit
-                && let Some(expected) = model.expected_latency_ms(req.task, req.max_tokens)
-                && expected > f64::from(limit)
+                && let Some(why) = too_slow(node, model, req, limit, what)
             {
-                Some(format!(
-                    "expected latency {expected:.0} ms is over the {limit} ms {what}"
-                ))
+                Some(why)
             } else {
                 None
             };
@@ -391,6 +388,44 @@ where
                 a
             })
         }
+    }
+}
+
+/// Why `model` cannot meet a latency limit, if it cannot. A model never measured is not
+/// assumed fast: its latency is estimated from the node's closest-sized measured model of the
+/// same task (decode is memory-bound, so time scales with the model's bytes), and without
+/// one it is excluded.
+fn too_slow(
+    node: &NodeView,
+    model: &ModelView,
+    req: &RouteRequest,
+    limit: u32,
+    what: &str,
+) -> Option<String> {
+    if let Some(expected) = model.expected_latency_ms(req.task, req.max_tokens) {
+        return (expected > f64::from(limit))
+            .then(|| format!("expected latency {expected:.0} ms is over the {limit} ms {what}"));
+    }
+    let reference = node
+        .models
+        .iter()
+        .filter(|m| m.task == model.task && m.size_bytes > 0 && m.name != model.name)
+        .filter_map(|m| Some((m, m.expected_latency_ms(req.task, req.max_tokens)?)))
+        .min_by_key(|(m, _)| m.size_bytes.abs_diff(model.size_bytes));
+    match reference {
+        Some((r, ms)) => {
+            let estimate = ms * model.size_bytes as f64 / r.size_bytes as f64;
+            (estimate > f64::from(limit)).then(|| {
+                format!(
+                    "not measured yet; estimated {estimate:.0} ms (from {} on this node, scaled by size) is over the {limit} ms {what}",
+                    r.name
+                )
+            })
+        }
+        None => Some(format!(
+            "latency unknown (not measured yet, and no measured {} model on this node to estimate from) with a {limit} ms {what}",
+            model.task
+        )),
     }
 }
 
