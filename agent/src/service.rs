@@ -106,6 +106,7 @@ impl Inference {
         let arrived = Instant::now();
         let r = self.ready(&req.model, Task::Generate, "Generate")?;
         let (eos, default_max_tokens) = match &r.model.manifest.spec {
+            TaskSpec::Generate(g) if req.ignore_eos => (Vec::new(), g.default_max_tokens),
             TaskSpec::Generate(g) => (g.eos_token_ids.clone(), g.default_max_tokens),
             _ => return Err(AgentError::InvalidRequest("not a generate model".into())),
         };

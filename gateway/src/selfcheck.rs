@@ -39,6 +39,9 @@ fn rule(d: Option<&pb::Decision>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Tokens a held generation runs for (seconds at any model's speed on an edge box).
+const HOLD_TOKENS: u32 = 2048;
+
 fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGenerateRequest {
     pb::GatewayGenerateRequest {
         request: Some(pb::GenerateRequest {
@@ -257,11 +260,17 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
     let row = match (smallest, slots) {
         (Some((_, model)), Some(slots)) => {
             for _ in 0..slots {
-                let req = caller.request(chat(
+                // a hold that cannot end early: past end-of-sequence, for far longer than
+                // the next request takes to route (dropping it below cancels it)
+                let mut hold = chat(
                     "Tell me a long story about the sea.",
-                    256,
+                    HOLD_TOKENS,
                     internal.clone(),
-                ))?;
+                );
+                if let Some(r) = hold.request.as_mut() {
+                    r.ignore_eos = true;
+                }
+                let req = caller.request(hold)?;
                 let mut s = c.generate(req).await?.into_inner();
                 let _decision = s.message().await?;
                 held.push(s);

@@ -353,6 +353,7 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             temperature: chat.temperature,
             top_p: chat.top_p,
             top_k: chat.top_k,
+            ignore_eos: chat.ignore_eos,
             seed: chat.seed,
             stop: chat.stop.clone(),
         }),

@@ -41,6 +41,8 @@ pub struct Chat {
     pub temperature: f32,
     pub top_p: f32,
     pub top_k: u32,
+    /// vLLM's extension: generate past end-of-sequence (local models only).
+    pub ignore_eos: bool,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub hints: Hints,
@@ -66,6 +68,7 @@ const CHAT_FIELDS: &[&str] = &[
     "temperature",
     "top_p",
     "top_k",
+    "ignore_eos",
     "seed",
     "stop",
     "n",
@@ -167,6 +170,7 @@ struct RawChat {
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
+    ignore_eos: Option<bool>,
     seed: Option<i64>,
     stop: Option<OneOrMany>,
     n: Option<u32>,
@@ -244,6 +248,7 @@ impl Chat {
             temperature: r.temperature.unwrap_or(1.0),
             top_p: r.top_p.unwrap_or(1.0),
             top_k: r.top_k.unwrap_or(0),
+            ignore_eos: r.ignore_eos.unwrap_or(false),
             seed,
             stop: match r.stop {
                 None => Vec::new(),

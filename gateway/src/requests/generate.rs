@@ -93,6 +93,14 @@ async fn tracked(
             // from here until the stream is settled, dropping the request settles the call
             let guard = SettleOnDrop::new(state.clone(), ext);
             let ext = guard.call();
+            if gen_req.ignore_eos {
+                ext.close(state, CallEnd::NotBilled("ignore_eos".into()))
+                    .await;
+                return Err(GatewayError::InvalidRequest(format!(
+                    "request.ignore_eos: only local models can ignore end-of-sequence, and this request was routed to the hosted `{}` (rule `{}`)",
+                    ext.provider, ext.decision.rule
+                )));
+            }
             let provider = provider_of(state, ext).await?;
             let call = GenerateCall {
                 model: ext.model.clone(),
