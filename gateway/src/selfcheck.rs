@@ -39,8 +39,9 @@ fn rule(d: Option<&pb::Decision>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Tokens a held generation runs for (seconds at any model's speed on an edge box).
-const HOLD_TOKENS: u32 = 2048;
+/// Tokens a held generation runs for: seconds at any model's speed on an edge box, and
+/// within every ladder model's context (2048) with the prompt.
+const HOLD_TOKENS: u32 = 1024;
 
 fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGenerateRequest {
     pb::GatewayGenerateRequest {
