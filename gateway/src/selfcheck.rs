@@ -39,9 +39,10 @@ fn rule(d: Option<&pb::Decision>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Tokens a held generation runs for: seconds at any model's speed on an edge box, and
-/// within every ladder model's context (2048) with the prompt.
-const HOLD_TOKENS: u32 = 1024;
+/// Tokens a held generation runs for, past end-of-sequence: about a second or more at any
+/// model's speed on an edge box (the next request routes in milliseconds), and short enough
+/// to stay within the default route's latency target (5 s at the measured time per token).
+const HOLD_TOKENS: u32 = 128;
 
 fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGenerateRequest {
     pb::GatewayGenerateRequest {
@@ -262,7 +263,9 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         (Some((_, model)), Some(slots)) => {
             for _ in 0..slots {
                 // a hold that cannot end early: past end-of-sequence, for far longer than
-                // the next request takes to route (dropping it below cancels it)
+                // the next request takes to route (dropping it below cancels it). A story
+                // could reach end-of-sequence first, and the next request then went to the
+                // smallest model: that was the intermittent failure under load.
                 let mut hold = chat(
                     "Tell me a long story about the sea.",
                     HOLD_TOKENS,
