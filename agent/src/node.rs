@@ -432,6 +432,11 @@ impl Node {
             kv_bytes_in_use: kv.map_or(0, |(used, _, _)| used),
             kv_bytes_free: kv.map_or(0, |(used, budget, _)| budget.saturating_sub(used)),
             kv_bytes_per_position: kv.map_or(0, |(_, _, per)| per),
+            space: m
+                .and_then(|m| m.space())
+                .map(|(s, _)| s.to_string())
+                .unwrap_or_default(),
+            dimensions: m.and_then(|m| m.space()).map_or(0, |(_, d)| d),
         }
     }
 }

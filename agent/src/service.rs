@@ -216,6 +216,7 @@ impl Inference {
         let (rows, tokens) = self
             .encode(&req.model, &req.texts, Task::Embed, "Embed", deadline)
             .await?;
+        let space = self.space_of(&req.model);
         Ok(pb::EmbedResponse {
             embeddings: rows
                 .into_iter()
@@ -226,7 +227,19 @@ impl Inference {
                 completion_tokens: 0,
             }),
             model: req.model,
+            space,
         })
+    }
+
+    /// The model's vector space or label set (empty for an unknown model).
+    fn space_of(&self, model: &str) -> String {
+        self.node
+            .slots
+            .get(model)
+            .and_then(|s| s.manifest.as_ref())
+            .and_then(|m| m.space())
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default()
     }
 
     pub async fn classify(
@@ -268,6 +281,7 @@ impl Inference {
                 prompt_tokens: tokens,
                 completion_tokens: 0,
             }),
+            label_set: self.space_of(&req.model),
             model: req.model,
         })
     }

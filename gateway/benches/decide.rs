@@ -38,6 +38,8 @@ fn fleet(nodes: usize) -> FleetSnapshot {
                         ewma_latency_ms: 40.0,
                         ewma_time_per_output_token_ms: 15.0,
                         kv_room: true,
+                        space: format!("space-{m}"),
+                        dimensions: 384,
                     })
                     .collect(),
             })
@@ -65,7 +67,10 @@ fn policy() -> Policy {
                     ExternalCondition::NoLocalCapacity,
                 ],
                 daily_budget_usd: 5.0,
+                space: None,
             }),
+            space: None,
+            label_set: None,
         }],
     }
 }
@@ -95,6 +100,7 @@ fn bench(c: &mut Criterion) {
         prompt_tokens_max: 160,
         max_tokens: 128,
         exclude_nodes: vec![],
+        space: None,
     };
     let mut group = c.benchmark_group("decide");
     for nodes in [10, 100, 1000] {

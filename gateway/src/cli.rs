@@ -141,6 +141,12 @@ pub fn render_decision(d: &pb::Decision) -> String {
         "decision {}\n  route: {}  rule: {}  data class: {}\n  target: {target}\n",
         d.decision_id, d.route, d.rule, d.data_class
     ));
+    if !d.space.is_empty() {
+        out.push_str(&format!(
+            "  space: {} (only models of this vector space / label set serve it)\n",
+            d.space
+        ));
+    }
     for r in &d.retried {
         out.push_str(&format!("  retried: {} — {}\n", r.candidate, r.reason));
     }

@@ -194,6 +194,8 @@ impl Registry {
                                 || m.kv_bytes_free
                                     >= m.kv_bytes_per_position
                                         * crate::routing::types::KV_ALLOCATION_POSITIONS,
+                            space: m.space.clone(),
+                            dimensions: m.dimensions,
                         })
                     })
                     .collect(),

@@ -45,6 +45,7 @@ pub fn policy(data: &[u8]) {
             prompt_tokens_max: 20,
             max_tokens: 16,
             exclude_nodes: Vec::new(),
+            space: None,
         };
         // nothing local: every decision is a refusal or an external target
         let d = routing::decide(&inputs, &req, &mut rng);
@@ -72,10 +73,11 @@ pub fn request(data: &[u8]) {
                 r
             }),
         1 => pb::GatewayEmbedRequest::decode(bytes).ok().and_then(|m| {
-            let texts = m.request.map(|r| r.texts).unwrap_or_default();
+            let (model, texts) = m.request.map(|r| (r.model, r.texts)).unwrap_or_default();
             validate::texts(
                 "fuzz".into(),
                 Task::Embed,
+                &model,
                 &texts,
                 m.routing.as_ref(),
                 &limits,

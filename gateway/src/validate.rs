@@ -108,6 +108,7 @@ pub fn route_request(
         prompt_tokens_max,
         max_tokens,
         exclude_nodes: Vec::new(),
+        space: None,
     })
 }
 
@@ -191,13 +192,22 @@ pub fn generate(
 }
 
 /// An embed or classify request's texts: one to `max_texts` of them.
+/// An embed or classify request; `model` (the request's field) names the vector space or
+/// label set it needs, or one model; empty: the route's.
 pub fn texts(
     tenant: String,
     task: Task,
+    model: &str,
     texts: &[String],
     routing: Option<&pb::RoutingHints>,
     limits: &Limits,
 ) -> Result<RouteRequest, GatewayError> {
+    if model.len() > 128 {
+        return Err(invalid(format!(
+            "request.model is {} bytes; a vector space, label set or model name is at most 128",
+            model.len()
+        )));
+    }
     if texts.is_empty() {
         return Err(invalid("request.texts is empty".into()));
     }
@@ -214,7 +224,9 @@ pub fn texts(
     let total = texts
         .iter()
         .fold(0u32, |a, t| a.saturating_add(max_tokens_of(t)));
-    route_request(tenant, task, routing, (longest, total), 0, limits)
+    let mut req = route_request(tenant, task, routing, (longest, total), 0, limits)?;
+    req.space = (!model.is_empty()).then(|| model.to_string());
+    Ok(req)
 }
 
 #[cfg(test)]
@@ -263,9 +275,9 @@ mod tests {
         ));
         assert!(m.contains("limits.max_prompt_tokens"), "{m}");
         let three = vec!["a".to_string(); 3];
-        let m = err(texts(t(), Task::Embed, &three, None, &l));
+        let m = err(texts(t(), Task::Embed, "", &three, None, &l));
         assert!(m.contains("3 texts; at most 2"), "{m}");
-        assert!(err(texts(t(), Task::Embed, &[], None, &l)).contains("empty"));
+        assert!(err(texts(t(), Task::Embed, "", &[], None, &l)).contains("empty"));
         let m = err(generate(
             t(),
             &request_with(|r| r.temperature = f32::NAN),

@@ -57,6 +57,10 @@ struct CaseModel {
     /// The agent's K/V budget has room for another sequence.
     #[serde(default = "yes")]
     kv_room: bool,
+    /// Embed: the vector space; classify: the label set.
+    space: Option<String>,
+    #[serde(default)]
+    dimensions: u32,
 }
 
 fn two() -> u32 {
@@ -80,6 +84,8 @@ struct CaseRequest {
     #[serde(default)]
     max_tokens: u32,
     max_latency_ms: Option<u32>,
+    /// Embed and classify: the request's `model` field (a vector space, label set or model).
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +101,8 @@ struct Expect {
     /// Entries that must be in the trace: `candidate` or `candidate: reason`.
     #[serde(default)]
     excluded: Vec<String>,
+    /// The vector space or label set the decision serves from.
+    space: Option<String>,
 }
 
 fn run_case(path: &Path) -> Result<(), String> {
@@ -130,6 +138,8 @@ fn run_case(path: &Path) -> Result<(), String> {
                         ewma_latency_ms: m.ewma_latency_ms,
                         ewma_time_per_output_token_ms: m.ms_per_token,
                         kv_room: m.kv_room,
+                        space: m.space.clone().unwrap_or_default(),
+                        dimensions: m.dimensions,
                     })
                     .collect(),
             })
@@ -168,6 +178,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         prompt_tokens_max: r.prompt_tokens,
         max_tokens: r.max_tokens,
         exclude_nodes: vec![],
+        space: r.model.clone(),
     };
     let inputs = Inputs {
         policy: &policy,
@@ -220,6 +231,9 @@ fn run_case(path: &Path) -> Result<(), String> {
     };
     if code.map(str::to_string) != e.code {
         problems.push(format!("code: got {code:?}, want {:?}", e.code));
+    }
+    if e.space.is_some() && d.space != e.space {
+        problems.push(format!("space: got {:?}, want {:?}", d.space, e.space));
     }
     if let Some(want) = &e.refusal
         && message.as_ref() != Some(want)

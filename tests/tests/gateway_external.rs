@@ -279,7 +279,7 @@ async fn an_exhausted_budget_refuses_the_fallback() {
 #[tokio::test]
 async fn embeddings_and_anthropic_messages_go_through_their_apis() {
     let mock = MockProvider::start(KEY).await;
-    let policy = "routes:\n  - name: embed\n    match: {tasks: [embed]}\n    external: {allowed: true, provider: openai, model: text-embedding-3-small, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n  - name: chat\n    external: {allowed: true, provider: claude, model: claude-haiku, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n";
+    let policy = "routes:\n  - name: embed\n    match: {tasks: [embed]}\n    space: openai-3-small\n    external: {allowed: true, provider: openai, model: text-embedding-3-small, space: openai-3-small, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n  - name: chat\n    external: {allowed: true, provider: claude, model: claude-haiku, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n";
     let (g, _p) = gateway(
         policy,
         vec![

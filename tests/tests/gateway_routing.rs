@@ -584,3 +584,72 @@ async fn an_agent_lost_mid_stream_is_unavailable_and_a_passed_deadline_is_deadli
     );
     g.stop().await;
 }
+
+#[tokio::test]
+async fn embeddings_never_mix_vector_spaces() {
+    let policy = "routes:\n  - name: embed\n    match: {tasks: [embed]}\n    space: tiny-space\n    spill: wait\n";
+    let (g, _p) = gateway(policy).await;
+    // a second embedder, smaller, declared in another space
+    let dir = models_dir(&["tiny-embed"]);
+    copy_dir(
+        &fixtures().join("tiny-embed"),
+        &dir.path().join("tiny-embed-b"),
+    );
+    let m = std::fs::read_to_string(dir.path().join("tiny-embed-b/model.toml")).unwrap();
+    let m = m
+        .replace("name = \"tiny-embed\"", "name = \"tiny-embed-b\"")
+        .replace("parameters = 9504", "parameters = 5000")
+        .replace("space = \"tiny-space\"", "space = \"other-space\"");
+    std::fs::write(dir.path().join("tiny-embed-b/model.toml"), m).unwrap();
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.gateways = vec![format!("http://{}", g.addr)];
+    let a = TestAgent::start(cfg, state).await;
+    let mut c = client(&g);
+    wait_fleet(&c, "both embedders are ready", |s| {
+        s.nodes.iter().any(|n| {
+            n.models.len() == 2
+                && n.models
+                    .iter()
+                    .all(|m| m.state == pb::ModelState::Ready as i32 && !m.space.is_empty())
+        })
+    })
+    .await;
+    let embed = |model: &str| {
+        with_tenant(pb::GatewayEmbedRequest {
+            request: Some(pb::EmbedRequest {
+                model: model.into(),
+                texts: vec!["hello".into()],
+            }),
+            routing: None,
+        })
+    };
+    // the route's space, though the other embedder is smaller; every time
+    for _ in 0..5 {
+        let r = c.embed(embed("")).await.unwrap().into_inner();
+        let (out, d) = (r.response.unwrap(), r.decision.unwrap());
+        assert_eq!(
+            (out.model.as_str(), out.space.as_str()),
+            ("tiny-embed", "tiny-space")
+        );
+        assert_eq!(d.space, "tiny-space");
+        assert!(
+            d.excluded
+                .iter()
+                .any(|e| e.candidate.ends_with("/tiny-embed-b")
+                    && e.reason
+                        == "vector space `other-space`, and the request needs `tiny-space`"),
+            "{:?}",
+            d.excluded
+        );
+    }
+    // a caller names the space it indexed with, or one model
+    let r = c.embed(embed("other-space")).await.unwrap().into_inner();
+    assert_eq!(r.response.unwrap().model, "tiny-embed-b");
+    let r = c.embed(embed("tiny-embed-b")).await.unwrap().into_inner();
+    assert_eq!(r.response.unwrap().space, "other-space");
+    // a space nobody serves is refused, naming it
+    let err = c.embed(embed("no-such-space")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    a.stop().await;
+    g.stop().await;
+}

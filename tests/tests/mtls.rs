@@ -53,6 +53,7 @@ const POLICY: &str = "\
 routes:
   - name: billing-only
     match: {tenants: [billing], tasks: [classify]}
+    label_set: greek
     min_quality: 0
     spill: wait
   - name: all

@@ -40,6 +40,8 @@ routes:
   - name: encoders
     match:
       tasks: [embed, classify]
+    space: tiny-space
+    label_set: greek
     min_quality: 0.1
     spill: wait
 ";

@@ -53,6 +53,8 @@ struct RawEmbed {
     dimensions: Option<u32>,
     #[serde(default)]
     truncate: bool,
+    /// The vector space the embeddings are in (default: the model's own name).
+    space: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +64,8 @@ struct RawClassify {
     labels: Vec<String>,
     #[serde(default)]
     truncate: bool,
+    /// The label set the scores are over (default: the model's own name).
+    label_set: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +129,9 @@ pub struct EncodeSpec {
     pub dimensions: Option<u32>,
     /// Truncate inputs longer than the context instead of refusing them.
     pub truncate: bool,
+    /// The vector space: models in one space (an int8 and an fp32 export of the same
+    /// weights, say) give comparable vectors; models in different spaces never do.
+    pub space: String,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +139,8 @@ pub struct ClassifySpec {
     pub output: String,
     pub labels: Vec<String>,
     pub truncate: bool,
+    /// The label set: classifiers are interchangeable only within one.
+    pub label_set: String,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +163,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Embed: (vector space, dimensions); classify: (label set, number of labels).
+    pub fn space(&self) -> Option<(&str, u32)> {
+        match &self.spec {
+            TaskSpec::Embed(e) => Some((&e.space, e.dimensions.unwrap_or(0))),
+            TaskSpec::Classify(c) => Some((&c.label_set, c.labels.len() as u32)),
+            TaskSpec::Generate(_) => None,
+        }
+    }
+
     pub fn task(&self) -> Task {
         match self.spec {
             TaskSpec::Generate(_) => Task::Generate,
@@ -183,6 +201,35 @@ impl Manifest {
 }
 
 const QUANTIZATIONS: &[&str] = &["fp32", "fp16", "bf16", "int8", "q8", "q4", "q4f16"];
+
+/// A vector space or label set name (`key`), defaulting to the model's own name: a model
+/// that names none is interchangeable with no other.
+fn compat_name(
+    p: &mut Vec<edgewise_diag::Diagnostic>,
+    src: &TomlSource,
+    key: &str,
+    given: Option<String>,
+    model: &str,
+) -> String {
+    match given {
+        None => model.to_string(),
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 128
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            n
+        }
+        Some(n) => {
+            p.push(src.diag(
+                key,
+                format!("`{n}` must be 1 to 128 letters, digits, `-`, `_` or `.`"),
+            ));
+            model.to_string()
+        }
+    }
+}
 
 fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics> {
     let mut p = Vec::new();
@@ -308,12 +355,20 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                 if e.output.is_empty() {
                     p.push(src.diag("embed.output", "must name the model output"));
                 }
+                let space = compat_name(&mut p, src, "embed.space", e.space, &raw.name);
+                if space != raw.name && e.dimensions.is_none() {
+                    p.push(src.diag(
+                        "embed.space",
+                        "a shared vector space needs `dimensions` too (models of one space must agree on it)",
+                    ));
+                }
                 Some(TaskSpec::Embed(EncodeSpec {
                     output: e.output,
                     pooling,
                     normalize: e.normalize,
                     dimensions: e.dimensions,
                     truncate: e.truncate,
+                    space,
                 }))
             }
         },
@@ -336,10 +391,13 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                         ));
                     }
                 }
+                let label_set =
+                    compat_name(&mut p, src, "classify.label_set", c.label_set, &raw.name);
                 Some(TaskSpec::Classify(ClassifySpec {
                     output: c.output,
                     labels: c.labels,
                     truncate: c.truncate,
+                    label_set,
                 }))
             }
         },
@@ -399,6 +457,31 @@ mod tests {
                  m/model.toml:5:11: quality: 1.5 must be in 0..=1\n\
                  m/model.toml:9:16: classify.labels[1]: `a` is listed twice"
             )
+        );
+    }
+
+    #[test]
+    fn an_encoder_names_its_space_or_label_set_and_a_shared_space_its_dimensions() {
+        let head = "name = \"e\"\ntask = \"embed\"\nparameters = 10\nquantization = \"int8\"\nquality = 0.5\ncontext_length = 64\n";
+        let m = parse(&format!(
+            "{head}[embed]\noutput = \"o\"\npooling = \"mean\"\ndimensions = 384\nspace = \"all-minilm-l6-v2\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.space(), Some(("all-minilm-l6-v2", 384)));
+        // none named: its own name, interchangeable with no other model
+        let m = parse(&format!(
+            "{head}[embed]\noutput = \"o\"\npooling = \"mean\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.space(), Some(("e", 0)));
+        let err = parse(&format!(
+            "{head}[embed]\noutput = \"o\"\npooling = \"mean\"\nspace = \"s\"\n"
+        ))
+        .err()
+        .unwrap_or_default();
+        assert!(
+            err.contains("embed.space: a shared vector space needs `dimensions` too"),
+            "{err}"
         );
     }
 

@@ -240,6 +240,53 @@ fn model_route(
     }
 }
 
+/// The fleet's vector spaces (embed) or label sets (classify), each with its models.
+fn fleet_spaces(front: &Front, task: Task) -> std::collections::BTreeMap<String, Vec<String>> {
+    let want = match task {
+        Task::Embed => pb::Task::Embed,
+        Task::Classify => pb::Task::Classify,
+        Task::Generate => pb::Task::Generate,
+    } as i32;
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for n in front.state.registry.status(Instant::now()) {
+        for m in n
+            .models
+            .into_iter()
+            .filter(|m| m.task == want && !m.space.is_empty())
+        {
+            let models = out.entry(m.space).or_default();
+            if !models.contains(&m.name) {
+                models.push(m.name);
+            }
+        }
+    }
+    out
+}
+
+/// An embeddings `model`: `auto` or a route (routed as for chat), else a vector space or an
+/// embedding model of the fleet (sent as the request's model: only that space serves it).
+fn embedding_model(
+    front: &Front,
+    model: &str,
+    tenant: &str,
+) -> Result<(String, String), GatewayError> {
+    let policy = front.state.policy();
+    if model == "auto" || policy.policy.routes.iter().any(|r| r.name == model) {
+        return Ok((model.to_string(), String::new()));
+    }
+    let spaces = fleet_spaces(front, Task::Embed);
+    if spaces.contains_key(model) || spaces.values().flatten().any(|m| m == model) {
+        return Ok(("auto".to_string(), model.to_string()));
+    }
+    let mut names = visible_models(&policy.policy, Task::Embed, tenant);
+    names.extend(spaces.keys().cloned());
+    Err(GatewayError::UnknownModel(format!(
+        "model `{}` is not served here; ask for one of: {} (a route, or a vector space)",
+        model.chars().take(64).collect::<String>(),
+        names.join(", ")
+    )))
+}
+
 /// `auto` and the routes a tenant may use for a task.
 fn visible_models(policy: &crate::routing::Policy, task: Task, tenant: &str) -> Vec<String> {
     std::iter::once("auto".to_string())
@@ -283,6 +330,7 @@ fn decision_json(d: &pb::Decision) -> Value {
         "target": target(d).0,
         "excluded": list(&d.excluded),
         "retried": list(&d.retried),
+        "space": d.space,
     })
 }
 
@@ -293,7 +341,11 @@ fn decision_headers(r: &mut Response, d: &pb::Decision) {
         ("x-edgewise-target", target(d).0),
         ("x-edgewise-rule", d.rule.clone()),
         ("x-edgewise-route", d.route.clone()),
+        ("x-edgewise-space", d.space.clone()),
     ] {
+        if value.is_empty() {
+            continue;
+        }
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
         }
@@ -467,6 +519,8 @@ struct EmbeddingsOut<'a> {
     object: &'static str,
     data: Vec<EmbeddingOut<'a>>,
     model: &'a str,
+    /// The vector space the vectors are in (compare only vectors of one space).
+    space: &'a str,
     usage: Value,
     edgewise: Value,
 }
@@ -494,16 +548,18 @@ pub async fn embeddings(
     let caller = caller(&front, &parts)?;
     let bytes = read_body(&front, &parts.headers, body).await?;
     let e = Embeddings::parse(&bytes)?;
+    // `model`: auto, a route, or a vector space (or one embedding model) of the fleet
+    let (route_model, space) = embedding_model(&front, &e.model, &caller.tenant)?;
     let hints = routing(
         &front,
         &parts.headers,
         &e.hints,
-        &e.model,
+        &route_model,
         Task::Embed,
         &caller.tenant,
     )?;
     let inner = pb::EmbedRequest {
-        model: String::new(),
+        model: space,
         texts: e.input,
     };
     let (out, decision) = requests::texts(&front.state, caller, Some(inner), Some(hints)).await?;
@@ -527,6 +583,7 @@ pub async fn embeddings(
         object: "list",
         data,
         model: &out.model,
+        space: &out.space,
         usage: json!({"prompt_tokens": prompt, "total_tokens": prompt}),
         edgewise: decision_json(&decision),
     })
@@ -573,6 +630,18 @@ pub async fn models(
                     "edgewise": {"tasks": tasks},
                 }));
             }
+        }
+    }
+    // embedding spaces: a caller that indexed with one asks for it by name
+    for (space, models) in fleet_spaces(&front, Task::Embed) {
+        if seen.insert(space.clone()) {
+            data.push(json!({
+                "id": space,
+                "object": "model",
+                "created": 0,
+                "owned_by": "edgewise",
+                "edgewise": {"tasks": ["embed"], "vector_space": true, "models": models},
+            }));
         }
     }
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())

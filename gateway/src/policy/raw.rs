@@ -25,6 +25,10 @@ pub struct RawRoute {
     pub prefer: Option<Spanned<String>>,
     pub spill: Option<Spanned<String>>,
     pub external: Option<Spanned<RawExternal>>,
+    /// The vector space embeddings come from (required when the route lists `embed`).
+    pub space: Option<Spanned<String>>,
+    /// The label set classifications come from (required when the route lists `classify`).
+    pub label_set: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +53,8 @@ pub struct RawExternal {
     #[serde(default)]
     pub when: Vec<Spanned<String>>,
     pub daily_budget_usd: Option<Spanned<f64>>,
+    /// The vector space the provider's model is in (it serves embeddings only for that space).
+    pub space: Option<Spanned<String>>,
 }
 
 /// Line and column (1-based) where a spanned value starts.

@@ -95,7 +95,7 @@ fn syntax_and_shape_errors_are_located() {
         .unwrap_or_default();
     assert_eq!(
         err,
-        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external"
+        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external, space, label_set"
     );
     let err = check(&[("p.yaml", "routes:\n  - name: r\n    min_quality: high\n")])
         .err()
@@ -112,4 +112,39 @@ fn syntax_and_shape_errors_are_located() {
         .err()
         .unwrap_or_default();
     assert_eq!(err, "p.yaml:2:1: duplicate key `routes`");
+}
+
+#[test]
+fn a_route_that_lists_embed_or_classify_must_pin_its_space() {
+    let e = check(&[(
+        "p.yaml",
+        "routes:\n  - name: enc\n    match: {tasks: [embed, classify]}\n    label_set: difficulty\n",
+    )])
+    .unwrap_err();
+    assert_eq!(
+        e,
+        "p.yaml:2:11: routes[0].space: the route serves embed but pins no vector space: models in different ones are not interchangeable, so name the one it serves (`space: NAME`)"
+    );
+    let p = check(&[(
+        "p.yaml",
+        "routes:\n  - name: enc\n    match: {tasks: [embed]}\n    space: all-minilm-l6-v2\n    external: {allowed: true, provider: openai, model: te3, space: openai-te3, data_classes: [internal], when: [no_adequate_local], daily_budget_usd: 1}\n",
+    )])
+    .unwrap();
+    assert_eq!(p.routes[0].space.as_deref(), Some("all-minilm-l6-v2"));
+    assert_eq!(
+        p.routes[0]
+            .external
+            .as_ref()
+            .and_then(|e| e.space.as_deref()),
+        Some("openai-te3")
+    );
+    let e = check(&[(
+        "p.yaml",
+        "routes:\n  - name: enc\n    match: {tasks: [embed]}\n    space: \"not a name\"\n",
+    )])
+    .unwrap_err();
+    assert!(
+        e.starts_with("p.yaml:4:12: routes[0].space: `not a name` must be"),
+        "{e}"
+    );
 }

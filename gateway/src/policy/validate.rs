@@ -163,6 +163,29 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
             "`external` needs an allowed external block",
         );
     }
+    // embeddings from two vector spaces (or scores over two label sets) are not
+    // interchangeable: a route that lists the task names the one it serves
+    let space = compat(cx, &format!("{path}.space"), r.space.as_ref());
+    let label_set = compat(cx, &format!("{path}.label_set"), r.label_set.as_ref());
+    for (task, pin, key) in [
+        (Task::Embed, &space, "space"),
+        (Task::Classify, &label_set, "label_set"),
+    ] {
+        if tasks.contains(&task) && pin.is_none() {
+            let what = if task == Task::Embed {
+                "vector space"
+            } else {
+                "label set"
+            };
+            cx.at(
+                &r.name,
+                format!("{path}.{key}"),
+                format!(
+                    "the route serves {task} but pins no {what}: models in different ones are not interchangeable, so name the one it serves (`{key}: NAME`)"
+                ),
+            );
+        }
+    }
     (cx.problems.len() == before).then(|| Route {
         name: r.name.to_string(),
         tenants,
@@ -172,7 +195,30 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
         latency_target_ms: r.latency_target_ms.as_ref().map(|t| **t),
         spill,
         external,
+        space,
+        label_set,
     })
+}
+
+/// A vector space or label set name.
+fn compat(cx: &mut Ctx<'_>, path: &str, raw: Option<&Spanned<String>>) -> Option<String> {
+    let v = raw?;
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        cx.at(
+            v,
+            path.to_string(),
+            format!(
+                "`{}` must be 1 to 128 letters, digits, `-`, `_` or `.`",
+                v.as_str()
+            ),
+        );
+        return None;
+    }
+    Some(v.to_string())
 }
 
 fn classes(cx: &mut Ctx<'_>, path: &str, raw: &[Spanned<String>]) -> Vec<DataClass> {
@@ -241,12 +287,14 @@ fn external(cx: &mut Ctx<'_>, path: &str, e: &Spanned<RawExternal>) -> Option<Ex
             0.0
         }
     };
+    let space = compat(cx, &format!("{path}.space"), e.space.as_ref());
     Some(ExternalRule {
         provider: provider?,
         model: model?,
         data_classes,
         conditions,
         daily_budget_usd: budget,
+        space,
     })
 }
 

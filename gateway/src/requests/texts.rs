@@ -21,6 +21,8 @@ pub trait TextsCall: Clone + Send + Sync + 'static {
     type Out: Send + 'static;
     const TASK: Task;
     fn texts(&self) -> &[String];
+    /// The vector space, label set or model the caller asked for (empty: the route's).
+    fn model(&self) -> &str;
     fn for_model(&self, model: String) -> Self;
     fn call(
         client: AgentClient,
@@ -31,6 +33,7 @@ pub trait TextsCall: Clone + Send + Sync + 'static {
         &'a self,
         provider: &'a providers::Provider,
         model: &'a str,
+        space: &'a str,
         deadline: tokio::time::Instant,
     ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>>;
 }
@@ -40,6 +43,9 @@ impl TextsCall for pb::EmbedRequest {
     const TASK: Task = Task::Embed;
     fn texts(&self) -> &[String] {
         &self.texts
+    }
+    fn model(&self) -> &str {
+        &self.model
     }
     fn for_model(&self, model: String) -> Self {
         Self {
@@ -57,6 +63,7 @@ impl TextsCall for pb::EmbedRequest {
         &'a self,
         provider: &'a providers::Provider,
         model: &'a str,
+        space: &'a str,
         deadline: tokio::time::Instant,
     ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>> {
         Box::pin(async move {
@@ -85,6 +92,7 @@ impl TextsCall for pb::EmbedRequest {
                     completion_tokens: 0,
                 }),
                 model: model.to_string(),
+                space: space.to_string(),
             };
             Ok((out, end))
         })
@@ -96,6 +104,9 @@ impl TextsCall for pb::ClassifyRequest {
     const TASK: Task = Task::Classify;
     fn texts(&self) -> &[String] {
         &self.texts
+    }
+    fn model(&self) -> &str {
+        &self.model
     }
     fn for_model(&self, model: String) -> Self {
         Self {
@@ -113,6 +124,7 @@ impl TextsCall for pb::ClassifyRequest {
         &'a self,
         provider: &'a providers::Provider,
         _model: &'a str,
+        _space: &'a str,
         _deadline: tokio::time::Instant,
     ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>> {
         // routing never sends classify to a provider (no provider kind serves it)
@@ -158,6 +170,7 @@ async fn untracked<Q: TextsCall>(
     let route_req = crate::validate::texts(
         tenant,
         Q::TASK,
+        inner.model(),
         inner.texts(),
         routing.as_ref(),
         &state.limits,
@@ -176,7 +189,7 @@ async fn untracked<Q: TextsCall>(
             let external =
                 tracing::info_span!("external.call", provider = %ext.provider, model = %ext.model);
             match inner
-                .external(provider, &ext.model, deadline)
+                .external(provider, &ext.model, &ext.decision.space, deadline)
                 .instrument(external)
                 .await
             {

@@ -56,6 +56,8 @@ pub struct Decision {
     pub rule: String,
     pub outcome: Result<Target, Refusal>,
     pub excluded: Vec<Exclusion>,
+    /// Embed and classify: the vector space or label set the request is served from.
+    pub space: Option<String>,
 }
 
 /// Everything `decide` reads besides the request.
@@ -97,6 +99,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                         .join(", ")
                 ))),
                 excluded,
+                space: None,
             };
         }
         let named = req
@@ -113,6 +116,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 req.tenant, req.task
             ))),
             excluded,
+            space: None,
         };
     };
     let need_quality = req.min_quality.unwrap_or(0.0).max(route.min_quality);
@@ -125,11 +129,28 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         (None, None) => None,
     };
 
+    // 0. embeddings and classifications come from one vector space / label set only
+    let wanted = match wanted(inputs.fleet, route, req) {
+        Ok(w) => w,
+        Err(why) => {
+            return Decision {
+                data_class,
+                route: route.name.clone(),
+                rule: "refused".into(),
+                outcome: Err(Refusal::NoAdequateModel(why)),
+                excluded,
+                space: None,
+            };
+        }
+    };
+
     // 1. adequate local candidates
     let mut adequate: Vec<Candidate<'_>> = Vec::new();
     for node in &inputs.fleet.nodes {
         for model in node.models.iter().filter(|m| m.task == req.task) {
-            let why = if !node.live {
+            let why = if let Some(why) = wanted.as_ref().and_then(|w| w.mismatch(model)) {
+                Some(why)
+            } else if !node.live {
                 Some("node is not live".to_string())
             } else if req.exclude_nodes.contains(&node.id) {
                 Some("node already failed this request".to_string())
@@ -176,12 +197,40 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 &b.node.id,
             ))
     });
+    // one space, one dimension count: a model that declares the space with other dimensions
+    // is not one of it
+    if let Some(first) = adequate.first().map(|c| c.model)
+        && matches!(req.task, Task::Embed | Task::Classify)
+    {
+        let (space, dims) = (first.space.clone(), first.dimensions);
+        adequate.retain(|c| {
+            let agrees = c.model.dimensions == dims || c.model.dimensions == 0 || dims == 0;
+            if !agrees {
+                excluded.push(Exclusion {
+                    candidate: format!("{}/{}", c.node.id, c.model.name),
+                    reason: format!(
+                        "declares `{space}` with {} dimensions, but its smallest model has {dims}",
+                        c.model.dimensions
+                    ),
+                });
+            }
+            agrees
+        });
+    }
+    let space = wanted.as_ref().map(|w| match w {
+        Wanted::Space(s) => s.clone(),
+        Wanted::Model(m) => adequate
+            .first()
+            .map(|c| c.model.space.clone())
+            .unwrap_or_else(|| m.clone()),
+    });
     let decision = |rule: String, outcome, excluded| Decision {
         data_class,
         route: route.name.clone(),
         rule,
         outcome,
         excluded,
+        space: space.clone(),
     };
 
     if adequate.is_empty() {
@@ -191,6 +240,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
             req,
             data_class,
             ExternalCondition::NoAdequateLocal,
+            wanted.as_ref(),
             &mut excluded,
         ) {
             Ok(t) => decision("external: no_adequate_local".into(), Ok(t), excluded),
@@ -288,6 +338,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         req,
         data_class,
         ExternalCondition::NoLocalCapacity,
+        wanted.as_ref(),
         &mut excluded,
     ) {
         Ok(t) => decision("external: no_local_capacity".into(), Ok(t), excluded),
@@ -388,6 +439,81 @@ where
                 a
             })
         }
+    }
+}
+
+/// What an embed or classify request may be served by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wanted {
+    /// Any model of this vector space or label set.
+    Space(String),
+    /// This model only (the request named it).
+    Model(String),
+}
+
+impl Wanted {
+    fn mismatch(&self, m: &ModelView) -> Option<String> {
+        let kind = if m.task == Task::Classify {
+            "label set"
+        } else {
+            "vector space"
+        };
+        match self {
+            Wanted::Model(n) if &m.name != n => Some(format!("not the requested model `{n}`")),
+            Wanted::Space(s) if &m.space != s => {
+                Some(format!("{kind} `{}`, and the request needs `{s}`", m.space))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The space a request is served from: the one its `model` field names (or the model it
+/// names), else the route's pin. A route with no pin (one that matches any task) serves a
+/// request that names none only while the fleet's models of the task share one space: it
+/// refuses rather than choose between spaces, so it never switches a caller's space.
+fn wanted(
+    fleet: &FleetSnapshot,
+    route: &Route,
+    req: &RouteRequest,
+) -> Result<Option<Wanted>, String> {
+    let (pin, kind, key) = match req.task {
+        Task::Embed => (route.space.as_ref(), "vector space", "space"),
+        Task::Classify => (route.label_set.as_ref(), "label set", "label_set"),
+        Task::Generate => return Ok(None),
+    };
+    let models = || {
+        fleet
+            .nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .filter(|m| m.task == req.task)
+    };
+    if let Some(named) = &req.space {
+        return Ok(Some(if models().any(|m| &m.name == named) {
+            Wanted::Model(named.clone())
+        } else {
+            Wanted::Space(named.clone())
+        }));
+    }
+    if let Some(p) = pin {
+        return Ok(Some(Wanted::Space(p.clone())));
+    }
+    let spaces: std::collections::BTreeSet<&str> = models().map(|m| m.space.as_str()).collect();
+    match spaces.len() {
+        0 => Ok(None),
+        1 => Ok(spaces.first().map(|s| Wanted::Space((*s).to_string()))),
+        _ => Err(format!(
+            "route `{}` pins no {kind} and the fleet's {} models are in {} ({}): name one in the request's model field, or pin the route's `{key}`",
+            route.name,
+            req.task,
+            spaces.len(),
+            spaces
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -505,6 +631,7 @@ fn external(
     req: &RouteRequest,
     class: DataClass,
     condition: ExternalCondition,
+    wanted: Option<&Wanted>,
     excluded: &mut Vec<Exclusion>,
 ) -> Result<Target, ExternalRefusal> {
     let Some(ext) = &route.external else {
@@ -531,6 +658,33 @@ fn external(
                 ext.provider
             )),
         );
+    }
+    // a hosted embedding model serves only the vector space the policy declares it in
+    match (req.task, wanted) {
+        (Task::Embed | Task::Classify, Some(Wanted::Model(m))) => {
+            return refuse(
+                excluded,
+                ExternalRefusal::NotPermitted(format!("the request names the local model `{m}`")),
+            );
+        }
+        (Task::Embed | Task::Classify, Some(Wanted::Space(s)))
+            if ext.space.as_deref() != Some(s.as_str()) =>
+        {
+            return refuse(
+                excluded,
+                ExternalRefusal::NotPermitted(match &ext.space {
+                    Some(other) => format!(
+                        "`{}` is declared in vector space `{other}`, and the request needs `{s}`",
+                        ext.model
+                    ),
+                    None => format!(
+                        "`{}` is declared in no vector space (external.space), and the request needs `{s}`",
+                        ext.model
+                    ),
+                }),
+            );
+        }
+        _ => {}
     }
     if !ext.conditions.contains(&condition) {
         return refuse(

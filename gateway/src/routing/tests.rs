@@ -25,6 +25,8 @@ fn model(name: &str, task: Task, params: u64, quality: f32) -> ModelView {
         ewma_latency_ms: 0.0,
         ewma_time_per_output_token_ms: 0.0,
         kv_room: true,
+        space: String::new(),
+        dimensions: 0,
     }
 }
 
@@ -47,6 +49,8 @@ fn route(name: &str, spill: Spill, external: Option<ExternalRule>) -> Route {
         latency_target_ms: None,
         spill,
         external,
+        space: None,
+        label_set: None,
     }
 }
 
@@ -57,6 +61,7 @@ fn ext(classes: &[DataClass], conditions: &[ExternalCondition], budget: f64) -> 
         data_classes: classes.to_vec(),
         conditions: conditions.to_vec(),
         daily_budget_usd: budget,
+        space: None,
     }
 }
 
@@ -72,6 +77,7 @@ fn request(task: Task, class: DataClass) -> RouteRequest {
         prompt_tokens_max: 100,
         max_tokens: 100,
         exclude_nodes: vec![],
+        space: None,
     }
 }
 
@@ -344,6 +350,8 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 ewma_latency_ms: 0.0,
                 ewma_time_per_output_token_ms: 0.0,
                 kv_room: true,
+                space: String::new(),
+                dimensions: 0,
             }
         })
 }

@@ -114,6 +114,9 @@ pub struct ExternalRule {
     pub conditions: Vec<ExternalCondition>,
     /// Per tenant, per UTC day, in USD.
     pub daily_budget_usd: f64,
+    /// Embed: the vector space the provider's model is declared to be in. Without one (or in
+    /// another space than the request needs) it never serves embeddings.
+    pub space: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +133,10 @@ pub struct Route {
     pub spill: Spill,
     /// `None`: this route never goes external.
     pub external: Option<ExternalRule>,
+    /// The vector space its embeddings come from when a request names none.
+    pub space: Option<String>,
+    /// The label set its classifications come from when a request names none.
+    pub label_set: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +198,10 @@ pub struct ModelView {
     /// Generate models: the agent's K/V budget has room for another sequence (at least one
     /// allocation step of 64 positions). Always true for other tasks.
     pub kv_room: bool,
+    /// Embed: the vector space; classify: the label set; empty for generate models.
+    pub space: String,
+    /// Embed: vector dimensions; classify: the number of labels.
+    pub dimensions: u32,
 }
 
 /// Positions a generate model's K/V cache is allocated in (the agent's step).
@@ -266,6 +277,9 @@ pub struct RouteRequest {
     pub max_tokens: u32,
     /// Nodes already tried for this request (retries decide again without them).
     pub exclude_nodes: Vec<String>,
+    /// Embed and classify: the vector space or label set the caller needs, or one model by
+    /// name (the request's `model` field); `None`: the route's pin.
+    pub space: Option<String>,
 }
 
 /// Spent (and reserved) today per (tenant, provider), in USD, as the ledger sees it now.
