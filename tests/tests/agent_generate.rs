@@ -231,3 +231,29 @@ async fn a_deadline_stops_generation_and_frees_the_slot() {
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn ignore_eos_generates_to_max_tokens_past_end_of_sequence() {
+    let dir = models_dir(&["tiny-lm-fp32"]);
+    // every token is end-of-sequence here: a generation ends at once unless it ignores that
+    let path = dir.path().join("tiny-lm-fp32/model.toml");
+    let all: Vec<String> = (0..259).map(|i| i.to_string()).collect();
+    let m = std::fs::read_to_string(&path).unwrap().replace(
+        "eos_token_ids = [257]",
+        &format!("eos_token_ids = [{}]", all.join(", ")),
+    );
+    std::fs::write(&path, m).unwrap();
+    let (cfg, state) = config(dir.path(), None);
+    let mut a = TestAgent::start(cfg, state).await;
+    let (_, done) = collect(&mut a.client, prompt_req("tiny-lm-fp32", 12))
+        .await
+        .unwrap();
+    assert_eq!(done.finish_reason, pb::FinishReason::Stop as i32);
+    assert_eq!(done.usage.unwrap().completion_tokens, 0);
+    let mut req = prompt_req("tiny-lm-fp32", 12);
+    req.ignore_eos = true;
+    let (_, done) = collect(&mut a.client, req).await.unwrap();
+    assert_eq!(done.finish_reason, pb::FinishReason::Length as i32);
+    assert_eq!(done.usage.unwrap().completion_tokens, 12);
+    a.stop().await;
+}
