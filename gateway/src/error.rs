@@ -34,6 +34,17 @@ pub enum GatewayError {
     /// The caller named a model (an OpenAI `model`) this gateway does not serve to it.
     #[error("{0}")]
     UnknownModel(String),
+    /// Fleet: a report stream over a connection whose certificate is not a node's.
+    #[error("capacity reports come from nodes; this connection's certificate names {0}")]
+    NotANode(String),
+    #[error("capacity reports need a node certificate from the fleet CA")]
+    NoNodeCertificate,
+    #[error(
+        "report for node `{report}` over a connection whose certificate names node `{certificate}`"
+    )]
+    OtherNode { report: String, certificate: String },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     /// An HTTP path the OpenAI-compatible front does not serve.
     #[error("{0}")]
     NoEndpoint(String),
@@ -116,7 +127,11 @@ impl GatewayError {
 
     pub fn grpc_code(&self) -> Code {
         match self {
-            GatewayError::NoTenant | GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::NoTenant
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::NoNodeCertificate => Code::Unauthenticated,
+            GatewayError::NotANode(_) | GatewayError::OtherNode { .. } => Code::PermissionDenied,
+            GatewayError::ShuttingDown => Code::Unavailable,
             GatewayError::WrongIdentity(_)
             | GatewayError::NotOperator(_)
             | GatewayError::NotLoopback(_) => Code::PermissionDenied,
@@ -145,9 +160,15 @@ impl GatewayError {
     /// The HTTP answer of the OpenAI-compatible front.
     pub fn http(&self) -> HttpError {
         match self {
-            GatewayError::NoTenant | GatewayError::Unauthenticated(_) => {
+            GatewayError::NoTenant
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::NoNodeCertificate => {
                 http(401, "authentication_error", "invalid_api_key")
             }
+            GatewayError::NotANode(_) | GatewayError::OtherNode { .. } => {
+                http(403, "permission_error", "permission_denied")
+            }
+            GatewayError::ShuttingDown => retry(503, "server_error", "shutting_down"),
             GatewayError::WrongIdentity(_)
             | GatewayError::NotOperator(_)
             | GatewayError::NotLoopback(_) => http(403, "permission_error", "permission_denied"),

@@ -15,6 +15,7 @@ use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::GatewayError;
 use crate::routing::{FleetSnapshot, ModelView, NodeView, Task};
 
 /// A node is dropped from routing after this many missed report intervals.
@@ -249,14 +250,10 @@ impl pb::fleet_server::Fleet for FleetService {
         let certified = match edgewise_tls::net::peer_identity(&request) {
             Some(edgewise_tls::Identity::Node(id)) => Some(id),
             Some(other) if self.node_certificates => {
-                return Err(Status::permission_denied(format!(
-                    "capacity reports come from nodes; this connection's certificate names {other}"
-                )));
+                return Err(GatewayError::NotANode(other.to_string()).into());
             }
             None if self.node_certificates => {
-                return Err(Status::unauthenticated(
-                    "capacity reports need a node certificate from the fleet CA",
-                ));
+                return Err(GatewayError::NoNodeCertificate.into());
             }
             _ => None,
         };
@@ -279,13 +276,16 @@ impl pb::fleet_server::Fleet for FleetService {
                     // a stopping gateway ends report streams, so agents go elsewhere and the
                     // server's graceful shutdown is not held up by them
                     () = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the gateway is shutting down"))).await;
+                        let _ = tx.send(Err(GatewayError::ShuttingDown.into())).await;
                         break;
                     }
                 };
                 if r.node_id.is_empty() {
                     let _ = tx
-                        .send(Err(Status::invalid_argument("report without node_id")))
+                        .send(Err(GatewayError::InvalidRequest(
+                            "report without node_id".into(),
+                        )
+                        .into()))
                         .await;
                     break;
                 }
@@ -294,10 +294,11 @@ impl pb::fleet_server::Fleet for FleetService {
                 {
                     tracing::warn!(certificate = %id, report = %r.node_id, "report for another node refused");
                     let _ = tx
-                        .send(Err(Status::permission_denied(format!(
-                            "report for node `{}` over a connection whose certificate names node `{id}`",
-                            r.node_id
-                        ))))
+                        .send(Err(GatewayError::OtherNode {
+                            report: r.node_id.clone(),
+                            certificate: id.to_string(),
+                        }
+                        .into()))
                         .await;
                     break;
                 }
