@@ -6,6 +6,7 @@
 //! connection is closed otherwise) and so must the body (408).
 
 mod api;
+mod models;
 mod wire;
 
 use std::net::SocketAddr;
@@ -23,6 +24,11 @@ use tower::ServiceExt;
 use crate::state::State;
 
 pub use api::Front;
+
+/// A 400 with `m` as its reason.
+fn invalid(m: impl Into<String>) -> crate::error::GatewayError {
+    crate::error::GatewayError::InvalidRequest(m.into())
+}
 
 /// `[http]` in gateway.toml, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

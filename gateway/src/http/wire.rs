@@ -5,11 +5,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::invalid;
 use crate::error::GatewayError;
-
-fn invalid(m: impl Into<String>) -> GatewayError {
-    GatewayError::InvalidRequest(m.into())
-}
 
 /// Routing hints from an `edgewise` object in the body (the same as the `x-edgewise-*`
 /// headers).
