@@ -94,8 +94,8 @@ impl SequenceRequest {
 pub enum SequenceEvent {
     /// A sampled token (not EOS) and its log-probability under the model.
     Token { id: u32, logprob: f32 },
-    /// The model sampled an end-of-sequence token.
-    Eos,
+    /// The model sampled an end-of-sequence token (with its log-probability).
+    Eos { logprob: f32 },
     /// `max_tokens` tokens were generated.
     Length,
     /// The deadline passed after this many generated tokens.
@@ -208,7 +208,8 @@ impl Sequence {
     fn advance(&mut self, logits: &[f32]) -> bool {
         let id = sample(logits, &self.req.params, &mut self.req.rng);
         if self.req.eos.contains(&id) {
-            let _ = self.req.events.send(SequenceEvent::Eos);
+            let logprob = log_probability(logits, id);
+            let _ = self.req.events.send(SequenceEvent::Eos { logprob });
             return false;
         }
         self.generated += 1;

@@ -42,6 +42,27 @@ enum Stop {
 struct Progress {
     generated: u32,
     first_token_at: Option<Instant>,
+    /// Each sampled token's log-probability, end-of-sequence included.
+    logprobs: Vec<f32>,
+}
+
+/// The summary a cascade escalates on: mean, minimum and 10th percentile (nearest rank) of
+/// the generated tokens' log-probabilities. `None` when nothing was generated.
+pub fn confidence(logprobs: &[f32]) -> Option<pb::Confidence> {
+    if logprobs.is_empty() {
+        return None;
+    }
+    let mut sorted = logprobs.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let n = sorted.len();
+    // nearest rank: the smallest value with at least 10 % of the values at or below it
+    let rank = (n as f64 * 0.1).ceil().max(1.0) as usize;
+    Some(pb::Confidence {
+        mean_logprob: (sorted.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64) as f32,
+        min_logprob: sorted[0],
+        p10_logprob: sorted[rank - 1],
+        tokens: n as u32,
+    })
 }
 
 impl Generation {
@@ -91,6 +112,7 @@ impl Generation {
                     }),
                     time_to_first_token_ms: ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                     time_per_output_token_ms: tpot.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                    confidence: confidence(&progress.logprobs),
                 };
                 let _ = tx
                     .send(pb::GenerateChunk {
@@ -135,8 +157,14 @@ impl Generation {
                 () = tx.closed() => return Stop::Gone,
             };
             let id = match event {
-                Some(SequenceEvent::Token { id, .. }) => id,
-                Some(SequenceEvent::Eos) => return Stop::Finished(pb::FinishReason::Stop),
+                Some(SequenceEvent::Token { id, logprob }) => {
+                    progress.logprobs.push(logprob);
+                    id
+                }
+                Some(SequenceEvent::Eos { logprob }) => {
+                    progress.logprobs.push(logprob);
+                    return Stop::Finished(pb::FinishReason::Stop);
+                }
                 Some(SequenceEvent::Length) => return Stop::Finished(pb::FinishReason::Length),
                 Some(SequenceEvent::DeadlineExceeded { generated }) => {
                     return self.deadline_error(generated, "");
@@ -187,5 +215,32 @@ impl Generation {
                 return Stop::Finished(pb::FinishReason::StopSequence);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::confidence;
+
+    #[test]
+    fn confidence_is_mean_min_and_the_lower_tail() {
+        assert_eq!(confidence(&[]), None);
+        let one = confidence(&[-0.5]).unwrap();
+        assert_eq!(
+            (
+                one.mean_logprob,
+                one.min_logprob,
+                one.p10_logprob,
+                one.tokens
+            ),
+            (-0.5, -0.5, -0.5, 1)
+        );
+        // 20 values -0.1 .. -2.0: the 10th percentile by nearest rank is the 2nd smallest
+        let v: Vec<f32> = (1..=20).map(|i| -0.1 * i as f32).collect();
+        let c = confidence(&v).unwrap();
+        assert!((c.mean_logprob + 1.05).abs() < 1e-5, "{c:?}");
+        assert!((c.min_logprob + 2.0).abs() < 1e-6);
+        assert!((c.p10_logprob + 1.9).abs() < 1e-6);
+        assert_eq!(c.tokens, 20);
     }
 }

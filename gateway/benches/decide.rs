@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
         prompt_tokens_max: 160,
         max_tokens: 128,
         exclude_nodes: vec![],
+        larger_than: None,
         space: None,
     };
     let mut group = c.benchmark_group("decide");

@@ -116,6 +116,7 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
             .unwrap_or_default(),
         retried: retried.to_vec(),
         space: d.space.clone().unwrap_or_default(),
+        cascade: Vec::new(),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn policy(data: &[u8]) {
             prompt_tokens_max: 20,
             max_tokens: 16,
             exclude_nodes: Vec::new(),
+            larger_than: None,
             space: None,
         };
         // nothing local: every decision is a refusal or an external target

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod dispatch;
 pub mod error;
+pub mod eval;
 pub mod external;
 pub mod fleet;
 pub mod fuzzing;

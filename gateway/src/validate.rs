@@ -108,6 +108,7 @@ pub fn route_request(
         prompt_tokens_max,
         max_tokens,
         exclude_nodes: Vec::new(),
+        larger_than: None,
         space: None,
     })
 }
@@ -180,7 +181,7 @@ pub fn generate(
     let max = messages
         .iter()
         .fold(8u32, |a, m| a.saturating_add(max_tokens_of(&m.content)));
-    let req = route_request(
+    let mut req = route_request(
         tenant,
         Task::Generate,
         body.routing.as_ref(),
@@ -188,6 +189,14 @@ pub fn generate(
         r.max_tokens,
         limits,
     )?;
+    // one local model by name (an evaluation, a pinned caller); empty: the policy chooses
+    if r.model.len() > 128 {
+        return Err(invalid(format!(
+            "request.model is {} bytes; a model name is at most 128",
+            r.model.len()
+        )));
+    }
+    req.space = (!r.model.is_empty()).then(|| r.model.clone());
     Ok((messages, req))
 }
 

@@ -178,6 +178,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         prompt_tokens_max: r.prompt_tokens,
         max_tokens: r.max_tokens,
         exclude_nodes: vec![],
+        larger_than: None,
         space: r.model.clone(),
     };
     let inputs = Inputs {

@@ -419,3 +419,120 @@ async fn a_caller_leaving_before_the_provider_answers_settles_its_reservation() 
     );
     g.stop().await;
 }
+
+/// A cascade route over two tiny LMs (`small`, then `large`) with the mock as its hosted
+/// step: `threshold: 0.0` is a confidence no answer reaches (every log-probability is below
+/// 0), `-1000` one every answer does.
+async fn cascade_fleet(
+    threshold: f32,
+    mock: &MockProvider,
+) -> (Gateway, TestAgent, tempfile::TempDir) {
+    let policy = format!(
+        "default_data_class: internal\nroutes:\n  - name: short\n    match: {{tasks: [generate]}}\n    adequacy:\n      estimator: cascade\n      signal: mean_logprob\n      threshold: {threshold}\n      max_tokens: 8\n    external:\n      allowed: true\n      provider: openai\n      model: gpt-x\n      data_classes: [public, internal]\n      when: [no_adequate_local, no_local_capacity]\n      daily_budget_usd: 1.0\n"
+    );
+    let (g, p) = gateway(
+        &policy,
+        vec![provider("openai", Kind::OpenAi, mock, 1.0)],
+        None,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    model_as(dir.path(), "tiny-lm-q4", "small", 100_000, 0.2);
+    model_as(dir.path(), "tiny-lm-q4", "large", 200_000, 0.2);
+    let (mut cfg, state) = config(dir.path(), None);
+    cfg.gateways = vec![format!("http://{}", g.addr)];
+    let a = TestAgent::start(cfg, state).await;
+    std::mem::forget(dir);
+    wait_fleet(&client(&g), "the gateway sees both models ready", |s| {
+        s.nodes.iter().any(|n| {
+            n.live
+                && n.models.len() == 2
+                && n.models
+                    .iter()
+                    .all(|m| m.state == pb::ModelState::Ready as i32)
+        })
+    })
+    .await;
+    (g, a, p)
+}
+
+fn steps(d: &pb::Decision) -> Vec<(String, String)> {
+    d.cascade
+        .iter()
+        .map(|s| {
+            let model = s
+                .candidate
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (
+                model,
+                s.outcome.split(':').next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stays() {
+    let mock = MockProvider::start(KEY).await;
+
+    // confident at once: the smallest answers, one step, nothing hosted
+    let (g, a, _p) = cascade_fleet(-1000.0, &mock).await;
+    let (d, text, done) = generate(&g, chat_request("internal", 4)).await.unwrap();
+    assert_eq!(steps(&d), [("small".into(), "kept".into())]);
+    assert!(done.confidence.is_some(), "{text:?} {done:?}");
+    let c = d.cascade[0].confidence.unwrap();
+    assert!(
+        c.mean_logprob <= 0.0 && c.min_logprob <= c.p10_logprob && c.tokens >= 1,
+        "{c:?}"
+    );
+    // a long answer is not the cascade's: routed as by static quality, no steps
+    let (d, _, _) = generate(&g, chat_request("internal", 64)).await.unwrap();
+    assert!(d.cascade.is_empty(), "{d:?}");
+    a.stop().await;
+    drop(g);
+
+    // never confident: small, then large, then the hosted model, which answers once
+    let (g, a, _p) = cascade_fleet(0.0, &mock).await;
+    let (d, text, _) = generate(&g, chat_request("internal", 4)).await.unwrap();
+    assert_eq!(
+        steps(&d),
+        [
+            ("small".into(), "escalated".into()),
+            ("large".into(), "escalated".into())
+        ]
+    );
+    assert!(
+        matches!(d.target, Some(pb::decision::Target::External(_))),
+        "{d:?}"
+    );
+    assert!(!text.is_empty());
+    assert_eq!(mock.requests().len(), 1);
+
+    // confidential: the hosted step is forbidden, so the largest local answer stands
+    let (d, text, _) = generate(&g, chat_request("confidential", 4)).await.unwrap();
+    assert_eq!(
+        steps(&d),
+        [
+            ("small".into(), "escalated".into()),
+            ("large".into(), "kept below the threshold".into())
+        ]
+    );
+    assert!(
+        d.cascade[1].outcome.contains("confidential"),
+        "{:?}",
+        d.cascade[1]
+    );
+    match &d.target {
+        Some(pb::decision::Target::Local(t)) => assert_eq!(t.model, "large"),
+        other => panic!("{other:?} {text:?}"),
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "nothing confidential reached the provider"
+    );
+    a.stop().await;
+}

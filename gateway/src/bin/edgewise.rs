@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Evaluate the fleet's models on item sets; calibrate and report routing.
+    Eval {
+        #[command(subcommand)]
+        command: edgewise_gateway::eval::EvalCommand,
+    },
     /// Callers' bearer tokens.
     Token {
         #[command(subcommand)]
@@ -280,6 +285,9 @@ fn main() -> ExitCode {
                             Err(e) => Err(e),
                         }
                     }
+                    Command::Eval { command } => edgewise_gateway::eval::main(&caller, command)
+                        .await
+                        .map_err(|e| cli::CliError::Usage(e.to_string())),
                     _ => Ok(()),
                 }
             })

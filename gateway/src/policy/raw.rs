@@ -29,6 +29,19 @@ pub struct RawRoute {
     pub space: Option<Spanned<String>>,
     /// The label set classifications come from (required when the route lists `classify`).
     pub label_set: Option<Spanned<String>>,
+    /// How a local model is judged adequate per request (default: `static`).
+    pub adequacy: Option<Spanned<RawAdequacy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdequacy {
+    pub estimator: Spanned<String>,
+    pub signal: Option<Spanned<String>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub max_tokens: Option<Spanned<u32>>,
+    /// Provenance written by `edgewise eval calibrate` (set, hash, target).
+    pub calibrated: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,7 +95,7 @@ fn syntax_and_shape_errors_are_located() {
         .unwrap_or_default();
     assert_eq!(
         err,
-        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external, space, label_set"
+        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external, space, label_set, adequacy"
     );
     let err = check(&[("p.yaml", "routes:\n  - name: r\n    min_quality: high\n")])
         .err()
@@ -146,5 +146,63 @@ fn a_route_that_lists_embed_or_classify_must_pin_its_space() {
     assert!(
         e.starts_with("p.yaml:4:12: routes[0].space: `not a name` must be"),
         "{e}"
+    );
+}
+
+#[test]
+fn an_adequacy_block_is_checked_where_it_is_written() {
+    let base = "routes:\n  - name: g\n    match: {tasks: [generate]}\n    adequacy:\n";
+    let cases = [
+        (
+            "      estimator: oracle\n",
+            "p.yaml:5:18: routes[0].adequacy.estimator: `oracle` is not an estimator (static, cascade)",
+        ),
+        (
+            "      estimator: cascade\n",
+            "p.yaml:5:18: routes[0].adequacy.threshold: a cascade needs a threshold (a log-probability, at most 0); `edgewise eval calibrate` writes one",
+        ),
+        (
+            "      estimator: cascade\n      threshold: 0.5\n",
+            "p.yaml:6:18: routes[0].adequacy.threshold: 0.5 is not a log-probability (at most 0)",
+        ),
+        (
+            "      estimator: cascade\n      threshold: -1\n      signal: entropy\n",
+            "p.yaml:7:15: routes[0].adequacy.signal: `entropy` is not a signal (mean_logprob, min_logprob, p10_logprob)",
+        ),
+        (
+            "      estimator: cascade\n      threshold: -1\n      max_tokens: 0\n",
+            "p.yaml:7:19: routes[0].adequacy.max_tokens: must be in 1..=4096",
+        ),
+        (
+            "      estimator: static\n      threshold: -1\n",
+            "p.yaml:6:18: routes[0].adequacy.threshold: only a `cascade` takes this",
+        ),
+    ];
+    for (block, want) in cases {
+        let e = check(&[("p.yaml", &format!("{base}{block}"))]).unwrap_err();
+        assert_eq!(e, want, "{block}");
+    }
+    let e = check(&[(
+        "p.yaml",
+        "routes:\n  - name: g\n    match: {tasks: [generate, classify]}\n    label_set: l\n    adequacy: {estimator: cascade, threshold: -1}\n",
+    )])
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].adequacy.estimator: a cascade judges generated answers"),
+        "{e}"
+    );
+    let p = check(&[(
+        "p.yaml",
+        &format!("{base}      estimator: cascade\n      threshold: -1.25\n      calibrated: \"exact-answers\"\n"),
+    )])
+    .unwrap();
+    assert_eq!(
+        p.routes[0].adequacy,
+        crate::routing::Adequacy::Cascade(crate::routing::Cascade {
+            signal: crate::routing::Signal::P10Logprob,
+            threshold: -1.25,
+            max_tokens: 64,
+            calibrated: Some("exact-answers".into()),
+        })
     );
 }

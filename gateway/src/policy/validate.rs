@@ -6,7 +6,10 @@ use edgewise_diag::Diagnostic;
 use marked_yaml::Spanned;
 
 use super::raw::{RawExternal, RawPolicyFile, RawRoute, pos};
-use crate::routing::{DataClass, ExternalCondition, ExternalRule, Policy, Route, Spill, Task};
+use crate::routing::{
+    Adequacy, Cascade, DataClass, ExternalCondition, ExternalRule, Policy, Route, Signal, Spill,
+    Task,
+};
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -186,6 +189,7 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
             );
         }
     }
+    let adequacy = adequacy(cx, &format!("{path}.adequacy"), r, &tasks);
     (cx.problems.len() == before).then(|| Route {
         name: r.name.to_string(),
         tenants,
@@ -197,7 +201,103 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
         external,
         space,
         label_set,
+        adequacy,
     })
+}
+
+/// `adequacy:`: `static` (the default), or a `cascade` with its signal, threshold and the
+/// short answers it applies to.
+fn adequacy(cx: &mut Ctx<'_>, path: &str, r: &RawRoute, tasks: &[Task]) -> Adequacy {
+    let Some(a) = &r.adequacy else {
+        return Adequacy::Static;
+    };
+    match a.estimator.as_str() {
+        "static" => {
+            for (v, key) in [
+                (
+                    a.signal.as_ref().map(|v| Spanned::new(*v.span(), ())),
+                    "signal",
+                ),
+                (
+                    a.threshold.as_ref().map(|v| Spanned::new(*v.span(), ())),
+                    "threshold",
+                ),
+                (
+                    a.max_tokens.as_ref().map(|v| Spanned::new(*v.span(), ())),
+                    "max_tokens",
+                ),
+            ] {
+                if let Some(v) = v {
+                    cx.at(&v, format!("{path}.{key}"), "only a `cascade` takes this");
+                }
+            }
+            Adequacy::Static
+        }
+        "cascade" => {
+            if !tasks.is_empty() && tasks != [Task::Generate] {
+                cx.at(
+                    &a.estimator,
+                    format!("{path}.estimator"),
+                    "a cascade judges generated answers: the route must serve only generate (`match: {tasks: [generate]}`)",
+                );
+            }
+            let signal = match &a.signal {
+                None => Signal::P10Logprob,
+                Some(s) => Signal::parse(s).unwrap_or_else(|| {
+                    cx.at(
+                        s,
+                        format!("{path}.signal"),
+                        format!(
+                            "`{}` is not a signal (mean_logprob, min_logprob, p10_logprob)",
+                            s.as_str()
+                        ),
+                    );
+                    Signal::P10Logprob
+                }),
+            };
+            let threshold = match &a.threshold {
+                None => {
+                    cx.at(
+                        &a.estimator,
+                        format!("{path}.threshold"),
+                        "a cascade needs a threshold (a log-probability, at most 0); `edgewise eval calibrate` writes one",
+                    );
+                    0.0
+                }
+                Some(t) if !(t.is_finite() && **t <= 0.0) => {
+                    cx.at(
+                        t,
+                        format!("{path}.threshold"),
+                        format!("{} is not a log-probability (at most 0)", **t),
+                    );
+                    0.0
+                }
+                Some(t) => **t as f32,
+            };
+            let max_tokens = match &a.max_tokens {
+                Some(m) if **m == 0 || **m > 4096 => {
+                    cx.at(m, format!("{path}.max_tokens"), "must be in 1..=4096");
+                    0
+                }
+                Some(m) => **m,
+                None => 64,
+            };
+            Adequacy::Cascade(Cascade {
+                signal,
+                threshold,
+                max_tokens,
+                calibrated: a.calibrated.as_ref().map(|c| c.to_string()),
+            })
+        }
+        other => {
+            cx.at(
+                &a.estimator,
+                format!("{path}.estimator"),
+                format!("`{other}` is not an estimator (static, cascade)"),
+            );
+            Adequacy::Static
+        }
+    }
 }
 
 /// A vector space or label set name.

@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use tonic::Code;
 use tracing::Instrument;
 
+use super::cascade;
 use super::texts::{failed, provider_of};
 use super::{Caller, with_timeout};
 use crate::dispatch::{self, AgentClient, Served};
@@ -18,6 +19,7 @@ use crate::error::GatewayError;
 use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
 use crate::metrics::Tracker;
 use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
+use crate::routing::{Adequacy, Cascade};
 use crate::state::State;
 
 /// The decision, then the text chunks; an error after the decision ends the stream.
@@ -69,8 +71,42 @@ async fn tracked(
             Ok((first, stream))
         }
     };
-    let served = dispatch::with_retries(state, route_req, deadline, call).await?;
+    let mut served = dispatch::with_retries(state, route_req.clone(), deadline, &call).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // a cascade route's short answer: whole answers, judged, escalated while not confident
+    if let Served::Local(_, routed) = &served
+        && let Some(c) = cascade_of(state, &routed.decision.route, &route_req)
+        && let Some(t) = track.as_mut()
+    {
+        let Served::Local(opened, routed) = served else {
+            unreachable!("matched above")
+        };
+        match cascade::run(state, &c, route_req, deadline, &call, opened, routed, t).await {
+            Ok(cascade::Outcome::Local {
+                decision,
+                text,
+                done,
+            }) => {
+                t.decided(&decision);
+                if !text.is_empty() {
+                    t.first_token();
+                }
+                for chunk in [
+                    decision_chunk(decision),
+                    text_chunk(pb::GenerateChunk {
+                        text,
+                        done: Some(done),
+                    }),
+                ] {
+                    let _ = tx.send(Ok(chunk)).await;
+                }
+                drop(slot);
+                return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
+            }
+            Ok(cascade::Outcome::External(ext)) => served = Served::External(ext),
+            Err(e) => return Err(e),
+        }
+    }
     match served {
         Served::Local((first, stream), routed) => {
             let track = track.take();
@@ -140,6 +176,16 @@ async fn tracked(
         }
     }
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// The route's cascade, when it has one and this request is a short answer it judges.
+fn cascade_of(state: &State, route: &str, req: &crate::routing::RouteRequest) -> Option<Cascade> {
+    let policy = state.policy();
+    let r = policy.policy.routes.iter().find(|r| r.name == route)?;
+    match &r.adequacy {
+        Adequacy::Cascade(c) if cascade::applies(c, req) => Some(c.clone()),
+        _ => None,
+    }
 }
 
 type Chunks = tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, GatewayError>>;
@@ -263,6 +309,7 @@ async fn pipe_external(
                     time_to_first_token_ms: ttft,
                     time_per_output_token_ms: decode_ms
                         / f64::from(shown.completion_tokens.saturating_sub(1).max(1)),
+                    confidence: None,
                 };
                 let chunk = pb::GenerateChunk {
                     text: String::new(),

@@ -4,11 +4,13 @@
 //! reservation, audit, metrics and traces all happen below this line, so they cannot differ
 //! between fronts. Errors are `GatewayError`s; each front maps them in `error.rs`.
 
+mod cascade;
 mod generate;
 mod texts;
 
 use std::time::{Duration, Instant};
 
+pub use cascade::signal_of;
 pub use generate::{ChunkStream, generate};
 pub use texts::{TextsCall, texts};
 

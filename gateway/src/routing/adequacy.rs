@@ -42,7 +42,8 @@ pub(super) fn wanted(
     let (pin, kind, key) = match req.task {
         Task::Embed => (route.space.as_ref(), "vector space", "space"),
         Task::Classify => (route.label_set.as_ref(), "label set", "label_set"),
-        Task::Generate => return Ok(None),
+        // a generation names one model or none
+        Task::Generate => return Ok(req.space.clone().map(Wanted::Model)),
     };
     let models = || {
         fleet

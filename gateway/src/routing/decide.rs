@@ -121,7 +121,6 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
             space: None,
         };
     };
-    let need_quality = req.min_quality.unwrap_or(0.0).max(route.min_quality);
     let need_context = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
     // the tighter of the caller's limit and the route's target
     let latency_limit = match (req.max_latency_ms, route.latency_target_ms) {
@@ -146,6 +145,13 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
         }
     };
 
+    // a caller that names one model gets it without the route's floor (its own still holds)
+    let floor = match wanted {
+        Some(Wanted::Model(_)) => 0.0,
+        _ => route.min_quality,
+    };
+    let need_quality = req.min_quality.unwrap_or(0.0).max(floor);
+
     // 1. adequate local candidates
     let mut adequate: Vec<Candidate<'_>> = Vec::new();
     for node in &inputs.fleet.nodes {
@@ -158,6 +164,13 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 Some("node already failed this request".to_string())
             } else if !model.ready {
                 Some("model is not ready".to_string())
+            } else if let Some(p) = req.larger_than
+                && model.parameters <= p
+            {
+                Some(format!(
+                    "cascade: a model of {} parameters answered with too little confidence, and this one is no larger",
+                    p
+                ))
             } else if model.quality < need_quality {
                 Some(format!(
                     "quality {} is below the required {need_quality}",
@@ -219,13 +232,16 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
             agrees
         });
     }
-    let space = wanted.as_ref().map(|w| match w {
-        Wanted::Space(s) => s.clone(),
-        Wanted::Model(m) => adequate
-            .first()
-            .map(|c| c.model.space.clone())
-            .unwrap_or_else(|| m.clone()),
-    });
+    let space = wanted
+        .as_ref()
+        .filter(|_| req.task != Task::Generate)
+        .map(|w| match w {
+            Wanted::Space(s) => s.clone(),
+            Wanted::Model(m) => adequate
+                .first()
+                .map(|c| c.model.space.clone())
+                .unwrap_or_else(|| m.clone()),
+        });
     let decision = |rule: String, outcome, excluded| Decision {
         data_class,
         route: route.name.clone(),
@@ -297,7 +313,12 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
             });
         }
     };
-    match route.spill {
+    // a request that names one model queues for it rather than go elsewhere
+    let spill = match wanted {
+        Some(Wanted::Model(_)) => Spill::Wait,
+        _ => route.spill,
+    };
+    match spill {
         Spill::Larger => {
             let mut names: Vec<&str> = Vec::new();
             for c in &adequate {
@@ -350,7 +371,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
                 route.name,
                 req.task,
-                spill_name(route.spill)
+                spill_name(spill)
             ))),
             excluded,
         ),
@@ -360,7 +381,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
                 route.name,
                 req.task,
-                spill_name(route.spill)
+                spill_name(spill)
             ))),
             excluded,
         ),
@@ -370,7 +391,7 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                 "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
                 route.name,
                 req.task,
-                spill_name(route.spill)
+                spill_name(spill)
             ))),
             excluded,
         ),

@@ -51,6 +51,7 @@ fn route(name: &str, spill: Spill, external: Option<ExternalRule>) -> Route {
         external,
         space: None,
         label_set: None,
+        adequacy: Adequacy::Static,
     }
 }
 
@@ -77,6 +78,7 @@ fn request(task: Task, class: DataClass) -> RouteRequest {
         prompt_tokens_max: 100,
         max_tokens: 100,
         exclude_nodes: vec![],
+        larger_than: None,
         space: None,
     }
 }

@@ -119,6 +119,52 @@ pub struct ExternalRule {
     pub space: Option<String>,
 }
 
+/// A confidence signal of a local answer (the agent's `Confidence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    MeanLogprob,
+    MinLogprob,
+    P10Logprob,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::MeanLogprob, Signal::MinLogprob, Signal::P10Logprob];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::MeanLogprob => "mean_logprob",
+            Signal::MinLogprob => "min_logprob",
+            Signal::P10Logprob => "p10_logprob",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Signal::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// A confidence cascade: the smallest adequate model answers; an answer whose `signal` is
+/// below `threshold` is answered again by the next larger local model, then by the route's
+/// hosted model where the data class permits. Only for short answers (`max_tokens`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cascade {
+    pub signal: Signal,
+    pub threshold: f32,
+    /// Requests that may generate more tokens than this are routed as by `static`.
+    pub max_tokens: u32,
+    /// Where the threshold came from (the evaluation set and target), for explain.
+    pub calibrated: Option<String>,
+}
+
+/// How a route judges that a local model is adequate for a request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Adequacy {
+    /// The manifest quality against `min_quality` (the same answer for every request).
+    #[default]
+    Static,
+    Cascade(Cascade),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
@@ -137,6 +183,7 @@ pub struct Route {
     pub space: Option<String>,
     /// The label set its classifications come from when a request names none.
     pub label_set: Option<String>,
+    pub adequacy: Adequacy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,8 +325,12 @@ pub struct RouteRequest {
     /// Nodes already tried for this request (retries decide again without them).
     pub exclude_nodes: Vec<String>,
     /// Embed and classify: the vector space or label set the caller needs, or one model by
-    /// name (the request's `model` field); `None`: the route's pin.
+    /// name (the request's `model` field); `None`: the route's pin. Generate: one model by
+    /// name, or `None`.
     pub space: Option<String>,
+    /// A cascade's next step: only models with more parameters than this (the smaller
+    /// models' answers were not confident enough).
+    pub larger_than: Option<u64>,
 }
 
 /// Spent (and reserved) today per (tenant, provider), in USD, as the ledger sees it now.

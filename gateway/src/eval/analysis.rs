@@ -1,0 +1,414 @@
+//! What the outcomes of `edgewise eval run` say about routing: how well each confidence
+//! signal ranks right answers above wrong ones (AUROC), what a cascade at each threshold
+//! keeps and serves locally, the threshold that meets a quality target (`calibrate`), and
+//! the baselines a router must beat (static manifest quality, random at matched cost, the
+//! best fixed split, the oracle). Pure: outcomes in, numbers out.
+
+use std::collections::BTreeMap;
+
+use super::run::Outcome;
+use crate::routing::Signal;
+
+/// Hosted prices, per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+}
+
+/// One rung of the local ladder's answer to an item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rung {
+    pub correct: bool,
+    pub signals: [f32; 3],
+}
+
+/// One item: its answer at each rung (smallest first), the hosted outcome and its cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub rungs: Vec<Rung>,
+    pub hosted_correct: bool,
+    pub hosted_cost_usd: f64,
+}
+
+/// The cascade's ladder and its rows, and every model's accuracy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// The ladder a cascade climbs: one model per parameter count (the smallest in bytes,
+    /// as `decide` picks), smallest first.
+    pub ladder: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Every local model's accuracy on the items, by name.
+    pub accuracy: BTreeMap<String, f64>,
+    /// Every model's outcomes, for the signals' AUROC.
+    pub by_model: BTreeMap<String, Vec<(bool, [f32; 3])>>,
+}
+
+fn signals_of(o: &Outcome) -> [f32; 3] {
+    [o.mean_logprob, o.min_logprob, o.p10_logprob]
+}
+
+pub fn index(s: Signal) -> usize {
+    match s {
+        Signal::MeanLogprob => 0,
+        Signal::MinLogprob => 1,
+        Signal::P10Logprob => 2,
+    }
+}
+
+/// Outcomes → a table over the items every ladder model answered.
+pub fn table(outcomes: &[Outcome], prices: Prices) -> Table {
+    let mut models: Vec<(u64, u64, String)> = outcomes
+        .iter()
+        .map(|o| (o.parameters, o.size_bytes, o.model.clone()))
+        .collect();
+    models.sort();
+    models.dedup();
+    let mut ladder: Vec<(u64, String)> = Vec::new();
+    for (p, _, name) in &models {
+        if ladder.last().is_none_or(|(lp, _)| lp != p) {
+            ladder.push((*p, name.clone()));
+        }
+    }
+    let mut items: BTreeMap<(String, usize), BTreeMap<String, &Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        items
+            .entry((o.set.clone(), o.line))
+            .or_default()
+            .insert(o.model.clone(), o);
+    }
+    let mut rows = Vec::new();
+    for answers in items.values() {
+        let rungs: Option<Vec<&Outcome>> = ladder
+            .iter()
+            .map(|(_, m)| answers.get(m).copied())
+            .collect();
+        let Some(rungs) = rungs else { continue };
+        let first = rungs[0];
+        let hosted_cost_usd = (f64::from(first.prompt_tokens) * prices.input_per_million_usd
+            + f64::from(first.completion_tokens.max(1)) * prices.output_per_million_usd)
+            / 1e6;
+        rows.push(Row {
+            rungs: rungs
+                .iter()
+                .map(|o| Rung {
+                    correct: o.correct,
+                    signals: signals_of(o),
+                })
+                .collect(),
+            hosted_correct: first.hosted_correct.unwrap_or(true),
+            hosted_cost_usd,
+        });
+    }
+    let mut by_model: BTreeMap<String, Vec<(bool, [f32; 3])>> = BTreeMap::new();
+    for o in outcomes {
+        by_model
+            .entry(o.model.clone())
+            .or_default()
+            .push((o.correct, signals_of(o)));
+    }
+    let accuracy = by_model
+        .iter()
+        .map(|(m, v)| {
+            (
+                m.clone(),
+                v.iter().filter(|(c, _)| *c).count() as f64 / v.len().max(1) as f64,
+            )
+        })
+        .collect();
+    Table {
+        ladder: ladder.into_iter().map(|(_, m)| m).collect(),
+        rows,
+        accuracy,
+        by_model,
+    }
+}
+
+/// The area under the ROC curve of `score` for `label` (ties count half); `None` when
+/// one class is empty.
+pub fn auroc(points: &[(bool, f32)]) -> Option<f64> {
+    let pos = points.iter().filter(|p| p.0).count();
+    let neg = points.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let mut sorted: Vec<&(bool, f32)> = points.iter().collect();
+    sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+    // Mann-Whitney: the rank sum of the positives, ties given their mean rank
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1].1 == sorted[i].1 {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += sorted[i..=j].iter().filter(|p| p.0).count() as f64 * mean_rank;
+        i = j + 1;
+    }
+    let (pos, neg) = (pos as f64, neg as f64);
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// What a routing plan did over the rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Fraction answered right.
+    pub quality: f64,
+    /// Fraction answered by a local model.
+    pub local_share: f64,
+    pub cost_usd: f64,
+}
+
+/// A cascade at `threshold`: each rung answers until one is confident; when none is, the
+/// hosted model answers if `external` (else the largest rung's answer stands).
+pub fn cascade(rows: &[Row], signal: Signal, threshold: f32, external: bool) -> Point {
+    let k = index(signal);
+    let (mut right, mut local, mut cost) = (0usize, 0usize, 0.0);
+    for r in rows {
+        let kept = r.rungs.iter().find(|g| g.signals[k] >= threshold);
+        match (kept, external) {
+            (Some(g), _) => {
+                local += 1;
+                right += usize::from(g.correct);
+            }
+            (None, true) => {
+                right += usize::from(r.hosted_correct);
+                cost += r.hosted_cost_usd;
+            }
+            (None, false) => {
+                local += 1;
+                right += usize::from(r.rungs.last().is_some_and(|g| g.correct));
+            }
+        }
+    }
+    let n = rows.len().max(1) as f64;
+    Point {
+        quality: right as f64 / n,
+        local_share: local as f64 / n,
+        cost_usd: cost,
+    }
+}
+
+/// Every threshold that changes a decision: each rung's signal values, and one above all.
+fn thresholds(rows: &[Row], signal: Signal) -> Vec<f32> {
+    let k = index(signal);
+    let mut t: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.rungs.iter().map(move |g| g.signals[k]))
+        .collect();
+    t.push(f32::INFINITY);
+    t.sort_by(f32::total_cmp);
+    t.dedup();
+    t
+}
+
+/// Always the hosted model.
+pub fn hosted(rows: &[Row]) -> Point {
+    let n = rows.len().max(1) as f64;
+    Point {
+        quality: rows.iter().filter(|r| r.hosted_correct).count() as f64 / n,
+        local_share: 0.0,
+        cost_usd: rows.iter().map(|r| r.hosted_cost_usd).sum(),
+    }
+}
+
+/// A calibrated cascade: the signal and threshold that serve the most locally while
+/// keeping `target` of the hosted model's quality.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    pub signal: Signal,
+    pub threshold: f32,
+    pub point: Point,
+}
+
+pub fn calibrate(rows: &[Row], target: f64, signals: &[Signal]) -> Option<Calibration> {
+    let need = target * hosted(rows).quality;
+    let mut best: Option<Calibration> = None;
+    for &signal in signals {
+        for t in thresholds(rows, signal) {
+            let point = cascade(rows, signal, t, true);
+            if point.quality + 1e-12 < need {
+                continue;
+            }
+            let better = best.is_none_or(|b| {
+                (point.local_share, point.quality) > (b.point.local_share, b.point.quality)
+            });
+            if better {
+                // a threshold between this value and the next lower one, rounded for a policy
+                best = Some(Calibration {
+                    signal,
+                    threshold: if t.is_finite() { t } else { 0.0 },
+                    point,
+                });
+            }
+        }
+    }
+    best
+}
+
+/// The local share of a random mix of one local model (accuracy `q`) with the hosted
+/// model (accuracy `qe`) that keeps `target × qe` in expectation.
+fn mix_share(q: f64, qe: f64, target: f64) -> f64 {
+    if q >= target * qe {
+        return 1.0;
+    }
+    ((qe - target * qe) / (qe - q)).clamp(0.0, 1.0)
+}
+
+/// The baselines' local share at `target` of the hosted quality.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Baselines {
+    /// Manifest quality: every request of the route to one model, or all hosted.
+    pub static_quality: f64,
+    /// A random split between the smallest rung and the hosted model.
+    pub random: f64,
+    /// The best random split between any one local model and the hosted model.
+    pub best_split: f64,
+    /// Knowing every outcome.
+    pub oracle: f64,
+}
+
+pub fn baselines(t: &Table, target: f64) -> Baselines {
+    let rows = &t.rows;
+    let qe = hosted(rows).quality;
+    let n = rows.len().max(1) as f64;
+    let rung_quality = |i: usize| rows.iter().filter(|r| r.rungs[i].correct).count() as f64 / n;
+    let static_quality = if (0..t.ladder.len()).any(|i| rung_quality(i) >= target * qe) {
+        1.0
+    } else {
+        0.0
+    };
+    let random = if t.ladder.is_empty() {
+        0.0
+    } else {
+        mix_share(rung_quality(0), qe, target)
+    };
+    let best_split = (0..t.ladder.len())
+        .map(|i| mix_share(rung_quality(i), qe, target))
+        .fold(0.0, f64::max);
+    // the oracle serves locally every item some rung gets right or the hosted model gets
+    // wrong, then as many hosted-only items as the target leaves room for
+    let free = rows
+        .iter()
+        .filter(|r| r.rungs.iter().any(|g| g.correct) || !r.hosted_correct)
+        .count();
+    let best_quality = rows
+        .iter()
+        .filter(|r| r.rungs.iter().any(|g| g.correct) || r.hosted_correct)
+        .count() as f64;
+    let room = (best_quality - target * qe * n).max(0.0).floor() as usize;
+    let oracle = (free + room.min(rows.len() - free)) as f64 / n;
+    Baselines {
+        static_quality,
+        random,
+        best_split,
+        oracle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(rungs: &[(bool, f32)], hosted_correct: bool) -> Row {
+        Row {
+            rungs: rungs
+                .iter()
+                .map(|&(correct, s)| Rung {
+                    correct,
+                    signals: [s, s, s],
+                })
+                .collect(),
+            hosted_correct,
+            hosted_cost_usd: 1.0,
+        }
+    }
+
+    #[test]
+    fn auroc_counts_ordered_pairs_and_ties() {
+        let cases: &[(&[(bool, f32)], Option<f64>)] = &[
+            (&[(true, 1.0), (false, 0.0)], Some(1.0)),
+            (&[(true, 0.0), (false, 1.0)], Some(0.0)),
+            (&[(true, 0.5), (false, 0.5)], Some(0.5)),
+            // 2 positives x 2 negatives: (0.9>0.1, 0.9>0.4, 0.3>0.1, 0.3<0.4) = 3/4
+            (
+                &[(true, 0.9), (true, 0.3), (false, 0.1), (false, 0.4)],
+                Some(0.75),
+            ),
+            (&[(true, 0.9), (true, 0.3)], None),
+        ];
+        for (points, want) in cases {
+            assert_eq!(auroc(points), *want, "{points:?}");
+        }
+    }
+
+    #[test]
+    fn a_cascade_climbs_until_confident_and_escalates_only_when_allowed() {
+        let rows = vec![
+            row(&[(true, -0.1), (true, -0.1)], true), // the first rung is sure: local
+            row(&[(false, -3.0), (true, -0.2)], true), // the second rung is sure: local
+            row(&[(false, -3.0), (false, -2.0)], true), // nobody is sure: hosted
+        ];
+        let p = cascade(&rows, Signal::MeanLogprob, -1.0, true);
+        assert_eq!(
+            (p.quality, p.local_share, p.cost_usd),
+            (1.0, 2.0 / 3.0, 1.0)
+        );
+        // confidential: no hosted step; the largest rung's (wrong) answer stands
+        let p = cascade(&rows, Signal::MeanLogprob, -1.0, false);
+        assert_eq!(
+            (p.quality, p.local_share, p.cost_usd),
+            (2.0 / 3.0, 1.0, 0.0)
+        );
+        // an impossible threshold is always-hosted
+        assert_eq!(
+            cascade(&rows, Signal::MeanLogprob, f32::INFINITY, true),
+            hosted(&rows)
+        );
+    }
+
+    #[test]
+    fn calibration_serves_the_most_locally_within_the_target() {
+        let rows = vec![
+            row(&[(true, -0.1)], true),
+            row(&[(true, -0.5)], true),
+            row(&[(false, -0.9)], true),
+            row(&[(false, -2.0)], true),
+        ];
+        // 100 %: only the two right answers may stay local (threshold -0.5)
+        let c = calibrate(&rows, 1.0, &Signal::ALL).unwrap();
+        assert_eq!(
+            (c.threshold, c.point.local_share, c.point.quality),
+            (-0.5, 0.5, 1.0)
+        );
+        // 75 %: one wrong local answer is allowed
+        let c = calibrate(&rows, 0.75, &Signal::ALL).unwrap();
+        assert_eq!((c.threshold, c.point.local_share), (-0.9, 0.75));
+    }
+
+    #[test]
+    fn baselines_match_their_definitions() {
+        let t = Table {
+            ladder: vec!["small".into(), "large".into()],
+            rows: vec![
+                row(&[(true, 0.0), (true, 0.0)], true),
+                row(&[(false, 0.0), (true, 0.0)], true),
+                row(&[(false, 0.0), (false, 0.0)], false),
+                row(&[(false, 0.0), (false, 0.0)], true),
+            ],
+            accuracy: BTreeMap::new(),
+            by_model: BTreeMap::new(),
+        };
+        // hosted 0.75; small 0.25, large 0.5
+        let b = baselines(&t, 0.95);
+        assert_eq!(b.static_quality, 0.0);
+        // random with small: s = (0.75 - 0.7125) / (0.75 - 0.25) = 0.075
+        assert!((b.random - 0.075).abs() < 1e-9, "{b:?}");
+        assert!((b.best_split - 0.15).abs() < 1e-9, "{b:?}");
+        // the oracle: 3 items free (two right locally, one the hosted model gets wrong);
+        // best quality 3/4 and 0.95 x 0.75 x 4 = 2.85 leaves no room for the fourth
+        assert_eq!(b.oracle, 0.75);
+        assert_eq!(baselines(&t, 0.6).static_quality, 1.0);
+    }
+}

@@ -1,0 +1,36 @@
+//! Evaluation: answer committed item sets with each local model of the real fleet
+//! (`run`), then measure routing on the outcomes (`analysis`): signals, cascades, the
+//! calibrated threshold written into a policy (`calibrate`), and the routing report.
+
+pub mod analysis;
+mod command;
+pub mod items;
+mod policy_edit;
+mod report;
+pub mod run;
+
+use std::path::PathBuf;
+
+pub use command::{EvalCommand, main};
+pub use policy_edit::write_adequacy;
+pub use report::{render, render_calibration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("cannot read {}: {}", .0.display(), .1)]
+    Read(PathBuf, std::io::Error),
+    #[error("cannot write {}: {}", .0.display(), .1)]
+    Write(PathBuf, std::io::Error),
+    #[error("{}:{line}: {message}", .file.display())]
+    Item {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("the gateway served `{served}` when the evaluation pinned `{wanted}`")]
+    Served { wanted: String, served: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Cli(#[from] crate::cli::CliError),
+}

@@ -1,0 +1,140 @@
+//! The routing report as Markdown: per set, each signal's AUROC per model, then each
+//! estimator against the baselines at 99 / 95 / 90 % of the hosted model's quality.
+
+use std::fmt::Write;
+
+use super::analysis::{self, Calibration, Prices, Table};
+use crate::routing::Signal;
+
+pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
+
+/// The report for one set's outcomes.
+pub fn render(set: &str, outcomes: &[super::run::Outcome], prices: Prices) -> String {
+    let t = analysis::table(outcomes, prices);
+    let mut out = String::new();
+    let hosted = analysis::hosted(&t.rows);
+    let _ = writeln!(
+        out,
+        "### {set} ({} items; hosted quality {:.1} %, always-hosted cost ${:.4})\n",
+        t.rows.len(),
+        100.0 * hosted.quality,
+        hosted.cost_usd
+    );
+    let _ = writeln!(
+        out,
+        "| model | accuracy | AUROC mean_logprob | AUROC min_logprob | AUROC p10_logprob |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (m, v) in &t.by_model {
+        let a = |s: Signal| {
+            let pts: Vec<(bool, f32)> =
+                v.iter().map(|(c, x)| (*c, x[analysis::index(s)])).collect();
+            analysis::auroc(&pts).map_or("—".to_string(), |x| format!("{x:.3}"))
+        };
+        let _ = writeln!(
+            out,
+            "| {m}{} | {:.1} % | {} | {} | {} |",
+            if t.ladder.contains(m) {
+                " (ladder)"
+            } else {
+                ""
+            },
+            100.0 * t.accuracy[m],
+            a(Signal::MeanLogprob),
+            a(Signal::MinLogprob),
+            a(Signal::P10Logprob)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nServed locally at ≥ X % of the hosted quality (cascade: smallest first, in-sample threshold; held-out: threshold from the other half of the items, odd/even):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | cascade (signal, threshold) | cascade quality / cost saved | held-out local / kept | static | random | best fixed split | oracle |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for target in TARGETS {
+        let b = analysis::baselines(&t, target);
+        let c = analysis::calibrate(&t.rows, target, &Signal::ALL);
+        let (cell, q) = match &c {
+            Some(c) => (
+                format!(
+                    "**{:.1} %** ({}, {:.3})",
+                    100.0 * c.point.local_share,
+                    c.signal.as_str(),
+                    c.threshold
+                ),
+                format!(
+                    "{:.1} % / {:.0} %",
+                    100.0 * c.point.quality / hosted.quality.max(1e-9),
+                    100.0 * (1.0 - c.point.cost_usd / hosted.cost_usd.max(1e-12))
+                ),
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        let held = held_out(&t, target);
+        let _ = writeln!(
+            out,
+            "| {:.0} % | {cell} | {q} | {} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
+            100.0 * target,
+            held.map_or("—".into(), |(s, k)| format!(
+                "{:.1} % / {:.1} %",
+                100.0 * s,
+                100.0 * k
+            )),
+            100.0 * b.static_quality,
+            100.0 * b.random,
+            100.0 * b.best_split,
+            100.0 * b.oracle
+        );
+    }
+    // confidential requests may not leave the box: the cascade ends at the largest rung
+    if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Signal::ALL) {
+        let local = analysis::cascade(&t.rows, c.signal, c.threshold, false);
+        let best_local = t.ladder.iter().map(|m| t.accuracy[m]).fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "\nConfidential (no hosted step), at the 95 % threshold: quality {:.1} % against {:.1} % hosted (lost {:.1} points) and {:.1} % for the best local model alone.\n",
+            100.0 * local.quality,
+            100.0 * hosted.quality,
+            100.0 * (hosted.quality - local.quality),
+            100.0 * best_local
+        );
+    }
+    out
+}
+
+/// Held-out: calibrate on the odd lines, measure on the even ones, and the other way
+/// round; the mean local share and quality kept.
+fn held_out(t: &Table, target: f64) -> Option<(f64, f64)> {
+    let halves: [Vec<analysis::Row>; 2] = [0, 1].map(|k| {
+        t.rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == k)
+            .map(|(_, r)| r.clone())
+            .collect()
+    });
+    let mut share = 0.0;
+    let mut kept = 0.0;
+    for (fit, test) in [(&halves[0], &halves[1]), (&halves[1], &halves[0])] {
+        let c = analysis::calibrate(fit, target, &Signal::ALL)?;
+        let p = analysis::cascade(test, c.signal, c.threshold, true);
+        share += p.local_share / 2.0;
+        kept += p.quality / analysis::hosted(test).quality.max(1e-9) / 2.0;
+    }
+    Some((share, kept))
+}
+
+/// The policy block `calibrate` writes, with where it came from.
+pub fn render_calibration(c: &Calibration, target: f64, max_tokens: u32, source: &str) -> String {
+    format!(
+        "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}: {:.1} % local, quality {:.3}\"\n",
+        c.signal.as_str(),
+        // rounded down, so the calibrated boundary answer stays on its side
+        (f64::from(c.threshold) * 1e4).floor() / 1e4,
+        100.0 * c.point.local_share,
+        c.point.quality
+    )
+}

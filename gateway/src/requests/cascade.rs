@@ -1,0 +1,173 @@
+//! A confidence cascade (a route's `adequacy: cascade`): the smallest adequate local model
+//! answers in full; when the agent's confidence signal for that answer is below the route's
+//! threshold, the request is decided again for a larger model only, then for the route's
+//! hosted model where its data class permits. The caller receives one answer, and the
+//! decision lists every step with its confidence.
+//!
+//! The decisions are `decide`'s, with `larger_than` set: data class, budget and capacity
+//! rules hold at every step exactly as for any request. A step that finds nothing larger it
+//! may use keeps the last local answer and says why.
+
+use std::time::{Duration, Instant};
+
+use edgewise_proto as pb;
+
+use crate::dispatch::{self, AgentClient, Served};
+use crate::error::GatewayError;
+use crate::external::ExternalCall;
+use crate::metrics::Tracker;
+use crate::routing::{Cascade, RouteRequest, Signal};
+use crate::state::State;
+
+/// The agent's first chunk and the rest of its stream.
+pub(super) type Opened = (
+    Option<pb::GenerateChunk>,
+    tonic::Streaming<pb::GenerateChunk>,
+);
+
+pub(super) enum Outcome {
+    /// A local answer, whole: the decision that served it (with the steps), its text and
+    /// its final chunk.
+    Local {
+        decision: pb::Decision,
+        text: String,
+        done: pb::GenerateDone,
+    },
+    /// Escalated to the hosted model: its reservation is made and the decision lists the
+    /// local steps before it.
+    External(ExternalCall),
+}
+
+/// The signal's value in a confidence report.
+pub fn signal_of(c: &pb::Confidence, s: Signal) -> f32 {
+    match s {
+        Signal::MeanLogprob => c.mean_logprob,
+        Signal::MinLogprob => c.min_logprob,
+        Signal::P10Logprob => c.p10_logprob,
+    }
+}
+
+/// Whether a request of this route is one a cascade judges: a short answer, bounded by
+/// `max_tokens`, that names no model.
+pub(super) fn applies(c: &Cascade, req: &RouteRequest) -> bool {
+    req.space.is_none() && req.max_tokens > 0 && req.max_tokens <= c.max_tokens
+}
+
+pub(super) async fn run<F, Fut>(
+    state: &State,
+    c: &Cascade,
+    mut req: RouteRequest,
+    deadline: Option<Instant>,
+    call: &F,
+    opened: Opened,
+    routed: dispatch::LocalCall,
+    track: &mut Tracker,
+) -> Result<Outcome, GatewayError>
+where
+    F: Fn(AgentClient, String, Option<Duration>) -> Fut,
+    Fut: std::future::Future<Output = Result<Opened, tonic::Status>>,
+{
+    let mut steps: Vec<pb::CascadeStep> = Vec::new();
+    let (mut text, mut done) = collect(opened, &routed, deadline, track).await?;
+    let mut routed = routed;
+    loop {
+        let candidate = format!("{}/{}", routed.node, routed.model);
+        let step = |confidence: Option<pb::Confidence>, outcome: String| pb::CascadeStep {
+            candidate: candidate.clone(),
+            confidence,
+            signal: c.signal.as_str().to_string(),
+            threshold: c.threshold,
+            outcome,
+        };
+        let confidence = done.confidence;
+        let score = confidence.as_ref().map(|v| signal_of(v, c.signal));
+        let keep_as_is = match score {
+            Some(s) if s >= c.threshold => Some("kept".to_string()),
+            Some(_) => None,
+            // nothing generated (or an agent that reports no confidence): nothing to judge
+            None => Some("kept: the agent reported no confidence for this answer".to_string()),
+        };
+        if let Some(outcome) = keep_as_is {
+            steps.push(step(confidence, outcome));
+            let mut decision = routed.decision.clone();
+            decision.cascade = steps;
+            return Ok(Outcome::Local {
+                decision,
+                text,
+                done,
+            });
+        }
+        // a larger model only: this one's size, from the fleet as last reported
+        let now = std::time::Instant::now();
+        let parameters = state
+            .registry
+            .snapshot(now)
+            .nodes
+            .iter()
+            .filter(|n| n.id == routed.node)
+            .flat_map(|n| &n.models)
+            .find(|m| m.name == routed.model)
+            .map_or(0, |m| m.parameters);
+        req.larger_than = Some(req.larger_than.unwrap_or(0).max(parameters));
+        let kept_decision = routed.decision.clone();
+        // this model's slot is free before the next one is asked
+        drop(routed);
+        match dispatch::with_retries(state, req.clone(), deadline, call).await {
+            Ok(Served::Local(opened, next)) => {
+                steps.push(step(confidence, "escalated".into()));
+                (text, done) = collect(opened, &next, deadline, track).await?;
+                routed = next;
+            }
+            Ok(Served::External(mut ext)) => {
+                steps.push(step(confidence, "escalated".into()));
+                ext.decision.cascade = steps;
+                return Ok(Outcome::External(ext));
+            }
+            // nothing larger may answer (data class, budget, capacity, none in the fleet):
+            // the best answer there is stays
+            Err(GatewayError::Refused(why)) => {
+                steps.push(step(
+                    confidence,
+                    format!("kept below the threshold: nothing larger may answer ({why})"),
+                ));
+                let mut decision = kept_decision;
+                decision.cascade = steps;
+                return Ok(Outcome::Local {
+                    decision,
+                    text,
+                    done,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The agent's whole answer: its text and its final chunk.
+async fn collect(
+    (first, mut stream): Opened,
+    routed: &dispatch::LocalCall,
+    deadline: Option<Instant>,
+    track: &mut Tracker,
+) -> Result<(String, pb::GenerateDone), GatewayError> {
+    let mut text = String::new();
+    let mut next = first;
+    while let Some(chunk) = next {
+        text.push_str(&chunk.text);
+        if let Some(done) = chunk.done {
+            if let Some(u) = done.usage {
+                track.local_tokens((u.prompt_tokens, u.completion_tokens));
+            }
+            return Ok((text, done));
+        }
+        next = stream
+            .message()
+            .await
+            .map_err(|s| GatewayError::from_agent(&routed.node, &routed.model, s, deadline))?;
+    }
+    Err(GatewayError::AgentLost {
+        node: routed.node.clone(),
+        model: routed.model.clone(),
+        detail: "the stream ended without a final chunk".into(),
+    })
+}
