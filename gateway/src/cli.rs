@@ -147,6 +147,23 @@ pub fn render_decision(d: &pb::Decision) -> String {
             d.space
         ));
     }
+    let mut p: Vec<(&String, &f32)> = d.p_adequate.iter().collect();
+    p.sort_by(|a, b| a.0.cmp(b.0));
+    for (model, p) in p {
+        out.push_str(&format!("  P(adequate) {model}: {p:.3}\n"));
+    }
+    for s in &d.cascade {
+        let conf = s.confidence.map_or(String::new(), |c| {
+            format!(
+                " (mean {:.3}, min {:.3}, p10 {:.3} over {} tokens)",
+                c.mean_logprob, c.min_logprob, c.p10_logprob, c.tokens
+            )
+        });
+        out.push_str(&format!(
+            "  cascade: {}{conf} — {} (signal {} >= {})\n",
+            s.candidate, s.outcome, s.signal, s.threshold
+        ));
+    }
     for r in &d.retried {
         out.push_str(&format!("  retried: {} — {}\n", r.candidate, r.reason));
     }

@@ -117,6 +117,49 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
         retried: retried.to_vec(),
         space: d.space.clone().unwrap_or_default(),
         cascade: Vec::new(),
+        p_adequate: Default::default(),
+    }
+}
+
+/// For explain: a learned route's P(adequate) per model, or a cascade's plan for the
+/// chosen first answer.
+pub fn explain_adequacy(state: &State, req: &RouteRequest, d: &mut pb::Decision) {
+    let policy = state.policy();
+    let Some(route) = policy.policy.routes.iter().find(|r| r.name == d.route) else {
+        return;
+    };
+    match &route.adequacy {
+        crate::routing::Adequacy::Learned(_) => {
+            d.p_adequate = req
+                .p_adequate
+                .iter()
+                .filter(|(r, _, _)| *r == route.name)
+                .map(|(_, m, p)| (m.clone(), *p))
+                .collect();
+        }
+        crate::routing::Adequacy::Cascade(c) => {
+            let Some(pb::decision::Target::Local(t)) = &d.target else {
+                return;
+            };
+            let applies =
+                req.max_tokens > 0 && req.max_tokens <= c.max_tokens && req.space.is_none();
+            d.cascade.push(pb::CascadeStep {
+                candidate: format!("{}/{}", t.node_id, t.model),
+                confidence: None,
+                signal: c.signal.as_str().to_string(),
+                threshold: c.threshold,
+                outcome: if applies {
+                    let hosted = route
+                        .external
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(", then {}/{} where the data class permits", e.provider, e.model));
+                    format!("planned: answers first; below the threshold a larger local model answers again{hosted}")
+                } else {
+                    format!("not judged: max_tokens {} is not in 1..={}", req.max_tokens, c.max_tokens)
+                },
+            });
+        }
+        crate::routing::Adequacy::Static => {}
     }
 }
 

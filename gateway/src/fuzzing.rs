@@ -46,6 +46,7 @@ pub fn policy(data: &[u8]) {
             max_tokens: 16,
             exclude_nodes: Vec::new(),
             larger_than: None,
+            p_adequate: Vec::new(),
             space: None,
         };
         // nothing local: every decision is a refusal or an external target

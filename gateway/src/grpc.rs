@@ -102,7 +102,7 @@ impl pb::gateway_server::Gateway for GatewayService {
                 .into());
             }
         };
-        let req = crate::validate::route_request(
+        let mut req = crate::validate::route_request(
             tenant,
             task,
             body.routing.as_ref(),
@@ -113,12 +113,17 @@ impl pb::gateway_server::Gateway for GatewayService {
             body.max_tokens,
             &self.state.limits,
         )?;
+        if task == crate::routing::Task::Generate {
+            let message = crate::providers::Message {
+                role: "user".into(),
+                content: body.text.clone(),
+            };
+            req.p_adequate = crate::adequacy::estimate(&self.state.policy().policy, &[message]);
+        }
         let d = dispatch::decide(&self.state, &req);
-        Ok(Response::new(dispatch::to_proto(
-            &d,
-            &uuid::Uuid::new_v4().to_string(),
-            &[],
-        )))
+        let mut proto = dispatch::to_proto(&d, &uuid::Uuid::new_v4().to_string(), &[]);
+        dispatch::explain_adequacy(&self.state, &req, &mut proto);
+        Ok(Response::new(proto))
     }
 
     async fn fleet_status(

@@ -6,6 +6,7 @@
 //! (`providers`) after reserving its worst-case cost (`ledger`), and records external calls
 //! and refused fallbacks (`audit`). `reload` swaps the policy on edits and SIGHUP.
 
+pub mod adequacy;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -109,6 +109,7 @@ pub fn route_request(
         max_tokens,
         exclude_nodes: Vec::new(),
         larger_than: None,
+        p_adequate: Vec::new(),
         space: None,
     })
 }

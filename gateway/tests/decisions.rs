@@ -179,6 +179,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         max_tokens: r.max_tokens,
         exclude_nodes: vec![],
         larger_than: None,
+        p_adequate: Vec::new(),
         space: r.model.clone(),
     };
     let inputs = Inputs {

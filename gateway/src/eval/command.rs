@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::analysis::{self, Prices};
-use super::{EvalError, run};
+use super::{EvalError, run, train};
+use crate::adequacy::Features;
 use crate::cli::Caller;
 use crate::routing::Signal;
 
@@ -26,23 +27,44 @@ pub enum EvalCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// The routing report (Markdown) from outcome files, one section per file.
+    /// The routing report (Markdown) from outcome files, one section per file; with
+    /// --set and --features, the learned estimator too (heads cross-fitted on halves).
     Report {
         #[arg(long = "outcomes", required = true)]
         outcomes: Vec<PathBuf>,
         #[command(flatten)]
+        learned: LearnedArgs,
+        #[command(flatten)]
         prices: PriceArgs,
     },
-    /// The cascade threshold that keeps --target of the hosted quality over the outcome
-    /// files together, printed as a policy block; with --write, put into --policy's --route.
+    /// Train the learned estimator's heads (one per local model) from outcome files.
+    Train {
+        #[arg(long = "outcomes", required = true)]
+        outcomes: Vec<PathBuf>,
+        #[command(flatten)]
+        learned: LearnedArgs,
+        /// The heads file to write (JSON; a policy pins it by path and sha256).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The threshold that keeps --target of the hosted quality over the outcome files
+    /// together, printed as a policy block; with --write, put into --policy's --route.
     Calibrate {
         #[arg(long = "outcomes", required = true)]
         outcomes: Vec<PathBuf>,
         #[arg(long, default_value_t = 0.95)]
         target: f64,
-        /// The longest answer the cascade judges (a request's max_tokens).
+        /// cascade (confidence signals) or learned (P(adequate) from --heads).
+        #[arg(long, default_value = "cascade")]
+        estimator: String,
+        /// The longest answer a cascade judges (a request's max_tokens).
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
+        /// learned: the heads file `train` wrote.
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        #[command(flatten)]
+        learned: LearnedArgs,
         #[arg(long, default_value = "policies/default.yaml")]
         policy: PathBuf,
         #[arg(long, default_value = "generate")]
@@ -52,6 +74,56 @@ pub enum EvalCommand {
         #[command(flatten)]
         prices: PriceArgs,
     },
+}
+
+/// The item sets the outcomes came from and the request-feature folder.
+#[derive(Debug, clap::Args)]
+pub struct LearnedArgs {
+    /// An item set the outcomes answer (by file stem), for the learned estimator.
+    #[arg(long = "set")]
+    sets: Vec<PathBuf>,
+    #[arg(long)]
+    features: Option<PathBuf>,
+}
+
+impl LearnedArgs {
+    /// Features of every item, or `None` without --features.
+    fn load(&self) -> Result<Option<(Features, FeatureMap)>, EvalError> {
+        let Some(dir) = &self.features else {
+            return Ok(None);
+        };
+        if self.sets.is_empty() {
+            return Err(EvalError::Usage(
+                "--features needs the item sets (--set)".into(),
+            ));
+        }
+        let f = Features::load(dir).map_err(|e| EvalError::Usage(e.to_string()))?;
+        let mut sets = Vec::new();
+        for p in &self.sets {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            sets.push((stem, super::items::load(p)?));
+        }
+        let x = train::features_of(&f, &sets);
+        Ok(Some((f, x)))
+    }
+}
+
+type FeatureMap = std::collections::BTreeMap<(String, usize), Vec<f32>>;
+
+fn read_all(paths: &[PathBuf]) -> Result<(Vec<run::Outcome>, String), EvalError> {
+    let mut all = Vec::new();
+    let mut sources = Vec::new();
+    for path in paths {
+        let o = run::read_outcomes(path)?;
+        if let Some(first) = o.first() {
+            sources.push(format!("{} ({} outcomes)", first.set, o.len()));
+        }
+        all.extend(o);
+    }
+    Ok((all, sources.join(" + ")))
 }
 
 /// The hosted model's prices (default: gpt-4o-mini's, as in deploy/gateway.toml).
@@ -103,18 +175,51 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             eprintln!("[eval] {n} outcomes written to {}", out.display());
             Ok(())
         }
-        EvalCommand::Report { outcomes, prices } => {
+        EvalCommand::Report {
+            outcomes,
+            learned,
+            prices,
+        } => {
+            let fx = learned.load()?;
             for path in outcomes {
                 let o = run::read_outcomes(path)?;
                 let set = o.first().map(|o| o.set.clone()).unwrap_or_default();
-                print!("{}", super::render(&set, &o, prices.prices()));
+                let cv = match &fx {
+                    Some((_, x)) => Some(train::cross_fitted(&o, x)?),
+                    None => None,
+                };
+                print!(
+                    "{}",
+                    super::render(&set, &o, cv.as_deref(), prices.prices())
+                );
             }
+            Ok(())
+        }
+        EvalCommand::Train {
+            outcomes,
+            learned,
+            out,
+        } => {
+            let (all, sources) = read_all(outcomes)?;
+            let (f, x) = learned
+                .load()?
+                .ok_or_else(|| EvalError::Usage("train needs --features and --set".into()))?;
+            let heads = train::train(&f, &all, &x, sources)?;
+            let sha = train::write_heads(out, &heads)?;
+            eprintln!(
+                "[eval] heads for {} written to {} (sha256 {sha})",
+                heads.models().join(", "),
+                out.display()
+            );
             Ok(())
         }
         EvalCommand::Calibrate {
             outcomes,
             target,
+            estimator,
             max_tokens,
+            heads,
+            learned,
             policy,
             route,
             write,
@@ -125,20 +230,47 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     "--target {target} must be in 0..=1"
                 )));
             }
-            let mut all = Vec::new();
-            let mut sources = Vec::new();
-            for path in outcomes {
-                let o = run::read_outcomes(path)?;
-                if let Some(first) = o.first() {
-                    sources.push(format!("{} ({} outcomes)", first.set, o.len()));
+            let (all, sources) = read_all(outcomes)?;
+            let none =
+                || EvalError::Usage(format!("no threshold keeps {target} of the hosted quality"));
+            let block = match estimator.as_str() {
+                "cascade" => {
+                    let t = analysis::table(&all, prices.prices());
+                    let c = analysis::calibrate(&t.rows, *target, &Signal::ALL).ok_or_else(none)?;
+                    super::render_calibration(&c, *target, *max_tokens, &sources)
                 }
-                all.extend(o);
-            }
-            let t = analysis::table(&all, prices.prices());
-            let c = analysis::calibrate(&t.rows, *target, &Signal::ALL).ok_or_else(|| {
-                EvalError::Usage(format!("no threshold keeps {target} of the hosted quality"))
-            })?;
-            let block = super::render_calibration(&c, *target, *max_tokens, &sources.join(" + "));
+                "learned" => {
+                    let heads_path = heads.as_ref().ok_or_else(|| {
+                        EvalError::Usage("--estimator learned needs --heads".into())
+                    })?;
+                    let (h, sha) = crate::adequacy::Heads::load(heads_path, None)
+                        .map_err(|e| EvalError::Usage(e.to_string()))?;
+                    let (f, x) = learned.load()?.ok_or_else(|| {
+                        EvalError::Usage("--estimator learned needs --features and --set".into())
+                    })?;
+                    let cv = train::cross_fitted(&all, &x)?;
+                    let t = analysis::table(&cv, prices.prices());
+                    let c = analysis::calibrate(&t.rows, *target, &[Signal::MeanLogprob])
+                        .ok_or_else(none)?;
+                    let base = policy.parent().unwrap_or(std::path::Path::new("."));
+                    let rel = |p: &std::path::Path| relative(p, base);
+                    let models: Vec<String> = h.models().iter().map(|m| m.to_string()).collect();
+                    let dir = learned.features.clone().unwrap_or_default();
+                    let _ = f;
+                    super::render_learned(
+                        &c,
+                        *target,
+                        (&rel(heads_path), &sha, &models),
+                        &rel(&dir),
+                        &sources,
+                    )
+                }
+                other => {
+                    return Err(EvalError::Usage(format!(
+                        "--estimator `{other}`: expected cascade or learned"
+                    )));
+                }
+            };
             print!("{block}");
             if *write {
                 super::write_adequacy(policy, route, &block)?;
@@ -150,4 +282,27 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             Ok(())
         }
     }
+}
+
+/// `path` as the policy file at `base` should name it: relative when both are.
+fn relative(path: &std::path::Path, base: &std::path::Path) -> String {
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (p, b) = (abs(path), abs(base));
+    let common = p
+        .components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .count();
+    if common == 0 {
+        return p.display().to_string();
+    }
+    let ups = b.components().count() - common;
+    let mut out = std::path::PathBuf::new();
+    for _ in 0..ups {
+        out.push("..");
+    }
+    for c in p.components().skip(common) {
+        out.push(c);
+    }
+    out.display().to_string()
 }

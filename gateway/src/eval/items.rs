@@ -33,10 +33,25 @@ pub struct Item {
 }
 
 impl Item {
+    /// The user message sent: a multiple-choice prompt asks for the letter alone (its
+    /// trailing `Answer:` cue is for base models, and chat models answer it with prose).
+    pub fn message(&self) -> String {
+        match self.scorer {
+            Scorer::Exact => self.prompt.clone(),
+            Scorer::Letter => format!(
+                "{}\nAnswer with only the letter (A, B, C or D) of the correct option.",
+                self.prompt
+                    .trim_end()
+                    .trim_end_matches("Answer:")
+                    .trim_end()
+            ),
+        }
+    }
+
     /// New tokens a reply needs: a letter, or a short answer.
     pub fn max_tokens(&self) -> u32 {
         match self.scorer {
-            Scorer::Letter => 1,
+            Scorer::Letter => 2,
             Scorer::Exact => 12,
         }
     }

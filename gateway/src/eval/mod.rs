@@ -8,12 +8,13 @@ pub mod items;
 mod policy_edit;
 mod report;
 pub mod run;
+pub mod train;
 
 use std::path::PathBuf;
 
 pub use command::{EvalCommand, main};
 pub use policy_edit::write_adequacy;
-pub use report::{render, render_calibration};
+pub use report::{render, render_calibration, render_learned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

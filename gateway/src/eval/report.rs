@@ -9,8 +9,14 @@ use crate::routing::Signal;
 pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
 
 /// The report for one set's outcomes.
-pub fn render(set: &str, outcomes: &[super::run::Outcome], prices: Prices) -> String {
+pub fn render(
+    set: &str,
+    outcomes: &[super::run::Outcome],
+    learned: Option<&[super::run::Outcome]>,
+    prices: Prices,
+) -> String {
     let t = analysis::table(outcomes, prices);
+    let lt = learned.map(|l| analysis::table(l, prices));
     let mut out = String::new();
     let hosted = analysis::hosted(&t.rows);
     let _ = writeln!(
@@ -51,43 +57,67 @@ pub fn render(set: &str, outcomes: &[super::run::Outcome], prices: Prices) -> St
     );
     let _ = writeln!(
         out,
-        "| target | cascade (signal, threshold) | cascade quality / cost saved | held-out local / kept | static | random | best fixed split | oracle |"
+        "| target | cascade (signal, threshold) | cascade quality / cost saved | cascade held-out local / kept | learned (threshold) | learned quality / cost saved | static | random | best fixed split | oracle |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for target in TARGETS {
-        let b = analysis::baselines(&t, target);
-        let c = analysis::calibrate(&t.rows, target, &Signal::ALL);
-        let (cell, q) = match &c {
-            Some(c) => (
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let cell = |c: Option<Calibration>, named: bool| match c {
+        Some(c) => (
+            if named {
                 format!(
                     "**{:.1} %** ({}, {:.3})",
                     100.0 * c.point.local_share,
                     c.signal.as_str(),
                     c.threshold
-                ),
+                )
+            } else {
                 format!(
-                    "{:.1} % / {:.0} %",
-                    100.0 * c.point.quality / hosted.quality.max(1e-9),
-                    100.0 * (1.0 - c.point.cost_usd / hosted.cost_usd.max(1e-12))
-                ),
+                    "**{:.1} %** ({:.3})",
+                    100.0 * c.point.local_share,
+                    c.threshold
+                )
+            },
+            format!(
+                "{:.1} % / {:.0} %",
+                100.0 * c.point.quality / hosted.quality.max(1e-9),
+                100.0 * (1.0 - c.point.cost_usd / hosted.cost_usd.max(1e-12))
             ),
-            None => ("—".into(), "—".into()),
-        };
-        let held = held_out(&t, target);
+        ),
+        None => ("—".into(), "—".into()),
+    };
+    for target in TARGETS {
+        let b = analysis::baselines(&t, target);
+        let (c, q) = cell(analysis::calibrate(&t.rows, target, &Signal::ALL), true);
+        let (lc, lq) = cell(
+            lt.as_ref()
+                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Signal::MeanLogprob])),
+            false,
+        );
+        let held = held_out(&t, target).map_or("—".into(), |(s, k)| {
+            format!("{:.1} % / {:.1} %", 100.0 * s, 100.0 * k)
+        });
         let _ = writeln!(
             out,
-            "| {:.0} % | {cell} | {q} | {} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
+            "| {:.0} % | {c} | {q} | {held} | {lc} | {lq} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
             100.0 * target,
-            held.map_or("—".into(), |(s, k)| format!(
-                "{:.1} % / {:.1} %",
-                100.0 * s,
-                100.0 * k
-            )),
             100.0 * b.static_quality,
             100.0 * b.random,
             100.0 * b.best_split,
             100.0 * b.oracle
         );
+    }
+    if let Some(lt) = &lt {
+        let _ = writeln!(
+            out,
+            "\nLearned estimator, AUROC of P(adequate) (heads trained on the other half of the items):\n"
+        );
+        for (m, v) in &lt.by_model {
+            let pts: Vec<(bool, f32)> = v.iter().map(|(c, x)| (*c, x[0])).collect();
+            let _ = writeln!(
+                out,
+                "- {m}: {}",
+                analysis::auroc(&pts).map_or("—".to_string(), |x| format!("{x:.3}"))
+            );
+        }
     }
     // confidential requests may not leave the box: the cascade ends at the largest rung
     if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Signal::ALL) {
@@ -125,6 +155,24 @@ fn held_out(t: &Table, target: f64) -> Option<(f64, f64)> {
         kept += p.quality / analysis::hosted(test).quality.max(1e-9) / 2.0;
     }
     Some((share, kept))
+}
+
+/// The policy block `calibrate --estimator learned` writes.
+pub fn render_learned(
+    c: &Calibration,
+    target: f64,
+    heads: (&str, &str, &[String]),
+    features: &str,
+    source: &str,
+) -> String {
+    let (path, sha, models) = heads;
+    format!(
+        "adequacy:\n  estimator: learned\n  heads: {path}\n  sha256: {sha}\n  features: {features}\n  models: [{}]\n  threshold: {:.4}\n  calibrated: \"{source}; target {target}: {:.1} % local, quality {:.3} (held-out heads)\"\n",
+        models.join(", "),
+        (f64::from(c.threshold) * 1e4).floor() / 1e4,
+        100.0 * c.point.local_share,
+        c.point.quality
+    )
 }
 
 /// The policy block `calibrate` writes, with where it came from.

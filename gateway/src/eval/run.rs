@@ -123,7 +123,7 @@ async fn answer(
             input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
                 messages: vec![pb::ChatMessage {
                     role: "user".into(),
-                    content: item.prompt.clone(),
+                    content: item.message(),
                 }],
             })),
             max_tokens: item.max_tokens(),

@@ -42,6 +42,13 @@ pub struct RawAdequacy {
     pub max_tokens: Option<Spanned<u32>>,
     /// Provenance written by `edgewise eval calibrate` (set, hash, target).
     pub calibrated: Option<Spanned<String>>,
+    /// `learned`: the heads file (relative to this policy file), its SHA-256, the models
+    /// it has heads for, and the request-feature folder (relative to this policy file).
+    pub heads: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+    pub features: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

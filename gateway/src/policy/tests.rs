@@ -155,7 +155,7 @@ fn an_adequacy_block_is_checked_where_it_is_written() {
     let cases = [
         (
             "      estimator: oracle\n",
-            "p.yaml:5:18: routes[0].adequacy.estimator: `oracle` is not an estimator (static, cascade)",
+            "p.yaml:5:18: routes[0].adequacy.estimator: `oracle` is not an estimator (static, cascade, learned)",
         ),
         (
             "      estimator: cascade\n",

@@ -7,8 +7,8 @@ use marked_yaml::Spanned;
 
 use super::raw::{RawExternal, RawPolicyFile, RawRoute, pos};
 use crate::routing::{
-    Adequacy, Cascade, DataClass, ExternalCondition, ExternalRule, Policy, Route, Signal, Spill,
-    Task,
+    Adequacy, Cascade, DataClass, ExternalCondition, ExternalRule, Learned, Policy, Route, Signal,
+    Spill, Task,
 };
 
 struct Ctx<'a> {
@@ -289,15 +289,136 @@ fn adequacy(cx: &mut Ctx<'_>, path: &str, r: &RawRoute, tasks: &[Task]) -> Adequ
                 calibrated: a.calibrated.as_ref().map(|c| c.to_string()),
             })
         }
+        "learned" => learned(cx, path, a, tasks).map_or(Adequacy::Static, Adequacy::Learned),
         other => {
             cx.at(
                 &a.estimator,
                 format!("{path}.estimator"),
-                format!("`{other}` is not an estimator (static, cascade)"),
+                format!("`{other}` is not an estimator (static, cascade, learned)"),
             );
             Adequacy::Static
         }
     }
+}
+
+/// `estimator: learned`: the heads file (its hash pinned, its models those listed), the
+/// request features it was trained on, and a probability threshold.
+fn learned(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    a: &super::raw::RawAdequacy,
+    tasks: &[Task],
+) -> Option<Learned> {
+    if tasks != [Task::Generate] {
+        cx.at(
+            &a.estimator,
+            format!("{path}.estimator"),
+            "the learned estimator judges generations: the route must serve only generate (`match: {tasks: [generate]}`)",
+        );
+    }
+    let need = |cx: &mut Ctx<'_>, key: &str, what: &str| {
+        cx.at(
+            &a.estimator,
+            format!("{path}.{key}"),
+            format!("a learned estimator needs `{key}` ({what}); `edgewise eval train` and `calibrate` write it"),
+        );
+    };
+    let base = cx.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let threshold = match &a.threshold {
+        Some(t) if (0.0..=1.0).contains(&**t) => Some(**t as f32),
+        Some(t) => {
+            cx.at(
+                t,
+                format!("{path}.threshold"),
+                format!("{} is not a probability (0..=1)", **t),
+            );
+            None
+        }
+        None => {
+            need(cx, "threshold", "a probability");
+            None
+        }
+    };
+    let (Some(heads_path), Some(sha)) = (&a.heads, &a.sha256) else {
+        if a.heads.is_none() {
+            need(cx, "heads", "the trained file");
+        }
+        if a.sha256.is_none() {
+            need(cx, "sha256", "the trained file's hash");
+        }
+        return None;
+    };
+    let heads = match crate::adequacy::Heads::load(&base.join(heads_path.as_str()), Some(sha)) {
+        Ok((h, _)) => h,
+        Err(e) => {
+            let at = if matches!(e, crate::adequacy::AdequacyError::Invalid(_, ref m) if m.contains("sha256"))
+            {
+                format!("{path}.sha256")
+            } else {
+                format!("{path}.heads")
+            };
+            let v = if at.ends_with("sha256") {
+                Spanned::new(*sha.span(), ())
+            } else {
+                Spanned::new(*heads_path.span(), ())
+            };
+            cx.at(&v, at, e.to_string());
+            return None;
+        }
+    };
+    let listed: Vec<&str> = a.models.iter().map(|m| m.as_str()).collect();
+    if listed != heads.models() {
+        let at = a
+            .models
+            .first()
+            .map_or(Spanned::new(*a.estimator.span(), ()), |m| {
+                Spanned::new(*m.span(), ())
+            });
+        cx.at(
+            &at,
+            format!("{path}.models"),
+            format!(
+                "the route lists models {listed:?}, and {} has heads for {:?}",
+                heads_path.as_str(),
+                heads.models()
+            ),
+        );
+        return None;
+    }
+    let Some(fdir) = &a.features else {
+        need(
+            cx,
+            "features",
+            "the request-feature folder, models/wordllama-l2-supercat-256",
+        );
+        return None;
+    };
+    let features = match crate::adequacy::Features::load(&base.join(fdir.as_str())) {
+        Ok(f) => f,
+        Err(e) => {
+            cx.at(fdir, format!("{path}.features"), e.to_string());
+            return None;
+        }
+    };
+    if features.embedding_sha256 != heads.embedding_sha256 || features.len() != heads.features {
+        cx.at(
+            fdir,
+            format!("{path}.features"),
+            format!(
+                "these features (embedding sha256 {}) are not the ones {} was trained on ({})",
+                features.embedding_sha256,
+                heads_path.as_str(),
+                heads.embedding_sha256
+            ),
+        );
+        return None;
+    }
+    Some(Learned {
+        heads: std::sync::Arc::new(heads),
+        features: std::sync::Arc::new(features),
+        threshold: threshold?,
+        calibrated: a.calibrated.as_ref().map(|c| c.to_string()),
+    })
 }
 
 /// A vector space or label set name.

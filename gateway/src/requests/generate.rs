@@ -55,7 +55,8 @@ async fn tracked(
         tenant, deadline, ..
     } = caller;
     let slot = state.enter(&tenant)?;
-    let (messages, route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
+    let (messages, mut route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
+    route_req.p_adequate = crate::adequacy::estimate(&state.policy().policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
     let gen_req = body.request.unwrap_or_default();
     let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {

@@ -123,7 +123,13 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
     };
     let need_context = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
     // the tighter of the caller's limit and the route's target
-    let latency_limit = match (req.max_latency_ms, route.latency_target_ms) {
+    // a generation that names one model is not held to the route's target (an evaluation
+    // measures the model whatever its speed); the caller's own limit still holds
+    let route_target = match (req.task, &req.space) {
+        (Task::Generate, Some(_)) => None,
+        _ => route.latency_target_ms,
+    };
+    let latency_limit = match (req.max_latency_ms, route_target) {
         (Some(a), Some(b)) if b < a => Some((b, "route latency target")),
         (Some(a), _) => Some((a, "max_latency_ms")),
         (None, Some(b)) => Some((b, "route latency target")),
@@ -146,8 +152,14 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
     };
 
     // a caller that names one model gets it without the route's floor (its own still holds)
+    // a learned route's threshold stands in for its static floor
+    let learned = match (&route.adequacy, &wanted) {
+        (Adequacy::Learned(l), None) if req.task == Task::Generate => Some(l.threshold),
+        _ => None,
+    };
     let floor = match wanted {
         Some(Wanted::Model(_)) => 0.0,
+        _ if learned.is_some() => 0.0,
         _ => route.min_quality,
     };
     let need_quality = req.min_quality.unwrap_or(0.0).max(floor);
@@ -171,6 +183,16 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
                     "cascade: a model of {} parameters answered with too little confidence, and this one is no larger",
                     p
                 ))
+            } else if let Some(t) = learned
+                && let Some(why) = match req.p_adequate(&route.name, &model.name) {
+                    None => Some("the route's learned heads have none for this model".to_string()),
+                    Some(p) if p < t => Some(format!(
+                        "P(adequate) {p:.3} is below the route's threshold {t}"
+                    )),
+                    Some(_) => None,
+                }
+            {
+                Some(why)
             } else if model.quality < need_quality {
                 Some(format!(
                     "quality {} is below the required {need_quality}",

@@ -79,6 +79,7 @@ fn request(task: Task, class: DataClass) -> RouteRequest {
         max_tokens: 100,
         exclude_nodes: vec![],
         larger_than: None,
+        p_adequate: Vec::new(),
         space: None,
     }
 }

@@ -156,6 +156,17 @@ pub struct Cascade {
     pub calibrated: Option<String>,
 }
 
+/// A learned pre-router: P(adequate | request, model) from request features and one head
+/// per model, against a calibrated threshold. The gateway computes the probabilities before
+/// `decide` (`RouteRequest::p_adequate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    pub heads: std::sync::Arc<crate::adequacy::Heads>,
+    pub features: std::sync::Arc<crate::adequacy::Features>,
+    pub threshold: f32,
+    pub calibrated: Option<String>,
+}
+
 /// How a route judges that a local model is adequate for a request.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Adequacy {
@@ -163,6 +174,7 @@ pub enum Adequacy {
     #[default]
     Static,
     Cascade(Cascade),
+    Learned(Learned),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +343,18 @@ pub struct RouteRequest {
     /// A cascade's next step: only models with more parameters than this (the smaller
     /// models' answers were not confident enough).
     pub larger_than: Option<u64>,
+    /// Learned routes: P(adequate) per route and model, computed before `decide`.
+    pub p_adequate: Vec<(String, String, f32)>,
+}
+
+impl RouteRequest {
+    /// The learned estimate for `model` under `route`.
+    pub fn p_adequate(&self, route: &str, model: &str) -> Option<f32> {
+        self.p_adequate
+            .iter()
+            .find(|(r, m, _)| r == route && m == model)
+            .map(|(_, _, p)| *p)
+    }
 }
 
 /// Spent (and reserved) today per (tenant, provider), in USD, as the ledger sees it now.

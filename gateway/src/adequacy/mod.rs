@@ -1,0 +1,55 @@
+//! The learned estimator of per-request adequacy: request features (`features`) and one
+//! small head per local model (`heads`). The gateway computes P(adequate) for a request
+//! before `decide`, which stays pure and only compares it with the route's threshold.
+
+pub mod features;
+pub mod heads;
+
+use std::path::PathBuf;
+
+pub use features::Features;
+pub use heads::Heads;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdequacyError {
+    #[error("cannot read {}: {}", .0.display(), .1)]
+    Read(PathBuf, std::io::Error),
+    #[error("{}: {}", .0.display(), .1)]
+    Invalid(PathBuf, String),
+}
+
+/// P(adequate) for every learned route of `policy` and each model it has a head for, from
+/// the request's last user message (what the heads were trained on).
+pub fn estimate(
+    policy: &crate::routing::Policy,
+    messages: &[crate::providers::Message],
+) -> Vec<(String, String, f32)> {
+    let mut out = Vec::new();
+    let text = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or("", |m| m.content.as_str());
+    let mut computed: Vec<(*const Features, Vec<f32>)> = Vec::new();
+    for r in &policy.routes {
+        let crate::routing::Adequacy::Learned(l) = &r.adequacy else {
+            continue;
+        };
+        let key = std::sync::Arc::as_ptr(&l.features);
+        let x = match computed.iter().find(|(k, _)| *k == key) {
+            Some((_, x)) => x.clone(),
+            None => {
+                let x = l.features.of(text);
+                computed.push((key, x.clone()));
+                x
+            }
+        };
+        for (model, p) in l.heads.predict(&x) {
+            out.push((r.name.clone(), model, p));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
