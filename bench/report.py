@@ -42,7 +42,7 @@ md = [
     "",
     "Reproduce with `make bench` (all parts, about 10 minutes after the build; the first run",
     "also builds llama.cpp for its reference, about 5 more) or one part: `bench/run.sh PART`",
-    "with PART one of `decide`, `overhead` (with the HTTP front), `embed`, `generate`, `batching`, `fleet`, `footprint`. This",
+    "with PART one of `decide`, `overhead` (with the HTTP front), `embed`, `generate`, `batching`, `fleet`, `footprint`, `routing`. This",
     "file is rewritten from the run's results (`build/bench/*.jsonl`) by `bench/report.py`.",
     "",
     f"Machine: {cpu()}, {os.cpu_count()} cores ({isa()}); shared and noisy, so every headline",
@@ -123,6 +123,38 @@ if dec:
             f"| {r['median_us'] / base:.1f}× | {r['median_us'] * 1e3 / r['models']:.0f} |"
         )
     md.append("")
+
+ada, when = rows("adequacy")
+routing_md = out_dir / "routing.md"
+if ada or routing_md.exists():
+    md += [
+        "## Routing: per-request adequacy",
+        "",
+        "`bench/run.sh routing` runs `make up`'s fleet (SmolLM2-135M q4 and Qwen2.5-Coder-0.5B q4)",
+        "on the committed item sets (`eval/`) with `edgewise eval run`, then `edgewise eval report`.",
+        "The hosted model is the recorded oracle: GPT-4's recorded MMLU outcomes, and right on the",
+        "exact answers (they are questions a frontier model answers exactly; not recorded). Costs",
+        "are gpt-4o-mini's prices on the local tokenizer's prompt count and the local answer's length.",
+        "Cascade thresholds are chosen in-sample (RouteLLM's calibration) and, in the held-out column,",
+        "on the other half of the items; the learned estimator's probabilities always come from",
+        "heads trained on the other half.",
+        "",
+    ]
+    if ada:
+        r = ada[0]
+        md += [
+            f"Learned estimator cost per decision (run {when}; features + 3 heads, in process): "
+            f"p50 {r['p50_us']:.0f} µs / p99 {r['p99_us']:.0f} µs on the {r['prompts']} item prompts; "
+            f"p50 {r['long_p50_us']:.0f} µs / p99 {r['long_p99_us']:.0f} µs on prompts past 512 tokens "
+            "(goal: p99 ≤ 1 ms). Absolute: the goal is a budget, not a ratio.",
+            "",
+        ]
+    if routing_md.exists():
+        md += routing_md.read_text().splitlines() + [""]
+    cal = out_dir / "routing-calibration.txt"
+    if cal.exists():
+        md += ["The policy blocks this run calibrated (`edgewise eval calibrate --target 0.95`):", "", "```"]
+        md += cal.read_text().splitlines() + ["```", ""]
 
 emb, when = rows("embed")
 if emb:

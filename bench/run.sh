@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: every measurement against a reference taken in the same run, then
 # BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
-# PART one of decide, overhead, embed, generate, batching, fleet, footprint.
+# PART one of decide, overhead, embed, generate, batching, fleet, footprint, routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide overhead embed generate batching fleet footprint)
+[ ${#parts[@]} -gt 0 ] || parts=(decide overhead embed generate batching fleet footprint routing)
 PY=build/venv/bin/python
 THREADS=2
 pids=()
@@ -254,6 +254,43 @@ footprint() {
   echo "== footprint (minilm-l6-int8 vs Python onnxruntime on the same file)"
   "$BIN/edgewise-bench" footprint --bin-dir "$BIN" --model models/minilm-l6-int8 --python build/venv/bin/python \
     | tee "$OUT/footprint.jsonl"
+}
+
+routing() {
+  echo "== routing: the learned estimator's cost per decision"
+  cargo bench -q -p edgewise-gateway --bench adequacy | tee "$OUT/adequacy.jsonl"
+  echo "== routing: each local model of make up's fleet on the committed item sets (stop make up first: same ports)"
+  local dir=$OUT/routing sets=(exact-answers mmlu-200) feat=models/wordllama-l2-supercat-256
+  rm -rf "$dir"; mkdir -p "$dir"
+  EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config deploy/dev/gateway.toml run 2>"$dir/gateway.log" & pids+=($!)
+  for n in a b; do
+    EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" run 2>"$dir/agent-$n.log" & pids+=($!)
+  done
+  for port in 7301 7302; do
+    "$BIN/edgewise-agent" call --addr "http://127.0.0.1:$port" wait-ready --timeout-secs 180 >/dev/null
+  done
+  for _ in $(seq 1 100); do
+    [ "$("$BIN/edgewise" fleet status 2>/dev/null | grep -c ' generate  ready')" -ge 2 ] && break
+    sleep 0.2
+  done
+  local outs=() setargs=()
+  for s in "${sets[@]}"; do
+    "$BIN/edgewise" --tenant dev eval run --set "eval/$s.jsonl" --out "$dir/$s.jsonl"
+    outs+=(--outcomes "$dir/$s.jsonl"); setargs+=(--set "eval/$s.jsonl")
+  done
+  cleanup; pids=()
+  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" > "$OUT/routing.md"
+  # the policy blocks this run calibrates (the committed policy is written by hand from them)
+  cp policies/default.yaml "$dir/policy.yaml"
+  "$BIN/edgewise" eval train "${outs[@]}" "${setargs[@]}" --features "$feat" --out "$dir/heads.json"
+  {
+    echo "cascade, over both sets:"
+    "$BIN/edgewise" eval calibrate "${outs[@]}" --target 0.95 --policy "$dir/policy.yaml"
+    echo "learned, over both sets:"
+    "$BIN/edgewise" eval calibrate "${outs[@]}" --estimator learned --heads "$dir/heads.json" \
+      "${setargs[@]}" --features "$feat" --target 0.95 --policy "$dir/policy.yaml"
+  } > "$OUT/routing-calibration.txt"
+  cat "$OUT/routing.md" "$OUT/routing-calibration.txt"
 }
 
 for p in "${parts[@]}"; do "$p"; done

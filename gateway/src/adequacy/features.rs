@@ -81,9 +81,15 @@ impl Features {
     /// The feature vector of a request's text.
     pub fn of(&self, text: &str) -> Vec<f32> {
         let mut out = vec![0f32; self.len()];
+        // 512 tokens of ordinary text fit in 6 bytes a token (this tokenizer averages under
+        // four): tokenising a long request's rest would be waste
+        let mut cut = text.len().min(MAX_TOKENS * 6);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
         let ids = self
             .tokenizer
-            .encode_fast(text, false)
+            .encode_fast(&text[..cut], false)
             .map(|e| e.get_ids().to_vec())
             .unwrap_or_default();
         let mut n = 0usize;
