@@ -15,13 +15,13 @@ fn percentile(v: &mut [Duration], p: f64) -> f64 {
     v[i].as_secs_f64() * 1e6
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let features = Features::load(&root.join("models/wordllama-l2-supercat-256"))
-        .expect("make models prepares models/wordllama-l2-supercat-256");
+    // make models prepares it
+    let features = Features::load(&root.join("models/wordllama-l2-supercat-256"))?;
     let mut prompts: Vec<String> = Vec::new();
     for set in ["eval/exact-answers.jsonl", "eval/mmlu-200.jsonl"] {
-        for item in edgewise_gateway::eval::items::load(&root.join(set)).expect("item set") {
+        for item in edgewise_gateway::eval::items::load(&root.join(set))? {
             prompts.push(item.message());
         }
     }
@@ -72,4 +72,5 @@ fn main() {
         percentile(&mut longs, 0.5),
         percentile(&mut longs, 0.99)
     );
+    Ok(())
 }

@@ -57,6 +57,7 @@ fn policy() -> Policy {
             data_classes: vec![],
             min_quality: 0.3,
             latency_target_ms: Some(5000),
+            adequacy: Default::default(),
             spill: Spill::Larger,
             external: Some(ExternalRule {
                 provider: "openai".into(),

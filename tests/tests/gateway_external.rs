@@ -509,7 +509,7 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         "{d:?}"
     );
     assert!(!text.is_empty());
-    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(mock.state.requests().len(), 1);
 
     // confidential: the hosted step is forbidden, so the largest local answer stands
     let (d, text, _) = generate(&g, chat_request("confidential", 4)).await.unwrap();
@@ -530,7 +530,7 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         other => panic!("{other:?} {text:?}"),
     }
     assert_eq!(
-        mock.requests().len(),
+        mock.state.requests().len(),
         1,
         "nothing confidential reached the provider"
     );

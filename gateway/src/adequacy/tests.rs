@@ -15,7 +15,10 @@ use crate::routing::*;
 
 /// A features folder (the tiny LM's tokenizer, an 8-dim table) and a heads file for
 /// `small` and `large`; returns the folder, the heads file's sha256 and the features' length.
-fn setup(dir: &Path, heads: &[(&str, Vec<(usize, f32)>, f32)]) -> String {
+/// A head: its model, (feature index, weight) pairs, its bias.
+type HeadSpec<'a> = (&'a str, Vec<(usize, f32)>, f32);
+
+fn setup(dir: &Path, heads: &[HeadSpec<'_>]) -> String {
     let features = dir.join("features");
     std::fs::create_dir_all(&features).unwrap();
     let fixtures =

@@ -327,7 +327,8 @@ mod tests {
 
     #[test]
     fn auroc_counts_ordered_pairs_and_ties() {
-        let cases: &[(&[(bool, f32)], Option<f64>)] = &[
+        type Case<'a> = (&'a [(bool, f32)], Option<f64>);
+        let cases: &[Case<'_>] = &[
             (&[(true, 1.0), (false, 0.0)], Some(1.0)),
             (&[(true, 0.0), (false, 1.0)], Some(0.0)),
             (&[(true, 0.5), (false, 0.5)], Some(0.5)),

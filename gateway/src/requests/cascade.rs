@@ -59,8 +59,7 @@ pub(super) async fn run<F, Fut>(
     mut req: RouteRequest,
     deadline: Option<Instant>,
     call: &F,
-    opened: Opened,
-    routed: dispatch::LocalCall,
+    (opened, routed): (Opened, dispatch::LocalCall),
     track: &mut Tracker,
 ) -> Result<Outcome, GatewayError>
 where

@@ -82,7 +82,7 @@ async fn tracked(
         let Served::Local(opened, routed) = served else {
             unreachable!("matched above")
         };
-        match cascade::run(state, &c, route_req, deadline, &call, opened, routed, t).await {
+        match cascade::run(state, &c, route_req, deadline, &call, (opened, routed), t).await {
             Ok(cascade::Outcome::Local {
                 decision,
                 text,
