@@ -419,6 +419,44 @@ proptest! {
         }
     }
 
+    /// A cascade: every step after the first decides with `larger_than` the last answer's
+    /// size. Whatever the fleet and however many steps, sensitive data never reaches the
+    /// hosted model unless the route names its class, and a step never picks a model no
+    /// larger than the one before.
+    #[test]
+    fn a_cascade_never_sends_sensitive_data_out_and_only_climbs(
+        fleet in arb_fleet(),
+        class in arb_class(),
+        allowed in prop::collection::vec(arb_class(), 0..4),
+        seed in any::<u64>(),
+    ) {
+        let all = [ExternalCondition::NoAdequateLocal, ExternalCondition::NoLocalCapacity];
+        let mut r = route("r", Spill::Larger, Some(ext(&allowed, &all, 1e9)));
+        r.adequacy = Adequacy::Cascade(Cascade { signal: Signal::P10Logprob, threshold: -1.0, max_tokens: 64, calibrated: None });
+        let p = policy(vec![r]);
+        let providers = prices();
+        let budgets = Budgets::default();
+        let inputs = Inputs { policy: &p, fleet: &fleet, providers: &providers, budgets: &budgets };
+        let mut req = request(Task::Generate, class);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // escalate as if every answer were below the threshold, until nothing larger answers
+        for _ in 0..16 {
+            let d = decide(&inputs, &req, &mut rng);
+            match d.outcome {
+                Ok(Target::Local { node, model, .. }) => {
+                    let m = fleet.nodes.iter().find(|n| n.id == node).and_then(|n| n.models.iter().find(|m| m.name == model)).unwrap();
+                    prop_assert!(req.larger_than.is_none_or(|p| m.parameters > p), "{:?} after {:?}", m, req.larger_than);
+                    req.larger_than = Some(m.parameters);
+                }
+                Ok(Target::External { .. }) => {
+                    prop_assert!(allowed.contains(&class));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
     /// A local choice is adequate, has a free slot (or the route waits), and no smaller
     /// adequate model had a free slot.
     #[test]
