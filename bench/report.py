@@ -149,8 +149,37 @@ if ada or routing_md.exists():
             "(goal: p99 ≤ 1 ms). Absolute: the goal is a budget, not a ratio.",
             "",
         ]
+    if ada:
+        r = ada[0]
+        met = "met" if r["long_p99_us"] <= 1000 and r["p99_us"] <= 1000 else "not met"
+        head.append(f"Learned adequacy estimate per decision: p99 {r['p99_us']:.0f} µs, {r['long_p99_us']:.0f} µs past 512 tokens (goal ≤ 1 ms: {met}).")
     if routing_md.exists():
-        md += routing_md.read_text().splitlines() + [""]
+        text = routing_md.read_text()
+        md += [l.replace("### ", "#### ") for l in text.splitlines()] + [""]
+        # headline: each set's 95 % row, estimators against the best baseline
+        for part in text.split("### ")[1:]:
+            name = part.split(" ", 1)[0]
+            row = next((l for l in part.splitlines() if l.startswith("| 95 % |")), None)
+            if not row:
+                continue
+            c = [x.strip() for x in row.strip("|").split("|")]
+            share = lambda cell: float(cell.replace("*", "").split("%")[0]) if "%" in cell else 0.0  # noqa: E731
+            best_est = max(share(c[1]), share(c[4]))
+            best_base = max(share(c[6]), share(c[7]), share(c[8]))
+            verdict = "beats every baseline in-sample" if best_est > best_base else "does not beat the best baseline"
+            head.append(
+                f"Routing on `{name}` at 95 % of hosted quality: cascade {c[1].split('(')[0].strip()} local, "
+                f"learned {c[4].split('(')[0].strip()}, best baseline {best_base:.1f} % ({verdict}; the cascade's threshold "
+                f"from the other half of the items serves / keeps {c[3]}; oracle {c[9]})."
+            )
+    full = out_dir / "routing-full.md"
+    if full.exists():
+        md += [
+            "With the opt-in Qwen2.5-Coder-1.5B as a third rung (`ROUTING_LADDER=full bench/run.sh routing`,",
+            "after `make models LADDER=full`):",
+            "",
+        ]
+        md += [l.replace("### ", "#### ") for l in full.read_text().splitlines()] + [""]
     cal = out_dir / "routing-calibration.txt"
     if cal.exists():
         md += ["The policy blocks this run calibrated (`edgewise eval calibrate --target 0.95`):", "", "```"]

@@ -266,11 +266,21 @@ routing() {
   for n in a b; do
     EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" run 2>"$dir/agent-$n.log" & pids+=($!)
   done
-  for port in 7301 7302; do
-    "$BIN/edgewise-agent" call --addr "http://127.0.0.1:$port" wait-ready --timeout-secs 180 >/dev/null
+  local ports=(7301 7302) want=2
+  # ROUTING_LADDER=full: also the opt-in Qwen2.5-Coder-1.5B (make models LADDER=full) on a
+  # third agent; its report goes to routing-full.md (about 15 more minutes)
+  if [ "${ROUTING_LADDER:-default}" = full ]; then
+    sed -e 's/7302/7303/; s/agent-b/agent-c/g; s/include = .*/include = ["qwen2.5-coder-1.5b-q4"]/' \
+      -e 's/"qwen2.5-coder-0.5b-q4"/"qwen2.5-coder-1.5b-q4"/; s|"../../|"'"$PWD"'/|' \
+      deploy/dev/agent-b.toml > "$dir/agent-c.toml"
+    EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent-c.toml" run 2>"$dir/agent-c.log" & pids+=($!)
+    ports+=(7303); want=3
+  fi
+  for port in "${ports[@]}"; do
+    "$BIN/edgewise-agent" call --addr "http://127.0.0.1:$port" wait-ready --timeout-secs 300 >/dev/null
   done
   for _ in $(seq 1 100); do
-    [ "$("$BIN/edgewise" fleet status 2>/dev/null | grep -c ' generate  ready')" -ge 2 ] && break
+    [ "$("$BIN/edgewise" fleet status 2>/dev/null | grep -c ' generate  ready')" -ge "$want" ] && break
     sleep 0.2
   done
   local outs=() setargs=()
@@ -279,7 +289,10 @@ routing() {
     outs+=(--outcomes "$dir/$s.jsonl"); setargs+=(--set "eval/$s.jsonl")
   done
   cleanup; pids=()
-  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" > "$OUT/routing.md"
+  local report=routing.md
+  [ "$want" = 3 ] && report=routing-full.md
+  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" > "$OUT/$report"
+  [ "$want" = 3 ] && { cat "$OUT/$report"; return; }
   # the policy blocks this run calibrates (the committed policy is written by hand from them)
   cp policies/default.yaml "$dir/policy.yaml"
   "$BIN/edgewise" eval train "${outs[@]}" "${setargs[@]}" --features "$feat" --out "$dir/heads.json"

@@ -126,9 +126,20 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         "{o}"
     );
     assert!(o.contains("target: local lm-small on node "), "{o}");
-    let (o, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "4", "Hello"])).await);
+    // (longer than the cascade judges: routed by the manifest quality alone)
+    let (o, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "24", "Hello"])).await);
     assert!(!o.trim().is_empty(), "{o}");
     assert!(e.contains("target: local lm-small"), "{e}");
+    assert!(!e.contains("cascade: "), "{e}");
+    // a short answer goes through the route's cascade: lm-small answers first, and the
+    // decision lists the step with its confidence
+    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "4", "Hello"])).await);
+    assert!(
+        e.contains("cascade: ") && e.contains("/lm-small (mean "),
+        "{e}"
+    );
+    let (o, _) = ok(&run(cli(&["route", "explain", "--max-tokens", "4", "Hello"])).await);
+    assert!(o.contains("/lm-small — planned: answers first"), "{o}");
 
     // 2. saturated: hold lm-small's only slot; the next request spills to lm-large
     let mut slow = slow_reader(&a.url).await;
