@@ -131,13 +131,7 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
     assert!(!o.trim().is_empty(), "{o}");
     assert!(e.contains("target: local lm-small"), "{e}");
     assert!(!e.contains("cascade: "), "{e}");
-    // a short answer goes through the route's cascade: lm-small answers first, and the
-    // decision lists the step with its confidence
-    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "4", "Hello"])).await);
-    assert!(
-        e.contains("cascade: ") && e.contains("/lm-small (mean "),
-        "{e}"
-    );
+    // a short answer would go through the route's cascade (run in 5.)
     let (o, _) = ok(&run(cli(&["route", "explain", "--max-tokens", "4", "Hello"])).await);
     assert!(o.contains("/lm-small — planned: answers first"), "{o}");
 
@@ -159,7 +153,7 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
     assert!(o.contains("rule: spill: larger"), "{o}");
     assert!(o.contains("target: local lm-large on node "), "{o}");
     assert!(o.contains("/lm-small — no free slot (1 busy of 1)"), "{o}");
-    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "4", "Hello"])).await);
+    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "24", "Hello"])).await);
     assert!(
         e.contains("rule: spill: larger") && e.contains("target: local lm-large"),
         "{e}"
@@ -247,5 +241,24 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         !text.contains("France") && !text.contains("Secret plans"),
         "{text}"
     );
+
+    // 5. a short answer goes through the route's cascade: lm-small answers first, and the
+    // decision lists each step with its confidence (the tiny models are never confident
+    // enough, so it climbs to lm-large and then to the hosted model)
+    wait_fleet(
+        &gateway_client(g.addr),
+        "lm-small's held slot is free again",
+        |s| model_busy(s, "lm-small") == Some(0),
+    )
+    .await;
+    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "4", "Hello"])).await);
+    assert!(
+        e.contains("/lm-small (mean ")
+            && e.contains("/lm-large (mean ")
+            && e.contains("— escalated"),
+        "{e}"
+    );
+    assert!(e.contains("target: external openai/gpt-4o-mini"), "{e}");
+    assert_eq!(mock.state.requests().len(), 2);
     g.stop().await;
 }
