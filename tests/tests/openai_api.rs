@@ -228,6 +228,9 @@ async fn curl_sees_the_decision_in_headers_and_a_stream_that_ends_in_done() {
         "{target}"
     );
     assert_eq!(v["edgewise"]["target"], target);
+    // a static route: no cascade steps, no learned estimates
+    assert_eq!(v["edgewise"]["cascade"], serde_json::json!([]));
+    assert_eq!(v["edgewise"]["p_adequate"], serde_json::json!({}));
     assert_eq!(header(&head, "x-edgewise-rule"), Some("smallest"));
     assert_eq!(v["model"], LOCAL_MODEL);
 

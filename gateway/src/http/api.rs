@@ -150,6 +150,19 @@ fn decision_json(d: &pb::Decision) -> Value {
         "excluded": list(&d.excluded),
         "retried": list(&d.retried),
         "space": d.space,
+        "cascade": d.cascade.iter().map(|c| json!({
+            "candidate": c.candidate,
+            "confidence": c.confidence.map(|v| json!({
+                "mean_logprob": v.mean_logprob,
+                "min_logprob": v.min_logprob,
+                "p10_logprob": v.p10_logprob,
+                "tokens": v.tokens,
+            })),
+            "signal": c.signal,
+            "threshold": c.threshold,
+            "outcome": c.outcome,
+        })).collect::<Vec<_>>(),
+        "p_adequate": d.p_adequate,
     })
 }
 
