@@ -141,14 +141,12 @@ pub fn explain_adequacy(state: &State, req: &RouteRequest, d: &mut pb::Decision)
             let Some(pb::decision::Target::Local(t)) = &d.target else {
                 return;
             };
-            let applies =
-                req.max_tokens > 0 && req.max_tokens <= c.max_tokens && req.space.is_none();
             d.cascade.push(pb::CascadeStep {
                 candidate: format!("{}/{}", t.node_id, t.model),
                 confidence: None,
                 signal: c.signal.as_str().to_string(),
                 threshold: c.threshold,
-                outcome: if applies {
+                outcome: if c.judges(req) {
                     let hosted = route
                         .external
                         .as_ref()

@@ -151,29 +151,13 @@ fn fp16_matrix(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
     if t["dtype"] != "F16" {
         return Err(format!("`{name}` is {}, expected F16", t["dtype"]));
     }
-    let shape: Vec<usize> = t["shape"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as usize)
-                .collect()
-        })
-        .unwrap_or_default();
+    let shape = usizes(&t["shape"]);
     let [rows, cols] = shape[..] else {
         return Err(format!(
             "`{name}` has shape {shape:?}, expected [vocab, dims]"
         ));
     };
-    let offsets: Vec<usize> = t["data_offsets"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_u64())
-                .map(|v| v as usize)
-                .collect()
-        })
-        .unwrap_or_default();
+    let offsets = usizes(&t["data_offsets"]);
     let [start, end] = offsets[..] else {
         return Err(format!("`{name}` has no data_offsets"));
     };
@@ -186,6 +170,18 @@ fn fp16_matrix(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
         .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
         .collect();
     Ok((values, rows, cols))
+}
+
+/// A header's list of integers (`shape`, `data_offsets`); empty when it is not one.
+fn usizes(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as usize)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn hex(bytes: &[u8]) -> String {

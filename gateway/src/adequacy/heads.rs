@@ -42,12 +42,11 @@ impl Heads {
         if let Some(want) = sha256
             && want != got
         {
-            return Err(AdequacyError::Invalid(
-                path.into(),
-                format!(
-                    "its sha256 is {got}, and the policy pins {want}: retrain and calibrate, or pin this file"
-                ),
-            ));
+            return Err(AdequacyError::HashMismatch {
+                path: path.into(),
+                got,
+                want: want.to_string(),
+            });
         }
         let heads: Heads = serde_json::from_slice(&bytes)
             .map_err(|e| AdequacyError::Invalid(path.into(), e.to_string()))?;

@@ -16,6 +16,12 @@ pub enum AdequacyError {
     Read(PathBuf, std::io::Error),
     #[error("{}: {}", .0.display(), .1)]
     Invalid(PathBuf, String),
+    #[error("{}: its sha256 is {got}, and the policy pins {want}: retrain and calibrate, or pin this file", .path.display())]
+    HashMismatch {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
 }
 
 /// P(adequate) for every learned route of `policy` and each model it has a head for, from

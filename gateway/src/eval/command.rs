@@ -245,7 +245,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     })?;
                     let (h, sha) = crate::adequacy::Heads::load(heads_path, None)
                         .map_err(|e| EvalError::Usage(e.to_string()))?;
-                    let (f, x) = learned.load()?.ok_or_else(|| {
+                    let (_, x) = learned.load()?.ok_or_else(|| {
                         EvalError::Usage("--estimator learned needs --features and --set".into())
                     })?;
                     let cv = train::cross_fitted(&all, &x)?;
@@ -256,7 +256,6 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     let rel = |p: &std::path::Path| relative(p, base);
                     let models: Vec<String> = h.models().iter().map(|m| m.to_string()).collect();
                     let dir = learned.features.clone().unwrap_or_default();
-                    let _ = f;
                     super::render_learned(
                         &c,
                         *target,

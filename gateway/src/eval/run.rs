@@ -87,12 +87,14 @@ pub async fn run(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // one connection for the run (HTTP/2 carries the concurrent requests)
+    let client = caller.connect().await?;
     let mut all = Vec::new();
     for m in models {
         let started = Instant::now();
         // two at a time: the agent batches them, and the order is kept
         let results: Vec<Result<Outcome, EvalError>> = futures::stream::iter(items.iter())
-            .map(|item| answer(caller, &stem, item, m))
+            .map(|item| answer(caller, client.clone(), &stem, item, m))
             .buffered(2)
             .collect()
             .await;
@@ -113,6 +115,7 @@ pub async fn run(
 
 async fn answer(
     caller: &Caller,
+    mut client: pb::gateway_client::GatewayClient<tonic::transport::Channel>,
     set: &str,
     item: &Item,
     m: &LocalModel,
@@ -133,9 +136,7 @@ async fn answer(
         routing: None,
     };
     let started = Instant::now();
-    let mut stream = caller
-        .connect()
-        .await?
+    let mut stream = client
         .generate(caller.request(req)?)
         .await
         .map_err(crate::cli::CliError::from)?

@@ -351,18 +351,14 @@ fn learned(
     let heads = match crate::adequacy::Heads::load(&base.join(heads_path.as_str()), Some(sha)) {
         Ok((h, _)) => h,
         Err(e) => {
-            let at = if matches!(e, crate::adequacy::AdequacyError::Invalid(_, ref m) if m.contains("sha256"))
-            {
-                format!("{path}.sha256")
-            } else {
-                format!("{path}.heads")
+            // a changed file is the pinned hash's fault; anything else, the path's
+            let (v, key) = match e {
+                crate::adequacy::AdequacyError::HashMismatch { .. } => {
+                    (Spanned::new(*sha.span(), ()), "sha256")
+                }
+                _ => (Spanned::new(*heads_path.span(), ()), "heads"),
             };
-            let v = if at.ends_with("sha256") {
-                Spanned::new(*sha.span(), ())
-            } else {
-                Spanned::new(*heads_path.span(), ())
-            };
-            cx.at(&v, at, e.to_string());
+            cx.at(&v, format!("{path}.{key}"), e.to_string());
             return None;
         }
     };

@@ -47,12 +47,6 @@ pub fn signal_of(c: &pb::Confidence, s: Signal) -> f32 {
     }
 }
 
-/// Whether a request of this route is one a cascade judges: a short answer, bounded by
-/// `max_tokens`, that names no model.
-pub(super) fn applies(c: &Cascade, req: &RouteRequest) -> bool {
-    req.space.is_none() && req.max_tokens > 0 && req.max_tokens <= c.max_tokens
-}
-
 pub(super) async fn run<F, Fut>(
     state: &State,
     c: &Cascade,

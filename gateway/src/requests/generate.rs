@@ -184,7 +184,7 @@ fn cascade_of(state: &State, route: &str, req: &crate::routing::RouteRequest) ->
     let policy = state.policy();
     let r = policy.policy.routes.iter().find(|r| r.name == route)?;
     match &r.adequacy {
-        Adequacy::Cascade(c) if cascade::applies(c, req) => Some(c.clone()),
+        Adequacy::Cascade(c) if c.judges(req) => Some(c.clone()),
         _ => None,
     }
 }

@@ -167,6 +167,14 @@ pub struct Learned {
     pub calibrated: Option<String>,
 }
 
+impl Cascade {
+    /// Whether the cascade judges this request: a short answer, bounded by `max_tokens`,
+    /// that names no model.
+    pub fn judges(&self, req: &RouteRequest) -> bool {
+        req.space.is_none() && req.max_tokens > 0 && req.max_tokens <= self.max_tokens
+    }
+}
+
 /// How a route judges that a local model is adequate for a request.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Adequacy {
