@@ -106,23 +106,36 @@ if front:
 
 dec, when = rows("decide")
 if dec:
-    base = dec[0]["median_us"]
+    alone = [r for r in dec if r.get("bench", "decide") == "decide"]
+    traced = {r["nodes"]: r for r in dec if r.get("bench") == "decide_and_trace"}
+    base = alone[0]["median_us"]
     md += [
         "## Routing decision",
         "",
         f"Run {when}. `decide()` (pure: policy + fleet snapshot + request) with 10 models per",
         "node, criterion median with its 95% interval; the reference is the 10-node fleet in",
-        "the same run.",
+        "the same run. *With trace* adds what a response carries: the reasons worked out, the",
+        "first 24 formatted and the rest counted by kind.",
         "",
-        "| nodes × models | median (µs) | 95% interval (µs) | vs 10 nodes | per model (ns) |",
+        "| nodes × models | median (µs) | 95% interval (µs) | vs 10 nodes | with trace (µs) |",
         "|---|---|---|---|---|",
     ]
-    for r in dec:
+    for r in alone:
+        t = traced.get(r["nodes"])
         md.append(
             f"| {r['nodes']} × 10 | {r['median_us']:.2f} | {r['ci_low_us']:.2f} – {r['ci_high_us']:.2f} "
-            f"| {r['median_us'] / base:.1f}× | {r['median_us'] * 1e3 / r['models']:.0f} |"
+            f"| {r['median_us'] / base:.1f}× | {t['median_us']:.1f} |" if t else
+            f"| {r['nodes']} × 10 | {r['median_us']:.2f} | {r['ci_low_us']:.2f} – {r['ci_high_us']:.2f} "
+            f"| {r['median_us'] / base:.1f}× | |"
         )
     md.append("")
+    big = next((r for r in alone if r["nodes"] == 1000), alone[-1])
+    small = alone[0]
+    head.append(
+        f"Routing decision at {big['nodes']:,} nodes × 10 models: {big['median_us']:.2f} µs median "
+        f"(goal ≤ 10 µs: {'met' if big['median_us'] <= 10 else 'not met'}); at {small['nodes']} × 10 "
+        f"{small['median_us']:.2f} µs (goal ≤ 2 µs: {'met' if small['median_us'] <= 2 else 'not met'}); "
+        f"{big['median_us'] / small['median_us']:.1f}× the cost for {big['nodes'] // small['nodes']}× the fleet.")
 
 ada, when = rows("adequacy")
 routing_md = out_dir / "routing.md"
@@ -471,6 +484,32 @@ if foot:
         "",
     ]
 
+def sections(text):
+    """`## ` sections of a Markdown file: [(title, lines)]."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            out.append((line[3:], []))
+        elif out:
+            out[-1][1].append(line)
+    return out
+
+
+# A run of some parts keeps the other parts' sections and headlines from the current file.
+if target.exists():
+    old = sections(target.read_text())
+    titles = {l[3:] for l in md if l.startswith("## ")}
+    generated = {"Headlines", "Goals not met, and what limits them"}
+    for t, lines in old:
+        if t not in titles and t not in generated:
+            md += [f"## {t}"] + lines
+    key = lambda h: " ".join(h.split()[:3])
+    ran = {key(h) for h in head}
+    for t, lines in old:
+        if t == "Headlines":
+            head += [l[2:] for l in lines if l.startswith("- ") and key(l[2:]) not in ran]
+
+
 # What limits each goal that a headline marks "not met" (read with that run's figures).
 LIMITS = {
     "8-bit decode": "8-bit weights are 1.56× the bytes of 4-bit per token, and MLAS's 8-bit "
@@ -495,6 +534,7 @@ if unmet:
         why = next((v for k, v in LIMITS.items() if k in h), "see the section above.")
         md.append(f"- {h}\n  *Why:* {why}")
     md.append("")
+
 
 if head:
     md[intro_end:intro_end] = ["## Headlines", ""] + [f"- {h}" for h in head] + [""]

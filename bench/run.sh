@@ -80,13 +80,14 @@ decide() {
   cargo bench -q -p edgewise-gateway --bench decide -- --noplot 2>&1 | grep -E "^decide|time:" || true
   python3 - > "$OUT/decide.jsonl" <<'PY'
 import json, pathlib
-for n in (10, 100, 1000):
-    p = pathlib.Path(f"target/criterion/decide/nodes_x10_models/{n}/new/estimates.json")
-    e = json.loads(p.read_text())
-    print(json.dumps({"bench": "decide", "nodes": n, "models": n * 10,
-                      "median_us": e["median"]["point_estimate"] / 1e3,
-                      "ci_low_us": e["median"]["confidence_interval"]["lower_bound"] / 1e3,
-                      "ci_high_us": e["median"]["confidence_interval"]["upper_bound"] / 1e3}))
+for group in ("decide", "decide_and_trace"):
+    for n in (10, 100, 1000):
+        p = pathlib.Path(f"target/criterion/{group}/nodes_x10_models/{n}/new/estimates.json")
+        e = json.loads(p.read_text())
+        print(json.dumps({"bench": group, "nodes": n, "models": n * 10,
+                          "median_us": e["median"]["point_estimate"] / 1e3,
+                          "ci_low_us": e["median"]["confidence_interval"]["lower_bound"] / 1e3,
+                          "ci_high_us": e["median"]["confidence_interval"]["upper_bound"] / 1e3}))
 PY
   cat "$OUT/decide.jsonl"
 }

@@ -1,5 +1,7 @@
 //! The pure routing decision at fleet sizes of 10, 100 and 1,000 nodes with 10 models each
-//! (`make bench-decide`). Half the models are busy, so decisions exercise the spill path too.
+//! (`bench/run.sh decide`). Half the models are busy, so decisions exercise the spill path too.
+//! `decide` is the decision alone; `decide_and_trace` adds what a response carries: the
+//! trace worked out, its first entries formatted and the rest counted by reason.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +17,8 @@ fn fleet(nodes: usize) -> FleetSnapshot {
         Task::Embed,
         Task::Classify,
     ];
-    FleetSnapshot {
-        nodes: (0..nodes)
+    FleetSnapshot::new(
+        (0..nodes)
             .map(|n| NodeView {
                 id: format!("node-{n:05}"),
                 addr: format!("http://10.0.{}.{}:7300", n / 256, n % 256),
@@ -44,7 +46,7 @@ fn fleet(nodes: usize) -> FleetSnapshot {
                     .collect(),
             })
             .collect(),
-    }
+    )
 }
 
 fn policy() -> Policy {
@@ -119,6 +121,36 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("nodes_x10_models", nodes),
             &nodes,
             |b, _| b.iter(|| decide(&inputs, &req, &mut rng)),
+        );
+    }
+    group.finish();
+    let mut group = c.benchmark_group("decide_and_trace");
+    for nodes in [10, 100, 1000] {
+        let fleet = fleet(nodes);
+        let inputs = Inputs {
+            policy: &policy,
+            fleet: &fleet,
+            providers: &providers,
+            budgets: &budgets,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        group.bench_with_input(
+            BenchmarkId::new("nodes_x10_models", nodes),
+            &nodes,
+            |b, _| {
+                b.iter(|| {
+                    let d = decide(&inputs, &req, &mut rng);
+                    let (mut shown, mut counted) = (Vec::new(), 0usize);
+                    d.each_exclusion(&inputs, &req, |who, why| {
+                        if shown.len() < 24 {
+                            shown.push((who.candidate().to_string(), why.to_string()));
+                        } else {
+                            counted += usize::from(!why.kind().is_empty());
+                        }
+                    });
+                    (d, shown, counted)
+                })
+            },
         );
     }
     group.finish();

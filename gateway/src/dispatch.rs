@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use crate::error::GatewayError;
 use crate::external::{ExternalCall, refused_record};
 use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
-use crate::routing::{self, Budgets, Decision, Inputs, RouteRequest, Target};
+use crate::routing::{self, Budgets, Candidate, Decision, Inputs, RouteRequest, Target};
 use crate::state::State;
 
 /// Agent connections, one lazily connected channel per address; over mutual TLS unless the
@@ -80,7 +80,19 @@ pub enum Served<T> {
     External(ExternalCall),
 }
 
-pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
+/// A decision with its trace as a response lists it, worked out while the inputs it was made
+/// from are at hand.
+pub struct Decided {
+    pub decision: Decision,
+    /// At most `MAX_EXCLUDED` one by one, the rest counted by reason.
+    pub excluded: Vec<pb::Excluded>,
+    /// The route's hosted model, if it was passed over, and why (a refusal audits it).
+    pub external: Option<(Candidate, String)>,
+}
+
+pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
+    let excluded = d.excluded.clone();
+    let d = &d.decision;
     let target = match &d.outcome {
         Ok(Target::Local { node, addr, model }) => {
             Some(pb::decision::Target::Local(pb::LocalTarget {
@@ -104,10 +116,10 @@ pub fn to_proto(d: &Decision, id: &str, retried: &[pb::Excluded]) -> pb::Decisio
     pb::Decision {
         decision_id: id.to_string(),
         route: d.route.clone(),
-        rule: d.rule.clone(),
+        rule: d.rule.to_string(),
         data_class: d.data_class.as_str().to_string(),
         target,
-        excluded: excluded_for_response(&d.excluded),
+        excluded,
         refusal: d
             .outcome
             .as_ref()
@@ -165,48 +177,61 @@ pub fn explain_adequacy(state: &State, req: &RouteRequest, d: &mut pb::Decision)
 pub const MAX_EXCLUDED: usize = 24;
 
 /// The exclusions a response carries: all of them for a small fleet; for a large one the
-/// external candidates (always: they explain a refusal), the first local ones, and one line
-/// counting the rest by reason — so a 1,000-node fleet does not put thousands in every answer.
-fn excluded_for_response(all: &[routing::Exclusion]) -> Vec<pb::Excluded> {
-    let one = |e: &routing::Exclusion| pb::Excluded {
-        candidate: e.candidate.clone(),
-        reason: e.reason.clone(),
-    };
-    if all.len() <= MAX_EXCLUDED {
-        return all.iter().map(one).collect();
-    }
-    let (external, local): (Vec<_>, Vec<_>) = all
-        .iter()
-        .partition(|e| e.candidate.starts_with("external:"));
-    let shown = MAX_EXCLUDED.saturating_sub(external.len());
-    let mut out: Vec<pb::Excluded> = local.iter().take(shown).map(|e| one(e)).collect();
-    out.extend(external.iter().map(|e| one(e)));
-    let rest = &local[shown.min(local.len())..];
-    if !rest.is_empty() {
-        let mut by_reason: std::collections::BTreeMap<&str, usize> = Default::default();
-        for e in rest {
-            *by_reason.entry(e.reason.as_str()).or_default() += 1;
+/// external candidate (always: it explains a refusal), the first local ones, and one line
+/// counting the rest by kind of reason — so a 1,000-node fleet does not put thousands in every
+/// answer, and only what is listed is formatted.
+fn excluded_for_response(inputs: &Inputs<'_>, req: &RouteRequest, d: &Decision) -> Decided {
+    let room = MAX_EXCLUDED - usize::from(d.passes_over_external());
+    let mut shown: Vec<pb::Excluded> = Vec::new();
+    let mut external = None;
+    let mut rest: Vec<(&'static str, usize)> = Vec::new();
+    let mut rest_n = 0usize;
+    d.each_exclusion(inputs, req, |who, why| {
+        if who.is_external() {
+            external = Some((who.candidate(), why.to_string()));
+        } else if shown.len() < room {
+            shown.push(pb::Excluded {
+                candidate: who.candidate().to_string(),
+                reason: why.to_string(),
+            });
+        } else {
+            rest_n += 1;
+            match rest.iter_mut().find(|(k, _)| *k == why.kind()) {
+                Some((_, n)) => *n += 1,
+                None => rest.push((why.kind(), 1)),
+            }
         }
-        let mut counts: Vec<(&str, usize)> = by_reason.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut reason: Vec<String> = counts
+    });
+    if let Some((c, reason)) = &external {
+        shown.push(pb::Excluded {
+            candidate: c.to_string(),
+            reason: reason.clone(),
+        });
+    }
+    if rest_n > 0 {
+        rest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut reason: Vec<String> = rest
             .iter()
             .take(5)
             .map(|(r, n)| format!("{n} × {r}"))
             .collect();
-        if counts.len() > 5 {
-            reason.push(format!("{} other reasons", counts.len() - 5));
+        if rest.len() > 5 {
+            reason.push(format!("{} other reasons", rest.len() - 5));
         }
-        out.push(pb::Excluded {
-            candidate: format!("… {} more candidates", rest.len()),
+        shown.push(pb::Excluded {
+            candidate: format!("… {rest_n} more candidates"),
             reason: reason.join("; "),
         });
     }
-    out
+    Decided {
+        decision: d.clone(),
+        excluded: shown,
+        external,
+    }
 }
 
 /// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
-pub fn decide(state: &State, req: &RouteRequest) -> Decision {
+pub fn decide(state: &State, req: &RouteRequest) -> Decided {
     let span = tracing::info_span!(
         "routing.decide",
         task = req.task.as_str(),
@@ -215,7 +240,8 @@ pub fn decide(state: &State, req: &RouteRequest) -> Decision {
         target = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let d = decide_now(state, req);
+    let decided = decide_now(state, req);
+    let d = &decided.decision;
     span.record("route", d.route.as_str());
     span.record("rule", d.rule.as_str());
     span.record(
@@ -228,10 +254,10 @@ pub fn decide(state: &State, req: &RouteRequest) -> Decision {
             Err(_) => "refused".into(),
         },
     );
-    d
+    decided
 }
 
-fn decide_now(state: &State, req: &RouteRequest) -> Decision {
+fn decide_now(state: &State, req: &RouteRequest) -> Decided {
     let policy = state.policy();
     let fleet = state.registry.snapshot(Instant::now());
     // today's spend matters only to a policy that can go external
@@ -248,7 +274,8 @@ fn decide_now(state: &State, req: &RouteRequest) -> Decision {
         providers: &state.provider_views,
         budgets: &budgets,
     };
-    routing::decide(&inputs, req, &mut rand::rng())
+    let d = routing::decide(&inputs, req, &mut rand::rng());
+    excluded_for_response(&inputs, req, &d)
 }
 
 /// Decides; a local target is counted against its model, an external one has its worst case
@@ -260,9 +287,14 @@ pub async fn route(
 ) -> Result<Routed, GatewayError> {
     // a reservation can lose a race with another request's: decide once more with the new spend
     for attempt in 0..2 {
-        let d = decide(state, req);
+        let decided = decide(state, req);
         let id = uuid::Uuid::new_v4().to_string();
-        let proto = to_proto(&d, &id, retried);
+        let proto = to_proto(&decided, &id, retried);
+        let Decided {
+            decision: d,
+            external: passed_over,
+            ..
+        } = decided;
         match d.outcome {
             Ok(Target::Local { node, addr, model }) => {
                 tracing::debug!(decision = %id, route = %d.route, rule = %d.rule, node = %node, model = %model, "routed");
@@ -315,19 +347,15 @@ pub async fn route(
             }
             Err(r) => {
                 tracing::info!(decision = %id, route = %d.route, reason = %r, "refused");
-                for e in d
-                    .excluded
-                    .iter()
-                    .filter(|e| e.candidate.starts_with("external:"))
-                {
+                if let Some((Candidate::External { provider, model }, reason)) = &passed_over {
                     let record = refused_record(
                         &id,
                         &req.tenant,
                         &d.route,
                         d.data_class,
                         req.task,
-                        &e.candidate,
-                        &e.reason,
+                        (provider, model),
+                        reason,
                     );
                     if let Err(err) = state.audit.append(&record).await {
                         tracing::error!(decision = %id, error = %err, "cannot write the audit record");
@@ -439,35 +467,107 @@ pub async fn settle_abandoned(state: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::Exclusion;
+    use crate::routing::*;
+
+    fn fleet(nodes: usize) -> FleetSnapshot {
+        FleetSnapshot::new(
+            (0..nodes)
+                .map(|i| NodeView {
+                    id: format!("node-{i:03}"),
+                    addr: String::new(),
+                    live: i % 4 != 0,
+                    models: vec![ModelView {
+                        name: "lm".into(),
+                        task: Task::Generate,
+                        ready: true,
+                        quality: 0.5,
+                        parameters: 1,
+                        size_bytes: 1,
+                        context_length: 2048,
+                        in_flight: 2,
+                        queue_depth: 0,
+                        max_concurrency: 2,
+                        max_queue: 0,
+                        gateway_in_flight: 0,
+                        ewma_latency_ms: 0.0,
+                        ewma_time_per_output_token_ms: 0.0,
+                        kv_room: true,
+                        space: String::new(),
+                        dimensions: 0,
+                    }],
+                })
+                .collect(),
+        )
+    }
+
+    fn decided(nodes: usize) -> Decided {
+        let policy = Policy {
+            default_data_class: DataClass::Confidential,
+            routes: vec![Route {
+                name: "r".into(),
+                tenants: vec![],
+                tasks: vec![],
+                data_classes: vec![],
+                min_quality: 0.0,
+                latency_target_ms: None,
+                spill: Spill::External,
+                external: Some(ExternalRule {
+                    provider: "openai".into(),
+                    model: "gpt".into(),
+                    data_classes: vec![DataClass::Public],
+                    conditions: vec![ExternalCondition::NoLocalCapacity],
+                    daily_budget_usd: 1.0,
+                    space: None,
+                }),
+                space: None,
+                label_set: None,
+                adequacy: Adequacy::Static,
+            }],
+        };
+        let fleet = fleet(nodes);
+        let providers = Default::default();
+        let budgets = Budgets::default();
+        let inputs = Inputs {
+            policy: &policy,
+            fleet: &fleet,
+            providers: &providers,
+            budgets: &budgets,
+        };
+        let req = RouteRequest {
+            tenant: "shop".into(),
+            task: Task::Generate,
+            data_class: None,
+            min_quality: None,
+            max_latency_ms: None,
+            route: None,
+            prompt_tokens: 10,
+            prompt_tokens_max: 10,
+            max_tokens: 10,
+            exclude_nodes: vec![],
+            space: None,
+            larger_than: None,
+            p_adequate: vec![],
+        };
+        let d = routing::decide(&inputs, &req, &mut rand::rng());
+        excluded_for_response(&inputs, &req, &d)
+    }
 
     #[test]
     fn a_large_fleets_exclusions_are_summarised_and_external_ones_kept() {
-        let mut all: Vec<Exclusion> = (0..100)
-            .map(|i| Exclusion {
-                candidate: format!("node-{i}/lm"),
-                reason: if i % 4 == 0 {
-                    "node is not live"
-                } else {
-                    "no free slot (2 busy of 2)"
-                }
-                .into(),
-            })
-            .collect();
-        all.push(Exclusion {
-            candidate: "external:openai/gpt".into(),
-            reason: "external provider `openai` is not permitted for confidential data".into(),
-        });
-        let out = excluded_for_response(&all);
+        let d = decided(100);
+        let out = &d.excluded;
         assert_eq!(out.len(), MAX_EXCLUDED + 1);
-        assert_eq!(out[0].candidate, "node-0/lm");
+        assert_eq!(out[0].candidate, "node-000/lm");
+        assert_eq!(out[0].reason, "node is not live");
         assert_eq!(out[MAX_EXCLUDED - 1].candidate, "external:openai/gpt");
         let last = &out[MAX_EXCLUDED];
         assert_eq!(last.candidate, "… 77 more candidates");
-        assert_eq!(
-            last.reason,
-            "58 × no free slot (2 busy of 2); 19 × node is not live"
-        );
-        assert_eq!(excluded_for_response(&all[..3]).len(), 3);
+        assert_eq!(last.reason, "58 × no free slot; 19 × node is not live");
+        assert!(matches!(
+            &d.external,
+            Some((Candidate::External { provider, .. }, why)) if provider == "openai" && why.contains("confidential")
+        ));
+        // a small fleet: every one listed
+        assert_eq!(decided(3).excluded.len(), 4);
     }
 }

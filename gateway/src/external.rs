@@ -179,18 +179,16 @@ impl ExternalCall {
     }
 }
 
-/// The audit record of a fallback that policy refused (`candidate` is `external:provider/model`).
+/// The audit record of a fallback that policy refused.
 pub fn refused_record(
     decision_id: &str,
     tenant: &str,
     route: &str,
     data_class: DataClass,
     task: Task,
-    candidate: &str,
+    (provider, model): (&str, &str),
     reason: &str,
 ) -> pb::AuditRecord {
-    let target = candidate.strip_prefix("external:").unwrap_or(candidate);
-    let (provider, model) = target.split_once('/').unwrap_or((target, ""));
     pb::AuditRecord {
         unix_ms: now_ms(),
         decision_id: decision_id.into(),

@@ -4,19 +4,20 @@
 //! at most 3 of its intervals old. The gateway's own in-flight count per (node, model) is
 //! kept here too, so a decision counts requests the next report has not yet seen, and
 //! discounts requests that finished after the last report counted them.
+//!
+//! Routing reads a snapshot the registry keeps up to date: a report, a stream's end, a
+//! request starting or ending each swap in the one node they change (the candidate index is
+//! rebuilt only when a node's models change), and liveness is re-checked when the earliest
+//! node could lapse. A decision takes an `Arc` of it, not a copy of the fleet.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use edgewise_proto as pb;
-use futures::Stream;
-use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::GatewayError;
-use crate::routing::{FleetSnapshot, ModelView, NodeView, Task};
+use crate::routing::{FleetSnapshot, ModelView, NodeView};
+use crate::validate::task_of;
 
 /// A node is dropped from routing after this many missed report intervals.
 pub const MISSED_INTERVALS: u32 = 3;
@@ -37,6 +38,16 @@ pub struct Registry {
     /// Nodes the gateway could not reach, and until when they stay out of routing (their
     /// reports say nothing about whether the gateway can reach them).
     unreachable: RwLock<HashMap<String, Instant>>,
+    /// What routing reads, kept up to date by every change above.
+    view: RwLock<View>,
+}
+
+#[derive(Default)]
+struct View {
+    snapshot: Arc<FleetSnapshot>,
+    /// The first moment a node's liveness may change without an event (a report going
+    /// stale, an unreachable node's time out ending); `None`: nothing pending.
+    recheck_at: Option<Instant>,
 }
 
 /// How long a node that refused a connection stays out of routing.
@@ -76,19 +87,18 @@ impl Drop for InFlight {
                 n.finished = n.finished.saturating_add(1);
             }
         }
-    }
-}
-
-fn task(t: i32) -> Option<Task> {
-    match pb::Task::try_from(t).ok()? {
-        pb::Task::Generate => Some(Task::Generate),
-        pb::Task::Embed => Some(Task::Embed),
-        pb::Task::Classify => Some(Task::Classify),
-        pb::Task::Unspecified => None,
+        drop(m);
+        self.registry.refresh(&self.key.0, Instant::now());
     }
 }
 
 impl Registry {
+    /// A number for a new report stream (a reconnect is told apart from the stream it replaces).
+    pub fn new_stream(&self) -> u64 {
+        self.streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn record(&self, stream: u64, report: pb::NodeReport, now: Instant) {
         {
             // a fresh report counts everything that finished before it
@@ -100,9 +110,10 @@ impl Registry {
                 }
             }
         }
+        let id = report.node_id.clone();
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         nodes.insert(
-            report.node_id.clone(),
+            id.clone(),
             Entry {
                 report,
                 seen: now,
@@ -110,6 +121,8 @@ impl Registry {
                 open: true,
             },
         );
+        drop(nodes);
+        self.refresh(&id, now);
     }
 
     /// The stream ended: its node leaves routing at once (unless it already reconnected).
@@ -120,6 +133,8 @@ impl Registry {
         {
             e.open = false;
         }
+        drop(nodes);
+        self.refresh(node, Instant::now());
     }
 
     pub fn track(self: &Arc<Self>, node: &str, model: &str) -> InFlight {
@@ -129,6 +144,7 @@ impl Registry {
         c.running += 1;
         let epoch = c.epoch;
         drop(m);
+        self.refresh(node, Instant::now());
         InFlight {
             registry: self.clone(),
             key,
@@ -142,68 +158,65 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.to_string(), until);
+        self.refresh(node, Instant::now());
     }
 
     fn reachable(&self, node: &str, now: Instant) -> bool {
-        self.unreachable
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(node)
-            .is_none_or(|until| now >= *until)
+        reachable(
+            &self.unreachable.read().unwrap_or_else(|p| p.into_inner()),
+            node,
+            now,
+        )
     }
 
-    fn live(e: &Entry, now: Instant) -> bool {
-        let interval = Duration::from_millis(u64::from(e.report.report_interval_ms.max(1)));
-        e.open && !e.report.draining && now.duration_since(e.seen) <= interval * MISSED_INTERVALS
+    /// What routing sees now: the kept snapshot, re-checked for liveness when a node may
+    /// have lapsed since.
+    pub fn snapshot(&self, now: Instant) -> Arc<FleetSnapshot> {
+        {
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            if view.recheck_at.is_none_or(|t| now < t) {
+                return view.snapshot.clone();
+            }
+        }
+        self.rebuild(now)
     }
 
-    /// What routing sees now.
-    pub fn snapshot(&self, now: Instant) -> FleetSnapshot {
+    /// The whole snapshot again (liveness moves with the clock).
+    fn rebuild(&self, now: Instant) -> Arc<FleetSnapshot> {
         let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
         let in_flight = self.in_flight.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<NodeView> = nodes
+        let unreachable = self.unreachable.read().unwrap_or_else(|p| p.into_inner());
+        let views = nodes
             .values()
-            .map(|e| NodeView {
-                id: e.report.node_id.clone(),
-                addr: e.report.advertise_addr.clone(),
-                live: Self::live(e, now) && self.reachable(&e.report.node_id, now),
-                models: e
-                    .report
-                    .models
-                    .iter()
-                    .filter_map(|m| {
-                        let own = in_flight
-                            .get(&(e.report.node_id.clone(), m.name.clone()))
-                            .copied()
-                            .unwrap_or_default();
-                        Some(ModelView {
-                            name: m.name.clone(),
-                            task: task(m.task)?,
-                            ready: m.state == pb::ModelState::Ready as i32,
-                            quality: m.quality,
-                            parameters: m.parameters,
-                            size_bytes: m.size_bytes,
-                            context_length: m.context_length,
-                            in_flight: m.in_flight.saturating_sub(own.finished),
-                            queue_depth: m.queue_depth,
-                            max_concurrency: m.max_concurrency,
-                            max_queue: m.max_queue,
-                            gateway_in_flight: own.running,
-                            ewma_latency_ms: m.ewma_latency_ms,
-                            ewma_time_per_output_token_ms: m.ewma_time_per_output_token_ms,
-                            kv_room: m.kv_bytes_per_position == 0
-                                || m.kv_bytes_free
-                                    >= m.kv_bytes_per_position
-                                        * crate::routing::types::KV_ALLOCATION_POSITIONS,
-                            space: m.space.clone(),
-                            dimensions: m.dimensions,
-                        })
-                    })
-                    .collect(),
-            })
+            .map(|e| view_of(e, &in_flight, &unreachable, now))
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        FleetSnapshot { nodes: out }
+        let recheck_at = recheck(nodes.values(), &unreachable, now);
+        let snapshot = Arc::new(FleetSnapshot::new(views));
+        // written under the read locks, so a change made meanwhile is not overwritten
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        *view = View {
+            snapshot: snapshot.clone(),
+            recheck_at,
+        };
+        snapshot
+    }
+
+    /// Node `id` changed: swap it into the kept snapshot.
+    fn refresh(&self, id: &str, now: Instant) {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = nodes.get(id) else { return };
+        let in_flight = self.in_flight.read().unwrap_or_else(|p| p.into_inner());
+        let unreachable = self.unreachable.read().unwrap_or_else(|p| p.into_inner());
+        let node = view_of(e, &in_flight, &unreachable, now);
+        let lapse = lapses_at(e, &unreachable, now);
+        // the view is updated under the registry's read locks, so two changes to one node
+        // land in the order they were made
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.snapshot = Arc::new(view.snapshot.with_node(node));
+        view.recheck_at = match (view.recheck_at, lapse) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Every node the gateway has heard from, for `FleetStatus`.
@@ -214,7 +227,7 @@ impl Registry {
             .map(|e| pb::NodeStatus {
                 node_id: e.report.node_id.clone(),
                 addr: e.report.advertise_addr.clone(),
-                live: Self::live(e, now) && self.reachable(&e.report.node_id, now),
+                live: live(e, now) && self.reachable(&e.report.node_id, now),
                 draining: e.report.draining,
                 last_report_ms_ago: now.duration_since(e.seen).as_millis() as u64,
                 hardware: e.report.hardware.clone(),
@@ -226,107 +239,90 @@ impl Registry {
     }
 }
 
-/// `edgewise.v1.Fleet`: the receiving side of the agents' report streams.
-pub struct FleetService {
-    pub registry: Arc<Registry>,
-    pub gateway_id: String,
-    /// Cancelled when the gateway stops.
-    pub stop: tokio_util::sync::CancellationToken,
-    /// Mutual TLS is on: a report is accepted only over a connection whose certificate
-    /// names the reporting node.
-    pub node_certificates: bool,
+fn reachable(unreachable: &HashMap<String, Instant>, node: &str, now: Instant) -> bool {
+    unreachable.get(node).is_none_or(|until| now >= *until)
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
+/// The moment a report goes stale.
+fn stale_at(e: &Entry) -> Instant {
+    let interval = Duration::from_millis(u64::from(e.report.report_interval_ms.max(1)));
+    e.seen + interval * MISSED_INTERVALS
+}
 
-#[tonic::async_trait]
-impl pb::fleet_server::Fleet for FleetService {
-    type ReportStream = AckStream;
+fn live(e: &Entry, now: Instant) -> bool {
+    e.open && !e.report.draining && now <= stale_at(e)
+}
 
-    async fn report(
-        &self,
-        request: Request<Streaming<pb::NodeReport>>,
-    ) -> Result<Response<Self::ReportStream>, Status> {
-        let certified = match edgewise_tls::net::peer_identity(&request) {
-            Some(edgewise_tls::Identity::Node(id)) => Some(id),
-            Some(other) if self.node_certificates => {
-                return Err(GatewayError::NotANode(other.to_string()).into());
-            }
-            None if self.node_certificates => {
-                return Err(GatewayError::NoNodeCertificate.into());
-            }
-            _ => None,
-        };
-        let mut reports = request.into_inner();
-        let registry = self.registry.clone();
-        let gateway_id = self.gateway_id.clone();
-        let stop = self.stop.clone();
-        let stream_id = registry
-            .streams
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(async move {
-            let mut node = String::new();
-            loop {
-                let r = tokio::select! {
-                    r = reports.next() => match r {
-                        Some(Ok(r)) => r,
-                        _ => break,
-                    },
-                    // a stopping gateway ends report streams, so agents go elsewhere and the
-                    // server's graceful shutdown is not held up by them
-                    () = stop.cancelled() => {
-                        let _ = tx.send(Err(GatewayError::ShuttingDown.into())).await;
-                        break;
-                    }
-                };
-                if r.node_id.is_empty() {
-                    let _ = tx
-                        .send(Err(GatewayError::InvalidRequest(
-                            "report without node_id".into(),
-                        )
-                        .into()))
-                        .await;
-                    break;
-                }
-                if let Some(id) = certified.as_deref()
-                    && id != r.node_id
-                {
-                    tracing::warn!(certificate = %id, report = %r.node_id, "report for another node refused");
-                    let _ = tx
-                        .send(Err(GatewayError::OtherNode {
-                            report: r.node_id.clone(),
-                            certificate: id.to_string(),
-                        }
-                        .into()))
-                        .await;
-                    break;
-                }
-                if node.is_empty() {
-                    tracing::info!(node = %r.node_id, addr = %r.advertise_addr, "agent connected");
-                }
-                node.clone_from(&r.node_id);
-                let seq = r.seq;
-                registry.record(stream_id, r, Instant::now());
-                if tx
-                    .send(Ok(pb::ReportAck {
-                        gateway_id: gateway_id.clone(),
-                        seq,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            if !node.is_empty() {
-                tracing::info!(node = %node, "agent report stream ended; node leaves routing");
-                registry.closed(stream_id, &node);
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+/// When this node's liveness next changes with no event: its report goes stale, or its time
+/// out of routing ends.
+fn lapses_at(e: &Entry, unreachable: &HashMap<String, Instant>, now: Instant) -> Option<Instant> {
+    let stale = (e.open && !e.report.draining)
+        .then(|| stale_at(e) + Duration::from_nanos(1))
+        .filter(|t| *t > now);
+    let back = unreachable
+        .get(&e.report.node_id)
+        .copied()
+        .filter(|t| *t > now);
+    match (stale, back) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn recheck<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    unreachable: &HashMap<String, Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    entries.filter_map(|e| lapses_at(e, unreachable, now)).min()
+}
+
+/// One node as routing sees it: its last report, discounted and topped up by this gateway's
+/// own requests.
+fn view_of(
+    e: &Entry,
+    in_flight: &HashMap<(String, String), Counts>,
+    unreachable: &HashMap<String, Instant>,
+    now: Instant,
+) -> NodeView {
+    let id = &e.report.node_id;
+    NodeView {
+        id: id.clone(),
+        addr: e.report.advertise_addr.clone(),
+        live: live(e, now) && reachable(unreachable, id, now),
+        models: e
+            .report
+            .models
+            .iter()
+            .filter_map(|m| {
+                let own = in_flight
+                    .get(&(id.clone(), m.name.clone()))
+                    .copied()
+                    .unwrap_or_default();
+                Some(ModelView {
+                    name: m.name.clone(),
+                    task: task_of(m.task).ok()?,
+                    ready: m.state == pb::ModelState::Ready as i32,
+                    quality: m.quality,
+                    parameters: m.parameters,
+                    size_bytes: m.size_bytes,
+                    context_length: m.context_length,
+                    in_flight: m.in_flight.saturating_sub(own.finished),
+                    queue_depth: m.queue_depth,
+                    max_concurrency: m.max_concurrency,
+                    max_queue: m.max_queue,
+                    gateway_in_flight: own.running,
+                    ewma_latency_ms: m.ewma_latency_ms,
+                    ewma_time_per_output_token_ms: m.ewma_time_per_output_token_ms,
+                    kv_room: m.kv_bytes_per_position == 0
+                        || m.kv_bytes_free
+                            >= m.kv_bytes_per_position
+                                * crate::routing::types::KV_ALLOCATION_POSITIONS,
+                    space: m.space.clone(),
+                    dimensions: m.dimensions,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -352,7 +348,7 @@ mod tests {
 
     fn seen(r: &Arc<Registry>) -> (u32, u32) {
         let s = r.snapshot(Instant::now());
-        let m = &s.nodes[0].models[0];
+        let m = &s.nodes()[0].models[0];
         (m.in_flight, m.gateway_in_flight)
     }
 

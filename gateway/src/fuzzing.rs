@@ -23,7 +23,7 @@ pub fn policy(data: &[u8]) {
         assert!((0.0..=1.0).contains(&r.min_quality), "{}", r.min_quality);
     }
     let _ = crate::policy::confidentiality_report(&p);
-    let fleet = FleetSnapshot { nodes: Vec::new() };
+    let fleet = FleetSnapshot::default();
     let providers = Default::default();
     let budgets = Budgets::default();
     let inputs = routing::Inputs {

@@ -203,7 +203,7 @@ impl Gateway {
             .layer(edgewise_ops::message_limit::MessageLimitLayer::new(max))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(pb::fleet_server::FleetServer::new(fleet::FleetService {
+            .add_service(pb::fleet_server::FleetServer::new(grpc::FleetService {
                 registry: state.registry.clone(),
                 gateway_id: config.id.clone(),
                 stop: stop.clone(),

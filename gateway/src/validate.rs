@@ -7,6 +7,29 @@ use crate::error::GatewayError;
 use crate::providers::Message;
 use crate::routing::{DataClass, RouteRequest, Task};
 
+/// The one conversion of the wire's task into routing's.
+impl TryFrom<pb::Task> for Task {
+    type Error = GatewayError;
+
+    fn try_from(t: pb::Task) -> Result<Self, GatewayError> {
+        match t {
+            pb::Task::Generate => Ok(Task::Generate),
+            pb::Task::Embed => Ok(Task::Embed),
+            pb::Task::Classify => Ok(Task::Classify),
+            pb::Task::Unspecified => Err(no_task()),
+        }
+    }
+}
+
+fn no_task() -> GatewayError {
+    GatewayError::InvalidRequest("task must be TASK_GENERATE, TASK_EMBED or TASK_CLASSIFY".into())
+}
+
+/// A task as a message field carries it (an enum's number).
+pub fn task_of(t: i32) -> Result<Task, GatewayError> {
+    pb::Task::try_from(t).map_err(|_| no_task())?.try_into()
+}
+
 /// What one request may ask for (`[limits]` in gateway.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

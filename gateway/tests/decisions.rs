@@ -111,9 +111,8 @@ fn run_case(path: &Path) -> Result<(), String> {
     let policy =
         edgewise_gateway::policy::parse(&[(PathBuf::from("policy.yaml"), case.policy.clone())])
             .map_err(|d| d.to_string())?;
-    let fleet = FleetSnapshot {
-        nodes: case
-            .fleet
+    let fleet = FleetSnapshot::new(
+        case.fleet
             .iter()
             .map(|n| NodeView {
                 id: n.node.clone(),
@@ -144,7 +143,7 @@ fn run_case(path: &Path) -> Result<(), String> {
                     .collect(),
             })
             .collect(),
-    };
+    );
     let providers = BTreeMap::from([(
         "openai".to_string(),
         ProviderView {
@@ -195,7 +194,7 @@ fn run_case(path: &Path) -> Result<(), String> {
     );
     let e = &case.expect;
     let mut problems = Vec::new();
-    if d.rule != e.rule {
+    if d.rule.as_str() != e.rule {
         problems.push(format!("rule: got `{}`, want `{}`", d.rule, e.rule));
     }
     if let Some(route) = &e.route
@@ -243,7 +242,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         problems.push(format!("refusal: got {message:?}, want {want:?}"));
     }
     let trace: Vec<String> = d
-        .excluded
+        .excluded(&inputs, &req)
         .iter()
         .map(|x| format!("{}: {}", x.candidate, x.reason))
         .collect();

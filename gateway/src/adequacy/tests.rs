@@ -100,15 +100,14 @@ fn model(name: &str, params: u64) -> ModelView {
     }
 }
 
-fn route_of(policy: &Policy, text: &str) -> Decision {
-    let fleet = FleetSnapshot {
-        nodes: vec![NodeView {
-            id: "n".into(),
-            addr: "http://n".into(),
-            live: true,
-            models: vec![model("small", 100), model("large", 500)],
-        }],
-    };
+/// The decision and its trace, formatted.
+fn route_of(policy: &Policy, text: &str) -> (Decision, Vec<Exclusion>) {
+    let fleet = FleetSnapshot::new(vec![NodeView {
+        id: "n".into(),
+        addr: "http://n".into(),
+        live: true,
+        models: vec![model("small", 100), model("large", 500)],
+    }]);
     let messages = [crate::providers::Message {
         role: "user".into(),
         content: text.into(),
@@ -134,11 +133,13 @@ fn route_of(policy: &Policy, text: &str) -> Decision {
         providers: &BTreeMap::new(),
         budgets: &Budgets::default(),
     };
-    decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(3))
+    let d = decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(3));
+    let excluded = d.excluded(&inputs, &req);
+    (d, excluded)
 }
 
-fn chosen(d: &Decision) -> &str {
-    match &d.outcome {
+fn chosen(d: &(Decision, Vec<Exclusion>)) -> &str {
+    match &d.0.outcome {
         Ok(Target::Local { model, .. }) => model,
         other => panic!("{other:?}"),
     }
@@ -161,17 +162,16 @@ fn the_smallest_model_whose_probability_clears_the_threshold_serves_each_request
     assert_eq!(chosen(&d), "small");
     let d = route_of(&p, "Explain the causes of the French revolution.");
     assert_eq!(chosen(&d), "large");
-    let why = &d
-        .excluded
-        .iter()
-        .find(|e| e.candidate == "n/small")
-        .unwrap()
-        .reason;
+    let why =
+        &d.1.iter()
+            .find(|e| e.candidate.to_string() == "n/small")
+            .unwrap()
+            .reason;
     assert_eq!(why, "P(adequate) 0.047 is below the route's threshold 0.5");
     // a threshold nothing clears: no adequate local model
     let p = parse(dir.path(), &policy_text(&sha, "small, large", 0.99)).unwrap();
     assert!(matches!(
-        route_of(&p, "What is 6 + 5?").outcome,
+        route_of(&p, "What is 6 + 5?").0.outcome,
         Err(Refusal::NoAdequateModel(_))
     ));
 }

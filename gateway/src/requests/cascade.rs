@@ -95,11 +95,8 @@ where
         let parameters = state
             .registry
             .snapshot(now)
-            .nodes
-            .iter()
-            .filter(|n| n.id == routed.node)
-            .flat_map(|n| &n.models)
-            .find(|m| m.name == routed.model)
+            .node(&routed.node)
+            .and_then(|n| n.models.iter().find(|m| m.name == routed.model))
             .map_or(0, |m| m.parameters);
         req.larger_than = Some(req.larger_than.unwrap_or(0).max(parameters));
         let kept_decision = routed.decision.clone();

@@ -2,6 +2,10 @@
 //! set a request must be served from, and whether a model can meet a latency limit (measured,
 //! or estimated when it has not been measured yet). Pure, like `decide`.
 
+use std::fmt;
+
+use super::index::FleetSnapshot;
+use super::trace::Why;
 use super::types::*;
 
 /// What an embed or classify request may be served by.
@@ -14,17 +18,19 @@ pub(super) enum Wanted {
 }
 
 impl Wanted {
-    pub(super) fn mismatch(&self, m: &ModelView) -> Option<String> {
+    pub(super) fn mismatch<'a>(&'a self, m: &'a ModelView) -> Option<Why<'a>> {
         let kind = if m.task == Task::Classify {
             "label set"
         } else {
             "vector space"
         };
         match self {
-            Wanted::Model(n) if &m.name != n => Some(format!("not the requested model `{n}`")),
-            Wanted::Space(s) if &m.space != s => {
-                Some(format!("{kind} `{}`, and the request needs `{s}`", m.space))
-            }
+            Wanted::Model(n) if &m.name != n => Some(Why::OtherModel { wanted: n }),
+            Wanted::Space(s) if &m.space != s => Some(Why::OtherSpace {
+                kind,
+                has: &m.space,
+                needs: s,
+            }),
             _ => None,
         }
     }
@@ -45,12 +51,13 @@ pub(super) fn wanted(
         // a generation names one model or none
         Task::Generate => return Ok(req.space.clone().map(Wanted::Model)),
     };
+    // one model per rung: the index already grouped the fleet's models
     let models = || {
         fleet
-            .nodes
+            .index()
+            .ladder(req.task)
             .iter()
-            .flat_map(|n| &n.models)
-            .filter(|m| m.task == req.task)
+            .map(|r| fleet.model_of(r))
     };
     if let Some(named) = &req.space {
         return Ok(Some(if models().any(|m| &m.name == named) {
@@ -80,20 +87,72 @@ pub(super) fn wanted(
     }
 }
 
+/// Why a model cannot meet a latency limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slow<'a> {
+    Measured {
+        expected_ms: f64,
+        limit: u32,
+        what: &'static str,
+    },
+    Estimated {
+        estimate_ms: f64,
+        from: &'a str,
+        limit: u32,
+        what: &'static str,
+    },
+    Unknown {
+        task: Task,
+        limit: u32,
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for Slow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slow::Measured {
+                expected_ms,
+                limit,
+                what,
+            } => write!(
+                f,
+                "expected latency {expected_ms:.0} ms is over the {limit} ms {what}"
+            ),
+            Slow::Estimated {
+                estimate_ms,
+                from,
+                limit,
+                what,
+            } => write!(
+                f,
+                "not measured yet; estimated {estimate_ms:.0} ms (from {from} on this node, scaled by size) is over the {limit} ms {what}"
+            ),
+            Slow::Unknown { task, limit, what } => write!(
+                f,
+                "latency unknown (not measured yet, and no measured {task} model on this node to estimate from) with a {limit} ms {what}"
+            ),
+        }
+    }
+}
+
 /// Why `model` cannot meet a latency limit, if it cannot. A model never measured is not
 /// assumed fast: its latency is estimated from the node's closest-sized measured model of the
 /// same task (decode is memory-bound, so time scales with the model's bytes), and without
 /// one it is excluded.
-pub(super) fn too_slow(
-    node: &NodeView,
-    model: &ModelView,
+pub(super) fn too_slow<'a>(
+    node: &'a NodeView,
+    model: &'a ModelView,
     req: &RouteRequest,
     limit: u32,
-    what: &str,
-) -> Option<String> {
-    if let Some(expected) = model.expected_latency_ms(req.task, req.max_tokens) {
-        return (expected > f64::from(limit))
-            .then(|| format!("expected latency {expected:.0} ms is over the {limit} ms {what}"));
+    what: &'static str,
+) -> Option<Slow<'a>> {
+    if let Some(expected_ms) = model.expected_latency_ms(req.task, req.max_tokens) {
+        return (expected_ms > f64::from(limit)).then_some(Slow::Measured {
+            expected_ms,
+            limit,
+            what,
+        });
     }
     let reference = node
         .models
@@ -103,17 +162,18 @@ pub(super) fn too_slow(
         .min_by_key(|(m, _)| m.size_bytes.abs_diff(model.size_bytes));
     match reference {
         Some((r, ms)) => {
-            let estimate = ms * model.size_bytes as f64 / r.size_bytes as f64;
-            (estimate > f64::from(limit)).then(|| {
-                format!(
-                    "not measured yet; estimated {estimate:.0} ms (from {} on this node, scaled by size) is over the {limit} ms {what}",
-                    r.name
-                )
+            let estimate_ms = ms * model.size_bytes as f64 / r.size_bytes as f64;
+            (estimate_ms > f64::from(limit)).then_some(Slow::Estimated {
+                estimate_ms,
+                from: &r.name,
+                limit,
+                what,
             })
         }
-        None => Some(format!(
-            "latency unknown (not measured yet, and no measured {} model on this node to estimate from) with a {limit} ms {what}",
-            model.task
-        )),
+        None => Some(Slow::Unknown {
+            task: model.task,
+            limit,
+            what,
+        }),
     }
 }

@@ -1,14 +1,24 @@
 //! The routing decision: pure, no I/O, no clock. It takes a policy, a fleet snapshot, the
 //! providers' prices, today's spend and a request, and returns the decision with a trace of
-//! why every other candidate was excluded. Randomness (power of two choices) comes from the
-//! caller's RNG, so a seeded RNG makes decisions reproducible.
+//! why every other candidate was passed over (worked out only when it is listed: `trace.rs`).
+//! Randomness (power of two choices) comes from the caller's RNG, so a seeded RNG makes
+//! decisions reproducible.
+//!
+//! In phases: match a route → the candidate rungs (the index's models of the task, checked
+//! once per model) → adequacy (the smallest rung with a node that can serve) → choose (a free
+//! slot there, or the route's spill rule) → fallback (the hosted provider, where permitted).
+//! Only the rungs it considers are looked at node by node, and a free slot is found by
+//! sampling, so a decision costs about the same at 10 nodes as at 1,000.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use rand::Rng;
 
-use super::adequacy::{Wanted, too_slow, wanted};
-use super::fallback::{ExternalRefusal, external};
+use super::adequacy::{Wanted, wanted};
+use super::fallback::{ExternalRefusal, RefusalKind, external};
+use super::index::{FleetSnapshot, Rung, Slot};
+use super::trace::{ExternalWhy, ExternalWhyView, Note, RungWhy, Trace, slot_unfit};
 use super::types::*;
 
 /// Where a request goes.
@@ -41,12 +51,41 @@ pub enum Refusal {
     OverBudget(String),
 }
 
-/// One candidate that was not chosen, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exclusion {
-    /// `node/model`, or `external:provider/model`.
-    pub candidate: String,
-    pub reason: String,
+/// Which rule chose the target (or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// The smallest adequate model, on a node with a free slot.
+    Smallest,
+    /// The smallest was full: the next larger adequate model with a free slot.
+    SpillLarger,
+    /// The smallest was full: queued on it.
+    SpillWait,
+    /// The route's hosted model, on this condition.
+    External(ExternalCondition),
+    Refused,
+    NoRoute,
+    TenantNotAllowed,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Smallest => "smallest",
+            Rule::SpillLarger => "spill: larger",
+            Rule::SpillWait => "spill: wait",
+            Rule::External(ExternalCondition::NoAdequateLocal) => "external: no_adequate_local",
+            Rule::External(ExternalCondition::NoLocalCapacity) => "external: no_local_capacity",
+            Rule::Refused => "refused",
+            Rule::NoRoute => "no route",
+            Rule::TenantNotAllowed => "tenant not allowed",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,12 +93,11 @@ pub struct Decision {
     pub data_class: DataClass,
     /// The route that matched (empty when none did).
     pub route: String,
-    /// Which rule chose the target, e.g. `smallest`, `spill: larger`, `external: no_adequate_local`.
-    pub rule: String,
+    pub rule: Rule,
     pub outcome: Result<Target, Refusal>,
-    pub excluded: Vec<Exclusion>,
     /// Embed and classify: the vector space or label set the request is served from.
     pub space: Option<String>,
+    pub(super) trace: Trace,
 }
 
 /// Everything `decide` reads besides the request.
@@ -70,369 +108,452 @@ pub struct Inputs<'a> {
     pub budgets: &'a Budgets,
 }
 
-struct Candidate<'a> {
-    node: &'a NodeView,
-    model: &'a ModelView,
-}
-
 pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> Decision {
     let data_class = req.data_class.unwrap_or(inputs.policy.default_data_class);
-    let mut excluded = Vec::new();
-    let Some(route) = match_route(inputs.policy, req, data_class) else {
-        // a route that would serve the request for another tenant: this one may not use it
-        if let Some(r) = inputs
-            .policy
-            .routes
-            .iter()
-            .find(|r| route_matches(r, req, data_class, false))
-        {
-            return Decision {
-                data_class,
-                route: r.name.clone(),
-                rule: "tenant not allowed".into(),
-                outcome: Err(Refusal::Forbidden(format!(
-                    "tenant `{}` may not use route `{}` (it serves {})",
-                    req.tenant,
-                    r.name,
-                    r.tenants
-                        .iter()
-                        .map(|t| format!("`{t}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-                excluded,
-                space: None,
-            };
-        }
-        let named = req
-            .route
-            .as_deref()
-            .map(|r| format!(" named `{r}`"))
-            .unwrap_or_default();
-        return Decision {
-            data_class,
-            route: String::new(),
-            rule: "no route".into(),
-            outcome: Err(Refusal::NoAdequateModel(format!(
-                "no route{named} matches tenant `{}`, task {}, data class {data_class}",
-                req.tenant, req.task
-            ))),
-            excluded,
-            space: None,
-        };
+    // 1. the route
+    let (index, route) = match match_route(inputs.policy, req, data_class) {
+        Ok(r) => r,
+        Err(d) => return *d,
     };
-    let need_context = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
-    // the tighter of the caller's limit and the route's target
+    let mut d = Decision {
+        data_class,
+        route: route.name.clone(),
+        rule: Rule::Refused,
+        outcome: Err(Refusal::NoAdequateModel(String::new())),
+        space: None,
+        trace: Trace {
+            route: Some(index),
+            ..Trace::default()
+        },
+    };
+    // embeddings and classifications come from one vector space / label set only
+    d.trace.wanted = match wanted(inputs.fleet, route, req) {
+        Ok(w) => w,
+        Err(why) => {
+            d.outcome = Err(Refusal::NoAdequateModel(why));
+            return d;
+        }
+    };
+    let need = needs(route, req, d.trace.wanted.as_ref());
+    d.trace.need_quality = need.quality;
+    d.trace.need_context = need.context;
+    d.trace.latency = need.latency;
+
+    // 2. candidates: the task's rungs whose model can serve the request at all
+    let fleet = inputs.fleet;
+    let ladder = fleet.index().ladder(req.task);
+    let mut rungs: Vec<usize> = Vec::with_capacity(ladder.len());
+    for (i, rung) in ladder.iter().enumerate() {
+        match rung_unfit(fleet.model_of(rung), route, req, &d.trace, &need) {
+            Some(why) => d.trace.notes.push(Note::Rung {
+                rung: i as u32,
+                why,
+            }),
+            None => rungs.push(i),
+        }
+    }
+
+    // 3. adequacy: the smallest rung with a node that can serve (a free one, if found on the way)
+    let fit = |s: Slot| {
+        let (n, m) = fleet.at(s);
+        slot_unfit(n, m, req, d.trace.latency).is_none()
+    };
+    let mut first = None;
+    for (at, &i) in rungs.iter().enumerate() {
+        match pick(fleet, &ladder[i], &fit, rng) {
+            Pick::Free(s) => {
+                first = Some((at, Some(s)));
+                break;
+            }
+            Pick::Full => {
+                first = Some((at, None));
+                break;
+            }
+            Pick::Unfit => {}
+        }
+    }
+    let Some((smallest_at, free)) = first else {
+        for &i in &rungs {
+            d.trace.notes.push(Note::Slots { rung: i as u32 });
+        }
+        return fallback(
+            d,
+            inputs,
+            route,
+            req,
+            ExternalCondition::NoAdequateLocal,
+            &need,
+        );
+    };
+    let smallest = fleet.model_of(&ladder[rungs[smallest_at]]);
+    // one space, one dimension count: a model that declares the space with other
+    // dimensions is not one of it
+    for &i in &rungs {
+        let m = fleet.model_of(&ladder[i]);
+        let disagrees = matches!(req.task, Task::Embed | Task::Classify)
+            && !(m.dimensions == smallest.dimensions
+                || m.dimensions == 0
+                || smallest.dimensions == 0);
+        d.trace.notes.push(if disagrees {
+            Note::Rung {
+                rung: i as u32,
+                why: RungWhy::Dimensions(smallest.dimensions),
+            }
+        } else {
+            Note::Slots { rung: i as u32 }
+        });
+    }
+    rungs.retain(|&i| {
+        !d.trace.notes.iter().any(|n| {
+            matches!(n, Note::Rung { rung, why: RungWhy::Dimensions(_) } if *rung as usize == i)
+        })
+    });
+    d.space = d
+        .trace
+        .wanted
+        .as_ref()
+        .filter(|_| req.task != Task::Generate)
+        .map(|w| match w {
+            Wanted::Space(s) => s.clone(),
+            Wanted::Model(_) => smallest.space.clone(),
+        });
+
+    // 4. choose: a free slot of the smallest adequate model, else the route's spill rule
+    if let Some(s) = free {
+        return local(d, inputs, route, Rule::Smallest, s);
+    }
+    // a request that names one model queues for it rather than go elsewhere
+    let spill = match d.trace.wanted {
+        Some(Wanted::Model(_)) => Spill::Wait,
+        _ => route.spill,
+    };
+    let smallest_rung = rungs
+        .iter()
+        .position(|&i| std::ptr::eq(fleet.model_of(&ladder[i]), smallest))
+        .unwrap_or(0);
+    match spill {
+        Spill::Larger => {
+            for &i in rungs.iter().skip(smallest_rung + 1) {
+                if let Pick::Free(s) = pick(fleet, &ladder[i], &fit, rng) {
+                    return local(d, inputs, route, Rule::SpillLarger, s);
+                }
+            }
+        }
+        Spill::Wait => {
+            let queued = ladder[rungs[smallest_rung]]
+                .slots
+                .iter()
+                .copied()
+                .filter(|&s| fit(s) && fleet.at(s).1.has_queue_room())
+                .min_by(|&a, &b| {
+                    let ((na, ma), (nb, mb)) = (fleet.at(a), fleet.at(b));
+                    ma.load()
+                        .total_cmp(&mb.load())
+                        .then_with(|| na.id.cmp(&nb.id))
+                });
+            if let Some(s) = queued {
+                return local(d, inputs, route, Rule::SpillWait, s);
+            }
+        }
+        Spill::External => {}
+    }
+    // 5. fallback
+    fallback(
+        d,
+        inputs,
+        route,
+        req,
+        ExternalCondition::NoLocalCapacity,
+        &need,
+    )
+}
+
+/// What a request needs of a model beyond its task.
+struct Needs {
+    quality: f32,
+    context: u64,
+    /// The tighter of the caller's limit and the route's target, and which it is.
+    latency: Option<(u32, &'static str)>,
+    /// A learned route's threshold, which stands in for its static floor.
+    learned: Option<f32>,
+}
+
+fn needs(route: &Route, req: &RouteRequest, wanted: Option<&Wanted>) -> Needs {
     // a generation that names one model is not held to the route's target (an evaluation
     // measures the model whatever its speed); the caller's own limit still holds
     let route_target = match (req.task, &req.space) {
         (Task::Generate, Some(_)) => None,
         _ => route.latency_target_ms,
     };
-    let latency_limit = match (req.max_latency_ms, route_target) {
+    let latency = match (req.max_latency_ms, route_target) {
         (Some(a), Some(b)) if b < a => Some((b, "route latency target")),
         (Some(a), _) => Some((a, "max_latency_ms")),
         (None, Some(b)) => Some((b, "route latency target")),
         (None, None) => None,
     };
-
-    // 0. embeddings and classifications come from one vector space / label set only
-    let wanted = match wanted(inputs.fleet, route, req) {
-        Ok(w) => w,
-        Err(why) => {
-            return Decision {
-                data_class,
-                route: route.name.clone(),
-                rule: "refused".into(),
-                outcome: Err(Refusal::NoAdequateModel(why)),
-                excluded,
-                space: None,
-            };
-        }
-    };
-
-    // a caller that names one model gets it without the route's floor (its own still holds)
-    // a learned route's threshold stands in for its static floor
-    let learned = match (&route.adequacy, &wanted) {
+    let learned = match (&route.adequacy, wanted) {
         (Adequacy::Learned(l), None) if req.task == Task::Generate => Some(l.threshold),
         _ => None,
     };
+    // a caller that names one model gets it without the route's floor (its own still holds)
     let floor = match wanted {
         Some(Wanted::Model(_)) => 0.0,
         _ if learned.is_some() => 0.0,
         _ => route.min_quality,
     };
-    let need_quality = req.min_quality.unwrap_or(0.0).max(floor);
+    Needs {
+        quality: req.min_quality.unwrap_or(0.0).max(floor),
+        context: u64::from(req.prompt_tokens) + u64::from(req.max_tokens),
+        latency,
+        learned,
+    }
+}
 
-    // 1. adequate local candidates
-    let mut adequate: Vec<Candidate<'_>> = Vec::new();
-    for node in &inputs.fleet.nodes {
-        for model in node.models.iter().filter(|m| m.task == req.task) {
-            let why = if let Some(why) = wanted.as_ref().and_then(|w| w.mismatch(model)) {
-                Some(why)
-            } else if !node.live {
-                Some("node is not live".to_string())
-            } else if req.exclude_nodes.contains(&node.id) {
-                Some("node already failed this request".to_string())
-            } else if !model.ready {
-                Some("model is not ready".to_string())
-            } else if let Some(p) = req.larger_than
-                && model.parameters <= p
-            {
-                Some(format!(
-                    "cascade: a model of {} parameters answered with too little confidence, and this one is no larger",
-                    p
-                ))
-            } else if let Some(t) = learned
-                && let Some(why) = match req.p_adequate(&route.name, &model.name) {
-                    None => Some("the route's learned heads have none for this model".to_string()),
-                    Some(p) if p < t => Some(format!(
-                        "P(adequate) {p:.3} is below the route's threshold {t}"
-                    )),
-                    Some(_) => None,
-                }
-            {
-                Some(why)
-            } else if model.quality < need_quality {
-                Some(format!(
-                    "quality {} is below the required {need_quality}",
-                    model.quality
-                ))
-            } else if u64::from(model.context_length) < need_context {
-                Some(format!(
-                    "context {} is shorter than prompt + max_tokens ({need_context})",
-                    model.context_length
-                ))
-            } else if let Some((limit, what)) = latency_limit
-                && let Some(why) = too_slow(node, model, req, limit, what)
-            {
-                Some(why)
-            } else {
-                None
-            };
-            match why {
-                Some(reason) => excluded.push(Exclusion {
-                    candidate: format!("{}/{}", node.id, model.name),
-                    reason,
-                }),
-                None => adequate.push(Candidate { node, model }),
-            }
-        }
-    }
-    // smallest first: parameters, then bytes, then name (a stable order for equal sizes)
-    adequate.sort_by(|a, b| {
-        (
-            a.model.parameters,
-            a.model.size_bytes,
-            &a.model.name,
-            &a.node.id,
-        )
-            .cmp(&(
-                b.model.parameters,
-                b.model.size_bytes,
-                &b.model.name,
-                &b.node.id,
-            ))
-    });
-    // one space, one dimension count: a model that declares the space with other dimensions
-    // is not one of it
-    if let Some(first) = adequate.first().map(|c| c.model)
-        && matches!(req.task, Task::Embed | Task::Classify)
-    {
-        let (space, dims) = (first.space.clone(), first.dimensions);
-        adequate.retain(|c| {
-            let agrees = c.model.dimensions == dims || c.model.dimensions == 0 || dims == 0;
-            if !agrees {
-                excluded.push(Exclusion {
-                    candidate: format!("{}/{}", c.node.id, c.model.name),
-                    reason: format!(
-                        "declares `{space}` with {} dimensions, but its smallest model has {dims}",
-                        c.model.dimensions
-                    ),
-                });
-            }
-            agrees
-        });
-    }
-    let space = wanted
+/// Why no node running this model can serve the request, whatever its state.
+fn rung_unfit(
+    model: &ModelView,
+    route: &Route,
+    req: &RouteRequest,
+    trace: &Trace,
+    need: &Needs,
+) -> Option<RungWhy> {
+    if trace
+        .wanted
         .as_ref()
-        .filter(|_| req.task != Task::Generate)
-        .map(|w| match w {
-            Wanted::Space(s) => s.clone(),
-            Wanted::Model(m) => adequate
-                .first()
-                .map(|c| c.model.space.clone())
-                .unwrap_or_else(|| m.clone()),
-        });
-    let decision = |rule: String, outcome, excluded| Decision {
-        data_class,
-        route: route.name.clone(),
-        rule,
-        outcome,
-        excluded,
-        space: space.clone(),
-    };
-
-    if adequate.is_empty() {
-        return match external(
-            inputs,
-            route,
-            req,
-            data_class,
-            ExternalCondition::NoAdequateLocal,
-            wanted.as_ref(),
-            &mut excluded,
-        ) {
-            Ok(t) => decision("external: no_adequate_local".into(), Ok(t), excluded),
-            Err(ExternalRefusal::Forbidden(why)) => decision(
-                "refused".into(),
-                Err(Refusal::Forbidden(format!(
-                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
-                    route.name, req.task
-                ))),
-                excluded,
-            ),
-            Err(ExternalRefusal::NotPermitted(why)) => decision(
-                "refused".into(),
-                Err(Refusal::NoAdequateModel(format!(
-                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
-                    route.name, req.task
-                ))),
-                excluded,
-            ),
-            Err(ExternalRefusal::OverBudget(why)) => decision(
-                "refused".into(),
-                Err(Refusal::OverBudget(format!(
-                    "route `{}`: no adequate local {} model (quality >= {need_quality}, context >= {need_context}) and {why}",
-                    route.name, req.task
-                ))),
-                excluded,
-            ),
-        };
+        .is_some_and(|w| w.mismatch(model).is_some())
+    {
+        return Some(RungWhy::Unwanted);
     }
-
-    // 2. the smallest adequate model, on a node with a free slot
-    let smallest = adequate[0].model.name.clone();
-    if let Some(c) = two_choices(
-        tier(&adequate, &smallest).filter(|c| c.model.has_free_slot()),
-        rng,
-    ) {
-        note_others(&adequate, c, &mut excluded);
-        note_external(route, data_class, &mut excluded);
-        return decision("smallest".into(), Ok(local(c)), excluded);
+    if let Some(p) = req.larger_than
+        && model.parameters <= p
+    {
+        return Some(RungWhy::NotLarger(p));
     }
+    if let Some(t) = need.learned {
+        match req.p_adequate(&route.name, &model.name) {
+            None => return Some(RungWhy::NoHead),
+            Some(p) if p < t => return Some(RungWhy::BelowThreshold(p)),
+            Some(_) => {}
+        }
+    }
+    if model.quality < need.quality {
+        return Some(RungWhy::Quality);
+    }
+    if u64::from(model.context_length) < need.context {
+        return Some(RungWhy::Context);
+    }
+    None
+}
 
-    // 3. the route's spill rule
-    let busy = |excluded: &mut Vec<Exclusion>| {
-        for c in &adequate {
-            excluded.push(Exclusion {
-                candidate: format!("{}/{}", c.node.id, c.model.name),
-                reason: format!(
-                    "no free slot ({} busy of {})",
-                    c.model.busy(),
-                    c.model.max_concurrency
-                ),
-            });
+enum Pick {
+    /// A slot with a free slot (power of two choices among them).
+    Free(Slot),
+    /// Nodes can serve, but none has a free slot.
+    Full,
+    /// No node of the rung can serve.
+    Unfit,
+}
+
+/// Draws before a rung is scanned whole: with any free capacity to speak of, a few draws
+/// find two free slots, so a large rung is not walked.
+const DRAWS: usize = 8;
+
+/// Power of two choices among the rung's free slots: two at random, the less loaded wins.
+/// Two are drawn by rejection (uniform over the free slots, like drawing from their list);
+/// when draws keep missing, the rung is scanned.
+fn pick(
+    fleet: &FleetSnapshot,
+    rung: &Rung,
+    fit: &impl Fn(Slot) -> bool,
+    rng: &mut impl Rng,
+) -> Pick {
+    let slots = &rung.slots;
+    let free = |s: Slot| fit(s) && fleet.at(s).1.has_free_slot();
+    let better = |a: Slot, b: Slot| {
+        if fleet.at(b).1.load() < fleet.at(a).1.load() {
+            b
+        } else {
+            a
         }
     };
-    // a request that names one model queues for it rather than go elsewhere
-    let spill = match wanted {
-        Some(Wanted::Model(_)) => Spill::Wait,
-        _ => route.spill,
-    };
-    match spill {
-        Spill::Larger => {
-            let mut names: Vec<&str> = Vec::new();
-            for c in &adequate {
-                if !names.contains(&c.model.name.as_str()) {
-                    names.push(&c.model.name);
-                }
-            }
-            for name in names.into_iter().skip(1) {
-                if let Some(c) = two_choices(
-                    tier(&adequate, name).filter(|c| c.model.has_free_slot()),
-                    rng,
-                ) {
-                    note_others(&adequate, c, &mut excluded);
-                    note_external(route, data_class, &mut excluded);
-                    return decision("spill: larger".into(), Ok(local(c)), excluded);
-                }
+    if slots.len() > DRAWS {
+        let n = slots.len();
+        let first = (0..DRAWS)
+            .map(|_| rng.random_range(0..n))
+            .find(|&i| free(slots[i]));
+        if let Some(i) = first {
+            let second = (0..DRAWS)
+                .map(|_| {
+                    let j = rng.random_range(0..n - 1);
+                    if j >= i { j + 1 } else { j }
+                })
+                .find(|&j| free(slots[j]));
+            if let Some(j) = second {
+                return Pick::Free(better(slots[i], slots[j]));
             }
         }
-        Spill::Wait => {
-            let queued = tier(&adequate, &smallest)
-                .filter(|c| c.model.has_queue_room())
-                .min_by(|a, b| {
-                    a.model
-                        .load()
-                        .total_cmp(&b.model.load())
-                        .then_with(|| a.node.id.cmp(&b.node.id))
-                });
-            if let Some(c) = queued {
-                note_others(&adequate, c, &mut excluded);
-                note_external(route, data_class, &mut excluded);
-                return decision("spill: wait".into(), Ok(local(c)), excluded);
-            }
-        }
-        Spill::External => {}
     }
-    busy(&mut excluded);
+    let pool: Vec<Slot> = slots.iter().copied().filter(|&s| free(s)).collect();
+    match pool.len() {
+        0 if slots.iter().any(|&s| fit(s)) => Pick::Full,
+        0 => Pick::Unfit,
+        1 => Pick::Free(pool[0]),
+        n => {
+            let i = rng.random_range(0..n);
+            let mut j = rng.random_range(0..n - 1);
+            if j >= i {
+                j += 1;
+            }
+            Pick::Free(better(pool[i], pool[j]))
+        }
+    }
+}
+
+fn local(mut d: Decision, inputs: &Inputs<'_>, route: &Route, rule: Rule, s: Slot) -> Decision {
+    let (node, model) = inputs.fleet.at(s);
+    d.rule = rule;
+    d.outcome = Ok(Target::Local {
+        node: node.id.clone(),
+        addr: node.addr.clone(),
+        model: model.name.clone(),
+    });
+    // a decision always shows where the request could have gone off the box
+    if let Some(ext) = &route.external {
+        d.trace.notes.push(Note::External(
+            if ext.data_classes.contains(&d.data_class) {
+                ExternalWhy::Unused
+            } else {
+                ExternalWhy::UnusedClass
+            },
+        ));
+    }
+    d
+}
+
+/// Nothing local: the route's hosted model where permitted, else the refusal that says why.
+fn fallback(
+    mut d: Decision,
+    inputs: &Inputs<'_>,
+    route: &Route,
+    req: &RouteRequest,
+    condition: ExternalCondition,
+    need: &Needs,
+) -> Decision {
     match external(
         inputs,
         route,
         req,
-        data_class,
-        ExternalCondition::NoLocalCapacity,
-        wanted.as_ref(),
-        &mut excluded,
+        d.data_class,
+        condition,
+        d.trace.wanted.as_ref(),
     ) {
-        Ok(t) => decision("external: no_local_capacity".into(), Ok(t), excluded),
-        Err(ExternalRefusal::Forbidden(why)) => decision(
-            "refused".into(),
-            Err(Refusal::Forbidden(format!(
-                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
-                route.name,
-                req.task,
-                spill_name(spill)
-            ))),
-            excluded,
-        ),
-        Err(ExternalRefusal::NotPermitted(why)) => decision(
-            "refused".into(),
-            Err(Refusal::NoCapacity(format!(
-                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
-                route.name,
-                req.task,
-                spill_name(spill)
-            ))),
-            excluded,
-        ),
-        Err(ExternalRefusal::OverBudget(why)) => decision(
-            "refused".into(),
-            Err(Refusal::OverBudget(format!(
-                "route `{}`: every adequate local {} model is at capacity (spill: {}) and {why}",
-                route.name,
-                req.task,
-                spill_name(spill)
-            ))),
-            excluded,
-        ),
+        Ok(t) => {
+            d.rule = Rule::External(condition);
+            d.outcome = Ok(t);
+        }
+        Err(ExternalRefusal { kind, why }) => {
+            let why_text = match (why, &route.external) {
+                (Some(w), Some(ext)) => {
+                    d.trace.notes.push(Note::External(w));
+                    ExternalWhyView::new(w, ext, d.data_class, req, d.trace.wanted.as_ref())
+                        .to_string()
+                }
+                _ => "the route allows no external provider".to_string(),
+            };
+            let situation = match condition {
+                ExternalCondition::NoAdequateLocal => format!(
+                    "no adequate local {} model (quality >= {}, context >= {})",
+                    req.task, need.quality, need.context
+                ),
+                ExternalCondition::NoLocalCapacity => format!(
+                    "every adequate local {} model is at capacity (spill: {})",
+                    req.task,
+                    spill_name(route.spill, d.trace.wanted.as_ref())
+                ),
+            };
+            let message = format!("route `{}`: {situation} and {why_text}", route.name);
+            d.rule = Rule::Refused;
+            d.outcome = Err(match (kind, condition) {
+                (RefusalKind::Forbidden, _) => Refusal::Forbidden(message),
+                (RefusalKind::OverBudget, _) => Refusal::OverBudget(message),
+                (RefusalKind::NotPermitted, ExternalCondition::NoAdequateLocal) => {
+                    Refusal::NoAdequateModel(message)
+                }
+                (RefusalKind::NotPermitted, ExternalCondition::NoLocalCapacity) => {
+                    Refusal::NoCapacity(message)
+                }
+            });
+        }
+    }
+    d
+}
+
+fn spill_name(s: Spill, wanted: Option<&Wanted>) -> &'static str {
+    match (s, wanted) {
+        (_, Some(Wanted::Model(_))) | (Spill::Wait, _) => "wait",
+        (Spill::Larger, _) => "larger",
+        (Spill::External, _) => "external",
     }
 }
 
-fn spill_name(s: Spill) -> &'static str {
-    match s {
-        Spill::Larger => "larger",
-        Spill::Wait => "wait",
-        Spill::External => "external",
-    }
-}
-
-fn match_route<'p>(policy: &'p Policy, req: &RouteRequest, class: DataClass) -> Option<&'p Route> {
-    policy
+/// The first route that serves the request, or the decision that none does.
+fn match_route<'p>(
+    policy: &'p Policy,
+    req: &RouteRequest,
+    class: DataClass,
+) -> Result<(usize, &'p Route), Box<Decision>> {
+    if let Some(found) = policy
         .routes
         .iter()
-        .find(|r| route_matches(r, req, class, true))
+        .enumerate()
+        .find(|(_, r)| route_matches(r, req, class, true))
+    {
+        return Ok(found);
+    }
+    let refused = |route: String, rule: Rule, refusal: Refusal| {
+        Box::new(Decision {
+            data_class: class,
+            route,
+            rule,
+            outcome: Err(refusal),
+            space: None,
+            trace: Trace::default(),
+        })
+    };
+    // a route that would serve the request for another tenant: this one may not use it
+    if let Some(r) = policy
+        .routes
+        .iter()
+        .find(|r| route_matches(r, req, class, false))
+    {
+        return Err(refused(
+            r.name.clone(),
+            Rule::TenantNotAllowed,
+            Refusal::Forbidden(format!(
+                "tenant `{}` may not use route `{}` (it serves {})",
+                req.tenant,
+                r.name,
+                r.tenants
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        ));
+    }
+    let named = req
+        .route
+        .as_deref()
+        .map(|r| format!(" named `{r}`"))
+        .unwrap_or_default();
+    Err(refused(
+        String::new(),
+        Rule::NoRoute,
+        Refusal::NoAdequateModel(format!(
+            "no route{named} matches tenant `{}`, task {}, data class {class}",
+            req.tenant, req.task
+        )),
+    ))
 }
 
 /// Whether `r` serves the request; `by_tenant` false ignores the route's tenant list.
@@ -441,106 +562,4 @@ fn route_matches(r: &Route, req: &RouteRequest, class: DataClass, by_tenant: boo
         && (!by_tenant || r.tenants.is_empty() || r.tenants.contains(&req.tenant))
         && (r.tasks.is_empty() || r.tasks.contains(&req.task))
         && (r.data_classes.is_empty() || r.data_classes.contains(&class))
-}
-
-/// The candidates that run model `name`.
-fn tier<'c, 'a>(
-    adequate: &'c [Candidate<'a>],
-    name: &'c str,
-) -> impl Iterator<Item = &'c Candidate<'a>> {
-    adequate.iter().filter(move |c| c.model.name == name)
-}
-
-fn local(c: &Candidate<'_>) -> Target {
-    Target::Local {
-        node: c.node.id.clone(),
-        addr: c.node.addr.clone(),
-        model: c.model.name.clone(),
-    }
-}
-
-/// Power of two choices: two candidates at random, the less loaded wins.
-fn two_choices<'c, 'a>(
-    candidates: impl Iterator<Item = &'c Candidate<'a>>,
-    rng: &mut impl Rng,
-) -> Option<&'c Candidate<'a>>
-where
-    'a: 'c,
-{
-    let pool: Vec<&Candidate<'_>> = candidates.collect();
-    match pool.len() {
-        0 => None,
-        1 => Some(pool[0]),
-        n => {
-            let i = rng.random_range(0..n);
-            let mut j = rng.random_range(0..n - 1);
-            if j >= i {
-                j += 1;
-            }
-            let (a, b) = (pool[i], pool[j]);
-            Some(if b.model.load() < a.model.load() {
-                b
-            } else {
-                a
-            })
-        }
-    }
-}
-
-/// A local model won: the route's external candidate, if it has one, is listed with why it
-/// was not used (so a decision always shows where the request could have gone off the box).
-fn note_external(route: &Route, class: DataClass, excluded: &mut Vec<Exclusion>) {
-    let Some(ext) = &route.external else { return };
-    let reason = if ext.data_classes.contains(&class) {
-        format!(
-            "a local model can serve (the route goes external only on {})",
-            ext.conditions
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        format!(
-            "a local model can serve, and external provider `{}` is not permitted for {class} data",
-            ext.provider
-        )
-    };
-    excluded.push(Exclusion {
-        candidate: format!("external:{}/{}", ext.provider, ext.model),
-        reason,
-    });
-}
-
-/// Why each adequate candidate other than `chosen` lost.
-fn note_others(all: &[Candidate<'_>], chosen: &Candidate<'_>, excluded: &mut Vec<Exclusion>) {
-    let size = |c: &Candidate<'_>| (c.model.parameters, c.model.size_bytes);
-    for c in all {
-        if std::ptr::eq(c.node, chosen.node) && std::ptr::eq(c.model, chosen.model) {
-            continue;
-        }
-        let reason = if size(c) > size(chosen) {
-            "a smaller adequate model was chosen".to_string()
-        } else if !c.model.kv_room {
-            "its K/V cache budget is full".to_string()
-        } else if !c.model.has_free_slot() {
-            format!(
-                "no free slot ({} busy of {})",
-                c.model.busy(),
-                c.model.max_concurrency
-            )
-        } else if c.model.name == chosen.model.name {
-            format!(
-                "load {:.2} against {:.2} on the chosen node (power of two choices)",
-                c.model.load(),
-                chosen.model.load()
-            )
-        } else {
-            "an equally small model was chosen".to_string()
-        };
-        excluded.push(Exclusion {
-            candidate: format!("{}/{}", c.node.id, c.model.name),
-            reason,
-        });
-    }
 }

@@ -2,16 +2,33 @@
 //! vector space and the tenant's daily budget. Pure, like `decide`.
 
 use super::adequacy::Wanted;
-use super::decide::{Exclusion, Inputs, Target};
+use super::decide::{Inputs, Target};
+use super::trace::ExternalWhy;
 use super::types::*;
 
-pub(super) enum ExternalRefusal {
+/// How a refused fallback maps to the decision's refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefusalKind {
     /// Policy forbids this data class externally.
-    Forbidden(String),
+    Forbidden,
     /// Not allowed for another reason (no external block, condition, provider).
-    NotPermitted(String),
+    NotPermitted,
     /// The tenant's daily budget for the provider has no room for the worst case.
-    OverBudget(String),
+    OverBudget,
+}
+
+/// Why the fallback was refused: `why` is `None` when the route has no external block (so
+/// there is no candidate to list).
+pub(super) struct ExternalRefusal {
+    pub kind: RefusalKind,
+    pub why: Option<ExternalWhy>,
+}
+
+fn refuse(kind: RefusalKind, why: ExternalWhy) -> Result<Target, ExternalRefusal> {
+    Err(ExternalRefusal {
+        kind,
+        why: Some(why),
+    })
 }
 
 /// External only when every condition holds: the route allows it, the data class is
@@ -24,83 +41,37 @@ pub(super) fn external(
     class: DataClass,
     condition: ExternalCondition,
     wanted: Option<&Wanted>,
-    excluded: &mut Vec<Exclusion>,
 ) -> Result<Target, ExternalRefusal> {
+    use RefusalKind::*;
     let Some(ext) = &route.external else {
-        return Err(ExternalRefusal::NotPermitted(
-            "the route allows no external provider".into(),
-        ));
-    };
-    let candidate = format!("external:{}/{}", ext.provider, ext.model);
-    let refuse = |excluded: &mut Vec<Exclusion>, r: ExternalRefusal| {
-        let (ExternalRefusal::Forbidden(why)
-        | ExternalRefusal::NotPermitted(why)
-        | ExternalRefusal::OverBudget(why)) = &r;
-        excluded.push(Exclusion {
-            candidate: candidate.clone(),
-            reason: why.clone(),
+        return Err(ExternalRefusal {
+            kind: NotPermitted,
+            why: None,
         });
-        Err(r)
     };
     if !ext.data_classes.contains(&class) {
-        return refuse(
-            excluded,
-            ExternalRefusal::Forbidden(format!(
-                "external provider `{}` is not permitted for {class} data",
-                ext.provider
-            )),
-        );
+        return refuse(Forbidden, ExternalWhy::Class);
     }
     // a hosted embedding model serves only the vector space the policy declares it in
     match (req.task, wanted) {
-        (Task::Embed | Task::Classify, Some(Wanted::Model(m))) => {
-            return refuse(
-                excluded,
-                ExternalRefusal::NotPermitted(format!("the request names the local model `{m}`")),
-            );
+        (Task::Embed | Task::Classify, Some(Wanted::Model(_))) => {
+            return refuse(NotPermitted, ExternalWhy::NamesLocalModel);
         }
         (Task::Embed | Task::Classify, Some(Wanted::Space(s)))
             if ext.space.as_deref() != Some(s.as_str()) =>
         {
-            return refuse(
-                excluded,
-                ExternalRefusal::NotPermitted(match &ext.space {
-                    Some(other) => format!(
-                        "`{}` is declared in vector space `{other}`, and the request needs `{s}`",
-                        ext.model
-                    ),
-                    None => format!(
-                        "`{}` is declared in no vector space (external.space), and the request needs `{s}`",
-                        ext.model
-                    ),
-                }),
-            );
+            return refuse(NotPermitted, ExternalWhy::OtherSpace);
         }
         _ => {}
     }
     if !ext.conditions.contains(&condition) {
-        return refuse(
-            excluded,
-            ExternalRefusal::NotPermitted(format!(
-                "the route does not go external on {}",
-                condition.as_str()
-            )),
-        );
+        return refuse(NotPermitted, ExternalWhy::Condition(condition));
     }
     let Some(provider) = inputs.providers.get(&ext.provider) else {
-        return refuse(
-            excluded,
-            ExternalRefusal::NotPermitted(format!("provider `{}` is not configured", ext.provider)),
-        );
+        return refuse(NotPermitted, ExternalWhy::NotConfigured);
     };
     if !provider.tasks.contains(&req.task) {
-        return refuse(
-            excluded,
-            ExternalRefusal::NotPermitted(format!(
-                "provider `{}` does not serve {} requests",
-                ext.provider, req.task
-            )),
-        );
+        return refuse(NotPermitted, ExternalWhy::ProviderTask);
     }
     let max_tokens = match (req.task, req.max_tokens) {
         (Task::Generate, 0) => provider.default_max_tokens,
@@ -118,14 +89,11 @@ pub(super) fn external(
         .unwrap_or(0.0);
     if spent + cost > ext.daily_budget_usd {
         return refuse(
-            excluded,
-            ExternalRefusal::OverBudget(format!(
-                "tenant `{}` has ${:.4} of its ${} daily budget for `{}` left, and this request may cost ${cost:.4}",
-                req.tenant,
-                (ext.daily_budget_usd - spent).max(0.0),
-                ext.daily_budget_usd,
-                ext.provider
-            )),
+            OverBudget,
+            ExternalWhy::Budget {
+                left_usd: (ext.daily_budget_usd - spent).max(0.0),
+                cost_usd: cost,
+            },
         );
     }
     Ok(Target::External {

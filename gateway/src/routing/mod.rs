@@ -6,9 +6,14 @@
 mod adequacy;
 pub mod decide;
 mod fallback;
+mod index;
+mod trace;
 pub mod types;
 
-pub use decide::{Decision, Exclusion, Inputs, Refusal, Target, decide};
+pub use adequacy::Slow;
+pub use decide::{Decision, Inputs, Refusal, Rule, Target, decide};
+pub use index::FleetSnapshot;
+pub use trace::{Candidate, Exclusion, Who, Why};
 pub use types::*;
 
 #[cfg(test)]

@@ -99,6 +99,16 @@ fn prices() -> BTreeMap<String, ProviderView> {
 }
 
 fn run(policy: &Policy, fleet: &FleetSnapshot, budgets: &Budgets, req: &RouteRequest) -> Decision {
+    traced(policy, fleet, budgets, req).0
+}
+
+/// The decision and its trace, formatted.
+fn traced(
+    policy: &Policy,
+    fleet: &FleetSnapshot,
+    budgets: &Budgets,
+    req: &RouteRequest,
+) -> (Decision, Vec<Exclusion>) {
     let providers = prices();
     let inputs = Inputs {
         policy,
@@ -106,22 +116,26 @@ fn run(policy: &Policy, fleet: &FleetSnapshot, budgets: &Budgets, req: &RouteReq
         providers: &providers,
         budgets,
     };
-    decide(&inputs, req, &mut ChaCha8Rng::seed_from_u64(1))
+    let d = decide(&inputs, req, &mut ChaCha8Rng::seed_from_u64(1));
+    let excluded = d.excluded(&inputs, req);
+    (d, excluded)
 }
 
 fn two_lms() -> FleetSnapshot {
-    FleetSnapshot {
-        nodes: vec![
-            node(
-                "a",
-                vec![
-                    model("lm-small", Task::Generate, 135, 0.3),
-                    model("embed", Task::Embed, 22, 0.8),
-                ],
-            ),
-            node("b", vec![model("lm-large", Task::Generate, 360, 0.5)]),
-        ],
-    }
+    FleetSnapshot::new(two_lm_nodes())
+}
+
+fn two_lm_nodes() -> Vec<NodeView> {
+    vec![
+        node(
+            "a",
+            vec![
+                model("lm-small", Task::Generate, 135, 0.3),
+                model("embed", Task::Embed, 22, 0.8),
+            ],
+        ),
+        node("b", vec![model("lm-large", Task::Generate, 360, 0.5)]),
+    ]
 }
 
 fn policy(routes: Vec<Route>) -> Policy {
@@ -141,33 +155,37 @@ fn local_model(d: &Decision) -> Option<&str> {
 #[test]
 fn chooses_the_smallest_adequate_model() {
     let p = policy(vec![route("default", Spill::Larger, None)]);
-    let d = run(
+    let (d, excluded) = traced(
         &p,
         &two_lms(),
         &Budgets::default(),
         &request(Task::Generate, DataClass::Internal),
     );
     assert_eq!(local_model(&d), Some("lm-small"));
-    assert_eq!(d.rule, "smallest");
+    assert_eq!(d.rule, Rule::Smallest);
     assert_eq!(d.route, "default");
-    assert!(d.excluded.iter().any(|e| e.candidate == "b/lm-large"));
+    assert!(
+        excluded
+            .iter()
+            .any(|e| e.candidate.to_string() == "b/lm-large")
+    );
     // a higher quality floor skips it, and says why
     let mut req = request(Task::Generate, DataClass::Internal);
     req.min_quality = Some(0.4);
-    let d = run(&p, &two_lms(), &Budgets::default(), &req);
+    let (d, excluded) = traced(&p, &two_lms(), &Budgets::default(), &req);
     assert_eq!(local_model(&d), Some("lm-large"));
-    let why = d
-        .excluded
+    let why = excluded
         .iter()
-        .find(|e| e.candidate == "a/lm-small")
+        .find(|e| e.candidate.to_string() == "a/lm-small")
         .map(|e| e.reason.as_str());
     assert_eq!(why, Some("quality 0.3 is below the required 0.4"));
 }
 
 #[test]
 fn a_saturated_smallest_model_spills_by_the_route_rule() {
-    let mut fleet = two_lms();
-    fleet.nodes[0].models[0].in_flight = 2;
+    let mut nodes = two_lm_nodes();
+    nodes[0].models[0].in_flight = 2;
+    let fleet = FleetSnapshot::new(nodes);
     let req = request(Task::Generate, DataClass::Internal);
     let d = run(
         &policy(vec![route("r", Spill::Larger, None)]),
@@ -203,8 +221,9 @@ fn a_saturated_smallest_model_spills_by_the_route_rule() {
         ))
     );
     // the gateway's own in-flight count counts before the next report does
-    let mut fleet = two_lms();
-    fleet.nodes[0].models[0].gateway_in_flight = 2;
+    let mut nodes = two_lm_nodes();
+    nodes[0].models[0].gateway_in_flight = 2;
+    let fleet = FleetSnapshot::new(nodes);
     let d = run(
         &policy(vec![route("r", Spill::Larger, None)]),
         &fleet,
@@ -244,7 +263,7 @@ fn confidential_data_never_leaves_unless_a_route_names_it() {
         &Budgets::default(),
         &request(Task::Generate, DataClass::Internal),
     );
-    assert_eq!(d.rule, "external: no_adequate_local");
+    assert_eq!(d.rule, Rule::External(ExternalCondition::NoAdequateLocal));
     assert!(matches!(d.outcome, Ok(Target::External { ref provider, .. }) if provider == "openai"));
 }
 
@@ -364,22 +383,24 @@ fn arb_fleet() -> impl Strategy<Value = FleetSnapshot> {
         (prop::collection::vec(arb_model(), 0..4), any::<bool>()),
         0..5,
     )
-    .prop_map(|nodes| FleetSnapshot {
-        nodes: nodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, (mut models, live))| {
-                // an agent's models are a table keyed by name: one entry per name on a node
-                let mut seen = std::collections::BTreeSet::new();
-                models.retain(|m| seen.insert(m.name.clone()));
-                NodeView {
-                    id: format!("n{i}"),
-                    addr: String::new(),
-                    live,
-                    models,
-                }
-            })
-            .collect(),
+    .prop_map(|nodes| {
+        FleetSnapshot::new(
+            nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, (mut models, live))| {
+                    // an agent's models are a table keyed by name: one entry per name on a node
+                    let mut seen = std::collections::BTreeSet::new();
+                    models.retain(|m| seen.insert(m.name.clone()));
+                    NodeView {
+                        id: format!("n{i}"),
+                        addr: String::new(),
+                        live,
+                        models,
+                    }
+                })
+                .collect(),
+        )
     })
 }
 
@@ -444,7 +465,7 @@ proptest! {
             let d = decide(&inputs, &req, &mut rng);
             match d.outcome {
                 Ok(Target::Local { node, model, .. }) => {
-                    let m = fleet.nodes.iter().find(|n| n.id == node).and_then(|n| n.models.iter().find(|m| m.name == model)).unwrap();
+                    let m = fleet.nodes().iter().find(|n| n.id == node).and_then(|n| n.models.iter().find(|m| m.name == model)).unwrap();
                     prop_assert!(req.larger_than.is_none_or(|p| m.parameters > p), "{:?} after {:?}", m, req.larger_than);
                     req.larger_than = Some(m.parameters);
                 }
@@ -472,10 +493,10 @@ proptest! {
         let adequate = |n: &NodeView, m: &ModelView| n.live && m.ready && m.task == Task::Generate
             && m.quality >= f32::from(q) / 10.0 && u64::from(m.context_length) >= 200;
         if let Ok(Target::Local { node, model, .. }) = &d.outcome {
-            let n = fleet.nodes.iter().find(|n| &n.id == node).unwrap();
+            let n = fleet.nodes().iter().find(|n| &n.id == node).unwrap();
             let m = n.models.iter().find(|m| &m.name == model).unwrap();
             prop_assert!(adequate(n, m) && m.has_free_slot());
-            for n2 in &fleet.nodes {
+            for n2 in fleet.nodes() {
                 for m2 in &n2.models {
                     if adequate(n2, m2) && m2.has_free_slot() {
                         prop_assert!((m.parameters, m.size_bytes) <= (m2.parameters, m2.size_bytes));
@@ -484,7 +505,7 @@ proptest! {
             }
         } else {
             // nothing local was chosen: then no adequate model had a free slot
-            let any_free = fleet.nodes.iter().any(|n| n.models.iter().any(|m| adequate(n, m) && m.has_free_slot()));
+            let any_free = fleet.nodes().iter().any(|n| n.models.iter().any(|m| adequate(n, m) && m.has_free_slot()));
             prop_assert!(!any_free, "{:?}", d);
         }
     }

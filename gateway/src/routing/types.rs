@@ -323,11 +323,6 @@ pub struct NodeView {
     pub models: Vec<ModelView>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FleetSnapshot {
-    pub nodes: Vec<NodeView>,
-}
-
 /// What the caller asked for, with the tenant taken from its credentials.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteRequest {

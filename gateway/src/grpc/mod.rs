@@ -1,0 +1,108 @@
+//! gRPC edge of the gateway: `edgewise.v1.Gateway` and `edgewise.v1.Fleet`. Each handler
+//! authenticates the caller, hands the request to the shared paths (`requests`), and its
+//! errors become statuses through `impl From<GatewayError> for Status` — nothing here builds
+//! a status of its own.
+//!
+//! - `generate.rs` — the streaming generation;
+//! - `texts.rs` — embed and classify;
+//! - `operator.rs` — explain, fleet status, spend and the audit export;
+//! - `fleet.rs` — the agents' capacity report streams.
+
+mod fleet;
+mod generate;
+mod operator;
+mod texts;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgewise_proto as pb;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::GatewayError;
+use crate::requests::Caller;
+use crate::state::State;
+
+pub use fleet::FleetService;
+
+/// tonic's server enforces `grpc-timeout` too, and answers CANCELLED "Timeout expired" when
+/// its timer wins. The gateway's own deadline ends this much earlier, so a caller whose
+/// deadline passes is told DEADLINE_EXCEEDED by the gateway, with what it was waiting for.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
+
+pub struct GatewayService {
+    pub state: Arc<State>,
+}
+
+impl GatewayService {
+    /// The tenant (from the request's credentials), its deadline and trace context.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
+        Ok(Caller {
+            tenant: self.state.auth.tenant(request)?,
+            deadline: edgewise_proto::grpc_timeout(request.metadata())
+                .map_err(GatewayError::InvalidRequest)?
+                .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN)),
+            headers: request.metadata().clone(),
+        })
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GatewayGenerateChunk, Status>> + Send>>;
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::gateway_server::Gateway for GatewayService {
+    type GenerateStream = ChunkStream;
+    type ExportAuditStream = AuditStream;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GatewayGenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        Ok(generate::generate(self, request).await?)
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::GatewayEmbedRequest>,
+    ) -> Result<Response<pb::GatewayEmbedResponse>, Status> {
+        Ok(texts::embed(self, request).await?)
+    }
+
+    async fn classify(
+        &self,
+        request: Request<pb::GatewayClassifyRequest>,
+    ) -> Result<Response<pb::GatewayClassifyResponse>, Status> {
+        Ok(texts::classify(self, request).await?)
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        Ok(operator::explain(self, request)?)
+    }
+
+    async fn fleet_status(
+        &self,
+        request: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        Ok(operator::fleet_status(self, request)?)
+    }
+
+    async fn spend(
+        &self,
+        request: Request<pb::SpendRequest>,
+    ) -> Result<Response<pb::SpendResponse>, Status> {
+        Ok(operator::spend(self, request)?)
+    }
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        Ok(operator::export_audit(self, request)?)
+    }
+}

@@ -1,0 +1,101 @@
+//! The operator RPCs: `Explain` (any tenant, for its own requests), and fleet status, spend
+//! and the audit export (operators; a tenant may read its own spend).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use edgewise_proto as pb;
+use tonic::{Request, Response};
+
+use super::{AuditStream, GatewayService};
+use crate::dispatch;
+use crate::error::GatewayError;
+use crate::routing::Task;
+use crate::validate;
+
+pub(super) fn explain(
+    service: &GatewayService,
+    request: Request<pb::ExplainRequest>,
+) -> Result<Response<pb::Decision>, GatewayError> {
+    let state = &service.state;
+    let tenant = state.auth.tenant(&request)?;
+    let body = request.into_inner();
+    let task = validate::task_of(body.task)?;
+    let mut req = validate::route_request(
+        tenant,
+        task,
+        body.routing.as_ref(),
+        (
+            validate::estimate_tokens(&body.text),
+            validate::max_tokens_of(&body.text),
+        ),
+        body.max_tokens,
+        &state.limits,
+    )?;
+    if task == Task::Generate {
+        let message = crate::providers::Message {
+            role: "user".into(),
+            content: body.text.clone(),
+        };
+        req.p_adequate = crate::adequacy::estimate(&state.policy().policy, &[message]);
+    }
+    let d = dispatch::decide(state, &req);
+    let mut proto = dispatch::to_proto(&d, &uuid::Uuid::new_v4().to_string(), &[]);
+    dispatch::explain_adequacy(state, &req, &mut proto);
+    Ok(Response::new(proto))
+}
+
+pub(super) fn fleet_status(
+    service: &GatewayService,
+    request: Request<pb::FleetStatusRequest>,
+) -> Result<Response<pb::FleetStatusResponse>, GatewayError> {
+    let state = &service.state;
+    state.auth.operator(&request)?;
+    Ok(Response::new(pb::FleetStatusResponse {
+        gateway_id: state.id.clone(),
+        nodes: state.registry.status(Instant::now()),
+        policy_hash: state.policy().hash.clone(),
+        policy_reloads: state.reloads.load(Ordering::Relaxed),
+        policy_reload_failures: state.reload_failures.load(Ordering::Relaxed),
+    }))
+}
+
+pub(super) fn spend(
+    service: &GatewayService,
+    request: Request<pb::SpendRequest>,
+) -> Result<Response<pb::SpendResponse>, GatewayError> {
+    let state = &service.state;
+    let tenant = request.get_ref().tenant.clone();
+    state.auth.may_read_spend(&request, &tenant)?;
+    let entries = state
+        .ledger
+        .entries()
+        .into_iter()
+        .filter(|e| tenant.is_empty() || e.1 == tenant)
+        .map(|(day, tenant, provider, spent, reserved)| pb::SpendEntry {
+            day,
+            tenant,
+            provider,
+            spent_usd: crate::ledger::usd(spent),
+            reserved_usd: crate::ledger::usd(reserved),
+        })
+        .collect();
+    Ok(Response::new(pb::SpendResponse { entries }))
+}
+
+pub(super) fn export_audit(
+    service: &GatewayService,
+    request: Request<pb::ExportAuditRequest>,
+) -> Result<Response<AuditStream>, GatewayError> {
+    let state = &service.state;
+    state.auth.operator(&request)?;
+    let r = request.into_inner();
+    let until = if r.until_unix_ms == 0 {
+        u64::MAX
+    } else {
+        r.until_unix_ms
+    };
+    let records: Vec<Result<pb::AuditRecord, tonic::Status>> =
+        state.audit.range(r.since_unix_ms, until).map(Ok).collect();
+    Ok(Response::new(Box::pin(futures::stream::iter(records))))
+}
