@@ -353,6 +353,35 @@ mod tests {
     }
 
     #[test]
+    fn the_kept_snapshot_follows_reports_closes_and_the_clock() {
+        let r = Arc::new(Registry::default());
+        let t0 = Instant::now();
+        r.record(0, report(0), t0);
+        let live = |at: Instant| r.snapshot(at).node("a").map(|n| n.live);
+        assert_eq!(live(t0), Some(true));
+        // no event: the report goes stale after 3 intervals, and the next decision sees it
+        assert_eq!(live(t0 + Duration::from_millis(3000)), Some(true));
+        assert_eq!(live(t0 + Duration::from_millis(3001)), Some(false));
+        // a fresh report brings it back, a closed stream takes it out at once
+        r.record(0, report(0), t0 + Duration::from_millis(3002));
+        assert_eq!(live(t0 + Duration::from_millis(3003)), Some(true));
+        r.closed(0, "a");
+        assert_eq!(live(t0 + Duration::from_millis(3004)), Some(false));
+        // unreachable for a while, then back without a report
+        let t1 = Instant::now();
+        r.record(1, report(0), t1);
+        r.mark_unreachable("a", t1 + Duration::from_millis(500));
+        assert_eq!(live(t1 + Duration::from_millis(499)), Some(false));
+        assert_eq!(live(t1 + Duration::from_millis(500)), Some(true));
+        // a load change keeps the candidate index
+        let before = r.snapshot(t1 + Duration::from_millis(501));
+        r.record(1, report(1), t1 + Duration::from_millis(502));
+        let after = r.snapshot(t1 + Duration::from_millis(503));
+        assert_eq!(after.node("a").map(|n| n.models[0].in_flight), Some(1));
+        assert!(std::ptr::eq(before.index(), after.index()));
+    }
+
+    #[test]
     fn a_finished_request_stops_counting_before_the_next_report() {
         let r = Arc::new(Registry::default());
         let x = r.track("a", "lm");
