@@ -32,7 +32,7 @@ pub struct RawAgentConfig {
     #[serde(default)]
     pub metrics: edgewise_ops::metrics::RawMetrics,
     #[serde(default)]
-    pub telemetry: edgewise_ops::telemetry::RawTelemetry,
+    pub telemetry: edgewise_ops::otlp::RawTelemetry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,7 +121,7 @@ pub struct AgentConfig {
     /// Where `GET /metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Where traces and metrics are exported (OTLP); `None`: not exported.
-    pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
+    pub otlp: Option<edgewise_ops::otlp::OtlpConfig>,
     /// Tenants (besides gateways) whose certificates may call this agent under mutual TLS.
     pub operators: Vec<String>,
 }
@@ -213,7 +213,7 @@ fn validate(
     let (raw, at) = layered.split();
     let mut problems = Vec::new();
     let tls = edgewise_tls::validate(raw.tls, &at, credentials, &mut problems);
-    let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
+    let otlp = edgewise_ops::otlp::validate(raw.telemetry, &at, &mut problems);
     let metrics_listen = edgewise_ops::metrics::validate(raw.metrics, &at, &mut problems);
     // peers are dialled over TLS exactly when it is on
     let scheme = if tls.is_plaintext() { "http" } else { "https" };

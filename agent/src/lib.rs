@@ -34,7 +34,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::AgentConfig;
@@ -143,20 +142,12 @@ impl Agent {
             .layer(edgewise_ops::message_limit::MessageLimitLayer::new(max))
             .add_service(health_service)
             .add_service(service);
-        let stopped = server_stop.clone().cancelled_owned();
-        let server =
-            match node.tls.clone() {
-                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                    edgewise_tls::net::incoming(listener, tls),
-                    stopped,
-                )),
-                // with a listener of our own, Nagle's algorithm must be turned off here: the
-                // builder's `tcp_nodelay` applies only to listeners tonic binds itself
-                None => tokio::spawn(router.serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stopped,
-                )),
-            };
+        let server = edgewise_ops::serve::spawn(
+            router,
+            listener,
+            node.tls.clone(),
+            server_stop.clone().cancelled_owned(),
+        );
 
         let reporters: Vec<JoinHandle<()>> = node
             .config

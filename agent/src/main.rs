@@ -275,32 +275,24 @@ async fn serve(
     config: edgewise_agent::config::AgentConfig,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let agent = edgewise_agent::Agent::start(config, listener).await?;
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let stop = edgewise_ops::shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
-                // the outcome also shows in `systemctl status`
-                match edgewise_agent::config::AgentConfig::load(path, &env_vars()) {
-                    Ok(next) => match agent.reload(&next) {
-                        Ok(()) => edgewise_ops::systemd::status("serving (config reloaded)"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "TLS reload rejected; the certificates in use stay");
-                            edgewise_ops::systemd::status("serving (TLS reload rejected; see the log)");
-                        }
-                    },
-                    Err(problems) => {
-                        tracing::error!("reload rejected; the running config stays in force:\n{problems}");
-                        edgewise_ops::systemd::status("serving (reload rejected: the config has errors; see the log)");
-                    }
-                }
+    // the outcome of a reload also shows in `systemctl status`
+    edgewise_ops::until_stopped(|| match edgewise_agent::config::AgentConfig::load(path, &env_vars()) {
+        Ok(next) => match agent.reload(&next) {
+            Ok(()) => edgewise_ops::systemd::status("serving (config reloaded)"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload rejected; the certificates in use stay");
+                edgewise_ops::systemd::status("serving (TLS reload rejected; see the log)");
             }
+        },
+        Err(problems) => {
+            tracing::error!("reload rejected; the running config stays in force:\n{problems}");
+            edgewise_ops::systemd::status(
+                "serving (reload rejected: the config has errors; see the log)",
+            );
         }
-    }
+    })
+    .await;
     agent.stop().await?;
     edgewise_ops::telemetry::shutdown_traces(std::time::Duration::from_secs(5));
     Ok(())

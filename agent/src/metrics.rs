@@ -183,7 +183,7 @@ impl Collector for Models {
             "Generation time from arrival to the first token, by model",
             &histograms(&|s| &s.time_to_first_token),
         )?;
-        edgewise_ops::telemetry::encode_counts(&mut encoder)
+        edgewise_ops::metrics::encode_counts(&mut encoder)
     }
 }
 

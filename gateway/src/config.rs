@@ -35,7 +35,7 @@ pub struct RawGatewayConfig {
     #[serde(default)]
     pub http: RawHttp,
     #[serde(default)]
-    pub telemetry: edgewise_ops::telemetry::RawTelemetry,
+    pub telemetry: edgewise_ops::otlp::RawTelemetry,
 }
 
 /// `[limits]`: what one request may ask for (hostile or mistaken input is refused early).
@@ -253,7 +253,7 @@ impl GatewayFile {
         }
         let metrics_listen = edgewise_ops::metrics::validate(raw.metrics, &at, &mut problems);
         let http = http(raw.http, &at, &mut problems);
-        let otlp = edgewise_ops::telemetry::validate(raw.telemetry, &at, &mut problems);
+        let otlp = edgewise_ops::otlp::validate(raw.telemetry, &at, &mut problems);
         let mut limits = crate::validate::Limits::default();
         let mut bounded = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Option<u64> {
             let v = v?;

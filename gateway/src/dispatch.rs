@@ -2,55 +2,17 @@
 //! model or reserve an external call's worst case, call the agent, and on an agent failure
 //! before the first token decide again without that node (within the deadline and budget).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use edgewise_proto as pb;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::agents::AgentClient;
 use crate::error::GatewayError;
 use crate::external::{ExternalCall, refused_record};
 use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
 use crate::routing::{self, Budgets, Candidate, Decision, Inputs, RouteRequest, Target};
 use crate::state::State;
-
-/// Agent connections, one lazily connected channel per address; over mutual TLS unless the
-/// gateway runs in plaintext mode.
-#[derive(Default)]
-pub struct AgentPool {
-    channels: Mutex<HashMap<String, Channel>>,
-    tls: Option<edgewise_tls::net::ClientConfigSource>,
-}
-
-pub type AgentClient = pb::agent_client::AgentClient<Channel>;
-
-impl AgentPool {
-    pub fn new(tls: Option<edgewise_tls::net::ClientConfigSource>) -> Self {
-        Self {
-            channels: Mutex::default(),
-            tls,
-        }
-    }
-
-    pub fn client(&self, addr: &str) -> Result<AgentClient, String> {
-        let mut m = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get(addr) {
-            return Ok(AgentClient::new(c.clone()));
-        }
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| format!("bad agent address `{addr}`: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let ch = match &self.tls {
-            Some(tls) => edgewise_tls::net::channel_lazy(endpoint, tls.clone()),
-            None => endpoint.connect_lazy(),
-        };
-        m.insert(addr.to_string(), ch.clone());
-        Ok(AgentClient::new(ch))
-    }
-}
 
 /// An agent failure that happened before any token reached the caller: decide again without it.
 fn retriable(s: &Status) -> bool {

@@ -110,6 +110,12 @@ fn abort(e: TransactionError<LedgerError>) -> LedgerError {
 }
 
 impl Ledger {
+    /// The store's writes on disk (each reservation and settlement already waited for its own).
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.db.flush_async().await.map_err(storage)?;
+        Ok(())
+    }
+
     pub fn open(db: &sled::Db) -> Result<Self, LedgerError> {
         Ok(Self {
             db: db.clone(),

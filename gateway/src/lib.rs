@@ -7,6 +7,7 @@
 //! and refused fallbacks (`audit`). `reload` swaps the policy on edits and SIGHUP.
 
 pub mod adequacy;
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -38,7 +39,6 @@ use std::sync::Arc;
 
 use edgewise_proto as pb;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::state::{ActivePolicy, State};
 
@@ -67,7 +67,7 @@ pub struct GatewayConfig {
     /// The OpenAI-compatible HTTP API (`[http]`); `None`: not served.
     pub http: Option<http::HttpConfig>,
     /// Where traces are exported (OTLP); `None`: not exported.
-    pub otlp: Option<edgewise_ops::telemetry::OtlpConfig>,
+    pub otlp: Option<edgewise_ops::otlp::OtlpConfig>,
 }
 
 impl GatewayConfig {
@@ -142,17 +142,6 @@ impl Gateway {
         let db = open_store(config.state_dir.as_deref())?;
         let providers =
             providers::Providers::new(config.providers.clone()).map_err(StartError::Provider)?;
-        let mut state = State::new(config.id.clone(), policy, providers, &db).map_err(|e| {
-            StartError::State(
-                config
-                    .state_dir
-                    .as_ref()
-                    .map_or("(temporary)".into(), |d| d.display().to_string()),
-                e,
-            )
-        })?;
-        state.retry_budget = config.retry_budget;
-        state.limits = config.limits;
         let tls = match &config.tls {
             edgewise_tls::TlsMode::Mutual(files) => {
                 let tls =
@@ -168,9 +157,7 @@ impl Gateway {
                 None
             }
         };
-        state.agents = dispatch::AgentPool::new(tls.as_ref().map(edgewise_tls::net::source));
-        state.tls.clone_from(&tls);
-        state.auth = if tls.is_none() && config.tokens.is_empty() {
+        let auth = if tls.is_none() && config.tokens.is_empty() {
             tracing::warn!(
                 "callers are not authenticated (plaintext, no auth.tokens): the tenant is taken from the x-edgewise-tenant header"
             );
@@ -182,6 +169,24 @@ impl Gateway {
                 operators: config.operators.clone(),
             }
         };
+        let setup = state::Setup {
+            id: config.id.clone(),
+            policy,
+            providers,
+            retry_budget: config.retry_budget,
+            limits: config.limits,
+            tls: tls.clone(),
+            auth,
+        };
+        let state = State::new(setup, &db).map_err(|e| {
+            StartError::State(
+                config
+                    .state_dir
+                    .as_ref()
+                    .map_or("(temporary)".into(), |d| d.display().to_string()),
+                e,
+            )
+        })?;
         let state = Arc::new(state);
         dispatch::settle_abandoned(&state).await;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -215,25 +220,21 @@ impl Gateway {
                 })
                 .max_decoding_message_size(max),
             );
-        let stopped = stop.clone().cancelled_owned();
-        let task =
-            match tls.clone() {
-                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                    edgewise_tls::net::incoming(listener, tls),
-                    stopped,
-                )),
-                // with a listener of our own, Nagle's algorithm must be turned off here: the
-                // builder's `tcp_nodelay` applies only to listeners tonic binds itself
-                None => tokio::spawn(router.serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stopped,
-                )),
-            };
+        let task = edgewise_ops::serve::spawn(
+            router,
+            listener,
+            tls.clone(),
+            stop.clone().cancelled_owned(),
+        );
         let metrics_addr = match config.metrics_listen {
             Some(at) => Some(
-                edgewise_ops::metrics::start(at, state.metrics.registry(&state), stop.clone())
-                    .await
-                    .map_err(StartError::Listener)?,
+                edgewise_ops::metrics::start(
+                    at,
+                    state.metrics.registry(&state.registry),
+                    stop.clone(),
+                )
+                .await
+                .map_err(StartError::Listener)?,
             ),
             None => None,
         };
@@ -254,7 +255,7 @@ impl Gateway {
                     service: "edgewise-gateway",
                     instance: config.id.clone(),
                 },
-                state.metrics.registry(&state),
+                state.metrics.registry(&state.registry),
                 otlp,
                 done.clone(),
             );
@@ -280,10 +281,13 @@ impl Gateway {
         })
     }
 
-    /// Stops accepting, ends agents' report streams, lets in-flight requests finish (for at
-    /// most `DRAIN_TIMEOUT`), and returns.
+    /// Stops, in order:
     pub async fn stop(self) {
+        // 1. tell systemd, stop accepting, and end the agents' report streams (they go to
+        //    other gateways) — one signal for the gRPC server, the HTTP front and the watcher;
+        edgewise_ops::systemd::stopping();
         self.stop.cancel();
+        // 2. let in-flight requests finish, up to the drain timeout;
         let abort = self.task.abort_handle();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.task)
             .await
@@ -292,14 +296,20 @@ impl Gateway {
             tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
             abort.abort();
         }
+        // 3. the HTTP front drains on the same signal, within the same timeout;
         if let Some(http) = self.http_task {
-            // it drains on the same signal, within the same timeout
             let _ = http.await;
         }
+        // 4. the last metrics export, after the drain, so that it counts every request;
         if let Some((done, task)) = self.metrics_export {
             done.cancel();
             let _ = task.await;
         }
+        // 5. the ledger and audit reach the disk before the process ends.
+        if let Err(e) = self.state.flush().await {
+            tracing::error!(error = %e, "cannot flush the ledger and audit store");
+        }
+        tracing::info!("gateway stopped");
     }
 }
 

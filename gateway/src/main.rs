@@ -113,26 +113,17 @@ async fn serve(
     config: edgewise_gateway::GatewayConfig,
     listener: tokio::net::TcpListener,
 ) -> Result<(), edgewise_gateway::StartError> {
-    use tokio::signal::unix::{SignalKind, signal};
     let g = edgewise_gateway::Gateway::start(config, listener).await?;
     edgewise_ops::systemd::ready();
     // `systemctl status` shows where it listens (with port 0, the port it was given)
     edgewise_ops::systemd::status(&format!("serving on {}", g.addr));
     let watchdog_stop = tokio_util::sync::CancellationToken::new();
     let watchdog = edgewise_ops::systemd::spawn_watchdog(watchdog_stop.clone());
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let stop = edgewise_ops::shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
-                tracing::info!("SIGHUP: reloading the policy");
-                g.reload.notify_one();
-            }
-        }
-    }
-    edgewise_ops::systemd::stopping();
+    edgewise_ops::until_stopped(|| {
+        tracing::info!("SIGHUP: reloading the policy");
+        g.reload.notify_one();
+    })
+    .await;
     g.stop().await;
     watchdog_stop.cancel();
     if let Some(w) = watchdog {

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::state::State;
+use crate::fleet::Registry as FleetRegistry;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -33,6 +33,9 @@ pub struct Metrics {
     tokens: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     ttft: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Policy reloads applied, and edits rejected (the previous policy stayed in force).
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub reload_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -52,11 +55,13 @@ impl Metrics {
             tokens: Family::default(),
             latency: Family::new_with_constructor(histogram),
             ttft: Family::new_with_constructor(histogram),
+            reloads: Default::default(),
+            reload_failures: Default::default(),
         }
     }
 
     /// The registry the endpoint serves: these families and the fleet read from `state`.
-    pub fn registry(self: &Arc<Self>, state: &Arc<State>) -> Registry {
+    pub fn registry(self: &Arc<Self>, fleet: &Arc<FleetRegistry>) -> Registry {
         let mut r = Registry::with_prefix("edgewise_gateway");
         r.register(
             "requests",
@@ -98,7 +103,10 @@ impl Metrics {
             "Generation time to the first token, by target",
             self.ttft.clone(),
         );
-        r.register_collector(Box::new(Fleet(Arc::downgrade(state))));
+        r.register_collector(Box::new(Fleet {
+            registry: Arc::downgrade(fleet),
+            metrics: Arc::downgrade(self),
+        }));
         r
     }
 
@@ -257,14 +265,18 @@ impl Drop for Tracker {
 
 /// What the registry knows at scrape time.
 #[derive(Debug)]
-struct Fleet(Weak<State>);
+struct Fleet {
+    registry: Weak<FleetRegistry>,
+    metrics: Weak<Metrics>,
+}
 
 impl Collector for Fleet {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(state) = self.0.upgrade() else {
+        let (Some(registry), Some(metrics)) = (self.registry.upgrade(), self.metrics.upgrade())
+        else {
             return Ok(());
         };
-        let nodes = state.registry.status(Instant::now());
+        let nodes = registry.status(Instant::now());
         let live = nodes.iter().filter(|n| n.live).count();
         let g = ConstGauge::new(live as i64);
         g.encode(encoder.encode_descriptor(
@@ -306,21 +318,21 @@ impl Collector for Fleet {
             g.metric_type(),
         )?)?;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let c = ConstCounter::new(load(&state.reloads));
+        let c = ConstCounter::new(load(&metrics.reloads));
         c.encode(encoder.encode_descriptor(
             "policy_reloads",
             "Policy edits applied",
             None,
             c.metric_type(),
         )?)?;
-        let c = ConstCounter::new(load(&state.reload_failures));
+        let c = ConstCounter::new(load(&metrics.reload_failures));
         c.encode(encoder.encode_descriptor(
             "policy_reload_failures",
             "Policy edits rejected (the policy in force stayed)",
             None,
             c.metric_type(),
         )?)?;
-        edgewise_ops::telemetry::encode_counts(&mut encoder)
+        edgewise_ops::metrics::encode_counts(&mut encoder)
     }
 }
 

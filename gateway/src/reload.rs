@@ -57,10 +57,13 @@ pub async fn watch(
                     tracing::warn!("{w}");
                 }
                 state.swap_policy(next);
-                state.reloads.fetch_add(1, Ordering::Relaxed);
+                state.metrics.reloads.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(problems)) => {
-                state.reload_failures.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(policy = %state.policy().hash, "policy edit rejected; the previous policy stays in force:\n{problems}");
             }
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
+use crate::agents::AgentPool;
 use crate::audit::Audit;
-use crate::dispatch::AgentPool;
 use crate::fleet::Registry;
 use crate::ledger::Ledger;
 use crate::providers::Providers;
@@ -66,9 +66,6 @@ pub struct State {
     pub agents: AgentPool,
     /// How many other nodes a request may try after an agent fails before its first token.
     pub retry_budget: usize,
-    /// Policy reloads applied, and edits rejected (the previous policy stayed in force).
-    pub reloads: std::sync::atomic::AtomicU64,
-    pub reload_failures: std::sync::atomic::AtomicU64,
     /// Mutual TLS (reloaded with the policy on SIGHUP); `None` in plaintext mode.
     pub tls: Option<Arc<edgewise_tls::Tls>>,
     /// How callers prove which tenant they are.
@@ -126,13 +123,31 @@ impl State {
     }
 }
 
+/// What a `State` is made from: the validated configuration and what was loaded for it.
+pub struct Setup {
+    pub id: String,
+    pub policy: ActivePolicy,
+    pub providers: Providers,
+    pub retry_budget: usize,
+    pub limits: crate::validate::Limits,
+    /// Mutual TLS; `None` in plaintext mode.
+    pub tls: Option<Arc<edgewise_tls::Tls>>,
+    pub auth: crate::auth::CallerAuth,
+}
+
 impl State {
-    pub fn new(
-        id: String,
-        policy: ActivePolicy,
-        providers: Providers,
-        db: &sled::Db,
-    ) -> Result<Self, String> {
+    /// The whole state at once: the ledger and audit open in `db`, agent connections over
+    /// the setup's TLS.
+    pub fn new(setup: Setup, db: &sled::Db) -> Result<Self, String> {
+        let Setup {
+            id,
+            policy,
+            providers,
+            retry_budget,
+            limits,
+            tls,
+            auth,
+        } = setup;
         Ok(Self {
             id,
             registry: Arc::new(Registry::default()),
@@ -141,13 +156,11 @@ impl State {
             providers,
             ledger: Ledger::open(db).map_err(|e| e.to_string())?,
             audit: Audit::open(db).map_err(|e| e.to_string())?,
-            agents: AgentPool::default(),
-            retry_budget: 2,
-            reloads: Default::default(),
-            reload_failures: Default::default(),
-            tls: None,
-            auth: crate::auth::CallerAuth::Header,
-            limits: crate::validate::Limits::default(),
+            agents: AgentPool::new(tls.as_ref().map(edgewise_tls::net::source)),
+            retry_budget,
+            tls,
+            auth,
+            limits,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             tenant_in_flight: Default::default(),
         })
@@ -159,6 +172,11 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The ledger and audit store on disk (they share one database).
+    pub async fn flush(&self) -> Result<(), crate::ledger::LedgerError> {
+        self.ledger.flush().await
     }
 
     pub fn swap_policy(&self, next: ActivePolicy) {

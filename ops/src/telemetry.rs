@@ -1,5 +1,6 @@
 //! OpenTelemetry traces, exported over OTLP/gRPC when a config names a collector (off by
-//! default; the same collector receives the metrics, see [`crate::metrics::otlp`]). Spans come from `tracing` through tracing-opentelemetry; W3C trace context
+//! default; the collector and its connection are in [`crate::otlp`], and the same collector
+//! receives the metrics, see `metrics::otlp`). Spans come from `tracing` through tracing-opentelemetry; W3C trace context
 //! travels in gRPC metadata (`traceparent`), so a request's gateway and agent spans share one
 //! trace id.
 //!
@@ -21,21 +22,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Where spans and metrics go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpConfig {
-    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`, or `https://…` (the
-    /// collector's certificate checked against the system's roots and `ca_file`).
-    pub endpoint: String,
-    /// A CA trusted for an `https://` collector besides the system's roots.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Spans waiting for export at most; beyond, new spans are dropped and counted.
-    pub queue: usize,
-    /// How long spans may wait before a batch goes out.
-    pub export_interval: Duration,
-    /// How often the metrics go out.
-    pub metrics_interval: Duration,
-}
+use crate::otlp::{EXPORT_TIMEOUT, OtlpConfig, channel};
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
@@ -44,47 +31,6 @@ static FAILED: AtomicU64 = AtomicU64::new(0);
 /// Spans dropped because the export queue was full (collector slow or absent).
 pub fn dropped_spans() -> u64 {
     DROPPED.load(Ordering::Relaxed)
-}
-
-/// The OTLP export's own figures for a metrics endpoint: spans dropped (queue full),
-/// exported, and lost in failed exports; metric exports accepted and failed.
-pub fn encode_counts(
-    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric;
-    let (exported, failed) = exported_spans();
-    let (metric_exports, metric_failures) = crate::metrics::otlp::exports();
-    for (name, help, v) in [
-        (
-            "trace_spans_dropped",
-            "Spans dropped because the export queue was full",
-            dropped_spans(),
-        ),
-        (
-            "trace_spans_exported",
-            "Spans the OTLP collector accepted",
-            exported,
-        ),
-        (
-            "trace_spans_failed",
-            "Spans lost in failed or timed-out exports",
-            failed,
-        ),
-        (
-            "metric_exports",
-            "Metric exports the OTLP collector accepted",
-            metric_exports,
-        ),
-        (
-            "metric_export_failures",
-            "Metric exports that failed or timed out",
-            metric_failures,
-        ),
-    ] {
-        let c = prometheus_client::metrics::counter::ConstCounter::new(v);
-        c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-    }
-    Ok(())
 }
 
 /// Spans the collector accepted, and spans lost in failed exports.
@@ -134,8 +80,6 @@ impl SpanProcessor for BoundedProcessor {
 }
 
 const BATCH: usize = 512;
-/// How long one export (spans or metrics) may take.
-pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The exporter thread: its own small runtime for the tonic exporter; batches by size or age.
 fn export_loop(rx: Receiver<SpanData>, config: OtlpConfig, service: &'static str) {
@@ -205,25 +149,6 @@ fn export_loop(rx: Receiver<SpanData>, config: OtlpConfig, service: &'static str
             }
         }
     }
-}
-
-/// A channel to the collector, connecting on first use: plain for `http://`, TLS (system
-/// roots and `ca_file`) for `https://`. Needs a runtime.
-pub fn channel(config: &OtlpConfig) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|e| format!("`{}`: {e}", config.endpoint))?
-        .connect_timeout(EXPORT_TIMEOUT)
-        .timeout(EXPORT_TIMEOUT);
-    if !config.endpoint.starts_with("https://") {
-        return Ok(endpoint.connect_lazy());
-    }
-    let mut tls =
-        edgewise_tls::public_client_config(config.ca_file.as_deref(), "the OTLP collector")?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(edgewise_tls::net::channel_lazy(
-        endpoint,
-        edgewise_tls::net::fixed(std::sync::Arc::new(tls)),
-    ))
 }
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -366,85 +291,4 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
     }
-}
-
-/// `[telemetry]` in both daemons' config files.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTelemetry {
-    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset: no traces or metrics
-    /// exported.
-    pub otlp_endpoint: Option<String>,
-    /// For an `https://` collector: a CA trusted besides the system's roots.
-    pub ca_file: Option<std::path::PathBuf>,
-    pub queue: Option<usize>,
-    pub export_interval_ms: Option<u64>,
-    pub metrics_interval_ms: Option<u64>,
-}
-
-/// Validates `[telemetry]`, placing problems in the file.
-pub fn validate(
-    raw: RawTelemetry,
-    at: &edgewise_diag::Layered<()>,
-    problems: &mut Vec<edgewise_diag::Diagnostic>,
-) -> Option<OtlpConfig> {
-    let Some(endpoint) = raw.otlp_endpoint else {
-        if raw.ca_file.is_some() {
-            problems.push(at.problem(
-                "telemetry.ca_file",
-                "is set but otlp_endpoint is not (nothing is exported)".to_string(),
-            ));
-        }
-        return None;
-    };
-    let tls = endpoint.starts_with("https://");
-    if !(tls || endpoint.starts_with("http://")) {
-        problems.push(at.problem(
-            "telemetry.otlp_endpoint",
-            format!(
-                "`{endpoint}` must be a URL like http://127.0.0.1:4317 or https://collector:4317"
-            ),
-        ));
-        return None;
-    }
-    let ca_file = raw.ca_file.map(|p| at.base().join(p));
-    match &ca_file {
-        Some(_) if !tls => problems.push(at.problem(
-            "telemetry.ca_file",
-            format!("applies to https:// collectors; `{endpoint}` is plain"),
-        )),
-        Some(p) if !p.is_file() => problems.push(at.problem(
-            "telemetry.ca_file",
-            format!("{} is not a file", p.display()),
-        )),
-        _ => {}
-    }
-    let queue = raw.queue.unwrap_or(2048);
-    if !(1..=1_000_000).contains(&queue) {
-        problems.push(at.problem(
-            "telemetry.queue",
-            format!("{queue} is out of range 1..=1000000"),
-        ));
-    }
-    let ms = raw.export_interval_ms.unwrap_or(1000);
-    if !(10..=60_000).contains(&ms) {
-        problems.push(at.problem(
-            "telemetry.export_interval_ms",
-            format!("{ms} is out of range 10..=60000"),
-        ));
-    }
-    let metrics_ms = raw.metrics_interval_ms.unwrap_or(10_000);
-    if !(100..=3_600_000).contains(&metrics_ms) {
-        problems.push(at.problem(
-            "telemetry.metrics_interval_ms",
-            format!("{metrics_ms} is out of range 100..=3600000"),
-        ));
-    }
-    Some(OtlpConfig {
-        endpoint,
-        ca_file,
-        queue,
-        export_interval: Duration::from_millis(ms),
-        metrics_interval: Duration::from_millis(metrics_ms),
-    })
 }

@@ -122,7 +122,7 @@ async fn valid_edits_apply_under_load_and_invalid_ones_are_rejected() {
     )
     .await;
     assert_ne!(g.state.policy().hash, before);
-    assert_eq!(g.state.reloads.load(Ordering::SeqCst), 1);
+    assert_eq!(g.state.metrics.reloads.load(Ordering::SeqCst), 1);
 
     // an invalid edit: rejected, counted, and v2 stays in force
     write(&file, "routes:\n  - name: v3\n    min_quality: 9\n");
@@ -132,7 +132,7 @@ async fn valid_edits_apply_under_load_and_invalid_ones_are_rejected() {
         Duration::from_secs(10),
         || {
             let st = st.clone();
-            async move { st.reload_failures.load(Ordering::SeqCst) == 1 }
+            async move { st.metrics.reload_failures.load(Ordering::SeqCst) == 1 }
         },
     )
     .await;

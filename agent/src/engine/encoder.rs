@@ -11,7 +11,6 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use super::{EngineError, Result};
-use crate::models::manifest::Pooling;
 
 /// What to do with the output rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +21,17 @@ pub enum Head {
     },
     /// Softmax over the output row.
     Classify,
+}
+
+/// How an encoder's output becomes one vector per text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mask-weighted mean over tokens of a `[batch, seq, hidden]` output.
+    Mean,
+    /// The first token's vector.
+    Cls,
+    /// The output is already `[batch, hidden]`.
+    None,
 }
 
 pub struct Encoder {

@@ -91,15 +91,8 @@ impl fmt::Display for Task {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// Mask-weighted mean over tokens of a `[batch, seq, hidden]` output.
-    Mean,
-    /// The first token's vector.
-    Cls,
-    /// The output is already `[batch, hidden]`.
-    None,
-}
+/// How an encoder's output becomes one vector per text (the engine's).
+pub use crate::engine::encoder::Pooling;
 
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {

@@ -24,6 +24,27 @@ pub enum AdequacyError {
     },
 }
 
+/// A route's learned estimator: its request features and its heads.
+#[derive(Debug)]
+pub struct HeadsEstimator {
+    pub heads: Heads,
+    pub features: std::sync::Arc<Features>,
+}
+
+impl crate::routing::Estimator for HeadsEstimator {
+    fn features_id(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.features) as usize
+    }
+
+    fn features(&self, text: &str) -> Vec<f32> {
+        self.features.of(text)
+    }
+
+    fn predict(&self, features: &[f32]) -> Vec<(String, f32)> {
+        self.heads.predict(features)
+    }
+}
+
 /// P(adequate) for every learned route of `policy` and each model it has a head for, from
 /// the request's last user message (what the heads were trained on).
 pub fn estimate(
@@ -36,21 +57,21 @@ pub fn estimate(
         .rev()
         .find(|m| m.role == "user")
         .map_or("", |m| m.content.as_str());
-    let mut computed: Vec<(*const Features, Vec<f32>)> = Vec::new();
+    let mut computed: Vec<(usize, Vec<f32>)> = Vec::new();
     for r in &policy.routes {
         let crate::routing::Adequacy::Learned(l) = &r.adequacy else {
             continue;
         };
-        let key = std::sync::Arc::as_ptr(&l.features);
+        let key = l.estimator.features_id();
         let x = match computed.iter().find(|(k, _)| *k == key) {
             Some((_, x)) => x.clone(),
             None => {
-                let x = l.features.of(text);
+                let x = l.estimator.features(text);
                 computed.push((key, x.clone()));
                 x
             }
         };
-        for (model, p) in l.heads.predict(&x) {
+        for (model, p) in l.estimator.predict(&x) {
             out.push((r.name.clone(), model, p));
         }
     }

@@ -55,8 +55,8 @@ pub(super) fn fleet_status(
         gateway_id: state.id.clone(),
         nodes: state.registry.status(Instant::now()),
         policy_hash: state.policy().hash.clone(),
-        policy_reloads: state.reloads.load(Ordering::Relaxed),
-        policy_reload_failures: state.reload_failures.load(Ordering::Relaxed),
+        policy_reloads: state.metrics.reloads.load(Ordering::Relaxed),
+        policy_reload_failures: state.metrics.reload_failures.load(Ordering::Relaxed),
     }))
 }
 

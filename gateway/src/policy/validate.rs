@@ -410,8 +410,10 @@ fn learned(
         return None;
     }
     Some(Learned {
-        heads: std::sync::Arc::new(heads),
-        features: std::sync::Arc::new(features),
+        estimator: std::sync::Arc::new(crate::adequacy::HeadsEstimator {
+            heads,
+            features: std::sync::Arc::new(features),
+        }),
         threshold: threshold?,
         calibrated: a.calibrated.as_ref().map(|c| c.to_string()),
     })

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use edgewise_proto as pb;
 
-use crate::dispatch::{self, AgentClient, Served};
+use crate::agents::AgentClient;
+use crate::dispatch::{self, Served};
 use crate::error::GatewayError;
 use crate::external::ExternalCall;
 use crate::metrics::Tracker;

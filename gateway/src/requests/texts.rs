@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{Caller, with_timeout};
-use crate::dispatch::{self, AgentClient, Served};
+use crate::agents::AgentClient;
+use crate::dispatch::{self, Served};
 use crate::error::GatewayError;
 use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
 use crate::providers::{self, ProviderError, Usage};

@@ -156,15 +156,32 @@ pub struct Cascade {
     pub calibrated: Option<String>,
 }
 
-/// A learned pre-router: P(adequate | request, model) from request features and one head
-/// per model, against a calibrated threshold. The gateway computes the probabilities before
-/// `decide` (`RouteRequest::p_adequate`).
-#[derive(Debug, Clone, PartialEq)]
+/// What a learned route's estimator is to routing: P(adequate) per model for a request's
+/// text. It is implemented (request features, one head per model) in `adequacy`; routing
+/// only reads the probabilities, computed before `decide`.
+pub trait Estimator: fmt::Debug + Send + Sync {
+    /// Estimators with the same id compute the same features (one computation serves them).
+    fn features_id(&self) -> usize;
+    fn features(&self, text: &str) -> Vec<f32>;
+    /// P(adequate) per model it has a head for.
+    fn predict(&self, features: &[f32]) -> Vec<(String, f32)>;
+}
+
+/// A learned pre-router: P(adequate | request, model) against a calibrated threshold. The
+/// gateway computes the probabilities before `decide` (`RouteRequest::p_adequate`).
+#[derive(Debug, Clone)]
 pub struct Learned {
-    pub heads: std::sync::Arc<crate::adequacy::Heads>,
-    pub features: std::sync::Arc<crate::adequacy::Features>,
+    pub estimator: std::sync::Arc<dyn Estimator>,
     pub threshold: f32,
     pub calibrated: Option<String>,
+}
+
+impl PartialEq for Learned {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.estimator, &other.estimator)
+            && self.threshold == other.threshold
+            && self.calibrated == other.calibrated
+    }
 }
 
 impl Cascade {

@@ -145,3 +145,44 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: Cancell
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
 }
+
+/// The OTLP export's own figures for a metrics endpoint: spans dropped (queue full),
+/// exported, and lost in failed exports; metric exports accepted and failed.
+pub fn encode_counts(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let (exported, failed) = crate::telemetry::exported_spans();
+    let (metric_exports, metric_failures) = otlp::exports();
+    for (name, help, v) in [
+        (
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            crate::telemetry::dropped_spans(),
+        ),
+        (
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            exported,
+        ),
+        (
+            "trace_spans_failed",
+            "Spans lost in failed or timed-out exports",
+            failed,
+        ),
+        (
+            "metric_exports",
+            "Metric exports the OTLP collector accepted",
+            metric_exports,
+        ),
+        (
+            "metric_export_failures",
+            "Metric exports that failed or timed out",
+            metric_failures,
+        ),
+    ] {
+        let c = prometheus_client::metrics::counter::ConstCounter::new(v);
+        c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+    Ok(())
+}

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::openmetrics::{Family, Kind, Labels, Sample, Value};
-use crate::telemetry::{EXPORT_TIMEOUT, OtlpConfig};
+use crate::otlp::{EXPORT_TIMEOUT, OtlpConfig};
 
 static EXPORTS: AtomicU64 = AtomicU64::new(0);
 static FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -59,7 +59,7 @@ pub fn spawn(
 
 async fn run(source: Source, registry: Registry, config: OtlpConfig, stop: CancellationToken) {
     let (endpoint, interval) = (config.endpoint.as_str(), config.metrics_interval);
-    let channel = match crate::telemetry::channel(&config) {
+    let channel = match crate::otlp::channel(&config) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, endpoint, "metric export disabled");
