@@ -83,18 +83,30 @@ impl CallerAuth {
     /// The tenant a request speaks for.
     pub fn tenant<T>(&self, req: &Request<T>) -> Result<String, GatewayError> {
         match self {
-            CallerAuth::Header => req
-                .metadata()
-                .get("x-edgewise-tenant")
-                .and_then(|v| v.to_str().ok())
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .ok_or(GatewayError::NoTenant),
+            CallerAuth::Header => {
+                let mut values = req.metadata().get_all("x-edgewise-tenant").iter();
+                let first = values.next();
+                if values.next().is_some() {
+                    return Err(GatewayError::InvalidRequest(
+                        "header x-edgewise-tenant was sent more than once; send it once".into(),
+                    ));
+                }
+                first
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .ok_or(GatewayError::NoTenant)
+            }
             CallerAuth::Credentials {
                 tokens,
                 certificates,
                 ..
             } => {
+                if req.metadata().get_all("authorization").iter().count() > 1 {
+                    return Err(GatewayError::Unauthenticated(
+                        "the authorization header was sent more than once",
+                    ));
+                }
                 if let Some(v) = req.metadata().get("authorization") {
                     let token = v
                         .to_str()

@@ -113,6 +113,8 @@ pub struct RawToken {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub dir: Option<PathBuf>,
+    /// How long a request waits for the ledger and audit store before UNAVAILABLE.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +207,16 @@ impl GatewayFile {
             problems.push(at.problem(
                 "routing.retry_budget",
                 format!("{retry_budget} is more than 10"),
+            ));
+        }
+        let store_timeout_ms = raw
+            .state
+            .timeout_ms
+            .unwrap_or(crate::store::DEFAULT_WRITE_TIMEOUT.as_millis() as u64);
+        if !(10..=60_000).contains(&store_timeout_ms) {
+            problems.push(at.problem(
+                "state.timeout_ms",
+                format!("{store_timeout_ms} is not in 10..=60000"),
             ));
         }
         let state_dir = raw
@@ -322,6 +334,7 @@ impl GatewayFile {
                 id,
                 retry_budget: retry_budget as usize,
                 state_dir: Some(state_dir),
+                store_timeout: Duration::from_millis(store_timeout_ms),
                 providers,
                 tls,
                 tokens: crate::auth::Tokens::new(tokens),
@@ -498,7 +511,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgewise-gw-config-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("policies")).ok();
         let file = dir.join("gateway.toml");
-        std::fs::write(&file, "[server]\nlisten = \"here\"\n\n[policies]\npaths = [\"policies\", \"missing\"]\n\n[routing]\nretry_budget = 50\n\n[tls]\nplaintext = true\n").ok();
+        std::fs::write(&file, "[server]\nlisten = \"here\"\n\n[policies]\npaths = [\"policies\", \"missing\"]\n\n[routing]\nretry_budget = 50\n\n[tls]\nplaintext = true\n\n[state]\ntimeout_ms = 0\n").ok();
         let err = GatewayFile::load(&file, &[])
             .err()
             .map(|d| d.to_string())
@@ -510,7 +523,8 @@ mod tests {
             format!(
                 "{f}:2:10: server.listen: not an address like 127.0.0.1:7400 (invalid socket address syntax)\n\
                  {f}:5:22: policies.paths[1]: {} does not exist\n\
-                 {f}:8:16: routing.retry_budget: 50 is more than 10",
+                 {f}:8:16: routing.retry_budget: 50 is more than 10\n\
+                 {f}:14:14: state.timeout_ms: 0 is not in 10..=60000",
                 missing.display()
             )
         );

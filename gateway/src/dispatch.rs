@@ -224,9 +224,7 @@ fn decide_now(state: &State, req: &RouteRequest) -> Decided {
     let fleet = state.registry.snapshot(Instant::now());
     // today's spend matters only to a policy that can go external
     let budgets = if policy.policy.routes.iter().any(|r| r.external.is_some()) {
-        state
-            .ledger
-            .budgets(&day_of(SystemTime::now()), &req.tenant)
+        state.store.budgets(&day_of(SystemTime::now()), &req.tenant)
     } else {
         Budgets::default()
     };
@@ -282,7 +280,7 @@ pub async fn route(
                     nanos: nanos_ceil(worst_case_usd),
                 };
                 let limit = (daily_budget_usd * crate::ledger::NANOS_PER_USD).floor() as u64;
-                match state.ledger.reserve(&id, &reservation, limit).await {
+                match state.store.reserve(&id, &reservation, limit).await {
                     Ok(()) => {
                         tracing::info!(decision = %id, route = %d.route, rule = %d.rule, provider = %provider, model = %model, worst_case_usd, "routed to an external provider");
                         return Ok(Routed::External(ExternalCall {
@@ -304,6 +302,7 @@ pub async fn route(
                             routing::Refusal::OverBudget(format!("route `{}`: {e}", d.route));
                         return Err(GatewayError::Refused(refusal));
                     }
+                    Err(LedgerError::Store(e)) => return Err(GatewayError::Store(e)),
                     Err(e) => return Err(GatewayError::Ledger(e.to_string())),
                 }
             }
@@ -319,8 +318,10 @@ pub async fn route(
                         (provider, model),
                         reason,
                     );
-                    if let Err(err) = state.audit.append(&record).await {
+                    // every refused fallback is on record, or the caller hears that it is not
+                    if let Err(err) = state.store.append_audit(record).await {
                         tracing::error!(decision = %id, error = %err, "cannot write the audit record");
+                        return Err(GatewayError::Store(err));
                     }
                 }
                 state.metrics.refused(&r);
@@ -355,8 +356,24 @@ where
             Ok(client) => {
                 let span =
                     tracing::info_span!("agent.call", node = %routed.node, model = %routed.model);
-                tracing::Instrument::instrument(call(client, routed.model.clone(), remaining), span)
-                    .await
+                let answer = tracing::Instrument::instrument(
+                    call(client, routed.model.clone(), remaining),
+                    span,
+                );
+                // the gateway's own timer: its deadline ends before tonic's server timer, so
+                // a caller whose deadline passes hears DEADLINE_EXCEEDED, never CANCELLED
+                match deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), answer).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(GatewayError::DeadlineExceeded(format!(
+                                "while waiting for agent {} ({})'s first answer",
+                                routed.node, routed.model
+                            )));
+                        }
+                    },
+                    None => answer.await,
+                }
             }
             Err(e) => Err(Status::unavailable(e)),
         };
@@ -402,7 +419,7 @@ where
 /// Reservations left open by a gateway that stopped mid-call: charged at their worst case,
 /// closed, and audited.
 pub async fn settle_abandoned(state: &State) {
-    match state.ledger.settle_abandoned().await {
+    match state.store.settle_abandoned().await {
         Ok(open) => {
             for (id, r) in open {
                 tracing::warn!(decision = %id, tenant = %r.tenant, provider = %r.provider, "an external call was interrupted by a restart; charged its worst case");
@@ -417,7 +434,7 @@ pub async fn settle_abandoned(state: &State) {
                     cost_usd: crate::ledger::usd(r.nanos),
                     ..Default::default()
                 };
-                if let Err(e) = state.audit.append(&record).await {
+                if let Err(e) = state.store.append_audit(record).await {
                     tracing::error!(error = %e, "cannot write the audit record");
                 }
             }

@@ -59,6 +59,9 @@ pub enum GatewayError {
     Provider(ProviderError),
     #[error("the budget ledger failed, so no external call was made: {0}")]
     Ledger(String),
+    /// The store did not answer in time (or failed): nothing that needed it was done.
+    #[error("{0}")]
+    Store(crate::store::StoreError),
     /// The agent answered with this status (its code is passed on).
     #[error("agent {node} ({model}): {}", .status.message())]
     Agent {
@@ -149,6 +152,7 @@ impl GatewayError {
             GatewayError::ProviderNotConfigured(_) => Code::FailedPrecondition,
             GatewayError::Provider(p) => provider_code(p),
             GatewayError::Ledger(_) => Code::Internal,
+            GatewayError::Store(_) => Code::Unavailable,
             GatewayError::Agent { status, .. } => status.code(),
             GatewayError::AgentLost { .. } | GatewayError::RetriesExhausted { .. } => {
                 Code::Unavailable
@@ -218,6 +222,7 @@ impl GatewayError {
                 | ProviderError::Unsupported { .. } => http(502, "server_error", "provider_error"),
             },
             GatewayError::Ledger(_) => http(500, "server_error", "ledger_failed"),
+            GatewayError::Store(_) => retry(503, "server_error", "store_unavailable"),
             GatewayError::Agent { status, .. } => match status.code() {
                 Code::DeadlineExceeded => http(504, "server_error", "timeout"),
                 Code::ResourceExhausted => retry(429, "rate_limit_error", "no_capacity"),

@@ -140,7 +140,7 @@ impl ExternalCall {
                 false,
             ),
         };
-        let charged = match state.ledger.settle(&self.id, charged).await {
+        let charged = match state.store.settle(&self.id, charged).await {
             Ok(s) => s.charged,
             Err(e) => {
                 tracing::error!(decision = %self.id, error = %e, "cannot settle the reservation; it stays charged at the worst case");
@@ -171,10 +171,11 @@ impl ExternalCall {
             usage_reported: reported,
             task: self.task.as_str().into(),
         };
-        if let Err(e) = state.audit.append(&record).await {
+        let outcome = record.outcome.clone();
+        if let Err(e) = state.store.append_audit(record).await {
             tracing::error!(decision = %self.id, error = %e, "cannot write the audit record");
         }
-        tracing::info!(decision = %self.id, provider = %self.provider, model = %self.model, tenant = %self.tenant, cost_usd = usd(charged), outcome = %record.outcome, "external call closed");
+        tracing::info!(decision = %self.id, provider = %self.provider, model = %self.model, tenant = %self.tenant, cost_usd = usd(charged), outcome = %outcome, "external call closed");
         usd(charged)
     }
 }

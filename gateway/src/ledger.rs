@@ -1,21 +1,23 @@
-//! The budget ledger (sled): external spend per tenant, provider and UTC day.
+//! The budget ledger: external spend per tenant, provider and UTC day, in two sled trees.
 //!
 //! Before an external call the worst-case cost is reserved — checked against the budget and
-//! written in one transaction, then flushed to disk before the call starts. After the call the
-//! reservation is settled with the cost of the provider's reported usage. Reservations are
-//! serialised, so concurrent requests can never reserve past a budget; a reservation left by a
-//! crash stays charged at its worst case (settled as such on the next start).
+//! written in one transaction, made durable by the store before the call starts. After the
+//! call the reservation is settled with the cost of the provider's reported usage. Only the
+//! store thread (`store::writer`) runs these operations, one after another, so concurrent
+//! requests can never reserve past a budget; a reservation left by a crash stays charged at
+//! its worst case (settled as such on the next start).
 //!
 //! Amounts are integer nano-dollars, so sums never drift.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::routing::Budgets;
+use crate::store::StoreError;
+use crate::store::writer::Mirror;
 
 pub const NANOS_PER_USD: f64 = 1e9;
 
@@ -63,6 +65,8 @@ pub enum LedgerError {
     NoReservation(String),
     #[error("ledger storage: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Store(StoreError),
 }
 
 /// What a settled reservation came to.
@@ -72,14 +76,71 @@ pub struct Settled {
     pub charged: u64,
 }
 
-pub struct Ledger {
-    db: sled::Db,
+/// A spend key: (UTC day, tenant, provider).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpendKey {
+    pub day: String,
+    pub tenant: String,
+    pub provider: String,
+}
+
+impl SpendKey {
+    pub fn new(day: &str, tenant: &str, provider: &str) -> Self {
+        Self {
+            day: day.into(),
+            tenant: tenant.into(),
+            provider: provider.into(),
+        }
+    }
+
+    fn of(r: &Reservation) -> Self {
+        Self::new(&r.day, &r.tenant, &r.provider)
+    }
+
+    /// `day \0 tenant \0 provider`, the key on disk.
+    fn bytes(&self) -> Vec<u8> {
+        key(&self.day, &self.tenant, &self.provider)
+    }
+
+    fn parse(k: &[u8]) -> Option<Self> {
+        let mut parts = k
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        Some(Self {
+            day: parts.next()?,
+            tenant: parts.next()?,
+            provider: parts.next()?,
+        })
+    }
+}
+
+/// One (day, tenant, provider) of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spending {
+    pub key: SpendKey,
+    /// Spent + reserved nano-USD.
+    pub spent: u64,
+    /// Of which reserved for calls not yet settled.
+    pub reserved: u64,
+}
+
+/// Spent + reserved today per (tenant, provider) for `tenant`, in USD, for routing.
+pub fn budgets_of(spend: &BTreeMap<SpendKey, u64>, day: &str, tenant: &str) -> Budgets {
+    let from = SpendKey::new(day, tenant, "");
+    let spent_usd = spend
+        .range(from..)
+        .take_while(|(k, _)| k.day == day && k.tenant == tenant)
+        .map(|(k, v)| ((tenant.to_string(), k.provider.clone()), usd(*v)))
+        .collect();
+    Budgets { spent_usd }
+}
+
+/// The ledger's two trees. Used by the store thread only.
+pub struct LedgerTrees {
     /// `day \0 tenant \0 provider` → spent + reserved nano-USD (u64 BE).
     spend: sled::Tree,
     /// reservation id → `Reservation` (JSON); also counted in `spend` until settled.
     reserved: sled::Tree,
-    /// Serialises check-and-reserve; sled's transaction makes each one atomic on disk.
-    lock: Mutex<()>,
 }
 
 fn key(day: &str, tenant: &str, provider: &str) -> Vec<u8> {
@@ -109,80 +170,64 @@ fn abort(e: TransactionError<LedgerError>) -> LedgerError {
     }
 }
 
-impl Ledger {
-    /// The store's writes on disk (each reservation and settlement already waited for its own).
-    pub async fn flush(&self) -> Result<(), LedgerError> {
-        self.db.flush_async().await.map_err(storage)?;
-        Ok(())
-    }
-
-    pub fn open(db: &sled::Db) -> Result<Self, LedgerError> {
+impl LedgerTrees {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         Ok(Self {
-            db: db.clone(),
-            spend: db.open_tree("ledger.spend").map_err(storage)?,
-            reserved: db.open_tree("ledger.reserved").map_err(storage)?,
-            lock: Mutex::new(()),
+            spend: db.open_tree("ledger.spend")?,
+            reserved: db.open_tree("ledger.reserved")?,
         })
     }
 
-    /// Spent + reserved today per (tenant, provider) for `tenant`, in USD, for routing.
-    pub fn budgets(&self, day: &str, tenant: &str) -> Budgets {
-        let mut prefix = day.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(tenant.as_bytes());
-        prefix.push(0);
-        let mut spent_usd = BTreeMap::new();
-        for (k, v) in self.spend.scan_prefix(&prefix).flatten() {
-            let provider = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            spent_usd.insert((tenant.to_string(), provider), usd(read_u64(Some(v))));
+    /// Every key's spent + reserved, for the in-memory copy routing reads.
+    pub fn totals(&self) -> Result<BTreeMap<SpendKey, u64>, sled::Error> {
+        let mut out = BTreeMap::new();
+        for kv in self.spend.iter() {
+            let (k, v) = kv?;
+            if let Some(key) = SpendKey::parse(&k) {
+                out.insert(key, read_u64(Some(v)));
+            }
         }
-        Budgets { spent_usd }
-    }
-
-    /// Spent + reserved (nano-USD) for one key.
-    pub fn spent(&self, day: &str, tenant: &str, provider: &str) -> u64 {
-        read_u64(self.spend.get(key(day, tenant, provider)).ok().flatten())
+        Ok(out)
     }
 
     /// Every (day, tenant, provider) with its spent + reserved and reserved-only nano-USD.
-    pub fn entries(&self) -> Vec<(String, String, String, u64, u64)> {
-        let mut reserved: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    pub fn entries(&self) -> Vec<Spending> {
+        let mut reserved: BTreeMap<SpendKey, u64> = BTreeMap::new();
         for (_, v) in self.reserved.iter().flatten() {
             if let Ok(r) = serde_json::from_slice::<Reservation>(&v) {
-                *reserved
-                    .entry(key(&r.day, &r.tenant, &r.provider))
-                    .or_default() += r.nanos;
+                *reserved.entry(SpendKey::of(&r)).or_default() += r.nanos;
             }
         }
         self.spend
             .iter()
             .flatten()
             .filter_map(|(k, v)| {
-                let mut parts = k
-                    .split(|b| *b == 0)
-                    .map(|p| String::from_utf8_lossy(p).into_owned());
-                let (day, tenant, provider) = (parts.next()?, parts.next()?, parts.next()?);
-                let r = reserved.get(k.as_ref()).copied().unwrap_or(0);
-                Some((day, tenant, provider, read_u64(Some(v)), r))
+                let key = SpendKey::parse(&k)?;
+                let r = reserved.get(&key).copied().unwrap_or(0);
+                Some(Spending {
+                    key,
+                    spent: read_u64(Some(v)),
+                    reserved: r,
+                })
             })
             .collect()
     }
 
-    /// Reserves `r.nanos` if spent + reserved + `r.nanos` stays within `limit` nano-USD, and
-    /// makes it durable before returning.
-    pub async fn reserve(&self, id: &str, r: &Reservation, limit: u64) -> Result<(), LedgerError> {
-        self.reserve_now(id, r, limit)?;
-        self.db.flush_async().await.map_err(storage)?;
-        Ok(())
-    }
-
-    fn reserve_now(&self, id: &str, r: &Reservation, limit: u64) -> Result<(), LedgerError> {
-        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(&r.day, &r.tenant, &r.provider);
+    /// Reserves `r.nanos` if spent + reserved + `r.nanos` stays within `limit` nano-USD.
+    /// Durable once the store flushes.
+    pub fn reserve(
+        &self,
+        id: &str,
+        r: &Reservation,
+        limit: u64,
+        mirror: &Mirror,
+    ) -> Result<(), LedgerError> {
+        let k = SpendKey::of(r);
+        let kb = k.bytes();
         let value = serde_json::to_vec(r).map_err(storage)?;
-        (&self.spend, &self.reserved)
+        let next = (&self.spend, &self.reserved)
             .transaction(|(spend, reserved)| {
-                let spent = read_u64(spend.get(&k)?);
+                let spent = read_u64(spend.get(&kb)?);
                 let next = spent.saturating_add(r.nanos);
                 if next > limit {
                     return Err(ConflictableTransactionError::Abort(
@@ -195,24 +240,25 @@ impl Ledger {
                         },
                     ));
                 }
-                spend.insert(k.as_slice(), &next.to_be_bytes())?;
+                spend.insert(kb.as_slice(), &next.to_be_bytes())?;
                 reserved.insert(id.as_bytes(), value.as_slice())?;
-                Ok(())
+                Ok(next)
             })
-            .map_err(abort)
+            .map_err(abort)?;
+        mirror.set(k, next);
+        Ok(())
     }
 
-    /// Replaces reservation `id` by the actual cost (which may be more than reserved, if a
-    /// provider reports more tokens than asked for: the ledger records what was billed).
-    pub async fn settle(&self, id: &str, charged: u64) -> Result<Settled, LedgerError> {
-        let s = self.settle_now(id, Some(charged))?;
-        self.db.flush_async().await.map_err(storage)?;
-        Ok(s)
-    }
-
-    fn settle_now(&self, id: &str, charged: Option<u64>) -> Result<Settled, LedgerError> {
-        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        (&self.spend, &self.reserved)
+    /// Replaces reservation `id` by the actual cost (`None`: its worst case), which may be
+    /// more than reserved if a provider reports more tokens than asked for: the ledger
+    /// records what was billed.
+    pub fn settle(
+        &self,
+        id: &str,
+        charged: Option<u64>,
+        mirror: &Mirror,
+    ) -> Result<Settled, LedgerError> {
+        let (settled, k, next) = (&self.spend, &self.reserved)
             .transaction(|(spend, reserved)| {
                 let Some(v) = reserved.remove(id.as_bytes())? else {
                     return Err(ConflictableTransactionError::Abort(
@@ -223,21 +269,31 @@ impl Ledger {
                     ConflictableTransactionError::Abort(LedgerError::Storage(e.to_string()))
                 })?;
                 let charged = charged.unwrap_or(r.nanos);
-                let k = key(&r.day, &r.tenant, &r.provider);
-                let spent = read_u64(spend.get(&k)?);
+                let k = SpendKey::of(&r);
+                let kb = k.bytes();
+                let spent = read_u64(spend.get(&kb)?);
                 let next = spent.saturating_sub(r.nanos).saturating_add(charged);
-                spend.insert(k.as_slice(), &next.to_be_bytes())?;
-                Ok(Settled {
-                    reserved: r.nanos,
-                    charged,
-                })
+                spend.insert(kb.as_slice(), &next.to_be_bytes())?;
+                Ok((
+                    Settled {
+                        reserved: r.nanos,
+                        charged,
+                    },
+                    k,
+                    next,
+                ))
             })
-            .map_err(abort)
+            .map_err(abort)?;
+        mirror.set(k, next);
+        Ok(settled)
     }
 
     /// Reservations whose calls never settled (the gateway stopped mid-call): charged at their
     /// worst case and closed. Returns them for the audit.
-    pub async fn settle_abandoned(&self) -> Result<Vec<(String, Reservation)>, LedgerError> {
+    pub fn settle_abandoned(
+        &self,
+        mirror: &Mirror,
+    ) -> Result<Vec<(String, Reservation)>, LedgerError> {
         let open: Vec<(String, Reservation)> = self
             .reserved
             .iter()
@@ -250,9 +306,8 @@ impl Ledger {
             })
             .collect();
         for (id, _) in &open {
-            self.settle_now(id, None)?;
+            self.settle(id, None, mirror)?;
         }
-        self.db.flush_async().await.map_err(storage)?;
         Ok(open)
     }
 }
@@ -261,14 +316,14 @@ impl Ledger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::sync::Arc;
 
-    fn ledger() -> (Ledger, sled::Db) {
+    fn trees() -> (LedgerTrees, Mirror, sled::Db) {
         let db = sled::Config::new()
             .temporary(true)
             .open()
             .unwrap_or_else(|e| panic!("{e}"));
-        (Ledger::open(&db).unwrap_or_else(|e| panic!("{e}")), db)
+        let t = LedgerTrees::open(&db).unwrap_or_else(|e| panic!("{e}"));
+        (t, Mirror::default(), db)
     }
 
     fn res(nanos: u64) -> Reservation {
@@ -280,24 +335,32 @@ mod tests {
         }
     }
 
+    fn spent(m: &Mirror) -> u64 {
+        m.snapshot()
+            .get(&SpendKey::new("2026-11-24", "shop", "openai"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     #[test]
     fn days_are_utc_dates() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_478_400 + 86_399);
         assert_eq!(day_of(t), "2026-11-24");
     }
 
-    #[tokio::test]
-    async fn reserve_settle_and_refuse_over_budget() {
-        let (l, _db) = ledger();
-        l.reserve("a", &res(600), 1000)
-            .await
+    #[test]
+    fn reserve_settle_and_refuse_over_budget() {
+        let (l, m, _db) = trees();
+        l.reserve("a", &res(600), 1000, &m)
             .unwrap_or_else(|e| panic!("{e}"));
-        let over = l.reserve("b", &res(500), 1000).await;
+        let over = l.reserve("b", &res(500), 1000, &m);
         assert!(
             matches!(over, Err(LedgerError::OverBudget { spent: 600, .. })),
             "{over:?}"
         );
-        let s = l.settle("a", 100).await.unwrap_or_else(|e| panic!("{e}"));
+        let s = l
+            .settle("a", Some(100), &m)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             s,
             Settled {
@@ -305,48 +368,33 @@ mod tests {
                 charged: 100
             }
         );
-        assert_eq!(l.spent("2026-11-24", "shop", "openai"), 100);
-        l.reserve("b", &res(500), 1000)
-            .await
+        assert_eq!(spent(&m), 100);
+        l.reserve("b", &res(500), 1000, &m)
             .unwrap_or_else(|e| panic!("{e}"));
+        let key = SpendKey::new("2026-11-24", "shop", "openai");
         assert_eq!(
             l.entries(),
-            vec![(
-                "2026-11-24".into(),
-                "shop".into(),
-                "openai".into(),
-                600,
-                500
-            )]
+            vec![Spending {
+                key: key.clone(),
+                spent: 600,
+                reserved: 500
+            }]
         );
-        let budgets = l.budgets("2026-11-24", "shop");
+        let map = m.snapshot();
+        assert_eq!(l.totals().ok(), Some(map.clone()));
+        let budgets = budgets_of(&map, "2026-11-24", "shop");
         assert_eq!(
             budgets.spent_usd.get(&("shop".into(), "openai".into())),
             Some(&6e-7)
         );
+        assert!(budgets_of(&map, "2026-11-24", "sho").spent_usd.is_empty());
         assert!(matches!(
-            l.settle("a", 1).await,
+            l.settle("a", Some(1), &m),
             Err(LedgerError::NoReservation(_))
         ));
-        let abandoned = l.settle_abandoned().await.unwrap_or_else(|e| panic!("{e}"));
+        let abandoned = l.settle_abandoned(&m).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(abandoned.len(), 1);
-        assert_eq!(l.spent("2026-11-24", "shop", "openai"), 600);
-    }
-
-    #[tokio::test]
-    async fn a_reservation_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        {
-            let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-            let l = Ledger::open(&db).unwrap_or_else(|e| panic!("{e}"));
-            l.reserve("a", &res(700), 1000)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let l = Ledger::open(&db).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(l.spent("2026-11-24", "shop", "openai"), 700);
-        assert_eq!(l.settle_abandoned().await.map(|v| v.len()), Ok(1));
+        assert_eq!(spent(&m), 600);
     }
 
     proptest! {
@@ -356,36 +404,29 @@ mod tests {
             failure_persistence: None,
             ..ProptestConfig::default()
         })]
-        /// Threads racing to reserve never take the total past the budget, and what is
-        /// recorded equals what was granted.
+        /// Reservations never take the total past the budget, what is recorded equals what
+        /// was granted, and settling every one at its worst case leaves the total unchanged.
         #[test]
-        fn concurrent_reservations_never_overspend(
+        fn reservations_never_overspend(
             costs in proptest::collection::vec(1u64..400, 8..48),
             limit in 200u64..4000,
         ) {
-            let (l, _db) = ledger();
-            let l = Arc::new(l);
-            let granted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            std::thread::scope(|s| {
-                for chunk in costs.chunks(costs.len().div_ceil(4)) {
-                    let (l, granted) = (l.clone(), granted.clone());
-                    s.spawn(move || {
-                        for (i, c) in chunk.iter().enumerate() {
-                            let id = format!("{:?}-{i}", std::thread::current().id());
-                            if l.reserve_now(&id, &res(*c), limit).is_ok() {
-                                granted.fetch_add(*c, std::sync::atomic::Ordering::SeqCst);
-                            }
-                        }
-                    });
+            let (l, m, _db) = trees();
+            let mut granted = 0;
+            for (i, c) in costs.iter().enumerate() {
+                if l.reserve(&format!("r{i}"), &res(*c), limit, &m).is_ok() {
+                    granted += c;
                 }
-            });
-            let spent = l.spent("2026-11-24", "shop", "openai");
-            prop_assert!(spent <= limit);
-            prop_assert_eq!(spent, granted.load(std::sync::atomic::Ordering::SeqCst));
+            }
+            prop_assert!(spent(&m) <= limit);
+            prop_assert_eq!(spent(&m), granted);
             let total: u64 = costs.iter().sum();
             if total <= limit {
-                prop_assert_eq!(spent, total);
+                prop_assert_eq!(spent(&m), total);
             }
+            l.settle_abandoned(&m).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(spent(&m), granted);
+            prop_assert!(l.entries().iter().all(|e| e.reserved == 0));
         }
     }
 }

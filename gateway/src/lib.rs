@@ -30,6 +30,7 @@ pub mod requests;
 pub mod routing;
 pub mod selfcheck;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 use std::future::Future;
@@ -52,6 +53,9 @@ pub struct GatewayConfig {
     pub retry_budget: usize,
     /// Where the ledger and audit live (sled); `None` keeps them in a temporary store.
     pub state_dir: Option<PathBuf>,
+    /// The longest a request waits for the store (a durable write, a read) before it fails
+    /// with UNAVAILABLE naming the store.
+    pub store_timeout: std::time::Duration,
     /// Hosted APIs routes may fall back to.
     pub providers: Vec<providers::ProviderConfig>,
     /// Mutual TLS with agents (and callers' certificates), or plain text for development.
@@ -77,6 +81,7 @@ impl GatewayConfig {
             id: id.into(),
             retry_budget: 2,
             state_dir: None,
+            store_timeout: store::DEFAULT_WRITE_TIMEOUT,
             providers: Vec::new(),
             tls: edgewise_tls::TlsMode::Plaintext,
             tokens: auth::Tokens::default(),
@@ -97,8 +102,8 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("reflection: {0}")]
     Reflection(String),
-    #[error("state directory {0}: {1}")]
-    State(String, String),
+    #[error("{0}")]
+    Store(String),
     #[error("{0}")]
     Provider(String),
     #[error("tls: {0}")]
@@ -139,7 +144,11 @@ impl Gateway {
         for w in policy::unconfigured_providers(&policy.policy, &names) {
             tracing::warn!("{w}");
         }
-        let db = open_store(config.state_dir.as_deref())?;
+        let store = store::Store::open(&store::StoreOptions {
+            dir: config.state_dir.clone(),
+            write_timeout: config.store_timeout,
+        })
+        .map_err(|e| StartError::Store(e.to_string()))?;
         let providers =
             providers::Providers::new(config.providers.clone()).map_err(StartError::Provider)?;
         let tls = match &config.tls {
@@ -178,28 +187,25 @@ impl Gateway {
             tls: tls.clone(),
             auth,
         };
-        let state = State::new(setup, &db).map_err(|e| {
-            StartError::State(
-                config
-                    .state_dir
-                    .as_ref()
-                    .map_or("(temporary)".into(), |d| d.display().to_string()),
-                e,
-            )
-        })?;
-        let state = Arc::new(state);
+        let state = Arc::new(State::new(setup, store));
         dispatch::settle_abandoned(&state).await;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::gateway_server::GatewayServer<grpc::GatewayService>>()
             .await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(store::report_health(
+            state.store.clone(),
+            health.clone(),
+            <pb::gateway_server::GatewayServer<grpc::GatewayService> as tonic::server::NamedService>::NAME,
+            stop.clone(),
+        ));
         // reflection lets grpcurl and similar tools call the gateway without the .proto files
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
-        let stop = tokio_util::sync::CancellationToken::new();
         let max = config.limits.max_message_bytes;
         let router = tonic::transport::Server::builder()
             // bounded concurrent streams per connection: one caller cannot hog the gateway
@@ -228,13 +234,9 @@ impl Gateway {
         );
         let metrics_addr = match config.metrics_listen {
             Some(at) => Some(
-                edgewise_ops::metrics::start(
-                    at,
-                    state.metrics.registry(&state.registry),
-                    stop.clone(),
-                )
-                .await
-                .map_err(StartError::Listener)?,
+                edgewise_ops::metrics::start(at, metrics_registry(&state), stop.clone())
+                    .await
+                    .map_err(StartError::Listener)?,
             ),
             None => None,
         };
@@ -255,7 +257,7 @@ impl Gateway {
                     service: "edgewise-gateway",
                     instance: config.id.clone(),
                 },
-                state.metrics.registry(&state.registry),
+                metrics_registry(&state),
                 otlp,
                 done.clone(),
             );
@@ -305,28 +307,20 @@ impl Gateway {
             done.cancel();
             let _ = task.await;
         }
-        // 5. the ledger and audit reach the disk before the process ends.
-        if let Err(e) = self.state.flush().await {
+        // 5. the ledger and audit reach the disk before the process ends — waiting for a
+        //    stuck store at most its bound: what it had acknowledged is durable already.
+        if let Err(e) = self.state.store.close(self.state.store.bound()).await {
             tracing::error!(error = %e, "cannot flush the ledger and audit store");
         }
         tracing::info!("gateway stopped");
     }
 }
 
-/// The ledger and audit store: a sled database in `dir`, or a temporary one.
-fn open_store(dir: Option<&std::path::Path>) -> Result<sled::Db, StartError> {
-    let name = dir.map_or("(temporary)".into(), |d| d.display().to_string());
-    let config = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| StartError::State(name.clone(), e.to_string()))?;
-            sled::Config::new().path(d.join("gateway.sled"))
-        }
-        None => sled::Config::new().temporary(true),
-    };
-    config
-        .open()
-        .map_err(|e| StartError::State(name, e.to_string()))
+/// What `/metrics` and the OTLP export read: the request metrics, the fleet and the store.
+fn metrics_registry(state: &State) -> prometheus_client::registry::Registry {
+    let mut r = state.metrics.registry(&state.registry);
+    state.store.register_metrics(&mut r);
+    r
 }
 
 /// Runs until `shutdown` resolves.

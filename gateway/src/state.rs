@@ -8,11 +8,10 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest, Sha256};
 
 use crate::agents::AgentPool;
-use crate::audit::Audit;
 use crate::fleet::Registry;
-use crate::ledger::Ledger;
 use crate::providers::Providers;
 use crate::routing::{Policy, ProviderView};
+use crate::store::Store;
 
 /// A validated policy and the hash of the files it came from.
 pub struct ActivePolicy {
@@ -61,8 +60,8 @@ pub struct State {
     pub providers: Providers,
     /// The providers as routing sees them (prices, tasks).
     pub provider_views: BTreeMap<String, ProviderView>,
-    pub ledger: Ledger,
-    pub audit: Audit,
+    /// The budget ledger and the audit log (one database, one thread).
+    pub store: Store,
     pub agents: AgentPool,
     /// How many other nodes a request may try after an agent fails before its first token.
     pub retry_budget: usize,
@@ -136,9 +135,9 @@ pub struct Setup {
 }
 
 impl State {
-    /// The whole state at once: the ledger and audit open in `db`, agent connections over
+    /// The whole state at once: the ledger and audit in `store`, agent connections over
     /// the setup's TLS.
-    pub fn new(setup: Setup, db: &sled::Db) -> Result<Self, String> {
+    pub fn new(setup: Setup, store: Store) -> Self {
         let Setup {
             id,
             policy,
@@ -148,14 +147,13 @@ impl State {
             tls,
             auth,
         } = setup;
-        Ok(Self {
+        Self {
             id,
             registry: Arc::new(Registry::default()),
             policy: RwLock::new(Arc::new(policy)),
             provider_views: providers.views(),
             providers,
-            ledger: Ledger::open(db).map_err(|e| e.to_string())?,
-            audit: Audit::open(db).map_err(|e| e.to_string())?,
+            store,
             agents: AgentPool::new(tls.as_ref().map(edgewise_tls::net::source)),
             retry_budget,
             tls,
@@ -163,7 +161,7 @@ impl State {
             limits,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             tenant_in_flight: Default::default(),
-        })
+        }
     }
 
     /// The policy in force now (a cheap clone of an `Arc`; a reload swaps it whole).
@@ -172,11 +170,6 @@ impl State {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// The ledger and audit store on disk (they share one database).
-    pub async fn flush(&self) -> Result<(), crate::ledger::LedgerError> {
-        self.ledger.flush().await
     }
 
     pub fn swap_policy(&self, next: ActivePolicy) {

@@ -28,6 +28,22 @@ pub mod contract {
     /// The longest deadline honoured; a longer `grpc-timeout` is capped to it.
     pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
+    /// A deadline in whole milliseconds (the HTTP front's `x-edgewise-timeout-ms`): digits only,
+    /// at least 1; a longer one than [`MAX_DEADLINE`] (however many digits) is capped to it,
+    /// as `grpc-timeout` is. Negative, fractional, empty or non-numeric values are errors.
+    pub fn deadline_from_millis(raw: &str) -> Result<Duration, String> {
+        let v = raw.trim();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.bytes().all(|b| b == b'0') {
+            return Err(format!(
+                "`{}` is not a whole number of milliseconds of at least 1",
+                v.chars().take(32).collect::<String>()
+            ));
+        }
+        // more digits than a u64 holds is still only "longer than the cap"
+        let ms = v.parse::<u64>().unwrap_or(u64::MAX);
+        Ok(Duration::from_millis(ms).min(MAX_DEADLINE))
+    }
+
     /// Stop sequences within the limits, or why not.
     pub fn check_stops(stop: &[String]) -> Result<(), String> {
         if stop.len() > MAX_STOP_SEQUENCES
@@ -93,6 +109,29 @@ pub fn grpc_timeout(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn millisecond_deadlines_are_capped_and_garbage_is_refused() {
+        use super::contract::{MAX_DEADLINE, deadline_from_millis};
+        use std::time::Duration;
+        assert_eq!(deadline_from_millis("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(deadline_from_millis(" 10 "), Ok(Duration::from_millis(10)));
+        for absurd in [
+            "99999999999999999",
+            "18446744073709551615",
+            "360000000000000",
+            "123456789012345678901234567890",
+        ] {
+            assert_eq!(deadline_from_millis(absurd), Ok(MAX_DEADLINE), "{absurd}");
+        }
+        for bad in ["", "0", "000", "-5", "1.5", "1e3", "soon", "+7", "0x10"] {
+            let e = deadline_from_millis(bad).unwrap_err();
+            assert!(
+                e.contains("not a whole number of milliseconds"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_grpc_timeouts() {
         let mut m = tonic::metadata::MetadataMap::new();
         m.insert(
@@ -132,6 +171,14 @@ mod tests {
         assert_eq!(
             super::grpc_timeout(&tonic::metadata::MetadataMap::new()),
             Ok(None)
+        );
+        m.insert(
+            "grpc-timeout",
+            tonic::metadata::MetadataValue::from_static("99999999H"),
+        );
+        assert_eq!(
+            super::grpc_timeout(&m),
+            Ok(Some(super::contract::MAX_DEADLINE))
         );
         assert!(
             super::contract::check_stops(&vec!["x".into(); 9])

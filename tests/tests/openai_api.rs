@@ -197,7 +197,13 @@ async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
     assert!(out.status.success(), "the SDK checks failed:\n{log}");
     assert!(log.contains("all SDK checks passed"), "{log}");
     // the hosted call and the budget refusal went through the same ledger and audit as gRPC
-    let records = f.gateway.state.audit.range(0, u64::MAX).collect::<Vec<_>>();
+    let records = f
+        .gateway
+        .state
+        .store
+        .audit_range(0, u64::MAX)
+        .await
+        .unwrap();
     assert!(
         records
             .iter()
@@ -391,4 +397,124 @@ async fn slow_clients_are_cut_off_at_the_client_timeout() {
         error_of(&body).0.contains("http.client_timeout_ms"),
         "{body}"
     );
+}
+
+/// A short local chat, with extra header lines.
+async fn chat_with(addr: std::net::SocketAddr, extra: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = exchange(addr, &post("/v1/chat/completions", body, extra)).await;
+    (status, body)
+}
+
+const SHORT: &str =
+    r#"{"model":"auto","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn deadlines_and_repeated_hints_follow_one_contract_at_both_fronts() {
+    let f = fleet(Duration::from_secs(10), 4 << 20).await;
+    let addr = f.http();
+    // absurd deadlines are capped (one used to panic in the gateway), not refused
+    for absurd in [
+        "99999999999999999",
+        "18446744073709551615",
+        "360000000000000",
+    ] {
+        let (status, body) =
+            chat_with(addr, &format!("x-edgewise-timeout-ms: {absurd}\r\n"), SHORT).await;
+        assert_eq!(status, 200, "{absurd}: {body}");
+    }
+    // negative, zero and garbage: 400 naming the header
+    for bad in ["-5", "0", "soon", "1.5"] {
+        let (status, body) =
+            chat_with(addr, &format!("x-edgewise-timeout-ms: {bad}\r\n"), SHORT).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            error_of(&body).0.contains("header x-edgewise-timeout-ms"),
+            "{bad}: {body}"
+        );
+    }
+    // a deadline of 10-20 ms on a generation that takes several times that (470 tokens, about
+    // 120 ms on an idle box): 504, however short
+    let long = r#"{"model":"auto","max_tokens":470,"ignore_eos":true,"messages":[{"role":"user","content":"Tell a long story"}]}"#;
+    for ms in [10, 20] {
+        let started = Instant::now();
+        let (status, body) =
+            chat_with(addr, &format!("x-edgewise-timeout-ms: {ms}\r\n"), long).await;
+        assert_eq!(status, 504, "{ms} ms: {body}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{ms} ms");
+    }
+    // a repeated data class fails closed: public then confidential (as a proxy appending its
+    // own would send) is confidential, so the request that must go external is refused and
+    // nothing reaches the hosted API
+    let before = f._mock.state.requests().len();
+    let (status, body) = chat_with(
+        addr,
+        "x-edgewise-min-quality: 0.99\r\nx-edgewise-data-class: public\r\nx-edgewise-data-class: confidential\r\n",
+        SHORT,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(error_of(&body).0.contains("confidential"), "{body}");
+    assert_eq!(
+        f._mock.state.requests().len(),
+        before,
+        "nothing left the box"
+    );
+    // the same with the data class once goes to the hosted API, so the refusal was the class
+    let (status, body) = chat_with(
+        addr,
+        "x-edgewise-min-quality: 0.99\r\nx-edgewise-data-class: public\r\n",
+        SHORT,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(f._mock.state.requests().len(), before + 1);
+    // any other hint twice is refused by name
+    let (status, body) = chat_with(
+        addr,
+        "x-edgewise-route: chat\r\nx-edgewise-route: encoders\r\n",
+        SHORT,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_of(&body)
+            .0
+            .contains("x-edgewise-route was sent more than once")
+    );
+
+    // the gRPC front: the same deadline rules through grpc-timeout
+    let mut grpc = gateway_client(f.gateway.addr);
+    let request = |timeout: &'static str, max_tokens: u32| {
+        let mut r = tonic::Request::new(pb::GatewayGenerateRequest {
+            request: Some(pb::GenerateRequest {
+                ignore_eos: true,
+                ..chat("", "Tell a long story", max_tokens)
+            }),
+            routing: None,
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        r.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        r
+    };
+    async fn drain(
+        c: &mut GatewayClient,
+        r: tonic::Request<pb::GatewayGenerateRequest>,
+    ) -> Result<(), tonic::Status> {
+        let mut s = c.generate(r).await?.into_inner();
+        while s.message().await?.is_some() {}
+        Ok(())
+    }
+    drain(&mut grpc, request("99999999H", 4)).await.unwrap();
+    let bad = drain(&mut grpc, request("soon", 4)).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("grpc-timeout"), "{bad:?}");
+    for t in ["10m", "20m"] {
+        let e = drain(&mut grpc, request(t, 470)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{t}: {e:?}");
+    }
+    // and the gateway still serves both fronts
+    drain(&mut grpc, request("30S", 4)).await.unwrap();
+    assert_eq!(chat_with(addr, "", SHORT).await.0, 200);
 }

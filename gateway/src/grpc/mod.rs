@@ -15,7 +15,6 @@ mod texts;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use edgewise_proto as pb;
 use futures::Stream;
@@ -27,11 +26,6 @@ use crate::state::State;
 
 pub use fleet::FleetService;
 
-/// tonic's server enforces `grpc-timeout` too, and answers CANCELLED "Timeout expired" when
-/// its timer wins. The gateway's own deadline ends this much earlier, so a caller whose
-/// deadline passes is told DEADLINE_EXCEEDED by the gateway, with what it was waiting for.
-const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
-
 pub struct GatewayService {
     pub state: Arc<State>,
 }
@@ -41,9 +35,7 @@ impl GatewayService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, GatewayError> {
         Ok(Caller {
             tenant: self.state.auth.tenant(request)?,
-            deadline: edgewise_proto::grpc_timeout(request.metadata())
-                .map_err(GatewayError::InvalidRequest)?
-                .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN)),
+            deadline: crate::requests::contract::grpc_deadline(request.metadata())?,
             headers: request.metadata().clone(),
         })
     }
@@ -96,13 +88,13 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::SpendRequest>,
     ) -> Result<Response<pb::SpendResponse>, Status> {
-        Ok(operator::spend(self, request)?)
+        Ok(operator::spend(self, request).await?)
     }
 
     async fn export_audit(
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        Ok(operator::export_audit(self, request)?)
+        Ok(operator::export_audit(self, request).await?)
     }
 }

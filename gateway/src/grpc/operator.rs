@@ -60,7 +60,7 @@ pub(super) fn fleet_status(
     }))
 }
 
-pub(super) fn spend(
+pub(super) async fn spend(
     service: &GatewayService,
     request: Request<pb::SpendRequest>,
 ) -> Result<Response<pb::SpendResponse>, GatewayError> {
@@ -68,22 +68,24 @@ pub(super) fn spend(
     let tenant = request.get_ref().tenant.clone();
     state.auth.may_read_spend(&request, &tenant)?;
     let entries = state
-        .ledger
-        .entries()
+        .store
+        .spend_entries()
+        .await
+        .map_err(GatewayError::Store)?
         .into_iter()
-        .filter(|e| tenant.is_empty() || e.1 == tenant)
-        .map(|(day, tenant, provider, spent, reserved)| pb::SpendEntry {
-            day,
-            tenant,
-            provider,
-            spent_usd: crate::ledger::usd(spent),
-            reserved_usd: crate::ledger::usd(reserved),
+        .filter(|e| tenant.is_empty() || e.key.tenant == tenant)
+        .map(|e| pb::SpendEntry {
+            day: e.key.day,
+            tenant: e.key.tenant,
+            provider: e.key.provider,
+            spent_usd: crate::ledger::usd(e.spent),
+            reserved_usd: crate::ledger::usd(e.reserved),
         })
         .collect();
     Ok(Response::new(pb::SpendResponse { entries }))
 }
 
-pub(super) fn export_audit(
+pub(super) async fn export_audit(
     service: &GatewayService,
     request: Request<pb::ExportAuditRequest>,
 ) -> Result<Response<AuditStream>, GatewayError> {
@@ -95,7 +97,13 @@ pub(super) fn export_audit(
     } else {
         r.until_unix_ms
     };
-    let records: Vec<Result<pb::AuditRecord, tonic::Status>> =
-        state.audit.range(r.since_unix_ms, until).map(Ok).collect();
+    let records: Vec<Result<pb::AuditRecord, tonic::Status>> = state
+        .store
+        .audit_range(r.since_unix_ms, until)
+        .await
+        .map_err(GatewayError::Store)?
+        .into_iter()
+        .map(Ok)
+        .collect();
     Ok(Response::new(Box::pin(futures::stream::iter(records))))
 }

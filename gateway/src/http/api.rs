@@ -3,7 +3,7 @@
 //! OpenAI's shape with the status `GatewayError::http` gives them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -97,22 +97,7 @@ fn caller(front: &Front, parts: &axum::http::request::Parts) -> Result<Caller, G
     }
     let request = tonic::Request::from_parts(headers.clone(), extensions, ());
     let tenant = front.state.auth.tenant(&request)?;
-    let deadline = match parts.headers.get("x-edgewise-timeout-ms") {
-        None => None,
-        Some(v) => {
-            let ms = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|ms| *ms > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        "header x-edgewise-timeout-ms must be a positive number of milliseconds",
-                    )
-                })?;
-            Some(Instant::now() + Duration::from_millis(ms))
-        }
-    };
+    let deadline = crate::requests::contract::http_deadline(&parts.headers)?;
     Ok(Caller {
         tenant,
         deadline,

@@ -23,14 +23,9 @@ pub(super) fn routing(
     task: Task,
     tenant: &str,
 ) -> Result<pb::RoutingHints, GatewayError> {
+    // a header sent twice is refused by name (the data class: the strictest wins)
     fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
-        h.get(name)
-            .map(|v| {
-                v.to_str()
-                    .map(str::trim)
-                    .map_err(|_| invalid(format!("header {name} is not text")))
-            })
-            .transpose()
+        crate::requests::contract::single(h, name)
     }
     fn both<T: PartialEq + std::fmt::Display>(
         name: &str,
@@ -57,7 +52,8 @@ pub(super) fn routing(
     }
     let data_class = both(
         "data_class",
-        header(headers, "x-edgewise-data-class")?.map(str::to_string),
+        crate::requests::contract::data_class_header(headers, "x-edgewise-data-class")?
+            .map(|c| c.as_str().to_string()),
         body.data_class.clone(),
     )?;
     let min_quality = both(

@@ -111,14 +111,14 @@ async fn tracked(
     }
     match served {
         Served::Local((first, stream), routed) => {
-            let track = track.take();
+            // the stream is piped whether or not a tracker came this far
+            let mut track = track
+                .take()
+                .unwrap_or_else(|| state.metrics.track("generate"));
             let span = tracing::Span::current();
             tokio::spawn(
                 async move {
-                    let mut track = track;
-                    if let Some(t) = track.as_mut() {
-                        pipe_local(&tx, first, stream, &routed, deadline, t).await;
-                    }
+                    pipe_local(&tx, first, stream, &routed, deadline, &mut track).await;
                     // the model's slot is released before the caller sees the end of the stream
                     drop(routed);
                     drop(slot);
@@ -235,7 +235,23 @@ async fn pipe_local(
             track.failed_with(Code::Cancelled);
             return; // the caller left: dropping the agent stream cancels the generation
         }
-        next = match stream.message().await {
+        let message = stream.message();
+        let message = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), message).await {
+                Ok(m) => m,
+                Err(_) => {
+                    let e = GatewayError::DeadlineExceeded(format!(
+                        "while agent {} ({}) was generating",
+                        routed.node, routed.model
+                    ));
+                    track.failed_with(e.grpc_code());
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            },
+            None => message.await,
+        };
+        next = match message {
             Ok(c) => c,
             Err(s) => {
                 let e = GatewayError::from_agent(&routed.node, &routed.model, s, deadline);

@@ -5,6 +5,7 @@
 //! between fronts. Errors are `GatewayError`s; each front maps them in `error.rs`.
 
 mod cascade;
+pub mod contract;
 mod generate;
 mod texts;
 
