@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
         exclude_nodes: vec![],
         larger_than: None,
         p_adequate: Vec::new(),
+        ignore_eos: false,
         space: None,
     };
     let mut group = c.benchmark_group("decide");

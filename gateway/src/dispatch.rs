@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::external::{ExternalCall, refused_record};
 use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
 use crate::routing::{self, Budgets, Candidate, Decision, Inputs, RouteRequest, Target};
-use crate::state::State;
+use crate::state::{ActivePolicy, State};
 
 /// An agent failure that happened before any token reached the caller: decide again without it.
 fn retriable(s: &Status) -> bool {
@@ -27,6 +27,9 @@ pub struct LocalCall {
     pub decision: pb::Decision,
     pub node: String,
     pub model: String,
+    /// The model's size in the fleet snapshot the decision was made on (a cascade's next
+    /// step asks only for larger ones).
+    pub parameters: u64,
     pub addr: String,
     pub guard: crate::fleet::InFlight,
 }
@@ -50,6 +53,8 @@ pub struct Decided {
     pub excluded: Vec<pb::Excluded>,
     /// The route's hosted model, if it was passed over, and why (a refusal audits it).
     pub external: Option<(Candidate, String)>,
+    /// A local target's parameters, from the snapshot the decision was made on.
+    pub parameters: u64,
 }
 
 pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
@@ -97,8 +102,7 @@ pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision
 
 /// For explain: a learned route's P(adequate) per model, or a cascade's plan for the
 /// chosen first answer.
-pub fn explain_adequacy(state: &State, req: &RouteRequest, d: &mut pb::Decision) {
-    let policy = state.policy();
+pub fn explain_adequacy(policy: &ActivePolicy, req: &RouteRequest, d: &mut pb::Decision) {
     let Some(route) = policy.policy.routes.iter().find(|r| r.name == d.route) else {
         return;
     };
@@ -185,15 +189,24 @@ fn excluded_for_response(inputs: &Inputs<'_>, req: &RouteRequest, d: &Decision) 
             reason: reason.join("; "),
         });
     }
+    let parameters = match &d.outcome {
+        Ok(Target::Local { node, model, .. }) => inputs
+            .fleet
+            .node(node)
+            .and_then(|n| n.models.iter().find(|m| m.name == *model))
+            .map_or(0, |m| m.parameters),
+        _ => 0,
+    };
     Decided {
         decision: d.clone(),
         excluded: shown,
         external,
+        parameters,
     }
 }
 
 /// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
-pub fn decide(state: &State, req: &RouteRequest) -> Decided {
+pub fn decide(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decided {
     let span = tracing::info_span!(
         "routing.decide",
         task = req.task.as_str(),
@@ -202,7 +215,7 @@ pub fn decide(state: &State, req: &RouteRequest) -> Decided {
         target = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let decided = decide_now(state, req);
+    let decided = decide_now(state, policy, req);
     let d = &decided.decision;
     span.record("route", d.route.as_str());
     span.record("rule", d.rule.as_str());
@@ -219,8 +232,7 @@ pub fn decide(state: &State, req: &RouteRequest) -> Decided {
     decided
 }
 
-fn decide_now(state: &State, req: &RouteRequest) -> Decided {
-    let policy = state.policy();
+fn decide_now(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decided {
     let fleet = state.registry.snapshot(Instant::now());
     // today's spend matters only to a policy that can go external
     let budgets = if policy.policy.routes.iter().any(|r| r.external.is_some()) {
@@ -242,17 +254,26 @@ fn decide_now(state: &State, req: &RouteRequest) -> Decided {
 /// reserved (durably) first. A refused fallback is audited.
 pub async fn route(
     state: &State,
+    policy: &ActivePolicy,
     req: &RouteRequest,
     retried: &[pb::Excluded],
 ) -> Result<Routed, GatewayError> {
     // a reservation can lose a race with another request's: decide once more with the new spend
     for attempt in 0..2 {
-        let decided = decide(state, req);
+        let decided = decide(state, policy, req);
         let id = uuid::Uuid::new_v4().to_string();
-        let proto = to_proto(&decided, &id, retried);
+        let mut proto = to_proto(&decided, &id, retried);
+        // a learned route's estimates travel with the decision the caller is served by
+        proto.p_adequate = req
+            .p_adequate
+            .iter()
+            .filter(|(r, _, _)| *r == proto.route)
+            .map(|(_, m, p)| (m.clone(), *p))
+            .collect();
         let Decided {
             decision: d,
             external: passed_over,
+            parameters,
             ..
         } = decided;
         match d.outcome {
@@ -263,6 +284,7 @@ pub async fn route(
                     decision: proto,
                     node,
                     model,
+                    parameters,
                     addr,
                     guard,
                 }));
@@ -273,6 +295,13 @@ pub async fn route(
                 worst_case_usd,
                 daily_budget_usd,
             }) => {
+                // refused before anything is reserved or audited: no call will be made
+                if req.ignore_eos {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "request.ignore_eos: only local models can ignore end-of-sequence, and this request was routed to the hosted `{provider}` (rule `{}`)",
+                        d.rule
+                    )));
+                }
                 let reservation = Reservation {
                     day: day_of(SystemTime::now()),
                     tenant: req.tenant.clone(),
@@ -324,7 +353,11 @@ pub async fn route(
                         return Err(GatewayError::Store(err));
                     }
                 }
-                state.metrics.refused(&r);
+                // a cascade's escalation that nothing larger may serve is not a refused
+                // request: the caller keeps the answer in hand
+                if req.larger_than.is_none() {
+                    state.metrics.refused(&r);
+                }
                 return Err(GatewayError::Refused(r));
             }
         }
@@ -336,6 +369,7 @@ pub async fn route(
 /// An external decision is returned for the caller to serve.
 pub async fn with_retries<T, F, Fut>(
     state: &State,
+    policy: &ActivePolicy,
     mut req: RouteRequest,
     deadline: Option<Instant>,
     call: F,
@@ -347,7 +381,7 @@ where
     let mut retried: Vec<pb::Excluded> = Vec::new();
     let budget = state.retry_budget;
     loop {
-        let routed = match route(state, &req, &retried).await? {
+        let routed = match route(state, policy, &req, &retried).await? {
             Routed::Local(l) => l,
             Routed::External(e) => return Ok(Served::External(e)),
         };
@@ -526,6 +560,7 @@ mod tests {
             space: None,
             larger_than: None,
             p_adequate: vec![],
+            ignore_eos: false,
         };
         let d = routing::decide(&inputs, &req, &mut rand::rng());
         excluded_for_response(&inputs, &req, &d)

@@ -212,10 +212,11 @@ impl GatewayError {
                 ProviderError::Status { status: 429, .. } => {
                     retry(429, "rate_limit_error", "provider_rate_limited")
                 }
+                // the hosted API refused what the gateway sent: a bad gateway, not a bad caller
                 ProviderError::Status {
                     status: 400 | 413 | 422,
                     ..
-                } => http(400, "invalid_request_error", "provider_refused"),
+                } => http(502, "server_error", "provider_refused"),
                 ProviderError::Connect { .. }
                 | ProviderError::Status { .. }
                 | ProviderError::Protocol { .. }
@@ -307,11 +308,11 @@ fn provider_code(e: &ProviderError) -> Code {
         ProviderError::Connect { .. } => Code::Unavailable,
         ProviderError::Status { status, .. } => match status {
             429 => Code::ResourceExhausted,
-            400 | 413 | 422 => Code::InvalidArgument,
             401 | 403 | 404 => Code::FailedPrecondition,
+            // the hosted API refused or failed what the gateway sent: never the caller's fault
             _ => Code::Unavailable,
         },
-        ProviderError::Protocol { .. } => Code::Internal,
+        ProviderError::Protocol { .. } => Code::Unavailable,
         ProviderError::Unsupported { .. } => Code::FailedPrecondition,
     }
 }

@@ -147,10 +147,12 @@ impl ExternalCall {
                 self.reserved
             }
         };
+        // served: the provider answered (billed by usage or at the worst case)
+        let served = matches!(end, CallEnd::Billed(_) | CallEnd::Unreported { .. });
         state.metrics.external(
             &self.provider,
             &self.tenant,
-            outcome.starts_with("ok"),
+            served,
             crate::ledger::usd(charged),
             (usage.prompt_tokens, usage.completion_tokens),
         );

@@ -47,6 +47,7 @@ pub fn policy(data: &[u8]) {
             exclude_nodes: Vec::new(),
             larger_than: None,
             p_adequate: Vec::new(),
+            ignore_eos: false,
             space: None,
         };
         // nothing local: every decision is a refusal or an external target

@@ -133,6 +133,7 @@ pub fn route_request(
         exclude_nodes: Vec::new(),
         larger_than: None,
         p_adequate: Vec::new(),
+        ignore_eos: false,
         space: None,
     })
 }
@@ -221,6 +222,7 @@ pub fn generate(
         )));
     }
     req.space = (!r.model.is_empty()).then(|| r.model.clone());
+    req.ignore_eos = r.ignore_eos;
     Ok((messages, req))
 }
 

@@ -179,6 +179,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         exclude_nodes: vec![],
         larger_than: None,
         p_adequate: Vec::new(),
+        ignore_eos: false,
         space: r.model.clone(),
     };
     let inputs = Inputs {

@@ -534,5 +534,56 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         1,
         "nothing confidential reached the provider"
     );
+
+    // the hosted step fails (its reservation cannot be made durable while the store is held):
+    // the answer in hand is returned, and the decision says why it was kept
+    let held = g.state.store.hold_writer();
+    let (d, text, _) = generate(&g, chat_request("internal", 4)).await.unwrap();
+    drop(held);
+    assert_eq!(
+        steps(&d),
+        [
+            ("small".into(), "escalated".into()),
+            ("large".into(), "kept below the threshold".into())
+        ]
+    );
+    assert!(
+        d.cascade[1].outcome.contains("escalating failed")
+            && d.cascade[1].outcome.contains("the gateway's store"),
+        "{:?}",
+        d.cascade[1]
+    );
+    assert!(!text.is_empty());
+    match &d.target {
+        Some(pb::decision::Target::Local(t)) => assert_eq!(t.model, "large"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(mock.state.requests().len(), 1, "no hosted call was made");
     a.stop().await;
+}
+
+#[tokio::test]
+async fn ignore_eos_routed_to_a_hosted_api_is_refused_before_any_reservation() {
+    let mock = MockProvider::start(KEY).await;
+    let (g, _p) = gateway(
+        &policy("openai", "gpt-4o-mini", 5.0),
+        vec![provider("openai", Kind::OpenAi, &mock, 1.0)],
+        None,
+    )
+    .await;
+    let mut r = chat_request("internal", 32);
+    if let Some(req) = r.get_mut().request.as_mut() {
+        req.ignore_eos = true;
+    }
+    let err = generate(&g, r).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("request.ignore_eos"),
+        "{}",
+        err.message()
+    );
+    // no call, nothing reserved or charged, and no audit record of a call that never happened
+    assert!(mock.state.requests().is_empty());
+    assert!(spend_entries(&mut client(&g)).await.is_empty());
+    assert!(audit_records(&mut client(&g)).await.is_empty());
 }

@@ -126,6 +126,7 @@ fn route_of(policy: &Policy, text: &str) -> (Decision, Vec<Exclusion>) {
         space: None,
         larger_than: None,
         p_adequate: super::estimate(policy, &messages),
+        ignore_eos: false,
     };
     let inputs = Inputs {
         policy,

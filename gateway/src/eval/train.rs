@@ -51,12 +51,7 @@ fn fit_heads(
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for o in outcomes.iter().filter(|o| &o.model == name) {
-            let f = x.get(&(o.set.clone(), o.line)).ok_or_else(|| {
-                EvalError::Usage(format!(
-                    "an outcome names item {}:{} and no --set has it",
-                    o.set, o.line
-                ))
-            })?;
+            let f = item_features(x, o)?;
             xs.push(f.clone());
             ys.push(o.correct);
         }
@@ -104,12 +99,25 @@ pub fn cross_fitted(
             let Some(h) = heads.iter().find(|h| h.model == o.model) else {
                 continue;
             };
-            let f = &x[&(o.set.clone(), o.line)];
+            let f = item_features(x, o)?;
             let p = heads::sigmoid(heads::dot(&h.weights, f) + h.bias);
             (o.mean_logprob, o.min_logprob, o.p10_logprob) = (p, p, p);
         }
     }
     Ok(out)
+}
+
+/// An outcome's item features, or which item no `--set` had.
+fn item_features<'a>(
+    x: &'a BTreeMap<(String, usize), Vec<f32>>,
+    o: &Outcome,
+) -> Result<&'a Vec<f32>, EvalError> {
+    x.get(&(o.set.clone(), o.line)).ok_or_else(|| {
+        EvalError::Usage(format!(
+            "an outcome names item {}:{} and no --set has it",
+            o.set, o.line
+        ))
+    })
 }
 
 pub fn write_heads(path: &Path, heads: &Heads) -> Result<String, EvalError> {

@@ -37,6 +37,7 @@ impl GatewayService {
             tenant: self.state.auth.tenant(request)?,
             deadline: crate::requests::contract::grpc_deadline(request.metadata())?,
             headers: request.metadata().clone(),
+            policy: self.state.policy(),
         })
     }
 }

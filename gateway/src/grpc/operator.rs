@@ -19,6 +19,7 @@ pub(super) fn explain(
 ) -> Result<Response<pb::Decision>, GatewayError> {
     let state = &service.state;
     let tenant = state.auth.tenant(&request)?;
+    let policy = state.policy();
     let body = request.into_inner();
     let task = validate::task_of(body.task)?;
     let mut req = validate::route_request(
@@ -37,11 +38,11 @@ pub(super) fn explain(
             role: "user".into(),
             content: body.text.clone(),
         };
-        req.p_adequate = crate::adequacy::estimate(&state.policy().policy, &[message]);
+        req.p_adequate = crate::adequacy::estimate(&policy.policy, &[message]);
     }
-    let d = dispatch::decide(state, &req);
+    let d = dispatch::decide(state, &policy, &req);
     let mut proto = dispatch::to_proto(&d, &uuid::Uuid::new_v4().to_string(), &[]);
-    dispatch::explain_adequacy(state, &req, &mut proto);
+    dispatch::explain_adequacy(&policy, &req, &mut proto);
     Ok(Response::new(proto))
 }
 

@@ -102,6 +102,7 @@ fn caller(front: &Front, parts: &axum::http::request::Parts) -> Result<Caller, G
         tenant,
         deadline,
         headers,
+        policy: front.state.policy(),
     })
 }
 
@@ -198,12 +199,11 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
     let bytes = read_body(&front, &parts.headers, body).await?;
     let chat = Chat::parse(&bytes)?;
     let hints = routing(
-        &front,
         &parts.headers,
         &chat.hints,
         &chat.model,
         Task::Generate,
-        &caller.tenant,
+        &caller,
     )?;
     let request = pb::GatewayGenerateRequest {
         request: Some(pb::GenerateRequest {
@@ -366,15 +366,8 @@ pub async fn embeddings(
     let bytes = read_body(&front, &parts.headers, body).await?;
     let e = Embeddings::parse(&bytes)?;
     // `model`: auto, a route, or a vector space (or one embedding model) of the fleet
-    let (route_model, space) = embedding_model(&front, &e.model, &caller.tenant)?;
-    let hints = routing(
-        &front,
-        &parts.headers,
-        &e.hints,
-        &route_model,
-        Task::Embed,
-        &caller.tenant,
-    )?;
+    let (route_model, space) = embedding_model(&front, &e.model, &caller)?;
+    let hints = routing(&parts.headers, &e.hints, &route_model, Task::Embed, &caller)?;
     let inner = pb::EmbedRequest {
         model: space,
         texts: e.input,
@@ -416,7 +409,7 @@ pub async fn models(
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let caller = caller(&front, &parts)?;
-    let policy = front.state.policy();
+    let policy = caller.policy.clone();
     let mut seen = std::collections::BTreeSet::new();
     let mut data = Vec::new();
     for task in [Task::Generate, Task::Embed, Task::Classify] {

@@ -11,17 +11,18 @@ use super::api::Front;
 use super::invalid;
 use super::wire::Hints;
 use crate::error::GatewayError;
+use crate::requests::Caller;
 use crate::routing::Task;
+use crate::state::ActivePolicy;
 
 /// Routing hints from the `x-edgewise-*` headers and the body's `edgewise` object (which
 /// must agree where both are set), and the route `model` names (`auto`: none).
 pub(super) fn routing(
-    front: &Front,
     headers: &HeaderMap,
     body: &Hints,
     model: &str,
     task: Task,
-    tenant: &str,
+    caller: &Caller,
 ) -> Result<pb::RoutingHints, GatewayError> {
     // a header sent twice is refused by name (the data class: the strictest wins)
     fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, GatewayError> {
@@ -77,7 +78,7 @@ pub(super) fn routing(
         header(headers, "x-edgewise-route")?.map(str::to_string),
         body.route.clone(),
     )?;
-    if let Some(named) = model_route(front, model, task, tenant)? {
+    if let Some(named) = model_route(&caller.policy, model, task, &caller.tenant)? {
         match &route {
             Some(r) if *r != named => {
                 return Err(invalid(format!(
@@ -97,7 +98,7 @@ pub(super) fn routing(
 
 /// `model`: `auto` (the policy chooses) or the name of a route that serves `task`.
 fn model_route(
-    front: &Front,
+    policy: &ActivePolicy,
     model: &str,
     task: Task,
     tenant: &str,
@@ -105,7 +106,6 @@ fn model_route(
     if model == "auto" {
         return Ok(None);
     }
-    let policy = front.state.policy();
     match policy.policy.routes.iter().find(|r| r.name == model) {
         Some(r) if r.tasks.is_empty() || r.tasks.contains(&task) => Ok(Some(r.name.clone())),
         Some(r) => Err(GatewayError::UnknownModel(format!(
@@ -158,9 +158,9 @@ pub(super) fn fleet_spaces(
 pub(super) fn embedding_model(
     front: &Front,
     model: &str,
-    tenant: &str,
+    caller: &Caller,
 ) -> Result<(String, String), GatewayError> {
-    let policy = front.state.policy();
+    let (policy, tenant) = (&caller.policy, caller.tenant.as_str());
     if model == "auto" || policy.policy.routes.iter().any(|r| r.name == model) {
         return Ok((model.to_string(), String::new()));
     }

@@ -18,7 +18,7 @@ use crate::error::GatewayError;
 use crate::external::ExternalCall;
 use crate::metrics::Tracker;
 use crate::routing::{Cascade, RouteRequest, Signal};
-use crate::state::State;
+use crate::state::{ActivePolicy, State};
 
 /// The agent's first chunk and the rest of its stream.
 pub(super) type Opened = (
@@ -50,7 +50,7 @@ pub fn signal_of(c: &pb::Confidence, s: Signal) -> f32 {
 
 pub(super) async fn run<F, Fut>(
     state: &State,
-    c: &Cascade,
+    (policy, c): (&ActivePolicy, &Cascade),
     mut req: RouteRequest,
     deadline: Option<Instant>,
     call: &F,
@@ -91,45 +91,63 @@ where
                 done,
             });
         }
-        // a larger model only: this one's size, from the fleet as last reported
-        let now = std::time::Instant::now();
-        let parameters = state
-            .registry
-            .snapshot(now)
-            .node(&routed.node)
-            .and_then(|n| n.models.iter().find(|m| m.name == routed.model))
-            .map_or(0, |m| m.parameters);
-        req.larger_than = Some(req.larger_than.unwrap_or(0).max(parameters));
+        // a larger model only: this one's size, as its decision saw it
+        req.larger_than = Some(req.larger_than.unwrap_or(0).max(routed.parameters));
         let kept_decision = routed.decision.clone();
         // this model's slot is free before the next one is asked
         drop(routed);
-        match dispatch::with_retries(state, req.clone(), deadline, call).await {
+        let escalated = dispatch::with_retries(state, policy, req.clone(), deadline, call).await;
+        // nothing larger may answer (data class, budget, capacity, none in the fleet), or
+        // the larger model failed: the answer in hand stays, with why
+        let keep = |why: String, steps: Vec<pb::CascadeStep>, text: String, done| {
+            let mut decision = kept_decision.clone();
+            decision.cascade = steps;
+            decision.cascade.push(step(confidence, why));
+            Ok(Outcome::Local {
+                decision,
+                text,
+                done,
+            })
+        };
+        match escalated {
             Ok(Served::Local(opened, next)) => {
-                steps.push(step(confidence, "escalated".into()));
-                (text, done) = collect(opened, &next, deadline, track).await?;
-                routed = next;
+                match collect(opened, &next, deadline, track).await {
+                    Ok(answer) => {
+                        steps.push(step(confidence, "escalated".into()));
+                        (text, done) = answer;
+                        routed = next;
+                    }
+                    Err(e) => {
+                        return keep(
+                            format!("kept below the threshold: the larger model failed ({e})"),
+                            steps,
+                            text,
+                            done,
+                        );
+                    }
+                }
             }
             Ok(Served::External(mut ext)) => {
                 steps.push(step(confidence, "escalated".into()));
                 ext.decision.cascade = steps;
                 return Ok(Outcome::External(ext));
             }
-            // nothing larger may answer (data class, budget, capacity, none in the fleet):
-            // the best answer there is stays
             Err(GatewayError::Refused(why)) => {
-                steps.push(step(
-                    confidence,
+                return keep(
                     format!("kept below the threshold: nothing larger may answer ({why})"),
-                ));
-                let mut decision = kept_decision;
-                decision.cascade = steps;
-                return Ok(Outcome::Local {
-                    decision,
+                    steps,
                     text,
                     done,
-                });
+                );
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return keep(
+                    format!("kept below the threshold: escalating failed ({e})"),
+                    steps,
+                    text,
+                    done,
+                );
+            }
         }
     }
 }

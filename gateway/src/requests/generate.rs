@@ -53,11 +53,14 @@ async fn tracked(
     track: &mut Option<Tracker>,
 ) -> Result<ChunkStream, GatewayError> {
     let Caller {
-        tenant, deadline, ..
+        tenant,
+        deadline,
+        policy,
+        ..
     } = caller;
     let slot = state.enter(&tenant)?;
     let (messages, mut route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
-    route_req.p_adequate = crate::adequacy::estimate(&state.policy().policy, &messages);
+    route_req.p_adequate = crate::adequacy::estimate(&policy.policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
     let gen_req = body.request.unwrap_or_default();
     let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
@@ -73,17 +76,28 @@ async fn tracked(
             Ok((first, stream))
         }
     };
-    let mut served = dispatch::with_retries(state, route_req.clone(), deadline, &call).await?;
+    let mut served =
+        dispatch::with_retries(state, &policy, route_req.clone(), deadline, &call).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     // a cascade route's short answer: whole answers, judged, escalated while not confident
     if let Served::Local(_, routed) = &served
-        && let Some(c) = cascade_of(state, &routed.decision.route, &route_req)
+        && let Some(c) = cascade_of(&policy, &routed.decision.route, &route_req)
         && let Some(t) = track.as_mut()
     {
         let Served::Local(opened, routed) = served else {
             unreachable!("matched above")
         };
-        match cascade::run(state, &c, route_req, deadline, &call, (opened, routed), t).await {
+        match cascade::run(
+            state,
+            (&policy, &c),
+            route_req,
+            deadline,
+            &call,
+            (opened, routed),
+            t,
+        )
+        .await
+        {
             Ok(cascade::Outcome::Local {
                 decision,
                 text,
@@ -131,14 +145,6 @@ async fn tracked(
             // from here until the stream is settled, dropping the request settles the call
             let guard = SettleOnDrop::new(state.clone(), ext);
             let ext = guard.call();
-            if gen_req.ignore_eos {
-                ext.close(state, CallEnd::NotBilled("ignore_eos".into()))
-                    .await;
-                return Err(GatewayError::InvalidRequest(format!(
-                    "request.ignore_eos: only local models can ignore end-of-sequence, and this request was routed to the hosted `{}` (rule `{}`)",
-                    ext.provider, ext.decision.rule
-                )));
-            }
             let provider = provider_of(state, ext).await?;
             let call = GenerateCall {
                 model: ext.model.clone(),
@@ -181,8 +187,11 @@ async fn tracked(
 }
 
 /// The route's cascade, when it has one and this request is a short answer it judges.
-fn cascade_of(state: &State, route: &str, req: &crate::routing::RouteRequest) -> Option<Cascade> {
-    let policy = state.policy();
+fn cascade_of(
+    policy: &crate::state::ActivePolicy,
+    route: &str,
+    req: &crate::routing::RouteRequest,
+) -> Option<Cascade> {
     let r = policy.policy.routes.iter().find(|r| r.name == route)?;
     match &r.adequacy {
         Adequacy::Cascade(c) if c.judges(req) => Some(c.clone()),

@@ -15,11 +15,14 @@ pub use cascade::signal_of;
 pub use generate::{ChunkStream, generate};
 pub use texts::{TextsCall, texts};
 
-/// Who asked, by when, and the trace it belongs to.
-#[derive(Debug, Clone, Default)]
+/// Who asked, by when, under which policy, and the trace it belongs to.
+#[derive(Clone)]
 pub struct Caller {
     pub tenant: String,
     pub deadline: Option<Instant>,
+    /// The policy this request is decided on from start to end: taken once, when the
+    /// request arrives, so a reload in the middle never mixes two policies in one request.
+    pub policy: std::sync::Arc<crate::state::ActivePolicy>,
     /// The caller's headers, for the W3C trace context (`traceparent`).
     pub headers: tonic::metadata::MetadataMap,
 }

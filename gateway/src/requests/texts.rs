@@ -1,7 +1,7 @@
 //! Embed and classify: a batch of texts, one routing and retry path for both.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgewise_proto as pb;
 use tonic::{Request, Response, Status};
@@ -150,7 +150,7 @@ pub async fn texts<Q: TextsCall>(
     let mut track = state.metrics.track(Q::TASK.as_str());
     let span = tracing::info_span!("gateway.request", task = Q::TASK.as_str());
     edgewise_ops::telemetry::continue_trace(&span, &caller.headers);
-    let r = untracked(state, caller.tenant, caller.deadline, inner, routing)
+    let r = untracked(state, caller, inner, routing)
         .instrument(span)
         .await;
     match &r {
@@ -162,8 +162,12 @@ pub async fn texts<Q: TextsCall>(
 
 async fn untracked<Q: TextsCall>(
     state: &Arc<State>,
-    tenant: String,
-    deadline: Option<Instant>,
+    Caller {
+        tenant,
+        deadline,
+        policy,
+        ..
+    }: Caller,
     inner: Option<Q>,
     routing: Option<pb::RoutingHints>,
 ) -> Result<(Q::Out, pb::Decision), GatewayError> {
@@ -179,7 +183,7 @@ async fn untracked<Q: TextsCall>(
     let call = |client, model: String, timeout: Option<Duration>| {
         Q::call(client, with_timeout(inner.for_model(model), timeout))
     };
-    match dispatch::with_retries(state, route_req, deadline, call).await? {
+    match dispatch::with_retries(state, &policy, route_req, deadline, call).await? {
         Served::Local(out, routed) => Ok((out, routed.decision)),
         Served::External(ext) => {
             // dropping the request before the answer settles the call as cancelled

@@ -80,6 +80,7 @@ fn request(task: Task, class: DataClass) -> RouteRequest {
         exclude_nodes: vec![],
         larger_than: None,
         p_adequate: Vec::new(),
+        ignore_eos: false,
         space: None,
     }
 }

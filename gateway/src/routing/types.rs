@@ -365,6 +365,9 @@ pub struct RouteRequest {
     pub larger_than: Option<u64>,
     /// Learned routes: P(adequate) per route and model, computed before `decide`.
     pub p_adequate: Vec<(String, String, f32)>,
+    /// A generation that must run past end-of-sequence, which only local models do: an
+    /// external decision for it is refused before anything is reserved.
+    pub ignore_eos: bool,
 }
 
 impl RouteRequest {
