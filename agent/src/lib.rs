@@ -22,6 +22,7 @@ pub mod report;
 pub mod runtime;
 pub mod scheduler;
 pub mod service;
+pub mod stats;
 pub mod store;
 
 use std::future::Future;

@@ -42,7 +42,7 @@ impl Collector for Models {
         };
         let slots: Vec<_> = node.slots.values().collect();
         let label = |name: &str| [("model", name.to_string())];
-        let counter = |f: &dyn Fn(&crate::scheduler::ModelStats) -> u64| {
+        let counter = |f: &dyn Fn(&crate::stats::ModelStats) -> u64| {
             slots
                 .iter()
                 .map(|s| (label(&s.name), ConstCounter::new(f(&s.stats))))
@@ -163,7 +163,7 @@ impl Collector for Models {
             &per_loop_counter(&|b| load(&b.kv_waits_total)),
         )?;
         let histograms = |f: &dyn Fn(
-            &crate::scheduler::ModelStats,
+            &crate::stats::ModelStats,
         )
             -> &prometheus_client::metrics::histogram::Histogram| {
             slots

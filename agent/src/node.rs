@@ -17,7 +17,8 @@ use crate::config::{AgentConfig, Limits};
 use crate::models::manifest::{Manifest, Task};
 use crate::models::{Engine, LoadedModel};
 use crate::runtime::Runtime;
-use crate::scheduler::{Admission, Batcher, EncoderRun, ModelStats};
+use crate::scheduler::{Admission, Batcher, EncoderRun};
+use crate::stats::ModelStats;
 use crate::store::{Counters, SavedState, Store};
 
 pub enum SlotState {

@@ -108,12 +108,7 @@ pub fn explain_adequacy(policy: &ActivePolicy, req: &RouteRequest, d: &mut pb::D
     };
     match &route.adequacy {
         crate::routing::Adequacy::Learned(_) => {
-            d.p_adequate = req
-                .p_adequate
-                .iter()
-                .filter(|(r, _, _)| *r == route.name)
-                .map(|(_, m, p)| (m.clone(), *p))
-                .collect();
+            d.p_adequate = p_adequate_for(req, &route.name);
         }
         crate::routing::Adequacy::Cascade(c) => {
             let Some(pb::decision::Target::Local(t)) = &d.target else {
@@ -137,6 +132,15 @@ pub fn explain_adequacy(policy: &ActivePolicy, req: &RouteRequest, d: &mut pb::D
         }
         crate::routing::Adequacy::Static => {}
     }
+}
+
+/// A learned route's P(adequate) per model, as a decision carries it.
+fn p_adequate_for(req: &RouteRequest, route: &str) -> std::collections::HashMap<String, f32> {
+    req.p_adequate
+        .iter()
+        .filter(|(r, _, _)| r == route)
+        .map(|(_, m, p)| (m.clone(), *p))
+        .collect()
 }
 
 /// The most exclusions a response lists one by one; a large fleet's rest is summarised.
@@ -264,12 +268,7 @@ pub async fn route(
         let id = uuid::Uuid::new_v4().to_string();
         let mut proto = to_proto(&decided, &id, retried);
         // a learned route's estimates travel with the decision the caller is served by
-        proto.p_adequate = req
-            .p_adequate
-            .iter()
-            .filter(|(r, _, _)| *r == proto.route)
-            .map(|(_, m, p)| (m.clone(), *p))
-            .collect();
+        proto.p_adequate = p_adequate_for(req, &proto.route);
         let Decided {
             decision: d,
             external: passed_over,

@@ -518,8 +518,7 @@ impl prometheus_client::collector::Collector for StoreGauges {
                 writes,
             ),
         ] {
-            let c = prometheus_client::metrics::counter::ConstCounter::new(n);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            edgewise_ops::metrics::encode_counter(&mut encoder, (name, help, n))?;
         }
         healthy.encode(encoder.encode_descriptor(
             "store_healthy",

@@ -59,11 +59,7 @@ async fn racing_reservations_never_overspend_and_share_flushes() {
 
 #[tokio::test]
 async fn what_was_acknowledged_is_there_after_reopening() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let options = StoreOptions {
-        dir: Some(dir.path().to_path_buf()),
-        write_timeout: Duration::from_secs(10),
-    };
+    let (dir, options) = on_disk();
     {
         let store = Store::open(&options).unwrap_or_else(|e| panic!("{e}"));
         store
@@ -100,6 +96,16 @@ async fn what_was_acknowledged_is_there_after_reopening() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(open.len(), 1);
     assert_eq!(store.spent("2026-11-24", "shop", "openai"), 700);
+}
+
+/// A fresh directory, and options to open a store there.
+fn on_disk() -> (tempfile::TempDir, StoreOptions) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let options = StoreOptions {
+        dir: Some(dir.path().to_path_buf()),
+        write_timeout: Duration::from_secs(10),
+    };
+    (dir, options)
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -187,11 +193,7 @@ async fn budgets_for_routing_come_from_memory() {
 
 #[tokio::test]
 async fn close_makes_everything_durable_and_frees_the_directory() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let options = StoreOptions {
-        dir: Some(dir.path().to_path_buf()),
-        write_timeout: Duration::from_secs(10),
-    };
+    let (_dir, options) = on_disk();
     let store = Store::open(&options).unwrap_or_else(|e| panic!("{e}"));
     store
         .reserve("a", &res("shop", 300), 1000)

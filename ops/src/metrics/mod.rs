@@ -151,7 +151,6 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 pub fn encode_counts(
     encoder: &mut prometheus_client::encoding::DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    use prometheus_client::encoding::EncodeMetric;
     let (exported, failed) = crate::telemetry::exported_spans();
     let (metric_exports, metric_failures) = otlp::exports();
     for (name, help, v) in [
@@ -181,8 +180,17 @@ pub fn encode_counts(
             metric_failures,
         ),
     ] {
-        let c = prometheus_client::metrics::counter::ConstCounter::new(v);
-        c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        encode_counter(encoder, (name, help, v))?;
     }
     Ok(())
+}
+
+/// One counter read at scrape time: (name, help, value).
+pub fn encode_counter(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    (name, help, value): (&str, &str, u64),
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let c = prometheus_client::metrics::counter::ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
 }
