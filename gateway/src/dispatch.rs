@@ -9,8 +9,8 @@ use tonic::{Code, Status};
 
 use crate::agents::AgentClient;
 use crate::error::GatewayError;
-use crate::external::{ExternalCall, refused_record};
-use crate::ledger::{LedgerError, Reservation, day_of, nanos_ceil};
+use crate::external::{self, ExternalCall, refused_record};
+use crate::ledger::day_of;
 use crate::routing::{self, Budgets, Candidate, Decision, Inputs, RouteRequest, Target};
 use crate::state::{ActivePolicy, State};
 
@@ -275,7 +275,7 @@ pub async fn route(
             parameters,
             ..
         } = decided;
-        match d.outcome {
+        match d.outcome.clone() {
             Ok(Target::Local { node, addr, model }) => {
                 tracing::debug!(decision = %id, route = %d.route, rule = %d.rule, node = %node, model = %model, "routed");
                 let guard = state.registry.track(&node, &model);
@@ -294,44 +294,22 @@ pub async fn route(
                 worst_case_usd,
                 daily_budget_usd,
             }) => {
-                // refused before anything is reserved or audited: no call will be made
-                if req.ignore_eos {
-                    return Err(GatewayError::InvalidRequest(format!(
-                        "request.ignore_eos: only local models can ignore end-of-sequence, and this request was routed to the hosted `{provider}` (rule `{}`)",
-                        d.rule
-                    )));
-                }
-                let reservation = Reservation {
-                    day: day_of(SystemTime::now()),
-                    tenant: req.tenant.clone(),
-                    provider: provider.clone(),
-                    nanos: nanos_ceil(worst_case_usd),
+                let target = external::Target {
+                    provider,
+                    model,
+                    worst_case_usd,
+                    daily_budget_usd,
                 };
-                let limit = (daily_budget_usd * crate::ledger::NANOS_PER_USD).floor() as u64;
-                match state.store.reserve(&id, &reservation, limit).await {
-                    Ok(()) => {
-                        tracing::info!(decision = %id, route = %d.route, rule = %d.rule, provider = %provider, model = %model, worst_case_usd, "routed to an external provider");
-                        return Ok(Routed::External(ExternalCall {
-                            decision: proto,
-                            id,
-                            tenant: req.tenant.clone(),
-                            route: d.route.clone(),
-                            data_class: d.data_class,
-                            task: req.task,
-                            provider,
-                            model,
-                            reserved: reservation.nanos,
-                            settled: Default::default(),
-                        }));
-                    }
-                    Err(LedgerError::OverBudget { .. }) if attempt == 0 => continue,
-                    Err(e @ LedgerError::OverBudget { .. }) => {
+                match external::reserve(state, req, &d, id, proto, target).await {
+                    Ok(call) => return Ok(Routed::External(call)),
+                    // another request's reservation won the race: decide again with its spend
+                    Err(external::NotReserved::OverBudget(_)) if attempt == 0 => continue,
+                    Err(external::NotReserved::OverBudget(e)) => {
                         let refusal =
                             routing::Refusal::OverBudget(format!("route `{}`: {e}", d.route));
                         return Err(GatewayError::Refused(refusal));
                     }
-                    Err(LedgerError::Store(e)) => return Err(GatewayError::Store(e)),
-                    Err(e) => return Err(GatewayError::Ledger(e.to_string())),
+                    Err(external::NotReserved::Failed(e)) => return Err(e),
                 }
             }
             Err(r) => {

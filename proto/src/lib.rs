@@ -12,6 +12,24 @@ pub mod v1 {
 
 pub use v1::*;
 
+impl GatewayGenerateChunk {
+    /// The stream's first message: the routing decision.
+    pub fn of_decision(decision: Decision) -> Self {
+        Self {
+            chunk: None,
+            decision: Some(decision),
+        }
+    }
+
+    /// Generated text (or the final chunk), as the agent or a hosted API sent it.
+    pub fn of_chunk(chunk: GenerateChunk) -> Self {
+        Self {
+            chunk: Some(chunk),
+            decision: None,
+        }
+    }
+}
+
 /// The encoded descriptor set of every `edgewise.v1` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/edgewise_descriptor.bin"));

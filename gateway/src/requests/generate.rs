@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgewise_proto as pb;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tonic::Code;
 use tracing::Instrument;
 
 use super::cascade;
-use super::texts::{failed, provider_of};
 use super::{Caller, with_timeout};
 use crate::agents::AgentClient;
 use crate::dispatch::{self, Served};
 use crate::error::GatewayError;
-use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
+use crate::external::SettleOnDrop;
+use crate::external::stream::{Chunks, failed, provider_of};
 use crate::metrics::Tracker;
-use crate::providers::{self, Event, Finish, GenerateCall, ProviderError, Usage};
+use crate::providers::GenerateCall;
 use crate::routing::{Adequacy, Cascade};
 use crate::state::State;
 
@@ -108,8 +108,8 @@ async fn tracked(
                     t.first_token();
                 }
                 for chunk in [
-                    decision_chunk(decision),
-                    text_chunk(pb::GenerateChunk {
+                    pb::GatewayGenerateChunk::of_decision(decision),
+                    pb::GatewayGenerateChunk::of_chunk(pb::GenerateChunk {
                         text,
                         done: Some(done),
                     }),
@@ -170,14 +170,22 @@ async fn tracked(
                 Ok(events) => events,
                 Err(e) => return Err(failed(state, ext, e).await),
             };
+            // the stream is piped whether or not a tracker came this far
+            let mut track = track
+                .take()
+                .unwrap_or_else(|| state.metrics.track("generate"));
             let state = state.clone();
-            let mut track = track.take();
             tokio::spawn(async move {
-                if let Some(t) = track.as_mut() {
-                    pipe_external(&state, &tx, guard.call(), events, tokens.0, t)
-                        .instrument(external)
-                        .await;
-                }
+                crate::external::stream::pipe(
+                    &state,
+                    &tx,
+                    guard.call(),
+                    events,
+                    tokens.0,
+                    &mut track,
+                )
+                .instrument(external)
+                .await;
                 drop(guard);
                 drop(slot);
             });
@@ -199,22 +207,6 @@ fn cascade_of(
     }
 }
 
-type Chunks = tokio::sync::mpsc::Sender<Result<pb::GatewayGenerateChunk, GatewayError>>;
-
-fn text_chunk(chunk: pb::GenerateChunk) -> pb::GatewayGenerateChunk {
-    pb::GatewayGenerateChunk {
-        chunk: Some(chunk),
-        decision: None,
-    }
-}
-
-fn decision_chunk(decision: pb::Decision) -> pb::GatewayGenerateChunk {
-    pb::GatewayGenerateChunk {
-        chunk: None,
-        decision: Some(decision),
-    }
-}
-
 /// Sends the decision, then the agent's chunks, to the caller; stops when either side ends.
 async fn pipe_local(
     tx: &Chunks,
@@ -226,7 +218,9 @@ async fn pipe_local(
 ) {
     track.decided(&routed.decision);
     if tx
-        .send(Ok(decision_chunk(routed.decision.clone())))
+        .send(Ok(pb::GatewayGenerateChunk::of_decision(
+            routed.decision.clone(),
+        )))
         .await
         .is_err()
     {
@@ -240,7 +234,11 @@ async fn pipe_local(
         if let Some(u) = chunk.done.as_ref().and_then(|d| d.usage) {
             track.local_tokens((u.prompt_tokens, u.completion_tokens));
         }
-        if tx.send(Ok(text_chunk(chunk))).await.is_err() {
+        if tx
+            .send(Ok(pb::GatewayGenerateChunk::of_chunk(chunk)))
+            .await
+            .is_err()
+        {
             track.failed_with(Code::Cancelled);
             return; // the caller left: dropping the agent stream cancels the generation
         }
@@ -269,96 +267,5 @@ async fn pipe_local(
                 return;
             }
         };
-    }
-}
-
-/// Streams a hosted API's answer to the caller as agent-shaped chunks, then settles and
-/// audits the call before the final chunk (so an acknowledged answer is always accounted).
-async fn pipe_external(
-    state: &State,
-    tx: &Chunks,
-    ext: &ExternalCall,
-    mut events: providers::EventStream,
-    estimate_prompt: u32,
-    track: &mut Tracker,
-) {
-    track.decided(&ext.decision);
-    let started = Instant::now();
-    let mut first_token: Option<Instant> = None;
-    let mut pieces = 0u32;
-    if tx
-        .send(Ok(decision_chunk(ext.decision.clone())))
-        .await
-        .is_err()
-    {
-        ext.close(state, CallEnd::Cancelled).await;
-        return;
-    }
-    loop {
-        match events.next().await {
-            Some(Ok(Event::Text(text))) => {
-                first_token.get_or_insert_with(Instant::now);
-                track.first_token();
-                pieces += 1;
-                let chunk = pb::GenerateChunk { text, done: None };
-                if tx.send(Ok(text_chunk(chunk))).await.is_err() {
-                    ext.close(state, CallEnd::Cancelled).await;
-                    return;
-                }
-            }
-            Some(Ok(Event::Done { finish, usage })) => {
-                let end = match usage {
-                    Some(u) => CallEnd::Billed(u),
-                    None => CallEnd::Unreported {
-                        estimate: Usage {
-                            prompt_tokens: estimate_prompt,
-                            completion_tokens: pieces,
-                        },
-                    },
-                };
-                let shown = match &end {
-                    CallEnd::Billed(u) | CallEnd::Unreported { estimate: u } => *u,
-                    _ => Usage::default(),
-                };
-                ext.close(state, end).await;
-                let ttft = first_token.map_or(0.0, |t| (t - started).as_secs_f64() * 1e3);
-                let decode_ms = first_token.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-                let done = pb::GenerateDone {
-                    finish_reason: match finish {
-                        Finish::Stop => pb::FinishReason::Stop,
-                        Finish::Length => pb::FinishReason::Length,
-                        Finish::StopSequence => pb::FinishReason::StopSequence,
-                    } as i32,
-                    usage: Some(pb::Usage {
-                        prompt_tokens: shown.prompt_tokens,
-                        completion_tokens: shown.completion_tokens,
-                    }),
-                    time_to_first_token_ms: ttft,
-                    time_per_output_token_ms: decode_ms
-                        / f64::from(shown.completion_tokens.saturating_sub(1).max(1)),
-                    confidence: None,
-                };
-                let chunk = pb::GenerateChunk {
-                    text: String::new(),
-                    done: Some(done),
-                };
-                let _ = tx.send(Ok(text_chunk(chunk))).await;
-                return;
-            }
-            Some(Err(e)) => {
-                ext.close(state, CallEnd::Failed(e.to_string())).await;
-                let _ = tx.send(Err(GatewayError::Provider(e))).await;
-                return;
-            }
-            None => {
-                let e = ProviderError::Protocol {
-                    provider: ext.provider.clone(),
-                    detail: "the stream ended without a final event".into(),
-                };
-                ext.close(state, CallEnd::Failed(e.to_string())).await;
-                let _ = tx.send(Err(GatewayError::Provider(e))).await;
-                return;
-            }
-        }
     }
 }

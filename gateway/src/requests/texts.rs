@@ -11,7 +11,8 @@ use super::{Caller, with_timeout};
 use crate::agents::AgentClient;
 use crate::dispatch::{self, Served};
 use crate::error::GatewayError;
-use crate::external::{CallEnd, ExternalCall, SettleOnDrop};
+use crate::external::stream::{failed, provider_of};
+use crate::external::{CallEnd, SettleOnDrop};
 use crate::providers::{self, ProviderError, Usage};
 use crate::routing::Task;
 use crate::state::State;
@@ -206,25 +207,4 @@ async fn untracked<Q: TextsCall>(
             }
         }
     }
-}
-
-/// The provider an external decision named (a gone one closes the call unbilled).
-pub(super) async fn provider_of<'a>(
-    state: &'a State,
-    ext: &ExternalCall,
-) -> Result<&'a providers::Provider, GatewayError> {
-    match state.providers.get(&ext.provider) {
-        Some(p) => Ok(p),
-        None => {
-            ext.close(state, CallEnd::NotBilled("not configured".into()))
-                .await;
-            Err(GatewayError::ProviderNotConfigured(ext.provider.clone()))
-        }
-    }
-}
-
-/// Closes an external call that failed before answering.
-pub(super) async fn failed(state: &State, ext: &ExternalCall, e: ProviderError) -> GatewayError {
-    ext.close(state, CallEnd::from_failure(&e)).await;
-    GatewayError::Provider(e)
 }

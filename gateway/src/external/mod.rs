@@ -1,6 +1,13 @@
-//! One external call's bookkeeping: the worst case is reserved in the ledger before the call
-//! (see `grpc::route`), and `close` settles it with what the provider billed and appends the
-//! audit record. Never prompt or completion text.
+//! One external call, owned here from admission to settlement: `reserve` (the checks that
+//! need no money, then the worst case reserved durably before anything is sent), `stream`
+//! (reaching the provider and streaming its answer), and `ExternalCall::close` (settled with
+//! what the provider billed, and the audit record appended — never prompt or completion
+//! text). `SettleOnDrop` closes a call whose caller left in between.
+
+mod reserve;
+pub mod stream;
+
+pub use reserve::{NotReserved, Target, reserve};
 
 use edgewise_proto as pb;
 
