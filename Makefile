@@ -50,9 +50,11 @@ build:
 release:
 	$(CARGO) build --release --workspace --bins
 
-lint:
+# Python: ruff (pinned in tests/requirements.txt) over the tools, bench and test scripts
+lint: testvenv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	build/test-venv/bin/ruff check tools bench fuzz tests eval
 
 # EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/;
 # EDGEWISE_TEST_SDK=required: the openai SDK test fails without build/test-venv.

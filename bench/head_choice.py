@@ -5,6 +5,7 @@ fixed passage (the README's first 256 tokens) and batched decode steps at 1 and 
 
     build/venv/bin/python bench/head_choice.py GGUF   (bench/run.sh batching runs it)
 """
+
 import json
 import os
 import sys
@@ -13,12 +14,17 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
+)
 from modelprep import gguf_import, fused_decoder as fd
 from onnx import TensorProto
+
 imp = gguf_import.load(sys.argv[1], max_context=2048)
 cfg = imp.cfg
 orig = fd._Graph.linear
+
+
 def head_int8(self, x, w, name, bits=None):
     # y = (x_q @ W_q) * x_scale * W_scale: one activation scale for the whole batch
     if name != "lm_head.weight":
@@ -28,47 +34,103 @@ def head_int8(self, x, w, name, bits=None):
     s = np.abs(W).max() / 127.0
     q = np.clip(np.round(W / s), -127, 127).astype(np.int8)
     xq, xs, xz = self.op("DynamicQuantizeLinear", [x], 3)
-    y = self.op("MatMulInteger", [xq, self.init(name + ".i8", q), xz, self.init(name + ".zp", np.array(0, np.int8))])[0]
+    y = self.op(
+        "MatMulInteger",
+        [
+            xq,
+            self.init(name + ".i8", q),
+            xz,
+            self.init(name + ".zp", np.array(0, np.int8)),
+        ],
+    )[0]
     yf = self.op("Cast", [y], to=TensorProto.FLOAT)[0]
     return self.op("Mul", [yf, self.op("Mul", [xs, self.const(s, np.float32)])[0]])[0]
+
+
 variants = {}
 variants["q4, 8-bit MatMulNBits head (shipped)"] = fd.build(cfg, imp.weights, "q4")
 fd._Graph.linear = head_int8
 variants["q4, per-tensor int8 MatMulInteger head"] = fd.build(cfg, imp.weights, "q4")
 fd._Graph.linear = orig
 variants["fp32"] = fd.build(cfg, imp.weights, "fp32")
-text = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")).read()[:1500]
+text = open(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
+).read()[:1500]
 ids = imp.tokenizer.encode(text, add_special_tokens=False).ids[:256]
-so = ort.SessionOptions(); so.intra_op_num_threads = 2
+so = ort.SessionOptions()
+so.intra_op_num_threads = 2
 kvh, hd = cfg.num_key_value_heads, cfg.head_dim
-def session(m): return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def session(m):
+    return ort.InferenceSession(
+        m.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+
+
 def ppl(s):
     cap = len(ids) + 1
-    arrays = {f"past_key_values.{i}.{k}": np.zeros((1, kvh, cap, hd), np.float32) for i in range(cfg.num_hidden_layers) for k in ("key","value")}
+    arrays = {
+        f"past_key_values.{i}.{k}": np.zeros((1, kvh, cap, hd), np.float32)
+        for i in range(cfg.num_hidden_layers)
+        for k in ("key", "value")
+    }
     kv = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
     nll = 0.0
     for t in range(len(ids) - 1):
-        b = s.io_binding(); b.bind_output("logits")
-        b.bind_cpu_input("input_ids", np.array([[ids[t]]], np.int64)); b.bind_cpu_input("attention_mask", np.ones((1, t + 1), np.int64))
-        for n, v in kv.items(): b.bind_ortvalue_input(n, v); b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
-        s.run_with_iobinding(b); l = b.copy_outputs_to_cpu()[0][0, -1].astype(np.float64)
-        m = l.max(); nll -= l[ids[t+1]] - m - np.log(np.exp(l - m).sum())
+        b = s.io_binding()
+        b.bind_output("logits")
+        b.bind_cpu_input("input_ids", np.array([[ids[t]]], np.int64))
+        b.bind_cpu_input("attention_mask", np.ones((1, t + 1), np.int64))
+        for n, v in kv.items():
+            b.bind_ortvalue_input(n, v)
+            b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+        s.run_with_iobinding(b)
+        ln = b.copy_outputs_to_cpu()[0][0, -1].astype(np.float64)
+        m = ln.max()
+        nll -= ln[ids[t + 1]] - m - np.log(np.exp(ln - m).sum())
     return float(np.exp(nll / (len(ids) - 1)))
+
+
 def step_rate(s, rows, steps=48, past=100):
     cap = past + steps + 1
-    arrays = {f"past_key_values.{i}.{k}": np.random.default_rng(0).standard_normal((rows, kvh, cap, hd)).astype(np.float32) * 0.1 for i in range(cfg.num_hidden_layers) for k in ("key","value")}
+    arrays = {
+        f"past_key_values.{i}.{k}": np.random.default_rng(0)
+        .standard_normal((rows, kvh, cap, hd))
+        .astype(np.float32)
+        * 0.1
+        for i in range(cfg.num_hidden_layers)
+        for k in ("key", "value")
+    }
     kv = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-    b = s.io_binding(); b.bind_output("logits")
-    for n, v in kv.items(): b.bind_ortvalue_input(n, v); b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+    b = s.io_binding()
+    b.bind_output("logits")
+    for n, v in kv.items():
+        b.bind_ortvalue_input(n, v)
+        b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
     best = 0
     for rep in range(3):
         t0 = time.perf_counter()
         for st in range(steps):
-            b.bind_cpu_input("input_ids", np.full((rows, 1), 300, np.int64)); b.bind_cpu_input("attention_mask", np.ones((rows, past + st + 1), np.int64))
+            b.bind_cpu_input("input_ids", np.full((rows, 1), 300, np.int64))
+            b.bind_cpu_input("attention_mask", np.ones((rows, past + st + 1), np.int64))
             s.run_with_iobinding(b)
         best = max(best, rows * steps / (time.perf_counter() - t0))
     return best
+
+
 for name, m in variants.items():
     s = session(m)
-    print(json.dumps({"bench": "lm-head", "variant": name, "perplexity": ppl(s), "tokens": len(ids),
-                      "tokens_per_s_1": step_rate(s, 1), "tokens_per_s_8": step_rate(s, 8)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "lm-head",
+                "variant": name,
+                "perplexity": ppl(s),
+                "tokens": len(ids),
+                "tokens_per_s_1": step_rate(s, 1),
+                "tokens_per_s_8": step_rate(s, 8),
+            }
+        ),
+        flush=True,
+    )

@@ -80,7 +80,7 @@ decide() {
   cargo bench -q -p edgewise-gateway --bench decide -- --noplot 2>&1 | grep -E "^decide|time:" || true
   python3 - > "$OUT/decide.jsonl" <<'PY'
 import json, pathlib
-for group in ("decide", "decide_and_trace"):
+for group in ("decide", "decide_and_trace", "served_mixed"):
     for n in (10, 100, 1000):
         p = pathlib.Path(f"target/criterion/{group}/nodes_x10_models/{n}/new/estimates.json")
         e = json.loads(p.read_text())

@@ -118,15 +118,15 @@ def measure(folder: str, mmlu: list[dict], exact: list[dict], threads: int) -> d
 
 def write(folder: str, r: dict, sets: str) -> None:
     path = os.path.join(folder, "model.toml")
-    lines = [l for l in open(path).read().splitlines() if not l.startswith("# quality: measured")]
+    lines = [ln for ln in open(path).read().splitlines() if not ln.startswith("# quality: measured")]
     note = (f"# quality: measured by tools/measure_quality.py: (MMLU {r['mmlu']:.3f} on {r['mmlu_items']} + "
             f"exact answers {r['exact']:.3f} on {r['exact_items']}) / 2, {sets}")
     out = []
-    for l in lines:
-        if l.startswith("quality = "):
+    for ln in lines:
+        if ln.startswith("quality = "):
             out += [note, f"quality = {r['quality']}"]
         else:
-            out.append(l)
+            out.append(ln)
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         fh.write("\n".join(out) + "\n")
@@ -143,8 +143,8 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write the measured quality into model.toml")
     ap.add_argument("--unmeasured", action="store_true", help="only models whose manifest has no measurement yet")
     a = ap.parse_args()
-    mmlu = [json.loads(l) for l in open(os.path.join(ROOT, "eval/mmlu-200.jsonl"))][: a.mmlu]
-    exact = [json.loads(l) for l in open(os.path.join(ROOT, "eval/exact-answers.jsonl"))][: a.exact]
+    mmlu = [json.loads(ln) for ln in open(os.path.join(ROOT, "eval/mmlu-200.jsonl"))][: a.mmlu]
+    exact = [json.loads(ln) for ln in open(os.path.join(ROOT, "eval/exact-answers.jsonl"))][: a.exact]
     names = a.model or sorted(
         d for d in os.listdir(a.models_dir)
         if os.path.isfile(os.path.join(a.models_dir, d, "model.toml"))

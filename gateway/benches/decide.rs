@@ -2,6 +2,9 @@
 //! (`bench/run.sh decide`). Half the models are busy, so decisions exercise the spill path too.
 //! `decide` is the decision alone; `decide_and_trace` adds what a response carries: the
 //! trace worked out, its first entries formatted and the rest counted by reason.
+//! `served_mixed` is what a served request pays on a less uniform fleet: the decision and its
+//! trace where models differ per node (three model sets over 20 names) and half the nodes are
+//! full (every slot and queue place taken).
 
 use std::collections::BTreeMap;
 
@@ -47,6 +50,72 @@ fn fleet(nodes: usize) -> FleetSnapshot {
             })
             .collect(),
     )
+}
+
+/// Nodes with one of three model sets (20 names in all); the even nodes full.
+fn mixed_fleet(nodes: usize) -> FleetSnapshot {
+    let tasks = [
+        Task::Generate,
+        Task::Generate,
+        Task::Generate,
+        Task::Embed,
+        Task::Classify,
+    ];
+    FleetSnapshot::new(
+        (0..nodes)
+            .map(|n| {
+                let full = n % 2 == 0;
+                NodeView {
+                    id: format!("node-{n:05}"),
+                    addr: format!("http://10.1.{}.{}:7300", n / 256, n % 256),
+                    live: true,
+                    models: (0..10)
+                        .map(|m| {
+                            let k = m + 5 * (n % 3);
+                            ModelView {
+                                name: format!("model-{k}"),
+                                task: tasks[k % tasks.len()],
+                                ready: true,
+                                quality: 0.2 + 0.035 * k as f32,
+                                parameters: 50_000_000 * (k as u64 + 1),
+                                size_bytes: 25_000_000 * (k as u64 + 1),
+                                context_length: 2048,
+                                in_flight: if full { 2 } else { 0 },
+                                queue_depth: if full { 8 } else { 0 },
+                                max_concurrency: 2,
+                                max_queue: 8,
+                                gateway_in_flight: 0,
+                                ewma_latency_ms: 40.0,
+                                ewma_time_per_output_token_ms: 15.0,
+                                kv_room: !full,
+                                space: format!("space-{k}"),
+                                dimensions: 384,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// What a served request pays: the decision, then its trace (the first 24 exclusions
+/// formatted, the rest counted by kind).
+fn decide_and_trace(
+    inputs: &Inputs<'_>,
+    req: &RouteRequest,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> (Decision, Vec<(String, String)>, usize) {
+    let d = decide(inputs, req, rng);
+    let (mut shown, mut counted) = (Vec::new(), 0usize);
+    d.each_exclusion(inputs, req, |who, why| {
+        if shown.len() < 24 {
+            shown.push((who.candidate().to_string(), why.to_string()));
+        } else {
+            counted += usize::from(!why.kind().is_empty());
+        }
+    });
+    (d, shown, counted)
 }
 
 fn policy() -> Policy {
@@ -125,36 +194,28 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
-    let mut group = c.benchmark_group("decide_and_trace");
-    for nodes in [10, 100, 1000] {
-        let fleet = fleet(nodes);
-        let inputs = Inputs {
-            policy: &policy,
-            fleet: &fleet,
-            providers: &providers,
-            budgets: &budgets,
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        group.bench_with_input(
-            BenchmarkId::new("nodes_x10_models", nodes),
-            &nodes,
-            |b, _| {
-                b.iter(|| {
-                    let d = decide(&inputs, &req, &mut rng);
-                    let (mut shown, mut counted) = (Vec::new(), 0usize);
-                    d.each_exclusion(&inputs, &req, |who, why| {
-                        if shown.len() < 24 {
-                            shown.push((who.candidate().to_string(), why.to_string()));
-                        } else {
-                            counted += usize::from(!why.kind().is_empty());
-                        }
-                    });
-                    (d, shown, counted)
-                })
-            },
-        );
+    for (name, make) in [
+        ("decide_and_trace", fleet as fn(usize) -> FleetSnapshot),
+        ("served_mixed", mixed_fleet),
+    ] {
+        let mut group = c.benchmark_group(name);
+        for nodes in [10, 100, 1000] {
+            let fleet = make(nodes);
+            let inputs = Inputs {
+                policy: &policy,
+                fleet: &fleet,
+                providers: &providers,
+                budgets: &budgets,
+            };
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            group.bench_with_input(
+                BenchmarkId::new("nodes_x10_models", nodes),
+                &nodes,
+                |b, _| b.iter(|| decide_and_trace(&inputs, &req, &mut rng)),
+            );
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench);

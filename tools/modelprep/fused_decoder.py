@@ -152,7 +152,7 @@ def build(cfg: Config, weights: Weights, quant: str,
         raise ValueError(f"architecture {cfg.model_type!r}: supported are {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[cfg.model_type]
     g = _Graph(quant)
-    H, NH, KVH, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    NH, KVH, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     assert NH % KVH == 0 and D % 2 == 0
 
     inputs = [
