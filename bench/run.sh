@@ -264,7 +264,7 @@ footprint() {
 
 routing() {
   echo "== routing: the learned estimator's cost per decision"
-  cargo bench -q -p edgewise-gateway --bench adequacy | tee "$OUT/adequacy.jsonl"
+  cargo bench -q -p edgewise-cli --bench adequacy | tee "$OUT/adequacy.jsonl"
   echo "== routing: each local model of make up's fleet on the committed item sets (stop make up first: same ports)"
   local dir=$OUT/routing sets=(exact-answers mmlu-200) feat=models/wordllama-l2-supercat-256
   rm -rf "$dir"; mkdir -p "$dir"

@@ -56,6 +56,16 @@ impl Heads {
         Ok((heads, got))
     }
 
+    /// Writes the file whole (a partial file, then a rename) and returns its sha256, the hash
+    /// a policy pins it by.
+    pub fn write(&self, path: &Path) -> std::io::Result<String> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(hex(&Sha256::digest(&text)))
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.format != FORMAT {
             return Err(format!("format `{}`, expected `{FORMAT}`", self.format));

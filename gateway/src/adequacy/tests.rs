@@ -64,7 +64,7 @@ fn setup(dir: &Path, heads: &[HeadSpec<'_>]) -> String {
             .collect(),
         trained_on: "test".into(),
     };
-    crate::eval::train::write_heads(&dir.join("heads.json"), &h).unwrap()
+    h.write(&dir.join("heads.json")).unwrap()
 }
 
 fn policy_text(sha: &str, models: &str, threshold: f32) -> String {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::run::Outcome;
-use crate::routing::Signal;
+use edgewise_gateway::routing::Signal;
 
 /// Hosted prices, per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]

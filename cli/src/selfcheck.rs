@@ -9,7 +9,7 @@ use edgewise_proto as pb;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::cli::{Caller, CliError};
+use crate::client::{Caller, CliError};
 
 type Client = pb::gateway_client::GatewayClient<Channel>;
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use super::EvalError;
 use super::items::Item;
 use super::run::Outcome;
-use crate::adequacy::features::{Features, LEXICAL};
-use crate::adequacy::heads::{self, FORMAT, Head, Heads};
+use edgewise_gateway::adequacy::features::{Features, LEXICAL};
+use edgewise_gateway::adequacy::heads::{self, FORMAT, Head, Heads};
 
 /// L2 penalty and steps: fixed, so the same outcomes train the same file.
 const L2: f32 = 1e-3;
@@ -121,11 +121,7 @@ fn item_features<'a>(
 }
 
 pub fn write_heads(path: &Path, heads: &Heads) -> Result<String, EvalError> {
-    let io = |e| EvalError::Write(path.into(), e);
-    let text = serde_json::to_vec_pretty(heads).map_err(|e| io(e.into()))?;
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, &text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    use sha2::Digest;
-    Ok(crate::adequacy::features::hex(&sha2::Sha256::digest(&text)))
+    heads
+        .write(path)
+        .map_err(|e| EvalError::Write(path.into(), e))
 }

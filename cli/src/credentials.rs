@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use edgewise_tls::Identity;
 use edgewise_tls::issue::{Ca, Validity, write_new};
 
-use crate::cli::CliError;
+use crate::client::CliError;
 
 /// Which certificates to issue.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -113,7 +113,7 @@ pub fn token_new(tenant: &str, out: &Path) -> Result<String, CliError> {
             "tenant `{tenant}`: names are 1-128 of A-Z a-z 0-9 . _ -"
         )));
     }
-    let (token, hash) = crate::auth::new_token();
+    let (token, hash) = edgewise_gateway::auth::new_token();
     write_new(out, &format!("{token}\n"), true).map_err(|e| io(out, e))?;
     Ok(format!(
         "[[auth.tokens]]\ntenant = \"{tenant}\"\nsha256 = \"{hash}\"\n"

@@ -369,7 +369,7 @@ pub async fn audit_export(
         .into_inner();
     let mut lines = Vec::new();
     while let Some(r) = stream.message().await? {
-        lines.extend_from_slice(crate::audit::to_json(&r).to_string().as_bytes());
+        lines.extend_from_slice(edgewise_gateway::audit::to_json(&r).to_string().as_bytes());
         lines.push(b'\n');
     }
     match out {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EvalError;
 use super::items::{self, Item};
-use crate::cli::Caller;
+use crate::client::Caller;
 
 /// One item answered by one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ pub async fn fleet_models(caller: &Caller) -> Result<Vec<LocalModel>, EvalError>
     let status = client
         .fleet_status(caller.request(pb::FleetStatusRequest {})?)
         .await
-        .map_err(crate::cli::CliError::from)?
+        .map_err(crate::client::CliError::from)?
         .into_inner();
     let mut out: Vec<LocalModel> = Vec::new();
     for n in status.nodes.iter().filter(|n| n.live) {
@@ -139,10 +139,14 @@ async fn answer(
     let mut stream = client
         .generate(caller.request(req)?)
         .await
-        .map_err(crate::cli::CliError::from)?
+        .map_err(crate::client::CliError::from)?
         .into_inner();
     let (mut reply, mut done, mut decision) = (String::new(), None, None);
-    while let Some(msg) = stream.message().await.map_err(crate::cli::CliError::from)? {
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(crate::client::CliError::from)?
+    {
         decision = msg.decision.or(decision);
         if let Some(c) = msg.chunk {
             reply.push_str(&c.text);

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::analysis::{self, Calibration, Prices, Table};
-use crate::routing::Signal;
+use edgewise_gateway::routing::Signal;
 
 pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
 

@@ -33,5 +33,5 @@ pub enum EvalError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Cli(#[from] crate::cli::CliError),
+    Cli(#[from] crate::client::CliError),
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgewise_gateway::{cli, policy};
+use edgewise_cli::client as cli;
+use edgewise_gateway::policy;
 
 #[derive(Parser)]
 #[command(name = "edgewise", version, about = "Edgewise operator tools")]
@@ -96,7 +97,7 @@ enum Command {
     /// Evaluate the fleet's models on item sets; calibrate and report routing.
     Eval {
         #[command(subcommand)]
-        command: edgewise_gateway::eval::EvalCommand,
+        command: edgewise_cli::eval::EvalCommand,
     },
     /// Callers' bearer tokens.
     Token {
@@ -114,7 +115,7 @@ enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
-        subjects: edgewise_gateway::credentials::Subjects,
+        subjects: edgewise_cli::credentials::Subjects,
     },
     /// Issue more certificates from an existing CA (--ca-dir holds ca.pem and ca.key).
     Issue {
@@ -123,7 +124,7 @@ enum CertsCommand {
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
-        subjects: edgewise_gateway::credentials::Subjects,
+        subjects: edgewise_cli::credentials::Subjects,
     },
 }
 
@@ -221,7 +222,7 @@ fn main() -> ExitCode {
         Command::Certs { command } => certs(command),
         Command::Token {
             command: TokenCommand::New { tenant, out },
-        } => edgewise_gateway::credentials::token_new(tenant, out).map(|lines| {
+        } => edgewise_cli::credentials::token_new(tenant, out).map(|lines| {
             eprintln!(
                 "token for `{tenant}` written to {}; add to gateway.toml:",
                 out.display()
@@ -274,7 +275,7 @@ fn main() -> ExitCode {
                         cli::spend(&caller, tenant).await
                     }
                     Command::Selfcheck { wait_secs } => {
-                        match edgewise_gateway::selfcheck::run(
+                        match edgewise_cli::selfcheck::run(
                             &caller,
                             std::time::Duration::from_secs(*wait_secs),
                         )
@@ -285,7 +286,7 @@ fn main() -> ExitCode {
                             Err(e) => Err(e),
                         }
                     }
-                    Command::Eval { command } => edgewise_gateway::eval::main(&caller, command)
+                    Command::Eval { command } => edgewise_cli::eval::main(&caller, command)
                         .await
                         .map_err(|e| cli::CliError::Usage(e.to_string())),
                     _ => Ok(()),
@@ -303,7 +304,7 @@ fn main() -> ExitCode {
 }
 
 fn certs(command: &CertsCommand) -> Result<(), cli::CliError> {
-    use edgewise_gateway::credentials::{certs_init, certs_issue};
+    use edgewise_cli::credentials::{certs_init, certs_issue};
     let written = match command {
         CertsCommand::Init { out, subjects } => certs_init(out, subjects)?,
         CertsCommand::Issue {

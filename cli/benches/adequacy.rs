@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let features = Features::load(&root.join("models/wordllama-l2-supercat-256"))?;
     let mut prompts: Vec<String> = Vec::new();
     for set in ["eval/exact-answers.jsonl", "eval/mmlu-200.jsonl"] {
-        for item in edgewise_gateway::eval::items::load(&root.join(set))? {
+        for item in edgewise_cli::eval::items::load(&root.join(set))? {
             prompts.push(item.message());
         }
     }

@@ -6,9 +6,9 @@ use clap::Subcommand;
 
 use super::analysis::{self, Prices};
 use super::{EvalError, run, train};
-use crate::adequacy::Features;
-use crate::cli::Caller;
-use crate::routing::Signal;
+use crate::client::Caller;
+use edgewise_gateway::adequacy::Features;
+use edgewise_gateway::routing::Signal;
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
@@ -243,7 +243,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     let heads_path = heads.as_ref().ok_or_else(|| {
                         EvalError::Usage("--estimator learned needs --heads".into())
                     })?;
-                    let (h, sha) = crate::adequacy::Heads::load(heads_path, None)
+                    let (h, sha) = edgewise_gateway::adequacy::Heads::load(heads_path, None)
                         .map_err(|e| EvalError::Usage(e.to_string()))?;
                     let (_, x) = learned.load()?.ok_or_else(|| {
                         EvalError::Usage("--estimator learned needs --features and --set".into())

@@ -61,7 +61,7 @@ pub fn write_adequacy(path: &Path, route: &str, block: &str) -> Result<(), EvalE
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::Read(path.into(), e))?;
     let next = with_adequacy(&text, route, block)
         .map_err(|m| EvalError::Usage(format!("{}: {m}", path.display())))?;
-    crate::policy::parse(&[(path.to_path_buf(), next.clone())])
+    edgewise_gateway::policy::parse(&[(path.to_path_buf(), next.clone())])
         .map_err(|d| EvalError::Usage(format!("the calibrated policy would not be valid:\n{d}")))?;
     let tmp = path.with_extension("calibrating");
     let io = |e| EvalError::Write(path.into(), e);
@@ -88,12 +88,15 @@ mod tests {
         assert_eq!(twice.matches("adequacy:").count(), 1, "{twice}");
         assert!(twice.contains("threshold: -2.0") && !twice.contains("-1.5"));
         // the policy still parses, and the cascade is in the right route
-        let p = crate::policy::parse(&[("p.yaml".into(), twice)]).unwrap();
+        let p = edgewise_gateway::policy::parse(&[("p.yaml".into(), twice)]).unwrap();
         assert!(matches!(
             p.routes[0].adequacy,
-            crate::routing::Adequacy::Cascade(_)
+            edgewise_gateway::routing::Adequacy::Cascade(_)
         ));
-        assert_eq!(p.routes[1].adequacy, crate::routing::Adequacy::Static);
+        assert_eq!(
+            p.routes[1].adequacy,
+            edgewise_gateway::routing::Adequacy::Static
+        );
         assert!(
             with_adequacy(POLICY, "nope", BLOCK)
                 .unwrap_err()
