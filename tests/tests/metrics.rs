@@ -91,6 +91,20 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
         text.lines().any(|l| l == "edgewise_gateway_nodes_live 1"),
         "{text}"
     );
+    // the store: healthy, nothing waiting, and its write-latency histogram and flush counts
+    for line in [
+        "edgewise_gateway_store_healthy 1",
+        "edgewise_gateway_store_pending_operations 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}: {text}");
+    }
+    for family in [
+        "edgewise_gateway_store_write_seconds_bucket",
+        "edgewise_gateway_store_flushes_total",
+        "edgewise_gateway_store_flushed_writes_total",
+    ] {
+        assert!(text.contains(family), "{family}: {text}");
+    }
     let text = http_get(agent_metrics, "/metrics").await;
     assert!(
         text.lines()
