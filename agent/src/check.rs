@@ -10,13 +10,30 @@ use crate::models::manifest::Manifest;
 use crate::models::{LoadedModel, discover};
 use crate::runtime::Runtime;
 
+/// Whether a model folder loaded and answered its smoke inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Ready,
+    Failed,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ready => "ready",
+            CheckState::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct CheckResult {
     pub folder: String,
     pub name: String,
     pub task: String,
     pub quantization: String,
-    pub state: &'static str,
+    pub state: CheckState,
     pub reason: String,
     pub load_ms: f64,
     pub smoke_ms: f64,
@@ -51,7 +68,7 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
         name: folder_name,
         task: String::new(),
         quantization: String::new(),
-        state: "failed",
+        state: CheckState::Failed,
         reason: String::new(),
         load_ms: 0.0,
         smoke_ms: 0.0,
@@ -74,7 +91,7 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
             match m.smoke() {
                 Ok(t) => {
                     r.smoke_ms = ms(t.latency);
-                    r.state = "ready";
+                    r.state = CheckState::Ready;
                 }
                 Err(e) => r.reason = e,
             }
@@ -92,7 +109,13 @@ pub fn render_table(results: &[CheckResult]) -> String {
     for r in results {
         out.push_str(&format!(
             "{:<24} {:<9} {:<6} {:<7} {:>9.1} {:>9.1}  {}\n",
-            r.name, r.task, r.quantization, r.state, r.load_ms, r.smoke_ms, r.reason
+            r.name,
+            r.task,
+            r.quantization,
+            r.state.as_str(),
+            r.load_ms,
+            r.smoke_ms,
+            r.reason
         ));
     }
     out

@@ -37,12 +37,20 @@ pub fn status(e: &AgentError) -> Status {
     }
 }
 
+/// The inference RPCs, each traced under its own span name.
+#[derive(Clone, Copy)]
+enum Rpc {
+    Generate,
+    Embed,
+    Classify,
+}
+
 /// A request's span, continuing the caller's trace (W3C `traceparent` in the metadata).
-fn request_span<T>(name: &'static str, request: &Request<T>, model: &str) -> tracing::Span {
-    let span = match name {
-        "agent.generate" => tracing::info_span!("agent.generate", model = %model),
-        "agent.embed" => tracing::info_span!("agent.embed", model = %model),
-        _ => tracing::info_span!("agent.classify", model = %model),
+fn request_span<T>(rpc: Rpc, request: &Request<T>, model: &str) -> tracing::Span {
+    let span = match rpc {
+        Rpc::Generate => tracing::info_span!("agent.generate", model = %model),
+        Rpc::Embed => tracing::info_span!("agent.embed", model = %model),
+        Rpc::Classify => tracing::info_span!("agent.classify", model = %model),
     };
     edgewise_ops::telemetry::continue_trace(&span, request.metadata());
     span
@@ -77,7 +85,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         self.admit(&request)?;
         let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
-        let span = request_span("agent.generate", &request, &request.get_ref().model);
+        let span = request_span(Rpc::Generate, &request, &request.get_ref().model);
         let out = self
             .inference
             .generate(request.into_inner(), deadline)
@@ -97,7 +105,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         self.admit(&request)?;
         let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
-        let span = request_span("agent.embed", &request, &request.get_ref().model);
+        let span = request_span(Rpc::Embed, &request, &request.get_ref().model);
         self.inference
             .embed(request.into_inner(), deadline)
             .instrument(span)
@@ -112,7 +120,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         self.admit(&request)?;
         let deadline = deadline_of(request.metadata()).map_err(|e| status(&e))?;
-        let span = request_span("agent.classify", &request, &request.get_ref().model);
+        let span = request_span(Rpc::Classify, &request, &request.get_ref().model);
         self.inference
             .classify(request.into_inner(), deadline)
             .instrument(span)

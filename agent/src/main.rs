@@ -181,11 +181,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 eprintln!("edgewise-agent: no model folders in {}", dir.display());
                 return Ok(ExitCode::from(1));
             }
-            Ok(if results.iter().all(|r| r.state == "ready") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(
+                if results
+                    .iter()
+                    .all(|r| r.state == edgewise_agent::check::CheckState::Ready)
+                {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                },
+            )
         }
         Command::Models {
             command:
@@ -214,7 +219,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 "{}",
                 edgewise_agent::check::render_table(std::slice::from_ref(&r))
             );
-            if r.state != "ready" {
+            if r.state != edgewise_agent::check::CheckState::Ready {
                 // a folder the agent cannot serve is not left for it to fail on
                 std::fs::remove_dir_all(&folder)
                     .with_context(|| format!("removing {}", folder.display()))?;
