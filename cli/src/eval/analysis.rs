@@ -16,11 +16,52 @@ pub struct Prices {
     pub output_per_million_usd: f64,
 }
 
+/// What a rung's answer is judged by: one of the agent's confidence signals (a cascade), or
+/// the learned estimator's P(adequate) (a learned route) — a probability, never a
+/// log-probability, so the two are never calibrated as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Score {
+    Confidence(Signal),
+    Adequacy,
+}
+
+impl Score {
+    /// Every confidence signal.
+    pub const CONFIDENCE: [Score; 3] = [
+        Score::Confidence(Signal::MeanLogprob),
+        Score::Confidence(Signal::MinLogprob),
+        Score::Confidence(Signal::P10Logprob),
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Score::Confidence(Signal::MeanLogprob) => 0,
+            Score::Confidence(Signal::MinLogprob) => 1,
+            Score::Confidence(Signal::P10Logprob) => 2,
+            Score::Adequacy => 3,
+        }
+    }
+
+    /// The value of this score among a rung's.
+    pub fn of(self, scores: &[f32; 4]) -> f32 {
+        scores[self.index()]
+    }
+
+    /// Its name in reports and policy blocks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Score::Confidence(s) => s.as_str(),
+            Score::Adequacy => "p_adequate",
+        }
+    }
+}
+
 /// One rung of the local ladder's answer to an item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rung {
     pub correct: bool,
-    pub signals: [f32; 3],
+    /// The three confidence signals, then P(adequate) (-inf when not estimated).
+    pub scores: [f32; 4],
 }
 
 /// One item: its answer at each rung (smallest first), the hosted outcome and its cost.
@@ -41,19 +82,16 @@ pub struct Table {
     /// Every local model's accuracy on the items, by name.
     pub accuracy: BTreeMap<String, f64>,
     /// Every model's outcomes, for the signals' AUROC.
-    pub by_model: BTreeMap<String, Vec<(bool, [f32; 3])>>,
+    pub by_model: BTreeMap<String, Vec<(bool, [f32; 4])>>,
 }
 
-fn signals_of(o: &Outcome) -> [f32; 3] {
-    [o.mean_logprob, o.min_logprob, o.p10_logprob]
-}
-
-pub fn index(s: Signal) -> usize {
-    match s {
-        Signal::MeanLogprob => 0,
-        Signal::MinLogprob => 1,
-        Signal::P10Logprob => 2,
-    }
+fn scores_of(o: &Outcome) -> [f32; 4] {
+    [
+        o.mean_logprob,
+        o.min_logprob,
+        o.p10_logprob,
+        o.p_adequate.unwrap_or(f32::NEG_INFINITY),
+    ]
 }
 
 /// Outcomes → a table over the items every ladder model answered.
@@ -93,19 +131,19 @@ pub fn table(outcomes: &[Outcome], prices: Prices) -> Table {
                 .iter()
                 .map(|o| Rung {
                     correct: o.correct,
-                    signals: signals_of(o),
+                    scores: scores_of(o),
                 })
                 .collect(),
             hosted_correct: first.hosted_correct.unwrap_or(true),
             hosted_cost_usd,
         });
     }
-    let mut by_model: BTreeMap<String, Vec<(bool, [f32; 3])>> = BTreeMap::new();
+    let mut by_model: BTreeMap<String, Vec<(bool, [f32; 4])>> = BTreeMap::new();
     for o in outcomes {
         by_model
             .entry(o.model.clone())
             .or_default()
-            .push((o.correct, signals_of(o)));
+            .push((o.correct, scores_of(o)));
     }
     let accuracy = by_model
         .iter()
@@ -162,11 +200,10 @@ pub struct Point {
 
 /// A cascade at `threshold`: each rung answers until one is confident; when none is, the
 /// hosted model answers if `external` (else the largest rung's answer stands).
-pub fn cascade(rows: &[Row], signal: Signal, threshold: f32, external: bool) -> Point {
-    let k = index(signal);
+pub fn cascade(rows: &[Row], score: Score, threshold: f32, external: bool) -> Point {
     let (mut right, mut local, mut cost) = (0usize, 0usize, 0.0);
     for r in rows {
-        let kept = r.rungs.iter().find(|g| g.signals[k] >= threshold);
+        let kept = r.rungs.iter().find(|g| score.of(&g.scores) >= threshold);
         match (kept, external) {
             (Some(g), _) => {
                 local += 1;
@@ -191,11 +228,10 @@ pub fn cascade(rows: &[Row], signal: Signal, threshold: f32, external: bool) -> 
 }
 
 /// Every threshold that changes a decision: each rung's signal values, and one above all.
-fn thresholds(rows: &[Row], signal: Signal) -> Vec<f32> {
-    let k = index(signal);
+fn thresholds(rows: &[Row], score: Score) -> Vec<f32> {
     let mut t: Vec<f32> = rows
         .iter()
-        .flat_map(|r| r.rungs.iter().map(move |g| g.signals[k]))
+        .flat_map(|r| r.rungs.iter().map(move |g| score.of(&g.scores)))
         .collect();
     t.push(f32::INFINITY);
     t.sort_by(f32::total_cmp);
@@ -217,17 +253,17 @@ pub fn hosted(rows: &[Row]) -> Point {
 /// keeping `target` of the hosted model's quality.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Calibration {
-    pub signal: Signal,
+    pub score: Score,
     pub threshold: f32,
     pub point: Point,
 }
 
-pub fn calibrate(rows: &[Row], target: f64, signals: &[Signal]) -> Option<Calibration> {
+pub fn calibrate(rows: &[Row], target: f64, scores: &[Score]) -> Option<Calibration> {
     let need = target * hosted(rows).quality;
     let mut best: Option<Calibration> = None;
-    for &signal in signals {
-        for t in thresholds(rows, signal) {
-            let point = cascade(rows, signal, t, true);
+    for &score in scores {
+        for t in thresholds(rows, score) {
+            let point = cascade(rows, score, t, true);
             if point.quality + 1e-12 < need {
                 continue;
             }
@@ -237,7 +273,7 @@ pub fn calibrate(rows: &[Row], target: f64, signals: &[Signal]) -> Option<Calibr
             if better {
                 // a threshold between this value and the next lower one, rounded for a policy
                 best = Some(Calibration {
-                    signal,
+                    score,
                     threshold: if t.is_finite() { t } else { 0.0 },
                     point,
                 });
@@ -317,7 +353,7 @@ mod tests {
                 .iter()
                 .map(|&(correct, s)| Rung {
                     correct,
-                    signals: [s, s, s],
+                    scores: [s, s, s, s],
                 })
                 .collect(),
             hosted_correct,
@@ -351,20 +387,25 @@ mod tests {
             row(&[(false, -3.0), (true, -0.2)], true), // the second rung is sure: local
             row(&[(false, -3.0), (false, -2.0)], true), // nobody is sure: hosted
         ];
-        let p = cascade(&rows, Signal::MeanLogprob, -1.0, true);
+        let p = cascade(&rows, Score::Confidence(Signal::MeanLogprob), -1.0, true);
         assert_eq!(
             (p.quality, p.local_share, p.cost_usd),
             (1.0, 2.0 / 3.0, 1.0)
         );
         // confidential: no hosted step; the largest rung's (wrong) answer stands
-        let p = cascade(&rows, Signal::MeanLogprob, -1.0, false);
+        let p = cascade(&rows, Score::Confidence(Signal::MeanLogprob), -1.0, false);
         assert_eq!(
             (p.quality, p.local_share, p.cost_usd),
             (2.0 / 3.0, 1.0, 0.0)
         );
         // an impossible threshold is always-hosted
         assert_eq!(
-            cascade(&rows, Signal::MeanLogprob, f32::INFINITY, true),
+            cascade(
+                &rows,
+                Score::Confidence(Signal::MeanLogprob),
+                f32::INFINITY,
+                true
+            ),
             hosted(&rows)
         );
     }
@@ -378,13 +419,13 @@ mod tests {
             row(&[(false, -2.0)], true),
         ];
         // 100 %: only the two right answers may stay local (threshold -0.5)
-        let c = calibrate(&rows, 1.0, &Signal::ALL).unwrap();
+        let c = calibrate(&rows, 1.0, &Score::CONFIDENCE).unwrap();
         assert_eq!(
             (c.threshold, c.point.local_share, c.point.quality),
             (-0.5, 0.5, 1.0)
         );
         // 75 %: one wrong local answer is allowed
-        let c = calibrate(&rows, 0.75, &Signal::ALL).unwrap();
+        let c = calibrate(&rows, 0.75, &Score::CONFIDENCE).unwrap();
         assert_eq!((c.threshold, c.point.local_share), (-0.9, 0.75));
     }
 

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::analysis::{self, Prices};
+use super::analysis::{self, Prices, Score};
 use super::{EvalError, run, train};
 use crate::client::Caller;
 use edgewise_gateway::adequacy::Features;
-use edgewise_gateway::routing::Signal;
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
@@ -236,7 +235,8 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             let block = match estimator.as_str() {
                 "cascade" => {
                     let t = analysis::table(&all, prices.prices());
-                    let c = analysis::calibrate(&t.rows, *target, &Signal::ALL).ok_or_else(none)?;
+                    let c = analysis::calibrate(&t.rows, *target, &Score::CONFIDENCE)
+                        .ok_or_else(none)?;
                     super::render_calibration(&c, *target, *max_tokens, &sources)
                 }
                 "learned" => {
@@ -250,7 +250,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     })?;
                     let cv = train::cross_fitted(&all, &x)?;
                     let t = analysis::table(&cv, prices.prices());
-                    let c = analysis::calibrate(&t.rows, *target, &[Signal::MeanLogprob])
+                    let c = analysis::calibrate(&t.rows, *target, &[Score::Adequacy])
                         .ok_or_else(none)?;
                     let base = policy.parent().unwrap_or(std::path::Path::new("."));
                     let rel = |p: &std::path::Path| relative(p, base);

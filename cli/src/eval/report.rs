@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::analysis::{self, Calibration, Prices, Table};
+use super::analysis::{self, Calibration, Prices, Score, Table};
 use edgewise_gateway::routing::Signal;
 
 pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
@@ -33,8 +33,10 @@ pub fn render(
     let _ = writeln!(out, "|---|---|---|---|---|");
     for (m, v) in &t.by_model {
         let a = |s: Signal| {
-            let pts: Vec<(bool, f32)> =
-                v.iter().map(|(c, x)| (*c, x[analysis::index(s)])).collect();
+            let pts: Vec<(bool, f32)> = v
+                .iter()
+                .map(|(c, x)| (*c, Score::Confidence(s).of(x)))
+                .collect();
             analysis::auroc(&pts).map_or("—".to_string(), |x| format!("{x:.3}"))
         };
         let _ = writeln!(
@@ -66,7 +68,7 @@ pub fn render(
                 format!(
                     "**{:.1} %** ({}, {:.3})",
                     100.0 * c.point.local_share,
-                    c.signal.as_str(),
+                    c.score.name(),
                     c.threshold
                 )
             } else {
@@ -86,10 +88,13 @@ pub fn render(
     };
     for target in TARGETS {
         let b = analysis::baselines(&t, target);
-        let (c, q) = cell(analysis::calibrate(&t.rows, target, &Signal::ALL), true);
+        let (c, q) = cell(
+            analysis::calibrate(&t.rows, target, &Score::CONFIDENCE),
+            true,
+        );
         let (lc, lq) = cell(
             lt.as_ref()
-                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Signal::MeanLogprob])),
+                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Score::Adequacy])),
             false,
         );
         let held = held_out(&t, target).map_or("—".into(), |(s, k)| {
@@ -111,7 +116,8 @@ pub fn render(
             "\nLearned estimator, AUROC of P(adequate) (heads trained on the other half of the items):\n"
         );
         for (m, v) in &lt.by_model {
-            let pts: Vec<(bool, f32)> = v.iter().map(|(c, x)| (*c, x[0])).collect();
+            let pts: Vec<(bool, f32)> =
+                v.iter().map(|(c, x)| (*c, Score::Adequacy.of(x))).collect();
             let _ = writeln!(
                 out,
                 "- {m}: {}",
@@ -120,8 +126,8 @@ pub fn render(
         }
     }
     // confidential requests may not leave the box: the cascade ends at the largest rung
-    if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Signal::ALL) {
-        let local = analysis::cascade(&t.rows, c.signal, c.threshold, false);
+    if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Score::CONFIDENCE) {
+        let local = analysis::cascade(&t.rows, c.score, c.threshold, false);
         let best_local = t.ladder.iter().map(|m| t.accuracy[m]).fold(0.0, f64::max);
         let _ = writeln!(
             out,
@@ -149,8 +155,8 @@ fn held_out(t: &Table, target: f64) -> Option<(f64, f64)> {
     let mut share = 0.0;
     let mut kept = 0.0;
     for (fit, test) in [(&halves[0], &halves[1]), (&halves[1], &halves[0])] {
-        let c = analysis::calibrate(fit, target, &Signal::ALL)?;
-        let p = analysis::cascade(test, c.signal, c.threshold, true);
+        let c = analysis::calibrate(fit, target, &Score::CONFIDENCE)?;
+        let p = analysis::cascade(test, c.score, c.threshold, true);
         share += p.local_share / 2.0;
         kept += p.quality / analysis::hosted(test).quality.max(1e-9) / 2.0;
     }
@@ -179,7 +185,7 @@ pub fn render_learned(
 pub fn render_calibration(c: &Calibration, target: f64, max_tokens: u32, source: &str) -> String {
     format!(
         "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}: {:.1} % local, quality {:.3}\"\n",
-        c.signal.as_str(),
+        c.score.name(),
         // rounded down, so the calibrated boundary answer stays on its side
         (f64::from(c.threshold) * 1e4).floor() / 1e4,
         100.0 * c.point.local_share,

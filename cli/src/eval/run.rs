@@ -33,6 +33,10 @@ pub struct Outcome {
     pub mean_logprob: f32,
     pub min_logprob: f32,
     pub p10_logprob: f32,
+    /// The learned estimator's P(adequate) for this item and model, when one was estimated
+    /// (cross-fitted by `eval report` and `calibrate`; never written by `eval run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_adequate: Option<f32>,
     pub reply: String,
 }
 
@@ -176,6 +180,7 @@ async fn answer(
         model: m.name.clone(),
         parameters: m.parameters,
         size_bytes: m.size_bytes,
+        p_adequate: None,
         correct: item.is_correct(&reply),
         hosted_correct: item.hosted_correct,
         prompt_tokens: usage.prompt_tokens,

@@ -101,7 +101,7 @@ pub fn cross_fitted(
             };
             let f = item_features(x, o)?;
             let p = heads::sigmoid(heads::dot(&h.weights, f) + h.bias);
-            (o.mean_logprob, o.min_logprob, o.p10_logprob) = (p, p, p);
+            o.p_adequate = Some(p);
         }
     }
     Ok(out)
