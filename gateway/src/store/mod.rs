@@ -243,7 +243,8 @@ impl Store {
 
     /// Reserves `r.nanos` if spent + reserved + `r.nanos` stays within `limit` nano-USD;
     /// answered once the reservation is on disk. A reservation whose answer did not come in
-    /// time is released as soon as the store gets to it (the call it was for is not made).
+    /// time, or whose flush failed, is released as soon as the store gets to it (the call it
+    /// was for is not made).
     pub async fn reserve(&self, id: &str, r: &Reservation, limit: u64) -> Result<(), LedgerError> {
         let (id, r) = (id.to_string(), r.clone());
         let release_id = id.clone();
@@ -255,8 +256,9 @@ impl Store {
         match answer {
             Ok(result) => result,
             Err(e) => {
-                if matches!(e, StoreError::Timeout { .. }) {
-                    // queued behind the reservation: it runs after it, whatever that did
+                // timed out, or applied but not made durable: nothing will use it, so it is
+                // released (queued behind it, this runs after it, whatever that did)
+                if matches!(e, StoreError::Timeout { .. } | StoreError::Io { .. }) {
                     let _ = self.submit("reservation release", true, move |t| {
                         let _ = t.ledger.settle(&release_id, Some(0), &t.mirror);
                     });
