@@ -79,7 +79,8 @@ struct Shared {
     spend: writer::Mirror,
     /// Operations queued or being applied.
     pending: AtomicUsize,
-    /// Milliseconds after `origin` at which the batch being applied was taken (0: idle).
+    /// Milliseconds after `origin` at which the oldest operation of the batch being applied
+    /// was queued (0: idle): its age is how long that operation's caller has waited.
     busy_since_ms: AtomicU64,
     /// The last flush failed (cleared by the next one that succeeds).
     failed: AtomicBool,
@@ -99,8 +100,12 @@ struct Shared {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
+        self.ms_of(Instant::now())
+    }
+
+    fn ms_of(&self, t: Instant) -> u64 {
         // +1: 0 means idle
-        self.origin.elapsed().as_millis() as u64 + 1
+        t.saturating_duration_since(self.origin).as_millis() as u64 + 1
     }
 
     /// Blocks the store thread while a test holds it.
@@ -391,8 +396,8 @@ impl Store {
         }
     }
 
-    /// Why the store is unhealthy, if it is: an operation taken more than the bound ago and
-    /// not finished, or a failed last flush.
+    /// Why the store is unhealthy, if it is: an operation being applied that was queued at
+    /// least the bound ago (its caller has given up), or a failed last flush.
     pub fn unhealthy(&self) -> Option<String> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Some(format!(
@@ -402,9 +407,10 @@ impl Store {
         }
         let since = self.shared.busy_since_ms.load(Ordering::Acquire);
         let busy = Duration::from_millis(self.shared.now_ms().saturating_sub(since));
-        (since != 0 && busy > self.shared.bound).then(|| {
+        // a caller that timed out waited the bound: from then on the store is unhealthy
+        (since != 0 && busy >= self.shared.bound).then(|| {
             format!(
-                "the gateway's store ({}) has been applying one batch of operations for {busy:?} (bound {:?}); {} waiting",
+                "the gateway's store ({}) has kept an operation waiting {busy:?} (bound {:?}); {} queued or being applied",
                 self.shared.path,
                 self.shared.bound,
                 self.pending()

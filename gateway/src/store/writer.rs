@@ -94,9 +94,10 @@ pub(super) fn run(mut rx: tokio::sync::mpsc::Receiver<Job>, tables: Tables, shar
                 Err(_) => break,
             }
         }
+        // the batch's first operation is its oldest
         shared
             .busy_since_ms
-            .store(shared.now_ms(), Ordering::Release);
+            .store(shared.ms_of(batch[0].queued), Ordering::Release);
         shared.wait_while_held();
         let durable = batch.iter().any(|j| j.durable);
         let acks: Vec<(bool, Instant, Ack)> = batch
