@@ -12,14 +12,40 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use edgewise_gateway::routing::*;
 use rand::SeedableRng;
 
-fn fleet(nodes: usize) -> FleetSnapshot {
-    let tasks = [
+/// Model `k` of the benchmark's catalogue (three generate models in every five, sizes and
+/// quality growing with `k`), with `in_flight` of its 2 slots and `queued` of its 8 places taken.
+fn model(k: usize, scale: (f32, u64), in_flight: u32, queued: u32) -> ModelView {
+    const TASKS: [Task; 5] = [
         Task::Generate,
         Task::Generate,
         Task::Generate,
         Task::Embed,
         Task::Classify,
     ];
+    let (quality_step, parameters_step) = scale;
+    ModelView {
+        name: format!("model-{k}"),
+        task: TASKS[k % TASKS.len()],
+        ready: true,
+        quality: 0.2 + quality_step * k as f32,
+        parameters: parameters_step * (k as u64 + 1),
+        size_bytes: parameters_step / 2 * (k as u64 + 1),
+        context_length: 2048,
+        in_flight,
+        queue_depth: queued,
+        max_concurrency: 2,
+        max_queue: 8,
+        gateway_in_flight: 0,
+        ewma_latency_ms: 40.0,
+        ewma_time_per_output_token_ms: 15.0,
+        kv_room: queued < 8,
+        space: format!("space-{k}"),
+        dimensions: 384,
+    }
+}
+
+/// Every node with the same ten models, about half of them busy; one node in 17 down.
+fn fleet(nodes: usize) -> FleetSnapshot {
     FleetSnapshot::new(
         (0..nodes)
             .map(|n| NodeView {
@@ -27,25 +53,7 @@ fn fleet(nodes: usize) -> FleetSnapshot {
                 addr: format!("http://10.0.{}.{}:7300", n / 256, n % 256),
                 live: n % 17 != 0,
                 models: (0..10)
-                    .map(|m| ModelView {
-                        name: format!("model-{m}"),
-                        task: tasks[m % tasks.len()],
-                        ready: true,
-                        quality: 0.2 + 0.07 * m as f32,
-                        parameters: 100_000_000 * (m as u64 + 1),
-                        size_bytes: 50_000_000 * (m as u64 + 1),
-                        context_length: 2048,
-                        in_flight: ((n + m) % 4) as u32,
-                        queue_depth: 0,
-                        max_concurrency: 2,
-                        max_queue: 8,
-                        gateway_in_flight: 0,
-                        ewma_latency_ms: 40.0,
-                        ewma_time_per_output_token_ms: 15.0,
-                        kv_room: true,
-                        space: format!("space-{m}"),
-                        dimensions: 384,
-                    })
+                    .map(|m| model(m, (0.07, 100_000_000), ((n + m) % 4) as u32, 0))
                     .collect(),
             })
             .collect(),
@@ -54,44 +62,16 @@ fn fleet(nodes: usize) -> FleetSnapshot {
 
 /// Nodes with one of three model sets (20 names in all); the even nodes full.
 fn mixed_fleet(nodes: usize) -> FleetSnapshot {
-    let tasks = [
-        Task::Generate,
-        Task::Generate,
-        Task::Generate,
-        Task::Embed,
-        Task::Classify,
-    ];
     FleetSnapshot::new(
         (0..nodes)
             .map(|n| {
-                let full = n % 2 == 0;
+                let (busy, queued) = if n % 2 == 0 { (2, 8) } else { (0, 0) };
                 NodeView {
                     id: format!("node-{n:05}"),
                     addr: format!("http://10.1.{}.{}:7300", n / 256, n % 256),
                     live: true,
                     models: (0..10)
-                        .map(|m| {
-                            let k = m + 5 * (n % 3);
-                            ModelView {
-                                name: format!("model-{k}"),
-                                task: tasks[k % tasks.len()],
-                                ready: true,
-                                quality: 0.2 + 0.035 * k as f32,
-                                parameters: 50_000_000 * (k as u64 + 1),
-                                size_bytes: 25_000_000 * (k as u64 + 1),
-                                context_length: 2048,
-                                in_flight: if full { 2 } else { 0 },
-                                queue_depth: if full { 8 } else { 0 },
-                                max_concurrency: 2,
-                                max_queue: 8,
-                                gateway_in_flight: 0,
-                                ewma_latency_ms: 40.0,
-                                ewma_time_per_output_token_ms: 15.0,
-                                kv_room: !full,
-                                space: format!("space-{k}"),
-                                dimensions: 384,
-                            }
-                        })
+                        .map(|m| model(m + 5 * (n % 3), (0.035, 50_000_000), busy, queued))
                         .collect(),
                 }
             })
