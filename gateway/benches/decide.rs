@@ -157,27 +157,13 @@ fn bench(c: &mut Criterion) {
         ignore_eos: false,
         space: None,
     };
-    let mut group = c.benchmark_group("decide");
-    for nodes in [10, 100, 1000] {
-        let fleet = fleet(nodes);
-        let inputs = Inputs {
-            policy: &policy,
-            fleet: &fleet,
-            providers: &providers,
-            budgets: &budgets,
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        group.bench_with_input(
-            BenchmarkId::new("nodes_x10_models", nodes),
-            &nodes,
-            |b, _| b.iter(|| decide(&inputs, &req, &mut rng)),
-        );
-    }
-    group.finish();
-    for (name, make) in [
-        ("decide_and_trace", fleet as fn(usize) -> FleetSnapshot),
-        ("served_mixed", mixed_fleet),
-    ] {
+    // (group, fleet, whether the response trace is built too)
+    let groups: [(&str, fn(usize) -> FleetSnapshot, bool); 3] = [
+        ("decide", fleet, false),
+        ("decide_and_trace", fleet, true),
+        ("served_mixed", mixed_fleet, true),
+    ];
+    for (name, make, trace) in groups {
         let mut group = c.benchmark_group(name);
         for nodes in [10, 100, 1000] {
             let fleet = make(nodes);
@@ -191,7 +177,15 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new("nodes_x10_models", nodes),
                 &nodes,
-                |b, _| b.iter(|| decide_and_trace(&inputs, &req, &mut rng)),
+                |b, _| {
+                    b.iter(|| {
+                        if trace {
+                            std::hint::black_box(decide_and_trace(&inputs, &req, &mut rng));
+                        } else {
+                            std::hint::black_box(decide(&inputs, &req, &mut rng));
+                        }
+                    })
+                },
             );
         }
         group.finish();
