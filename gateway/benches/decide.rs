@@ -79,6 +79,9 @@ fn mixed_fleet(nodes: usize) -> FleetSnapshot {
     )
 }
 
+/// A fleet of `n` nodes.
+type MakeFleet = fn(usize) -> FleetSnapshot;
+
 /// What a served request pays: the decision, then its trace (the first 24 exclusions
 /// formatted, the rest counted by kind).
 fn decide_and_trace(
@@ -158,7 +161,7 @@ fn bench(c: &mut Criterion) {
         space: None,
     };
     // (group, fleet, whether the response trace is built too)
-    let groups: [(&str, fn(usize) -> FleetSnapshot, bool); 3] = [
+    let groups: [(&str, MakeFleet, bool); 3] = [
         ("decide", fleet, false),
         ("decide_and_trace", fleet, true),
         ("served_mixed", mixed_fleet, true),
