@@ -84,14 +84,9 @@ impl CallerAuth {
     pub fn tenant<T>(&self, req: &Request<T>) -> Result<String, GatewayError> {
         match self {
             CallerAuth::Header => {
-                let mut values = req.metadata().get_all("x-edgewise-tenant").iter();
-                let first = values.next();
-                if values.next().is_some() {
-                    return Err(GatewayError::InvalidRequest(
-                        "header x-edgewise-tenant was sent more than once; send it once".into(),
-                    ));
-                }
-                first
+                crate::requests::contract::once(req.metadata(), "x-edgewise-tenant")?;
+                req.metadata()
+                    .get("x-edgewise-tenant")
                     .and_then(|v| v.to_str().ok())
                     .filter(|t| !t.is_empty())
                     .map(str::to_string)
@@ -102,7 +97,7 @@ impl CallerAuth {
                 certificates,
                 ..
             } => {
-                if req.metadata().get_all("authorization").iter().count() > 1 {
+                if crate::requests::contract::sent_twice(req.metadata(), "authorization") {
                     return Err(GatewayError::Unauthenticated(
                         "the authorization header was sent more than once",
                     ));

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use edgewise_gateway::providers::{Kind, ProviderConfig, Secret};
-use edgewise_gateway::routing::ProviderPrice;
 use edgewise_gateway::{Gateway, GatewayConfig};
 use edgewise_proto as pb;
 use edgewise_tests::mock_provider::{Failure, MockProvider};
@@ -24,23 +23,6 @@ fn policy(provider: &str, model: &str, budget: f64) -> String {
     format!(
         "default_data_class: internal\nroutes:\n  - name: hosted\n    min_quality: 0.5\n    spill: larger\n    external:\n      allowed: true\n      provider: {provider}\n      model: {model}\n      data_classes: [public, internal]\n      when: [no_adequate_local, no_local_capacity]\n      daily_budget_usd: {budget}\n"
     )
-}
-
-fn provider(name: &str, kind: Kind, mock: &MockProvider, price: f64) -> ProviderConfig {
-    ProviderConfig {
-        name: name.into(),
-        kind,
-        base_url: mock.base_url.parse().unwrap(),
-        key: Secret::new(std::fs::read_to_string(&mock.key_file).unwrap().trim()),
-        ca_file: Some(mock.ca_file.clone()),
-        price: ProviderPrice {
-            input_per_million_usd: price,
-            output_per_million_usd: 2.0 * price,
-        },
-        timeout: Duration::from_secs(30),
-        max_retries: 3,
-        default_max_tokens: 64,
-    }
 }
 
 async fn gateway(

@@ -13,8 +13,7 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edgewise_gateway::providers::{Kind, ProviderConfig, Secret};
-use edgewise_gateway::routing::ProviderPrice;
+use edgewise_gateway::providers::Kind;
 use edgewise_gateway::{Gateway, GatewayConfig};
 use edgewise_tests::mock_provider::MockProvider;
 use tonic::Code;
@@ -166,23 +165,6 @@ async fn the_budget_race_never_stalls_the_gateway_under_cpu_load() {
     eprintln!("{ITERATIONS} iterations of {CALLERS} callers: no stall; slowest answer {slowest:?}");
 }
 
-fn provider(mock: &MockProvider) -> ProviderConfig {
-    ProviderConfig {
-        name: "openai".into(),
-        kind: Kind::OpenAi,
-        base_url: mock.base_url.parse().unwrap(),
-        key: Secret::new(std::fs::read_to_string(&mock.key_file).unwrap().trim()),
-        ca_file: Some(mock.ca_file.clone()),
-        price: ProviderPrice {
-            input_per_million_usd: 1000.0,
-            output_per_million_usd: 2000.0,
-        },
-        timeout: Duration::from_secs(30),
-        max_retries: 1,
-        default_max_tokens: 64,
-    }
-}
-
 async fn health_of(
     addr: std::net::SocketAddr,
 ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
@@ -222,7 +204,7 @@ async fn a_stuck_store_fails_requests_fast_turns_health_off_and_lets_the_gateway
     let state = tempfile::tempdir().unwrap();
     let bound = Duration::from_millis(300);
     let mut config = GatewayConfig::new(vec![policy_dir.path().to_path_buf()], "gw-held");
-    config.providers = vec![provider(&mock)];
+    config.providers = vec![provider("openai", Kind::OpenAi, &mock, 1000.0)];
     config.state_dir = Some(state.path().to_path_buf());
     config.store_timeout = bound;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

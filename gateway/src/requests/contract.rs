@@ -32,9 +32,7 @@ fn at(timeout: Duration) -> Instant {
 pub fn grpc_deadline(
     metadata: &tonic::metadata::MetadataMap,
 ) -> Result<Option<Instant>, GatewayError> {
-    if metadata.get_all("grpc-timeout").iter().count() > 1 {
-        return Err(repeated("grpc-timeout"));
-    }
+    once(metadata, "grpc-timeout")?;
     Ok(edgewise_proto::grpc_timeout(metadata)
         .map_err(invalid)?
         .map(|t| at(t.saturating_sub(DEADLINE_MARGIN))))
@@ -49,6 +47,19 @@ pub fn http_deadline(headers: &axum::http::HeaderMap) -> Result<Option<Instant>,
     contract::deadline_from_millis(v)
         .map(|t| Some(at(t)))
         .map_err(|e| invalid(format!("header {NAME}: {e}")))
+}
+
+/// Whether gRPC metadata carries `name` more than once.
+pub fn sent_twice(metadata: &tonic::metadata::MetadataMap, name: &str) -> bool {
+    metadata.get_all(name).iter().nth(1).is_some()
+}
+
+/// Refuses gRPC metadata that carries `name` more than once.
+pub fn once(metadata: &tonic::metadata::MetadataMap, name: &str) -> Result<(), GatewayError> {
+    if sent_twice(metadata, name) {
+        return Err(repeated(name));
+    }
+    Ok(())
 }
 
 fn repeated(name: &str) -> GatewayError {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use edgewise_proto as pb;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::ledger::{LedgerError, Reservation, Settled, SpendKey, Spending};
+use crate::ledger::{LedgerError, Reservation, Settled, Spending};
 use crate::routing::Budgets;
 
 /// How long a request waits for the store by default before it fails with UNAVAILABLE.
@@ -204,15 +204,30 @@ impl Store {
         durable: bool,
         f: impl FnOnce(&writer::Tables) -> T + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.call_within(what, durable, self.shared.bound, f).await
+    }
+
+    /// `call`, waiting at most `bound`.
+    async fn call_within<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        durable: bool,
+        bound: Duration,
+        f: impl FnOnce(&writer::Tables) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
         let rx = self.submit(what, durable, f)?;
-        match tokio::time::timeout(self.shared.bound, rx).await {
+        match tokio::time::timeout(bound, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(self.stopped()),
-            Err(_) => Err(StoreError::Timeout {
-                path: self.shared.path.clone(),
-                what,
-                bound: self.shared.bound,
-            }),
+            Err(_) => Err(self.timed_out(what, bound)),
+        }
+    }
+
+    fn timed_out(&self, what: &'static str, bound: Duration) -> StoreError {
+        StoreError::Timeout {
+            path: self.shared.path.clone(),
+            what,
+            bound,
         }
     }
 
@@ -317,7 +332,8 @@ impl Store {
     }
 
     /// How many audit records there are.
-    pub async fn audit_len(&self) -> Result<usize, StoreError> {
+    #[cfg(test)]
+    async fn audit_len(&self) -> Result<usize, StoreError> {
         self.call("audit read", false, |t| t.audit.len()).await
     }
 
@@ -340,7 +356,8 @@ impl Store {
     }
 
     /// Spent + reserved (nano-USD) for one key, from memory.
-    pub fn spent(&self, day: &str, tenant: &str, provider: &str) -> u64 {
+    #[cfg(test)]
+    fn spent(&self, day: &str, tenant: &str, provider: &str) -> u64 {
         let spend = self
             .shared
             .spend
@@ -348,7 +365,7 @@ impl Store {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         spend
-            .get(&SpendKey::new(day, tenant, provider))
+            .get(&crate::ledger::SpendKey::new(day, tenant, provider))
             .copied()
             .unwrap_or(0)
     }
@@ -360,40 +377,23 @@ impl Store {
         let deadline = tokio::time::Instant::now() + bound;
         let mut closed = self.shared.closed.subscribe();
         self.shared.closing.store(true, Ordering::Release);
-        let timeout = || StoreError::Timeout {
-            path: self.shared.path.clone(),
-            what: "final flush",
-            bound,
-        };
         // the thread may be waiting for work: this flush wakes it, and it stops after it
-        let flushed = match self.submit("final flush", true, |_| ()) {
-            Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Ok(()),
-                Err(_) => return Err(timeout()),
-            },
+        let flushed = match self.call_within("final flush", true, bound, |_| ()).await {
             // closed already
             Err(StoreError::Stopped { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Err(e @ StoreError::Timeout { .. }) => return Err(e),
+            r => r,
         };
         match tokio::time::timeout_at(deadline, closed.wait_for(|c| *c)).await {
             Ok(_) => flushed,
-            Err(_) => Err(timeout()),
+            Err(_) => Err(self.timed_out("final flush", bound)),
         }
     }
 
     /// Makes everything written so far durable, waiting at most `bound`.
-    pub async fn flush(&self, bound: Duration) -> Result<(), StoreError> {
-        let rx = self.submit("flush", true, |_| ())?;
-        match tokio::time::timeout(bound, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(self.stopped()),
-            Err(_) => Err(StoreError::Timeout {
-                path: self.shared.path.clone(),
-                what: "flush",
-                bound,
-            }),
-        }
+    #[cfg(test)]
+    async fn flush(&self, bound: Duration) -> Result<(), StoreError> {
+        self.call_within("flush", true, bound, |_| ()).await
     }
 
     /// Why the store is unhealthy, if it is: an operation being applied that was queued at

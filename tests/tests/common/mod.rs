@@ -656,3 +656,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
 }
+
+/// A hosted provider's config pointing at the mock: its URL, key and CA; `price` per million
+/// input tokens (output costs twice that), 3 retries, 30 s timeout.
+pub fn provider(
+    name: &str,
+    kind: edgewise_gateway::providers::Kind,
+    mock: &edgewise_tests::mock_provider::MockProvider,
+    price: f64,
+) -> edgewise_gateway::providers::ProviderConfig {
+    edgewise_gateway::providers::ProviderConfig {
+        name: name.into(),
+        kind,
+        base_url: mock.base_url.parse().unwrap(),
+        key: edgewise_gateway::providers::Secret::new(
+            std::fs::read_to_string(&mock.key_file).unwrap().trim(),
+        ),
+        ca_file: Some(mock.ca_file.clone()),
+        price: edgewise_gateway::routing::ProviderPrice {
+            input_per_million_usd: price,
+            output_per_million_usd: 2.0 * price,
+        },
+        timeout: Duration::from_secs(30),
+        max_retries: 3,
+        default_max_tokens: 64,
+    }
+}
