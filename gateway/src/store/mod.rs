@@ -89,11 +89,12 @@ struct Shared {
     /// Flushes done, and durable operations they covered (writes per flush = their ratio).
     flushes: AtomicU64,
     flushed_writes: AtomicU64,
-    /// Set by `close`: the thread stops after the batch it is in and closes the database.
+    /// Set by `close`: the thread stops once its queue is empty and closes the database.
     closing: AtomicBool,
     /// True once the thread has closed the database.
     closed: tokio::sync::watch::Sender<bool>,
-    /// Fault injection: while set, the store thread stops before applying its next batch.
+    /// Fault injection: while set, the store thread waits after taking its next batch,
+    /// before applying it.
     held: Mutex<bool>,
     release: Condvar,
 }
@@ -431,8 +432,8 @@ impl Store {
         self.shared.pending.load(Ordering::Acquire)
     }
 
-    /// Fault injection for tests: the store thread stops before its next batch until the
-    /// guard is dropped (requests then wait for it, up to the bound, as with a stuck disk).
+    /// Fault injection for tests: the store thread waits with its next batch taken, unapplied,
+    /// until the guard is dropped (requests then wait for it, up to the bound, as with a stuck disk).
     pub fn hold_writer(&self) -> HeldWriter {
         *self.shared.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
         HeldWriter {
