@@ -1,7 +1,7 @@
 //! The pure routing decision at fleet sizes of 10, 100 and 1,000 nodes with 10 models each
 //! (`bench/run.sh decide`). Half the models are busy, so decisions exercise the spill path too.
 //! `decide` is the decision alone; `decide_and_trace` adds what a response carries: the
-//! trace worked out, its first entries formatted and the rest counted by reason.
+//! trace worked out, its first entries formatted and the rest counted.
 //! `served_mixed` is what a served request pays on a less uniform fleet: the decision and its
 //! trace where models differ per node (three model sets over 20 names) and half the nodes are
 //! full (every slot and queue place taken).
@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use edgewise_gateway::dispatch::MAX_EXCLUDED;
 use edgewise_gateway::routing::*;
 use rand::SeedableRng;
 
@@ -82,23 +83,16 @@ fn mixed_fleet(nodes: usize) -> FleetSnapshot {
 /// A fleet of `n` nodes.
 type MakeFleet = fn(usize) -> FleetSnapshot;
 
-/// What a served request pays: the decision, then its trace (the first 24 exclusions
-/// formatted, the rest counted by kind).
+/// What a served request pays: the decision, then the trace its response carries (the
+/// gateway's own `listing`: the first exclusions formatted, the rest counted).
 fn decide_and_trace(
     inputs: &Inputs<'_>,
     req: &RouteRequest,
     rng: &mut rand_chacha::ChaCha8Rng,
-) -> (Decision, Vec<(String, String)>, usize) {
+) -> (Decision, Listing) {
     let d = decide(inputs, req, rng);
-    let (mut shown, mut counted) = (Vec::new(), 0usize);
-    d.each_exclusion(inputs, req, |who, why| {
-        if shown.len() < 24 {
-            shown.push((who.candidate().to_string(), why.to_string()));
-        } else {
-            counted += usize::from(!why.kind().is_empty());
-        }
-    });
-    (d, shown, counted)
+    let listing = d.listing(inputs, req, MAX_EXCLUDED, Detail::Response);
+    (d, listing)
 }
 
 fn policy() -> Policy {

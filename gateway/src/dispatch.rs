@@ -11,7 +11,7 @@ use crate::agents::AgentClient;
 use crate::error::GatewayError;
 use crate::external::{self, ExternalCall, refused_record};
 use crate::ledger::day_of;
-use crate::routing::{self, Budgets, Candidate, Decision, Inputs, RouteRequest, Target};
+use crate::routing::{self, Budgets, Candidate, Decision, Detail, Inputs, RouteRequest, Target};
 use crate::state::{ActivePolicy, State};
 
 /// An agent failure that happened before any token reached the caller: decide again without it.
@@ -146,53 +146,30 @@ fn p_adequate_for(req: &RouteRequest, route: &str) -> std::collections::HashMap<
 /// The most exclusions a response lists one by one; a large fleet's rest is summarised.
 pub const MAX_EXCLUDED: usize = 24;
 
-/// The exclusions a response carries: all of them for a small fleet; for a large one the
-/// external candidate (always: it explains a refusal), the first local ones, and one line
-/// counting the rest by kind of reason — so a 1,000-node fleet does not put thousands in every
-/// answer, and only what is listed is formatted.
-fn excluded_for_response(inputs: &Inputs<'_>, req: &RouteRequest, d: &Decision) -> Decided {
-    let room = MAX_EXCLUDED - usize::from(d.passes_over_external());
-    let mut shown: Vec<pb::Excluded> = Vec::new();
-    let mut external = None;
-    let mut rest: Vec<(&'static str, usize)> = Vec::new();
-    let mut rest_n = 0usize;
-    d.each_exclusion(inputs, req, |who, why| {
-        if who.is_external() {
-            external = Some((who.candidate(), why.to_string()));
-        } else if shown.len() < room {
-            shown.push(pb::Excluded {
-                candidate: who.candidate().to_string(),
-                reason: why.to_string(),
-            });
-        } else {
-            rest_n += 1;
-            match rest.iter_mut().find(|(k, _)| *k == why.kind()) {
-                Some((_, n)) => *n += 1,
-                None => rest.push((why.kind(), 1)),
-            }
-        }
-    });
-    if let Some((c, reason)) = &external {
-        shown.push(pb::Excluded {
-            candidate: c.to_string(),
-            reason: reason.clone(),
-        });
-    }
-    if rest_n > 0 {
-        rest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let mut reason: Vec<String> = rest
-            .iter()
-            .take(5)
-            .map(|(r, n)| format!("{n} × {r}"))
-            .collect();
-        if rest.len() > 5 {
-            reason.push(format!("{} other reasons", rest.len() - 5));
-        }
-        shown.push(pb::Excluded {
-            candidate: format!("… {rest_n} more candidates"),
-            reason: reason.join("; "),
-        });
-    }
+/// The exclusions a response carries (`Decision::listing`): a bounded list, the hosted model
+/// always, one line for the rest — so a 1,000-node fleet does not put thousands in every
+/// answer, and a served request does not judge every node to say so.
+fn excluded_for_response(
+    inputs: &Inputs<'_>,
+    req: &RouteRequest,
+    d: &Decision,
+    detail: Detail,
+) -> Decided {
+    let listing = d.listing(inputs, req, MAX_EXCLUDED, detail);
+    let external = d
+        .external_exclusion(inputs, req)
+        .map(|(who, _)| who.candidate())
+        .zip(listing.external.as_ref().map(|e| e.reason.clone()));
+    let excluded: Vec<pb::Excluded> = listing
+        .shown
+        .into_iter()
+        .chain(listing.external)
+        .chain(listing.rest)
+        .map(|l| pb::Excluded {
+            candidate: l.candidate,
+            reason: l.reason,
+        })
+        .collect();
     let parameters = match &d.outcome {
         Ok(Target::Local { node, model, .. }) => inputs
             .fleet
@@ -203,14 +180,14 @@ fn excluded_for_response(inputs: &Inputs<'_>, req: &RouteRequest, d: &Decision) 
     };
     Decided {
         decision: d.clone(),
-        excluded: shown,
+        excluded,
         external,
         parameters,
     }
 }
 
 /// The decision for `req` now: the active policy, the fleet as last reported, today's spend.
-pub fn decide(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decided {
+pub fn decide(state: &State, policy: &ActivePolicy, req: &RouteRequest, detail: Detail) -> Decided {
     let span = tracing::info_span!(
         "routing.decide",
         task = req.task.as_str(),
@@ -219,7 +196,7 @@ pub fn decide(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decid
         target = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let decided = decide_now(state, policy, req);
+    let decided = decide_now(state, policy, req, detail);
     let d = &decided.decision;
     span.record("route", d.route.as_str());
     span.record("rule", d.rule.as_str());
@@ -236,7 +213,7 @@ pub fn decide(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decid
     decided
 }
 
-fn decide_now(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decided {
+fn decide_now(state: &State, policy: &ActivePolicy, req: &RouteRequest, detail: Detail) -> Decided {
     let fleet = state.registry.snapshot(Instant::now());
     // today's spend matters only to a policy that can go external
     let budgets = if policy.policy.routes.iter().any(|r| r.external.is_some()) {
@@ -251,7 +228,7 @@ fn decide_now(state: &State, policy: &ActivePolicy, req: &RouteRequest) -> Decid
         budgets: &budgets,
     };
     let d = routing::decide(&inputs, req, &mut rand::rng());
-    excluded_for_response(&inputs, req, &d)
+    excluded_for_response(&inputs, req, &d, detail)
 }
 
 /// Decides; a local target is counted against its model, an external one has its worst case
@@ -264,7 +241,7 @@ pub async fn route(
 ) -> Result<Routed, GatewayError> {
     // a reservation can lose a race with another request's: decide once more with the new spend
     for attempt in 0..2 {
-        let decided = decide(state, policy, req);
+        let decided = decide(state, policy, req, Detail::Response);
         let id = uuid::Uuid::new_v4().to_string();
         let mut proto = to_proto(&decided, &id, retried);
         // a learned route's estimates travel with the decision the caller is served by
@@ -540,7 +517,7 @@ mod tests {
             ignore_eos: false,
         };
         let d = routing::decide(&inputs, &req, &mut rand::rng());
-        excluded_for_response(&inputs, &req, &d)
+        excluded_for_response(&inputs, &req, &d, Detail::Explain)
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub(super) fn explain(
         };
         req.p_adequate = crate::adequacy::estimate(&policy.policy, &[message]);
     }
-    let d = dispatch::decide(state, &policy, &req);
+    let d = dispatch::decide(state, &policy, &req, crate::routing::Detail::Explain);
     let mut proto = dispatch::to_proto(&d, &uuid::Uuid::new_v4().to_string(), &[]);
     dispatch::explain_adequacy(&policy, &req, &mut proto);
     Ok(Response::new(proto))

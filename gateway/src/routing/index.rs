@@ -54,6 +54,11 @@ fn manifest(m: &ModelView) -> impl PartialEq + '_ {
     )
 }
 
+/// Whether two models are on one rung (the same manifest).
+pub(super) fn same_rung(a: &ModelView, b: &ModelView) -> bool {
+    manifest(a) == manifest(b)
+}
+
 /// The order of rungs: parameters, then bytes, then name (a stable order for equal sizes),
 /// then the rest of the manifest so that equal keys are neighbours.
 fn order(m: &ModelView) -> impl Ord + '_ {

@@ -7,12 +7,14 @@ mod adequacy;
 pub mod decide;
 mod fallback;
 mod index;
+mod listing;
 mod trace;
 pub mod types;
 
 pub use adequacy::Slow;
 pub use decide::{Decision, Inputs, Refusal, Rule, Target, decide};
 pub use index::FleetSnapshot;
+pub use listing::{Detail, Listed, Listing};
 pub use trace::{Candidate, Exclusion, Who, Why};
 pub use types::*;
 

@@ -511,3 +511,110 @@ proptest! {
         }
     }
 }
+
+/// The number in a listing's "… N more candidates" line.
+fn rest_of(l: &Listing) -> usize {
+    l.rest.as_ref().map_or(0, |r| {
+        r.candidate
+            .trim_start_matches("… ")
+            .trim_end_matches(" more candidates")
+            .parse()
+            .unwrap_or_else(|e| panic!("{r:?}: {e}"))
+    })
+}
+
+#[test]
+fn a_served_response_counts_the_rest_per_rung_and_explain_judges_each_node() {
+    // three rungs: small (adequate, on 30 nodes, 10 of them down), large (on 30), and one
+    // below the quality floor (on 30)
+    let nodes: Vec<NodeView> = (0..30)
+        .map(|i| {
+            let mut n = node(
+                &format!("n{i:02}"),
+                vec![
+                    model("weak", Task::Generate, 50, 0.1),
+                    model("small", Task::Generate, 135, 0.5),
+                    model("large", Task::Generate, 360, 0.6),
+                ],
+            );
+            n.live = i % 3 != 0;
+            n
+        })
+        .collect();
+    let fleet = FleetSnapshot::new(nodes);
+    let p = policy(vec![route("r", Spill::Larger, None)]);
+    let providers = prices();
+    let budgets = Budgets::default();
+    let inputs = Inputs {
+        policy: &p,
+        fleet: &fleet,
+        providers: &providers,
+        budgets: &budgets,
+    };
+    let req = request(Task::Generate, DataClass::Internal);
+    let d = decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(3));
+    assert_eq!(local_model(&d), Some("small"));
+    let response = d.listing(&inputs, &req, 10, Detail::Response);
+    assert_eq!(response.shown.len(), 10);
+    // the weak rung comes first, whole
+    assert!(
+        response
+            .shown
+            .iter()
+            .all(|l| l.reason.contains("quality 0.1")),
+        "{response:?}"
+    );
+    assert_eq!(
+        response.rest,
+        Some(Listed {
+            candidate: "… 79 more candidates".into(),
+            reason: format!(
+                "30 × a smaller adequate model was chosen; 29 × {}; 20 × quality below the floor",
+                listing::UNJUDGED
+            ),
+        })
+    );
+    let explain = d.listing(&inputs, &req, 10, Detail::Explain);
+    assert_eq!(explain.shown, response.shown);
+    let reason = explain.rest.map(|r| r.reason).unwrap_or_default();
+    // the down nodes of the small and large rungs are named for what they are
+    assert!(reason.contains("20 × node is not live"), "{reason}");
+    assert!(
+        reason.contains("20 × a smaller adequate model was chosen"),
+        "{reason}"
+    );
+}
+
+proptest! {
+    #![proptest_config(seeded(256))]
+    /// Whatever the fleet and the detail, a listing accounts for every candidate the decision
+    /// passed over once: its first lines are the trace's first, the hosted model is listed
+    /// when it was passed over, and the rest's count is what is left.
+    #[test]
+    fn a_listing_accounts_for_every_exclusion_once(
+        fleet in arb_fleet(),
+        class in arb_class(),
+        max in 0usize..12,
+        seed in any::<u64>(),
+    ) {
+        let all = [ExternalCondition::NoAdequateLocal, ExternalCondition::NoLocalCapacity];
+        let p = policy(vec![route("r", Spill::Larger, Some(ext(&[DataClass::Public], &all, 1e9)))]);
+        let providers = prices();
+        let budgets = Budgets::default();
+        let inputs = Inputs { policy: &p, fleet: &fleet, providers: &providers, budgets: &budgets };
+        let req = request(Task::Generate, class);
+        let d = decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(seed));
+        let every = d.excluded(&inputs, &req);
+        let (external, local): (Vec<_>, Vec<_>) = every.iter().partition(|e| matches!(e.candidate, Candidate::External { .. }));
+        for detail in [Detail::Response, Detail::Explain] {
+            let l = d.listing(&inputs, &req, max, detail);
+            prop_assert_eq!(l.external.is_some(), !external.is_empty());
+            prop_assert!(l.shown.len() + usize::from(l.external.is_some()) <= max.max(1));
+            for (shown, e) in l.shown.iter().zip(&local) {
+                prop_assert_eq!(&shown.candidate, &e.candidate.to_string());
+                prop_assert_eq!(&shown.reason, &e.reason);
+            }
+            prop_assert_eq!(l.shown.len() + rest_of(&l), local.len(), "{:?}", l);
+        }
+    }
+}

@@ -4,9 +4,11 @@
 //! a large fleet costs what its choice costs, not what its trace would.
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use super::adequacy::{Slow, Wanted, too_slow};
 use super::decide::{Decision, Inputs, Target};
+use super::index::FleetSnapshot;
 use super::types::*;
 
 /// A candidate a decision weighed: a model on a node, or a route's hosted model.
@@ -357,22 +359,18 @@ pub(super) fn slot_unfit<'a>(
 impl Decision {
     /// Every candidate this decision did not choose, with why, in the order they were
     /// weighed: reasons are worked out here, from the same inputs `decide` had.
+    /// `f` may stop the walk early (`ControlFlow::Break`).
     pub fn each_exclusion<'a>(
         &'a self,
         inputs: &Inputs<'a>,
         req: &'a RouteRequest,
-        mut f: impl FnMut(Who<'a>, Why<'a>),
-    ) {
+        mut f: impl FnMut(Who<'a>, Why<'a>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         let t = &self.trace;
         let fleet = inputs.fleet;
         let route = t.route.and_then(|i| inputs.policy.routes.get(i));
         let ladder = fleet.index().ladder(req.task);
-        let chosen = match &self.outcome {
-            Ok(Target::Local { node, model, .. }) => fleet
-                .node(node)
-                .and_then(|n| n.models.iter().find(|m| &m.name == model).map(|m| (n, m))),
-            _ => None,
-        };
+        let chosen = self.chosen(fleet);
         for note in &t.notes {
             match note {
                 Note::Rung { rung, why } => {
@@ -381,7 +379,7 @@ impl Decision {
                     let why = self.rung_why(*why, m, route);
                     for &s in &rung.slots {
                         let (n, m) = fleet.at(s);
-                        f(Who::Local(n, m), why);
+                        f(Who::Local(n, m), why)?;
                     }
                 }
                 Note::Slots { rung } => {
@@ -395,22 +393,53 @@ impl Decision {
                         }
                         let why = slot_unfit(n, m, req, t.latency)
                             .unwrap_or_else(|| against(m, chosen.map(|c| c.1)));
-                        f(Who::Local(n, m), why);
+                        f(Who::Local(n, m), why)?;
                     }
                 }
                 Note::External(why) => {
-                    if let Some(ext) = route.and_then(|r| r.external.as_ref()) {
-                        let view = ExternalWhyView::new(
-                            *why,
-                            ext,
-                            self.data_class,
-                            req,
-                            t.wanted.as_ref(),
-                        );
-                        f(Who::External(ext), Why::External { why: view });
+                    if let Some((who, why)) = self.external_why(*why, inputs, req) {
+                        f(who, why)?;
                     }
                 }
             }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The route's hosted model and why it was passed over, if it was.
+    pub fn external_exclusion<'a>(
+        &'a self,
+        inputs: &Inputs<'a>,
+        req: &'a RouteRequest,
+    ) -> Option<(Who<'a>, Why<'a>)> {
+        self.trace.notes.iter().find_map(|n| match n {
+            Note::External(why) => self.external_why(*why, inputs, req),
+            _ => None,
+        })
+    }
+
+    fn external_why<'a>(
+        &'a self,
+        why: ExternalWhy,
+        inputs: &Inputs<'a>,
+        req: &'a RouteRequest,
+    ) -> Option<(Who<'a>, Why<'a>)> {
+        let route = self.trace.route.and_then(|i| inputs.policy.routes.get(i))?;
+        let ext = route.external.as_ref()?;
+        let view = ExternalWhyView::new(why, ext, self.data_class, req, self.trace.wanted.as_ref());
+        Some((Who::External(ext), Why::External { why: view }))
+    }
+
+    /// The chosen (node, model), when the decision serves locally.
+    pub(super) fn chosen<'a>(
+        &self,
+        fleet: &'a FleetSnapshot,
+    ) -> Option<(&'a NodeView, &'a ModelView)> {
+        match &self.outcome {
+            Ok(Target::Local { node, model, .. }) => fleet
+                .node(node)
+                .and_then(|n| n.models.iter().find(|m| &m.name == model).map(|m| (n, m))),
+            _ => None,
         }
     }
 
@@ -425,16 +454,22 @@ impl Decision {
     /// Every exclusion, formatted (explain, tests). A response lists a bounded number.
     pub fn excluded(&self, inputs: &Inputs<'_>, req: &RouteRequest) -> Vec<Exclusion> {
         let mut out = Vec::new();
-        self.each_exclusion(inputs, req, |who, why| {
+        let _ = self.each_exclusion(inputs, req, |who, why| {
             out.push(Exclusion {
                 candidate: who.candidate(),
                 reason: why.to_string(),
-            })
+            });
+            ControlFlow::Continue(())
         });
         out
     }
 
-    fn rung_why<'a>(&'a self, why: RungWhy, m: &'a ModelView, route: Option<&'a Route>) -> Why<'a> {
+    pub(super) fn rung_why<'a>(
+        &'a self,
+        why: RungWhy,
+        m: &'a ModelView,
+        route: Option<&'a Route>,
+    ) -> Why<'a> {
         let t = &self.trace;
         match why {
             RungWhy::Unwanted => match &t.wanted {
