@@ -1,5 +1,5 @@
 //! Entry point for the manifest fuzz target in `fuzz/` and for replaying its corpus in
-//! `make test` (`tests/tests/fuzz_corpus.rs`): arbitrary bytes as `model.toml` must never
+//! `make test` (`tests/tests/fleet/fuzz_corpus.rs`): arbitrary bytes as `model.toml` must never
 //! panic, and an accepted manifest is sane.
 
 use std::path::Path;

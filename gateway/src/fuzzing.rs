@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets in `fuzz/` and for replaying their corpora in
-//! `make test` (`tests/tests/fuzz_corpus.rs`). Each takes arbitrary bytes, must never panic,
+//! `make test` (`tests/tests/fleet/fuzz_corpus.rs`). Each takes arbitrary bytes, must never panic,
 //! and checks what must hold of whatever it accepts.
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 """The real OpenAI Python SDK against the gateway's OpenAI-compatible API.
 
-Run by tests/tests/openai_api.rs with the gateway and an agent on the tiny fixtures already
+Run by tests/tests/gateway/openai_api.rs with the gateway and an agent on the tiny fixtures already
 up:  sdk_check.py BASE_URL API_KEY LOCAL_MODEL EXTERNAL_MODEL
 Each check asserts what a caller sees; the first failure exits non-zero with its reason.
 """

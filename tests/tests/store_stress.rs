@@ -6,7 +6,7 @@
 //! gateway from stopping.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use common::*;
 

@@ -1,8 +1,7 @@
 //! `edgewise-agent models import`: a GGUF file becomes a folder the agent serves; an
 //! unsupported architecture or a truncated file is refused with the reason and leaves nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! Generation through the agent: streaming, sampling, stops, context limits and deadlines
 //! (the engine itself: decoder_batch.rs).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::time::Duration;
 

@@ -4,9 +4,8 @@
 //! files — and every log line, CLI output, audit record, metric and exported trace span is
 //! searched for the canary provider key, the tokens and the TLS private keys. None may appear
 //! anywhere.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,6 @@
 //! Bad models and a missing ONNX Runtime: clear reasons, and the rest keeps serving.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::process::Command;
 

@@ -1,9 +1,8 @@
 //! The decoder engine: the K/V cache bound in place equals full recomputation, batched decode
 //! steps equal each sequence decoded alone, and the batch loop's joins, cancellations,
 //! deadlines and K/V budget leave the other sequences untouched.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::time::{Duration, Instant};
 

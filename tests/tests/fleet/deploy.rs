@@ -1,8 +1,7 @@
 //! `deploy/install.sh --prefix` lays out a box, keeps an operator's configs on a second run,
 //! and the installed units pass `systemd-analyze verify` (where systemd-analyze exists).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -2,9 +2,8 @@
 //! build/test-venv) against a real gateway, an agent on the tiny fixtures and a mock hosted
 //! API over TLS; and raw HTTP for what an SDK never sends (malformed JSON, oversized
 //! bodies, slow clients).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::time::{Duration, Instant};
 

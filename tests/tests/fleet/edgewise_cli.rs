@@ -1,7 +1,6 @@
 //! The `edgewise` command line as an operator runs it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::process::Command;
 

@@ -1,8 +1,7 @@
 //! Policy hot reload under load: a valid edit changes routing with no failed request; an
 //! invalid edit is rejected and the policy in force stays.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

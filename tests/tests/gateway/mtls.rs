@@ -2,9 +2,8 @@
 //! gateway and an agent on port-0 listeners talking over TLS, callers proving their tenant
 //! with a certificate or a bearer token, peers with missing, foreign, expired or mismatched
 //! certificates refused, and certificates replaced while a request is in flight.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,9 +10,8 @@
 //! Metrics: both daemons push their registries on an interval; the requests the gateway served
 //! arrive as a monotonic cumulative sum with route, task, target and outcome, its latency as a
 //! histogram, and the agent's per-model figures under its node id.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -129,18 +128,22 @@ async fn one_request_is_one_trace_across_gateway_and_agent() {
                 .any(|s| s.trace == root.trace && s.name == *name && s.service.contains(svc))
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !complete(&spans()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the trace is incomplete after 30 s; received: {:#?}",
-            spans()
-                .iter()
-                .map(|s| (s.service.clone(), s.name.clone()))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(Duration::from_secs(30), || {
+        let all = spans();
+        async move {
+            if complete(&all) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the trace is incomplete; received: {:#?}",
+                    all.iter()
+                        .map(|s| (s.service.clone(), s.name.clone()))
+                        .collect::<Vec<_>>()
+                ))
+            }
+        }
+    })
+    .await;
     let all = spans();
     let root = all.iter().find(|s| s.name == "gateway.generate").unwrap();
     let in_trace = |name: &str| {
@@ -250,21 +253,23 @@ async fn metrics_reach_the_collector_over_otlp() {
         all.iter()
             .any(|m| m.service == "edgewise-agent" && m.metric.name == "edgewise_agent_requests")
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    poll(Duration::from_secs(30), || {
         let all = receiver.metrics();
-        if requests(&all) == Some(3) && agent_exported(&all) {
-            break;
+        let done = requests(&all) == Some(3) && agent_exported(&all);
+        async move {
+            if done {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no export with the three requests; received: {:?}",
+                    all.iter()
+                        .map(|m| (m.service.clone(), m.metric.name.clone()))
+                        .collect::<std::collections::BTreeSet<_>>()
+                ))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no export with the three requests after 30 s; received: {:?}",
-            all.iter()
-                .map(|m| (m.service.clone(), m.metric.name.clone()))
-                .collect::<std::collections::BTreeSet<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let all = receiver.metrics();
     let latest = |service: &str, name: &str| {
         all.iter()
@@ -366,8 +371,7 @@ async fn an_https_collector_is_reached_when_its_ca_is_trusted_and_refused_when_n
     let mut c = gateway_client(&addr);
     agent_ready(&c).await;
     generate(&mut c).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    poll(Duration::from_secs(30), || {
         let spans = receiver.spans();
         let metrics = receiver.metrics();
         let arrived = spans.iter().any(|s| s.name == "gateway.generate")
@@ -378,17 +382,10 @@ async fn an_https_collector_is_reached_when_its_ca_is_trusted_and_refused_when_n
             && metrics
                 .iter()
                 .any(|m| m.metric.name == "edgewise_agent_requests");
-        if arrived {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "over TLS after 30 s: {} spans, {} metrics",
-            spans.len(),
-            metrics.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let seen = format!("over TLS: {} spans, {} metrics", spans.len(), metrics.len());
+        async move { if arrived { Ok(()) } else { Err(seen) } }
+    })
+    .await;
     agent.stop();
     gw.stop();
     server.abort();
@@ -407,25 +404,22 @@ async fn an_https_collector_is_reached_when_its_ca_is_trusted_and_refused_when_n
     let mut c = gateway_client(&addr);
     agent_ready(&c).await;
     generate(&mut c).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let text = poll(Duration::from_secs(30), || async move {
         let text = http_get(metrics, "/metrics").await;
         let failed = counter(&text, "edgewise_gateway_metric_export_failures_total");
         let spans_failed = counter(&text, "edgewise_gateway_trace_spans_failed_total");
         if failed > 0 && spans_failed > 0 {
-            assert_eq!(
-                counter(&text, "edgewise_gateway_metric_exports_total"),
-                0,
-                "{text}"
-            );
-            break;
+            Ok(text)
+        } else {
+            Err(format!("no failed exports counted:\n{text}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed exports counted after 30 s:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        counter(&text, "edgewise_gateway_metric_exports_total"),
+        0,
+        "{text}"
+    );
     assert!(receiver.spans().is_empty() && receiver.metrics().is_empty());
     agent.stop();
     gw.stop();

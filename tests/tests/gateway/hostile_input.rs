@@ -2,9 +2,8 @@
 //! (RESOURCE_EXHAUSTED, from the length prefix, at the gateway and at the agent), too many
 //! texts or messages, too long a prompt, too large a `max_tokens`, malformed sampling settings
 //! (INVALID_ARGUMENT), and a tenant over its requests in flight (RESOURCE_EXHAUSTED).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use common::*;
 use edgewise_gateway::{Gateway, GatewayConfig};

@@ -1,7 +1,6 @@
 //! Admission under load and what the capacity reports say about it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

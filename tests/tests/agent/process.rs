@@ -1,11 +1,10 @@
 //! The real `edgewise-agent` binary: systemd notifications, SIGTERM drain, kill -9 and state.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use edgewise_proto as pb;
@@ -36,14 +35,11 @@ fn signal(child: &Child, sig: &str) {
 }
 
 async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the agent did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(Duration::from_secs(30), || {
+        let exited = child.try_wait().unwrap();
+        async move { exited.ok_or_else(|| "the agent did not exit".to_string()) }
+    })
+    .await
 }
 
 #[tokio::test]

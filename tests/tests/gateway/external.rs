@@ -1,9 +1,8 @@
 //! The gateway falling back to a hosted API — a mock speaking OpenAI's and Anthropic's wire
 //! protocols over real TLS — only when policy permits: streamed answers, retries honouring
 //! Retry-After, usage-based cost in the ledger, audit records, budgets and refusals.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use common::*;
 

@@ -1,33 +1,23 @@
 //! Test harness: real agents on port-0 listeners, a real `Fleet` receiver standing in for a
-//! gateway, and waiting on conditions with a deadline (never sleeping to synchronise).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! gateway, real daemons as child processes, gateway clients, and waiting on conditions with a
+//! deadline (never sleeping to synchronise).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+
 use std::time::Duration;
 
 use edgewise_agent::Agent;
 use edgewise_agent::config::{AgentConfig, Limits};
 use edgewise_proto as pb;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
+
+pub use crate::otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,23 +47,44 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Polls `cond` until it holds or `timeout` passes.
+/// The one way tests wait: polls `check` (every 10 ms) until it gives `Ok`, and returns that
+/// value; once `timeout` has passed, fails the test with the last `Err` — what was seen
+/// instead. Never a sleep standing in for synchronisation.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `poll` for a condition: waits until `cond` holds.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
+    poll(timeout, || {
+        let held = cond();
+        async move {
+            if held.await {
+                Ok(())
+            } else {
+                Err(format!("waiting for: {what}"))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 /// A `Fleet` receiver: keeps the latest report and counts streams.
@@ -434,149 +445,6 @@ pub async fn spend_entries(c: &mut GatewayClient) -> Vec<pb::SpendEntry> {
         .entries
 }
 
-#[derive(Debug, Clone)]
-pub struct ReceivedSpan {
-    pub service: String,
-    pub name: String,
-    pub trace: Vec<u8>,
-    pub id: Vec<u8>,
-    pub parent: Vec<u8>,
-    /// Every attribute, as text (for searching).
-    pub attributes: String,
-}
-
-/// One metric as a collector received it, with the resource that sent it.
-#[derive(Debug, Clone)]
-pub struct ReceivedMetric {
-    /// `service.name`.
-    pub service: String,
-    /// `service.instance.id`.
-    pub instance: String,
-    pub metric: opentelemetry_proto::tonic::metrics::v1::Metric,
-}
-
-/// An OTLP/gRPC collector standing in for a real one: keeps every span and every metric it
-/// receives.
-#[derive(Default, Clone)]
-pub struct OtlpReceiver {
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    metrics: Arc<Mutex<Vec<ReceivedMetric>>>,
-}
-
-fn resource_text(
-    r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
-    key: &str,
-) -> String {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    r.iter()
-        .flat_map(|r| &r.attributes)
-        .find(|a| a.key == key)
-        .and_then(|a| a.value.as_ref()?.value.as_ref())
-        .map(|v| match v {
-            Value::StringValue(s) => s.clone(),
-            other => format!("{other:?}"),
-        })
-        .unwrap_or_default()
-}
-
-#[tonic::async_trait]
-impl TraceService for OtlpReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut out = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = resource_text(rs.resource.as_ref(), "service.name");
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    out.push(ReceivedSpan {
-                        attributes: format!("{:?}", s.attributes),
-                        service: service.clone(),
-                        name: s.name,
-                        trace: s.trace_id,
-                        id: s.span_id,
-                        parent: s.parent_span_id,
-                    });
-                }
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for OtlpReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let mut out = self.metrics.lock().unwrap();
-        for rm in request.into_inner().resource_metrics {
-            let service = resource_text(rm.resource.as_ref(), "service.name");
-            let instance = resource_text(rm.resource.as_ref(), "service.instance.id");
-            for sm in rm.scope_metrics {
-                for metric in sm.metrics {
-                    out.push(ReceivedMetric {
-                        service: service.clone(),
-                        instance: instance.clone(),
-                        metric,
-                    });
-                }
-            }
-        }
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-type Started = (
-    std::net::SocketAddr,
-    OtlpReceiver,
-    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-);
-
-impl OtlpReceiver {
-    /// Listening on a port-0 address; (its address, the receiver, the server task).
-    pub async fn start() -> Started {
-        Self::serve(None).await
-    }
-
-    /// Like [`OtlpReceiver::start`], over TLS with `tls`'s certificate (no client certificate
-    /// asked for).
-    pub async fn start_tls(tls: Arc<edgewise_tls::Tls>) -> Started {
-        Self::serve(Some(tls)).await
-    }
-
-    async fn serve(tls: Option<Arc<edgewise_tls::Tls>>) -> Started {
-        let receiver = OtlpReceiver::default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .add_service(MetricsServiceServer::new(receiver.clone()));
-        let server = match tls {
-            Some(tls) => {
-                tokio::spawn(router.serve_with_incoming(edgewise_tls::net::incoming(listener, tls)))
-            }
-            None => tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener))),
-        };
-        (addr, receiver, server)
-    }
-
-    pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
-    }
-
-    /// Every metric received so far, oldest export first.
-    pub fn metrics(&self) -> Vec<ReceivedMetric> {
-        self.metrics.lock().unwrap().clone()
-    }
-}
-
 /// A daemon process, killed when dropped (a failing test leaves nothing running).
 pub struct Proc(pub std::process::Child);
 
@@ -662,7 +530,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 pub fn provider(
     name: &str,
     kind: edgewise_gateway::providers::Kind,
-    mock: &edgewise_tests::mock_provider::MockProvider,
+    mock: &crate::mock_provider::MockProvider,
     price: f64,
 ) -> edgewise_gateway::providers::ProviderConfig {
     edgewise_gateway::providers::ProviderConfig {

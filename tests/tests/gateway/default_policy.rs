@@ -3,9 +3,8 @@
 //! model, a larger one when it is saturated, a confidential request refused without reaching
 //! the provider, and an internal one served by the provider with its cost in the ledger and
 //! the audit export.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -2,9 +2,8 @@
 //! (Debian's package, fetched by `tools/fetch_prometheus.sh`, which `make test` runs): after a
 //! few routed requests, Prometheus reports both targets up and answers queries for the
 //! gateway's and the agent's request counters and latency histograms.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

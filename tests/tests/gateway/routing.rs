@@ -1,8 +1,7 @@
 //! The gateway with real agents on tiny fixture models: smallest adequate model, spill to a
 //! larger one under load, routing again when an agent refuses, and nodes leaving routing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! The real models from `make models`: SmolLM2 (8- and 4-bit) answers, MiniLM embeds, the classifiers classify.
 //! `make test` sets EDGEWISE_TEST_REAL_MODELS=required, so there a missing models/ fails.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use edgewise_tests::harness as common;
 
 use common::*;
 use edgewise_proto as pb;
