@@ -7,7 +7,7 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help prereqs onnxruntime models prometheus testvenv fixtures build release test lint fmt up install bench clean
+.PHONY: help prereqs onnxruntime models prometheus testvenv fixtures build release test lint miri fmt up install bench clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
@@ -19,6 +19,7 @@ help:
 	@echo "make prometheus   fetch Debian's Prometheus into build/prometheus (for the metrics test)"
 	@echo "make fixtures     regenerate the tiny test models in tests/fixtures/models"
 	@echo "make testvenv     the pinned openai SDK in build/test-venv (for the HTTP API tests)"
+	@echo "make miri         the agent's unsafe K/V buffers under Miri (installs a nightly toolchain with miri)"
 
 prereqs:
 	@bash tools/check_prereqs.sh
@@ -64,6 +65,12 @@ test: onnxruntime models prometheus testvenv lint
 	python3 -m unittest discover -s bench -p 'test_*.py'
 	$(CARGO) build --workspace --bins
 	EDGEWISE_TEST_REAL_MODELS=required EDGEWISE_TEST_SDK=required $(CARGO) test --workspace --no-fail-fast
+
+# The agent's one unsafe module (engine/kv.rs) under Miri's aliasing and memory checks. Opt-in:
+# it needs a nightly toolchain, and building the agent for Miri takes minutes.
+miri:
+	rustup toolchain install nightly --profile minimal --component miri,rust-src
+	cd agent && $(CARGO) +nightly miri test --lib engine::kv
 
 ONCE ?= 0
 up: onnxruntime models release

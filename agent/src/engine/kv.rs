@@ -10,12 +10,18 @@
 //! This is the one module of the agent with `unsafe` code: `ort`'s safe binding API copies a
 //! borrowed input and refuses a borrowed output, so the views are made with
 //! `TensorRefMut::from_raw` and bound through the C API's `BindInput` / `BindOutput`.
-//! Invariant that keeps it sound: a view lives in a cached binding owned by the arena, the
-//! buffers are never resized in place, and every cached binding is dropped before the buffers
-//! are replaced or freed.
+//! What keeps it sound, by construction:
+//! - a buffer (`KvBuffer`) is allocated once and reached only through the raw pointer it was
+//!   allocated with — no `&` or `&mut` to its memory is ever made — so the views ONNX Runtime
+//!   writes through stay valid while the arena moves rows (a new unique borrow of the memory
+//!   would end them under Rust's aliasing rules; Miri's check of the old `Vec` design failed
+//!   exactly there, `make miri` runs this module's tests under Miri);
+//! - a view lives in a cached binding owned by the arena, and every cached binding is dropped
+//!   before the buffers are freed (field order; `grown` consumes the arena).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::ptr::NonNull;
 
 use ort::AsPointer;
 use ort::memory::{Allocator, MemoryInfo};
@@ -39,6 +45,89 @@ impl KvGeometry {
     }
 }
 
+/// One K/V buffer of `len` zero-initialised f32s, owned like a `Box<[f32]>` but reached only
+/// through its raw pointer: copies within it and views into it never create a reference to
+/// its memory, so no view is ever invalidated by another access.
+struct KvBuffer {
+    ptr: NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its allocation exclusively, as a `Box<[f32]>` would.
+unsafe impl Send for KvBuffer {}
+
+impl KvBuffer {
+    fn zeroed(len: usize) -> Self {
+        let raw = Box::into_raw(vec![0.0f32; len].into_boxed_slice());
+        Self {
+            // a box's pointer is never null (an empty one is dangling but non-null)
+            ptr: NonNull::new(raw.cast::<f32>()).unwrap_or(NonNull::dangling()),
+            len,
+        }
+    }
+
+    /// A pointer to `count` values from `offset`, for a view.
+    fn span(&self, offset: usize, count: usize) -> *mut f32 {
+        assert!(offset + count <= self.len, "span outside the buffer");
+        // SAFETY: in bounds (checked above) of the allocation `ptr` points into.
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+
+    /// Copies `count` values from `src` to `dst` (the ranges may overlap).
+    fn copy_within(&mut self, src: usize, dst: usize, count: usize) {
+        let (from, to) = (self.span(src, count), self.span(dst, count));
+        // SAFETY: both ranges are in bounds (`span`); `copy` allows overlap.
+        unsafe { std::ptr::copy(from, to, count) }
+    }
+
+    /// Copies `count` values from `src` in this buffer to `dst` in `other`.
+    fn copy_to(&self, other: &mut KvBuffer, src: usize, dst: usize, count: usize) {
+        let (from, to) = (self.span(src, count), other.span(dst, count));
+        // SAFETY: in bounds (`span`) of two distinct allocations.
+        unsafe { std::ptr::copy_nonoverlapping(from, to, count) }
+    }
+
+    #[cfg(test)]
+    fn get(&self, i: usize) -> f32 {
+        // SAFETY: in bounds (`span`).
+        unsafe { self.span(i, 1).read() }
+    }
+
+    #[cfg(test)]
+    fn set(&mut self, i: usize, v: f32) {
+        // SAFETY: in bounds (`span`).
+        unsafe { self.span(i, 1).write(v) }
+    }
+}
+
+impl Drop for KvBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are the box made in `zeroed`, freed once, here.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.len,
+            ))
+        });
+    }
+}
+
+/// Which half of a layer's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Key,
+    Value,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Key => "key",
+            Kind::Value => "value",
+        }
+    }
+}
+
 /// A binding of rows `start..start + rows`, reused while the arena's buffers stay the same.
 struct RowBinding {
     start: usize,
@@ -53,8 +142,8 @@ struct RowBinding {
 pub struct KvArena {
     // field order is drop order: the bindings (and their views) go before the buffers
     bindings: Vec<RowBinding>,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<KvBuffer>,
+    values: Vec<KvBuffer>,
     geometry: KvGeometry,
     rows: usize,
     capacity: usize,
@@ -67,8 +156,12 @@ impl KvArena {
         let per_layer = rows * geometry.kv_heads * capacity * geometry.head_dim;
         Self {
             bindings: Vec::new(),
-            keys: (0..geometry.layers).map(|_| vec![0.0; per_layer]).collect(),
-            values: (0..geometry.layers).map(|_| vec![0.0; per_layer]).collect(),
+            keys: (0..geometry.layers)
+                .map(|_| KvBuffer::zeroed(per_layer))
+                .collect(),
+            values: (0..geometry.layers)
+                .map(|_| KvBuffer::zeroed(per_layer))
+                .collect(),
             geometry,
             rows,
             capacity,
@@ -91,6 +184,16 @@ impl KvArena {
         self.geometry.kv_heads * self.capacity * self.geometry.head_dim
     }
 
+    /// Where rows `start..start + rows` of one layer's keys or values begin: what a binding's
+    /// view points at.
+    fn span(&self, kind: Kind, layer: usize, start: usize, rows: usize) -> *mut f32 {
+        let bufs = match kind {
+            Kind::Key => &self.keys,
+            Kind::Value => &self.values,
+        };
+        bufs[layer].span(start * self.row_len(), rows * self.row_len())
+    }
+
     /// Copies the first `len` positions of row `from` into row `to` (every layer and head).
     pub fn move_row(&mut self, from: usize, to: usize, len: usize) {
         if from == to {
@@ -106,7 +209,7 @@ impl KvArena {
             for h in 0..heads {
                 let src = from * row + h * cap * hd;
                 let dst = to * row + h * cap * hd;
-                buf.copy_within(src..src + len * hd, dst);
+                buf.copy_within(src, dst, len * hd);
             }
         }
     }
@@ -131,7 +234,7 @@ impl KvArena {
                 for h in 0..heads {
                     let src = r * old_row + h * self.capacity * hd;
                     let dst = r * new_row + h * next.capacity * hd;
-                    new[dst..dst + len * hd].copy_from_slice(&old[src..src + len * hd]);
+                    old.copy_to(new, src, dst, len * hd);
                 }
             }
         }
@@ -187,22 +290,18 @@ impl KvArena {
             self.capacity as i64,
             self.geometry.head_dim as i64,
         ]);
-        let offset = start * self.row_len();
-        let count = rows * self.row_len();
         let mut views = Vec::with_capacity(2 * self.geometry.layers);
         for layer in 0..self.geometry.layers {
-            for (kind, bufs) in [("key", &mut self.keys), ("value", &mut self.values)] {
-                let data = &mut bufs[layer][offset..offset + count];
-                // SAFETY: `data` is `count` f32s of a buffer this arena owns and never resizes;
-                // the view is kept in the binding, and every binding is dropped before the
-                // buffers (field order; `grown` consumes the arena).
+            for kind in [Kind::Key, Kind::Value] {
+                let data = self.span(kind, layer, start, rows);
+                // SAFETY: `data` starts `rows` whole rows (the shape) of a buffer this arena
+                // owns, never resizes and reaches only through raw pointers (`KvBuffer`); the
+                // view is kept in the binding, and every binding is dropped before the buffers
+                // (field order; `grown` consumes the arena).
                 let view: TensorRefMut<'static, f32> = unsafe {
-                    TensorRefMut::from_raw(
-                        MemoryInfo::default(),
-                        data.as_mut_ptr().cast(),
-                        shape.clone(),
-                    )?
+                    TensorRefMut::from_raw(MemoryInfo::default(), data.cast(), shape.clone())?
                 };
+                let kind = kind.name();
                 bind_raw(
                     &mut binding,
                     &format!("past_key_values.{layer}.{kind}"),
@@ -287,20 +386,46 @@ mod tests {
         // row 1, head 1, positions 0..2 of layer 0's keys
         let row = a.row_len();
         for i in 0..6 {
-            a.keys[0][row + 4 * 3 + i] = 1.0 + i as f32;
+            a.keys[0].set(row + 4 * 3 + i, 1.0 + i as f32);
         }
         a.move_row(1, 0, 2);
-        assert_eq!(
-            &a.keys[0][4 * 3..4 * 3 + 6],
-            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-        );
+        let got: Vec<f32> = (4 * 3..4 * 3 + 6).map(|i| a.keys[0].get(i)).collect();
+        assert_eq!(got, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let b = a.grown(3, 8, &[2]);
         assert_eq!((b.rows(), b.capacity()), (3, 8));
         // head 1 of row 0 now starts at 8 positions in
-        assert_eq!(
-            &b.keys[0][8 * 3..8 * 3 + 6],
-            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-        );
-        assert!(b.keys[0][..8 * 3].iter().all(|&v| v == 0.0));
+        let got: Vec<f32> = (8 * 3..8 * 3 + 6).map(|i| b.keys[0].get(i)).collect();
+        assert_eq!(got, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert!((0..8 * 3).all(|i| b.keys[0].get(i) == 0.0));
+    }
+
+    /// What the engine does between steps, with the pointers a binding's views hold: the arena
+    /// moves rows (a finished sequence's row refilled) while the views live, then ONNX Runtime
+    /// reads and writes through them. The old `Vec` buffers failed this under Miri (the move
+    /// made a unique borrow of the memory, ending the views); `make miri` runs it so.
+    #[test]
+    fn views_stay_valid_while_the_arena_moves_rows() {
+        let g = geometry();
+        let mut a = KvArena::new(g, 2, 4);
+        let row = a.row_len();
+        let decode = a.span(Kind::Key, 1, 0, 2);
+        let prefill = a.span(Kind::Value, 1, 1, 1);
+        a.keys[1].set(row, 5.0);
+        a.move_row(1, 0, 1);
+        a.values[1].set(row + 1, 3.0);
+        a.move_row(1, 0, 1);
+        // SAFETY: both spans are in bounds of live buffers (the probe of the invariant)
+        unsafe {
+            assert_eq!(decode.read(), 5.0, "the move is seen through the view");
+            decode.add(row - 1).write(9.0);
+            assert_eq!(prefill.add(1).read(), 3.0);
+            prefill.write(2.0);
+        }
+        assert_eq!(a.keys[1].get(row - 1), 9.0);
+        assert_eq!(a.values[1].get(row), 2.0);
+        assert_eq!(a.values[1].get(1), 3.0, "row 1 moved to row 0");
+        // growing copies into new buffers and frees these (no view outlives them)
+        let b = a.grown(2, 8, &[1, 1]);
+        assert_eq!(b.keys[1].get(0), 5.0);
     }
 }
