@@ -63,6 +63,7 @@ lint: testvenv
 # the binaries of the package under test).
 test: onnxruntime models prometheus testvenv lint
 	python3 -m unittest discover -s bench -p 'test_*.py'
+	python3 -m unittest discover -s tools -p 'test_*.py'
 	$(CARGO) build --workspace --bins
 	EDGEWISE_TEST_REAL_MODELS=required EDGEWISE_TEST_SDK=required $(CARGO) test --workspace --no-fail-fast
 

@@ -18,6 +18,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
 )
 from modelprep import gguf_import, fused_decoder as fd
+from modelprep.decode import Decoder
 from onnx import TensorProto
 
 imp = gguf_import.load(sys.argv[1], max_context=2048)
@@ -59,7 +60,6 @@ text = open(
 ids = imp.tokenizer.encode(text, add_special_tokens=False).ids[:256]
 so = ort.SessionOptions()
 so.intra_op_num_threads = 2
-kvh, hd = cfg.num_key_value_heads, cfg.head_dim
 
 
 def session(m):
@@ -69,52 +69,27 @@ def session(m):
 
 
 def ppl(s):
-    cap = len(ids) + 1
-    arrays = {
-        f"past_key_values.{i}.{k}": np.zeros((1, kvh, cap, hd), np.float32)
-        for i in range(cfg.num_hidden_layers)
-        for k in ("key", "value")
-    }
-    kv = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+    dec = Decoder(s)
+    b = dec.binding(dec.cache(1, len(ids) + 1))
     nll = 0.0
     for t in range(len(ids) - 1):
-        b = s.io_binding()
-        b.bind_output("logits")
-        b.bind_cpu_input("input_ids", np.array([[ids[t]]], np.int64))
-        b.bind_cpu_input("attention_mask", np.ones((1, t + 1), np.int64))
-        for n, v in kv.items():
-            b.bind_ortvalue_input(n, v)
-            b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
-        s.run_with_iobinding(b)
-        ln = b.copy_outputs_to_cpu()[0][0, -1].astype(np.float64)
+        ln = dec.step(b, np.array([[ids[t]]]), np.ones((1, t + 1)))[0, -1].astype(np.float64)
         m = ln.max()
         nll -= ln[ids[t + 1]] - m - np.log(np.exp(ln - m).sum())
     return float(np.exp(nll / (len(ids) - 1)))
 
 
 def step_rate(s, rows, steps=48, past=100):
-    cap = past + steps + 1
-    arrays = {
-        f"past_key_values.{i}.{k}": np.random.default_rng(0)
-        .standard_normal((rows, kvh, cap, hd))
-        .astype(np.float32)
-        * 0.1
-        for i in range(cfg.num_hidden_layers)
-        for k in ("key", "value")
-    }
-    kv = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-    b = s.io_binding()
-    b.bind_output("logits")
-    for n, v in kv.items():
-        b.bind_ortvalue_input(n, v)
-        b.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+    dec = Decoder(s)
+    rng = np.random.default_rng(0)
+    cache = dec.cache(rows, past + steps + 1,
+                      fill=lambda shape: rng.standard_normal(shape).astype(np.float32) * 0.1)
+    b = dec.binding(cache)
     best = 0
     for rep in range(3):
         t0 = time.perf_counter()
         for st in range(steps):
-            b.bind_cpu_input("input_ids", np.full((rows, 1), 300, np.int64))
-            b.bind_cpu_input("attention_mask", np.ones((rows, past + st + 1), np.int64))
-            s.run_with_iobinding(b)
+            dec.step(b, np.full((rows, 1), 300), np.ones((rows, past + st + 1)))
         best = max(best, rows * steps / (time.perf_counter() - t0))
     return best
 

@@ -8,8 +8,11 @@ and thread counts. Each subcommand prints one JSON object per line.
   llama-batch llama.cpp decoding rows sequences in one batch per step (its batch API)
   weights   bytes of weights one decode step reads (the roofline's denominator)
 
-Run with build/venv/bin/python (numpy, onnx, onnxruntime, tokenizers); `llama` needs the
-venv that bench/llama.sh builds.
+Every prompt is the model folder's chat template (its model.toml) rendered as the agent
+renders it, with the template's default system prompt (tools/modelprep/chat.py); the llama
+subcommands take the folder with --template-from. The decode loop is the tools' own
+(tools/modelprep/decode.py). Run with build/venv/bin/python (numpy, onnx, onnxruntime,
+tokenizers); `llama` needs the venv that bench/llama.sh builds.
 """
 
 import argparse
@@ -18,6 +21,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from modelprep import chat  # noqa: E402
 
 
 def ort_session(model: Path, threads: int):
@@ -77,64 +83,42 @@ def embed(a):
     print(json.dumps({"ref": "python-ort-batch16", "texts_per_s": 16 * reps / el}), flush=True)
 
 
-def chatml(system: str, prompt: str) -> str:
-    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+def prompt_text(folder: Path, prompt: str) -> str:
+    """The prompt as the agent renders a one-message chat for the model in `folder`."""
+    return chat.render(chat.template_of(str(folder)), [("user", prompt)])
 
 
 def fused_loop(model: Path, threads: int):
-    """A greedy decode loop in onnxruntime over the agent's fused graph, laid out as the agent
-    drives it: one K/V buffer per layer bound as both past and present (IO binding)."""
+    """Greedy decoding over the agent's fused graph, laid out as the agent drives it (the tools'
+    Decoder: one K/V buffer per layer bound as both past and present)."""
     import numpy as np
-    import onnxruntime as ort
+    from modelprep.decode import Decoder
 
-    sess = ort_session(model / "model.onnx", threads)
-    inputs = {i.name: i for i in sess.get_inputs()}
-    past = sorted(n for n in inputs if n.startswith("past_key_values."))
-    kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
+    dec = Decoder(ort_session(model / "model.onnx", threads))
 
     def run(rows: list[list[int]], new_tokens: int, on_token=None):
         """Greedy-decodes every row (each prefilled alone, then batched steps); returns the
         time of the first batched step's start and the end."""
         cap = max(len(r) for r in rows) + new_tokens
-        # the arrays own the memory (an OrtValue from numpy only borrows it): keep them alive
-        arrays = {n: np.zeros((len(rows), kv_heads, cap, head_dim), np.float32) for n in past}
-        kv = {n: ort.OrtValue.ortvalue_from_numpy(arr) for n, arr in arrays.items()}
+        cache = dec.cache(len(rows), cap)
         lens, last = [], []
         for b, ids in enumerate(rows):
-            # a row prefills into its own view: a batch-1 buffer per row, copied in afterwards
-            row_arrays = {n: np.zeros((1, kv_heads, cap, head_dim), np.float32) for n in past}
-            row_kv = {n: ort.OrtValue.ortvalue_from_numpy(arr) for n, arr in row_arrays.items()}
-            bind = sess.io_binding()
-            bind.bind_output("logits")  # first: copy_outputs_to_cpu()[0]
-            bind.bind_cpu_input("input_ids", np.array([ids], np.int64))
-            bind.bind_cpu_input("attention_mask", np.ones((1, len(ids)), np.int64))
-            for n, v in row_kv.items():
-                bind.bind_ortvalue_input(n, v)
-                bind.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
-            sess.run_with_iobinding(bind)
-            logits = bind.copy_outputs_to_cpu()[0]
-            for n in past:
-                arrays[n][b] = row_arrays[n][0]
+            # a row prefills into its own batch-1 buffer, copied in afterwards
+            row = dec.cache(1, cap)
+            logits = dec.step(dec.binding(row), np.array([ids]), np.ones((1, len(ids))))
+            for n in dec.past:
+                cache[n][b] = row[n][0]
             last.append(int(logits[0, -1].argmax()))
             lens.append(len(ids))
             if on_token:
                 on_token(b)
         start = time.perf_counter()
-        bind = sess.io_binding()
-        bind.bind_output("logits")
-        for n, v in kv.items():
-            bind.bind_ortvalue_input(n, v)
-            bind.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+        bind = dec.binding(cache)
         for _ in range(new_tokens - 1):
-            width = max(lens) + 1
-            mask = np.zeros((len(rows), width), np.int64)
+            mask = np.zeros((len(rows), max(lens) + 1))
             for b, n in enumerate(lens):
                 mask[b, : n + 1] = 1
-            bind.bind_cpu_input("input_ids", np.array(last, np.int64)[:, None])
-            bind.bind_cpu_input("attention_mask", mask)
-            sess.run_with_iobinding(bind)
-            logits = bind.copy_outputs_to_cpu()[0]
+            logits = dec.step(bind, np.array(last)[:, None], mask)
             last = [int(x) for x in logits[:, -1].argmax(-1)]
             lens = [n + 1 for n in lens]
         return start, time.perf_counter()
@@ -147,7 +131,7 @@ def generate(a):
 
     tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
     run = fused_loop(a.model, a.threads)
-    ids = tok.encode(chatml(a.system, a.prompt), add_special_tokens=False).ids
+    ids = tok.encode(prompt_text(a.model, a.prompt), add_special_tokens=False).ids
 
     def once():
         t0 = time.perf_counter()
@@ -167,7 +151,7 @@ def llama(a):
 
     llm = Llama(model_path=str(a.gguf), n_threads=a.threads, n_threads_batch=a.threads,
                 n_ctx=512, n_batch=512, seed=7, verbose=False)
-    text = chatml(a.system, a.prompt)
+    text = prompt_text(a.template_from, a.prompt)
     prompt_tokens = len(llm.tokenize(text.encode(), add_bos=False, special=True))
     eos = llm.token_eos()
 
@@ -199,7 +183,7 @@ def llama_batch(a):
     import numpy as np
     from llama_cpp import Llama
 
-    text = chatml(a.system, a.prompt)
+    text = prompt_text(a.template_from, a.prompt)
     # the model once; a context per batch size with room for `rows` sequences
     llm = Llama(model_path=str(a.gguf), n_threads=a.threads, n_threads_batch=a.threads, n_ctx=512,
                 verbose=False)
@@ -256,7 +240,7 @@ def batch_step(a):
 
     tok = Tokenizer.from_file(str(a.model / "tokenizer.json"))
     run = fused_loop(a.model, a.threads)
-    ids = tok.encode(chatml(a.system, a.prompt), add_special_tokens=False).ids
+    ids = tok.encode(prompt_text(a.model, a.prompt), add_special_tokens=False).ids
     for rows in a.rows:
         run([ids] * rows, 8)
         els = []
@@ -306,10 +290,11 @@ def main():
             g.add_argument("--model", type=Path, required=True)
         else:
             g.add_argument("--gguf", type=Path, required=True)
+            g.add_argument("--template-from", type=Path, required=True,
+                           help="the model folder whose chat template renders the prompt")
         if name in ("llama-batch", "batch-step"):
             g.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8])
         g.add_argument("--threads", type=int, default=2)
-        g.add_argument("--system", required=True)
         g.add_argument("--prompt", required=True)
         g.add_argument("--new-tokens", type=int, default=64)
         g.add_argument("--runs", type=int, default=3)

@@ -146,8 +146,6 @@ dir = \"$dir/state-unbatched\"" > "$dir/unbatched.toml"
 generate() {
   local dir=$OUT/generate
   local prompt="Write a detailed, step by step guide to baking sourdough bread at home."
-  local system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-  local qwen_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
   # the ladder's models that are prepared (the 1.5B only after `make models LADDER=full`)
   local ladder=() m
   for m in qwen2.5-coder-0.5b-q4 qwen2.5-coder-1.5b-q4; do
@@ -175,19 +173,20 @@ dir = \"$dir/state\"" > "$dir/agent.toml"
   local n
   n=$(python3 -c 'import json,sys; print(min(json.loads(l)["new_tokens"] for l in open(sys.argv[1])))' "$OUT/generate.jsonl")
   for m in smollm2-135m-int8 smollm2-135m-q4 "${ladder[@]}"; do
-    local sys_prompt=$system
-    [[ $m == qwen* ]] && sys_prompt=$qwen_system
+    # the prompt through the model's own chat template (model.toml), as the agent renders it
     "$PY" bench/reference.py generate --model "models/$m" --threads "$THREADS" \
-      --system "$sys_prompt" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+      --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
     "$PY" bench/reference.py weights --model "models/$m" | tee -a "$OUT/generate.jsonl"
   done
   local llama
   if llama=$(bash bench/llama/setup.sh); then
     "$llama" bench/reference.py llama --gguf build/bench/SmolLM2-135M-Instruct.Q4_1.gguf \
-      --threads "$THREADS" --system "$system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+      --template-from models/smollm2-135m-q4 --threads "$THREADS" --prompt "$prompt" \
+      --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
     for m in "${ladder[@]}"; do
       "$llama" bench/reference.py llama --gguf "build/downloads/work/$m.gguf" \
-        --threads "$THREADS" --system "$qwen_system" --prompt "$prompt" --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
+        --template-from "models/$m" --threads "$THREADS" --prompt "$prompt" \
+        --new-tokens "$n" | tee -a "$OUT/generate.jsonl"
     done
   else
     echo '{"ref": "llama.cpp", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/generate.jsonl"
@@ -201,7 +200,6 @@ dir = \"$dir/state\"" > "$dir/agent.toml"
 batching() {
   local dir=$OUT/batching model=smollm2-135m-q4
   local prompt="Write a detailed, step by step guide to baking sourdough bread at home."
-  local system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
   local filler="Edge boxes keep private requests on their own hardware, close to the data, and send them to a hosted model only when the policy allows it."
   rm -rf "$dir"; mkdir -p "$dir"
   : > "$OUT/batching.jsonl"
@@ -232,7 +230,8 @@ dir = \"$dir/state-$chunk\"" > "$dir/agent-$chunk.toml"
   if llama=$(bash bench/llama/setup.sh); then
     echo "== llama.cpp decoding the same number of sequences in one batch per step"
     "$llama" bench/reference.py llama-batch --gguf build/bench/SmolLM2-135M-Instruct.Q4_1.gguf \
-      --threads "$THREADS" --system "$system" --prompt "$prompt" --new-tokens 96 | tee -a "$OUT/batching.jsonl"
+      --template-from "models/$model" --threads "$THREADS" --prompt "$prompt" --new-tokens 96 \
+      | tee -a "$OUT/batching.jsonl"
   else
     echo '{"ref": "llama.cpp-batch", "error": "llama-cpp-python did not build here; see build/bench/llama-build.log"}' | tee -a "$OUT/batching.jsonl"
   fi

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from modelprep import convert, encoders, fused_decoder, gguf_import, llama_onnx, manifest, tiny_gguf  # noqa: E402
+from modelprep import chat, convert, encoders, fused_decoder, gguf_import, llama_onnx, manifest, tiny_gguf  # noqa: E402
 
 STAMP = ".prepared"
 PREP_VERSION = "4"  # bump when the preparation of any model changes
@@ -269,11 +269,7 @@ def prepare_real(downloads: str, out: str, ladder: str = "default") -> None:
             }, {
                 "generate": {"interface": fused_decoder.INTERFACE, "eos_token_ids": [cfg.eos_token_id],
                              "add_bos": False, "default_max_tokens": 128},
-                "generate.chat_template": {
-                    "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
-                    "generation_prompt": "<|im_start|>assistant\n",
-                    "default_system": SMOL_SYSTEM,
-                },
+                "generate.chat_template": dict(chat.CHATML, default_system=SMOL_SYSTEM),
             })
 
         for folder, name, quant, label, quality, how in (
@@ -407,8 +403,7 @@ def prepare_fixtures(out: str) -> None:
         onnx.save(model, os.path.join(d, "model.onnx"))
         if gguf:
             gguf_import.load(os.path.join(gguf_dir, gguf)).tokenizer.save(os.path.join(d, "tokenizer.json"))
-            template = {"message": "<|im_start|>{role}\n{content}<|im_end|>\n",
-                        "generation_prompt": "<|im_start|>assistant\n"}
+            template = dict(chat.CHATML)
         else:
             with open(os.path.join(d, "tokenizer.json"), "w") as fh:
                 json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)

@@ -22,6 +22,26 @@ struct Row {
     ok: bool,
 }
 
+impl Row {
+    /// A check that got an answer: the decision it was served by, and the verdict.
+    fn served(
+        check: impl Into<String>,
+        d: Option<&pb::Decision>,
+        t: Instant,
+        result: impl Into<String>,
+        ok: bool,
+    ) -> Row {
+        Row {
+            check: check.into(),
+            decision: rule(d),
+            target: target(d),
+            result: result.into(),
+            ms: t.elapsed().as_millis(),
+            ok,
+        }
+    }
+}
+
 fn target(d: Option<&pb::Decision>) -> String {
     match d.and_then(|d| d.target.as_ref()) {
         Some(pb::decision::Target::Local(l)) => format!("{} @ {}", l.model, short(&l.node_id)),
@@ -144,14 +164,13 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
             };
             let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
                 / (norm(&a) * norm(&b)).max(f32::EPSILON);
-            Row {
-                check: "embed 2 texts".into(),
-                decision: rule(r.decision.as_ref()),
-                target: target(r.decision.as_ref()),
-                result: format!("{} dims, cosine {cos:.2}", a.len()),
-                ms: t.elapsed().as_millis(),
-                ok: !a.is_empty() && a.len() == b.len(),
-            }
+            Row::served(
+                "embed 2 texts",
+                r.decision.as_ref(),
+                t,
+                format!("{} dims, cosine {cos:.2}", a.len()),
+                !a.is_empty() && a.len() == b.len(),
+            )
         }
         Err(s) => failed("embed 2 texts", &s, t),
     });
@@ -176,17 +195,15 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                 .results
                 .first()
                 .and_then(|c| c.labels.first().cloned());
-            Row {
-                check: "classify".into(),
-                decision: rule(r.decision.as_ref()),
-                target: target(r.decision.as_ref()),
-                result: top
-                    .as_ref()
+            Row::served(
+                "classify",
+                r.decision.as_ref(),
+                t,
+                top.as_ref()
                     .map(|l| format!("{} {:.2}", l.label, l.probability))
                     .unwrap_or_else(|| "no label".into()),
-                ms: t.elapsed().as_millis(),
-                ok: top.is_some(),
-            }
+                top.is_some(),
+            )
         }
         Err(s) => failed("classify", &s, t),
     });
@@ -199,18 +216,17 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         match generate(&mut c, caller, chat(question, 48, internal.clone())).await {
             Ok((d, text)) => {
                 answer = text.trim().to_string();
-                Row {
-                    check: "generate".into(),
-                    decision: rule(d.as_ref()),
-                    target: target(d.as_ref()),
-                    result: format!(
+                Row::served(
+                    "generate",
+                    d.as_ref(),
+                    t,
+                    format!(
                         "{} chars, mentions Paris: {}",
                         answer.len(),
                         answer.contains("Paris")
                     ),
-                    ms: t.elapsed().as_millis(),
-                    ok: answer.contains("Paris"),
-                }
+                    answer.contains("Paris"),
+                )
             }
             Err(s) => failed("generate", &s, t),
         },
@@ -285,27 +301,25 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                         Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
                         _ => None,
                     });
-                    Row {
-                        check: format!("spill ({slots} held on {model})"),
-                        decision: rule(d.as_ref()),
-                        target: target(d.as_ref()),
-                        result: "served by a larger model".into(),
-                        ms: t.elapsed().as_millis(),
-                        ok: chosen.is_some_and(|m| m != model)
-                            && d.is_some_and(|d| d.rule == "spill: larger"),
-                    }
+                    Row::served(
+                        format!("spill ({slots} held on {model})"),
+                        d.as_ref(),
+                        t,
+                        "served by a larger model",
+                        chosen.is_some_and(|m| m != model)
+                            && d.as_ref().is_some_and(|d| d.rule == "spill: larger"),
+                    )
                 }
                 Err(s) => failed("spill", &s, t),
             }
         }
-        _ => Row {
-            check: "spill".into(),
-            decision: rule(Some(&explain)),
-            target: target(Some(&explain)),
-            result: "no local model to saturate".into(),
-            ms: t.elapsed().as_millis(),
-            ok: false,
-        },
+        _ => Row::served(
+            "spill",
+            Some(&explain),
+            t,
+            "no local model to saturate",
+            false,
+        ),
     };
     drop(held); // cancels the held generations
     rows.push(row);
@@ -330,14 +344,13 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         )
         .await
         {
-            Ok((d, _)) => Row {
-                check: "confidential, no local model".into(),
-                decision: rule(d.as_ref()),
-                target: target(d.as_ref()),
-                result: "served (expected a refusal)".into(),
-                ms: t.elapsed().as_millis(),
-                ok: false,
-            },
+            Ok((d, _)) => Row::served(
+                "confidential, no local model",
+                d.as_ref(),
+                t,
+                "served (expected a refusal)",
+                false,
+            ),
             Err(s) => Row {
                 check: "confidential, no local model".into(),
                 decision: "refused".into(),

@@ -139,20 +139,8 @@ fn bench(c: &mut Criterion) {
     )]);
     let budgets = Budgets::default();
     let req = RouteRequest {
-        tenant: "shop".into(),
-        task: Task::Generate,
-        data_class: None,
-        min_quality: None,
-        max_latency_ms: None,
-        route: None,
-        prompt_tokens: 40,
         prompt_tokens_max: 160,
-        max_tokens: 128,
-        exclude_nodes: vec![],
-        larger_than: None,
-        p_adequate: Vec::new(),
-        ignore_eos: false,
-        space: None,
+        ..RouteRequest::new("shop", Task::Generate, 40, 128)
     };
     // (group, fleet, whether the response trace is built too)
     let groups: [(&str, MakeFleet, bool); 3] = [

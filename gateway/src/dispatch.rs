@@ -444,23 +444,9 @@ mod tests {
                     addr: String::new(),
                     live: i % 4 != 0,
                     models: vec![ModelView {
-                        name: "lm".into(),
-                        task: Task::Generate,
-                        ready: true,
-                        quality: 0.5,
-                        parameters: 1,
-                        size_bytes: 1,
-                        context_length: 2048,
                         in_flight: 2,
-                        queue_depth: 0,
-                        max_concurrency: 2,
                         max_queue: 0,
-                        gateway_in_flight: 0,
-                        ewma_latency_ms: 0.0,
-                        ewma_time_per_output_token_ms: 0.0,
-                        kv_room: true,
-                        space: String::new(),
-                        dimensions: 0,
+                        ..ModelView::idle("lm", Task::Generate, 1)
                     }],
                 })
                 .collect(),
@@ -500,22 +486,7 @@ mod tests {
             providers: &providers,
             budgets: &budgets,
         };
-        let req = RouteRequest {
-            tenant: "shop".into(),
-            task: Task::Generate,
-            data_class: None,
-            min_quality: None,
-            max_latency_ms: None,
-            route: None,
-            prompt_tokens: 10,
-            prompt_tokens_max: 10,
-            max_tokens: 10,
-            exclude_nodes: vec![],
-            space: None,
-            larger_than: None,
-            p_adequate: vec![],
-            ignore_eos: false,
-        };
+        let req = RouteRequest::new("shop", Task::Generate, 10, 10);
         let d = routing::decide(&inputs, &req, &mut rand::rng());
         excluded_for_response(&inputs, &req, &d, Detail::Explain)
     }

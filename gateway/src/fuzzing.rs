@@ -35,20 +35,8 @@ pub fn policy(data: &[u8]) {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     for task in [Task::Generate, Task::Embed, Task::Classify] {
         let req = RouteRequest {
-            tenant: "fuzz".into(),
-            task,
-            data_class: None,
-            min_quality: None,
-            max_latency_ms: None,
-            route: None,
-            prompt_tokens: 10,
             prompt_tokens_max: 20,
-            max_tokens: 16,
-            exclude_nodes: Vec::new(),
-            larger_than: None,
-            p_adequate: Vec::new(),
-            ignore_eos: false,
-            space: None,
+            ..RouteRequest::new("fuzz", task, 10, 16)
         };
         // nothing local: every decision is a refusal or an external target
         let d = routing::decide(&inputs, &req, &mut rng);

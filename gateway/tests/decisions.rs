@@ -164,8 +164,6 @@ fn run_case(path: &Path) -> Result<(), String> {
     };
     let r = &case.request;
     let req = RouteRequest {
-        tenant: "shop".into(),
-        task: Task::parse(&r.task).ok_or("bad task")?,
         data_class: r
             .data_class
             .as_deref()
@@ -173,14 +171,13 @@ fn run_case(path: &Path) -> Result<(), String> {
         min_quality: r.min_quality,
         max_latency_ms: r.max_latency_ms,
         route: r.route.clone(),
-        prompt_tokens: r.prompt_tokens,
-        prompt_tokens_max: r.prompt_tokens,
-        max_tokens: r.max_tokens,
-        exclude_nodes: vec![],
-        larger_than: None,
-        p_adequate: Vec::new(),
-        ignore_eos: false,
         space: r.model.clone(),
+        ..RouteRequest::new(
+            "shop",
+            Task::parse(&r.task).ok_or("bad task")?,
+            r.prompt_tokens,
+            r.max_tokens,
+        )
     };
     let inputs = Inputs {
         policy: &policy,

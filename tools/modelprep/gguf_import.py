@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .chat import CHATML
 from .fused_decoder import ARCHITECTURES, Config
 
 # The Qwen2 pre-tokenizer split (as in Qwen2's tokenizer.json and llama.cpp's `qwen2` pre type)
@@ -82,7 +83,7 @@ def _chatml(template: str | None) -> ChatTemplate | None:
     system = m.group(1) if m else None
     if system and ("{" in system or "'" in system):
         system = None
-    return ChatTemplate("<|im_start|>{role}\n{content}<|im_end|>\n", "<|im_start|>assistant\n", system)
+    return ChatTemplate(CHATML["message"], CHATML["generation_prompt"], system)
 
 
 def load(path: str, max_context: int = 8192) -> Imported:

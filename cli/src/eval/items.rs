@@ -1,6 +1,9 @@
 //! Evaluation item sets (JSON lines, committed under `eval/`) and how an answer is scored.
 //!
 //! Two shapes are read:
+//! The rule is the manifest quality's too (tools/modelprep/scoring.py): both are tested
+//! against eval/scoring-cases.jsonl.
+//!
 //! - short exact answers: `{"kind", "question", "answer"}`; right when the answer is the
 //!   reply's first line or a whole word of it (case and a final period ignored);
 //! - multiple choice (MMLU): `{"prompt", "answer": "A".."D", "subject", "gpt4_correct"}`;
@@ -158,40 +161,37 @@ fn exact(reply: &str, answer: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn item(scorer: Scorer, answer: &str) -> Item {
-        Item {
-            line: 1,
-            prompt: String::new(),
-            answer: answer.into(),
-            group: String::new(),
-            scorer,
-            hosted_correct: None,
-        }
-    }
-
+    /// The cases tools/modelprep/scoring.py (the manifest quality's rule) is tested against
+    /// too: one rule for an item, in Rust and in Python.
     #[test]
-    fn answers_are_scored_as_written() {
-        let cases = [
-            (Scorer::Exact, "Helsinki", "Helsinki", true),
-            (Scorer::Exact, "Helsinki", "The capital is Helsinki.", true),
-            (Scorer::Exact, "Helsinki", "helsinki.\nMore text", true),
-            (Scorer::Exact, "Helsinki", "Oslo\nHelsinki", false),
-            (Scorer::Exact, "11", "111", false),
-            (Scorer::Exact, "11", "6 + 5 = 11", true),
-            (Scorer::Exact, "New Delhi", "It is New Delhi", true),
-            (Scorer::Letter, "B", "B", true),
-            (Scorer::Letter, "B", " B.", true),
-            (Scorer::Letter, "B", "b)", true),
-            (Scorer::Letter, "B", "Because", false),
-            (Scorer::Letter, "B", "A", false),
-            (Scorer::Letter, "B", "", false),
-        ];
-        for (scorer, answer, reply, want) in cases {
-            assert_eq!(
-                item(scorer, answer).is_correct(reply),
-                want,
-                "{scorer:?} {answer:?} {reply:?}"
-            );
+    fn the_shared_scoring_cases() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("eval/scoring-cases.jsonl")).unwrap();
+        let cases: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(cases.len() > 20);
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("case.jsonl");
+        for c in &cases {
+            std::fs::write(&set, c["item"].to_string()).unwrap();
+            let item = &load(&set).unwrap()[0];
+            if let Some(reply) = c["reply"].as_str() {
+                assert_eq!(
+                    item.is_correct(reply),
+                    c["correct"].as_bool().unwrap(),
+                    "{c}"
+                );
+            }
+            if let Some(message) = c["message"].as_str() {
+                assert_eq!(item.message(), message, "{c}");
+                assert_eq!(
+                    u64::from(item.max_tokens()),
+                    c["max_tokens"].as_u64().unwrap()
+                );
+            }
         }
     }
 

@@ -80,23 +80,10 @@ fn parse(dir: &Path, text: &str) -> Result<Policy, String> {
 
 fn model(name: &str, params: u64) -> ModelView {
     ModelView {
-        name: name.into(),
-        task: Task::Generate,
-        ready: true,
         quality: 0.1,
-        parameters: params,
-        size_bytes: params,
         context_length: 4096,
-        in_flight: 0,
-        queue_depth: 0,
-        max_concurrency: 2,
         max_queue: 2,
-        gateway_in_flight: 0,
-        ewma_latency_ms: 0.0,
-        ewma_time_per_output_token_ms: 0.0,
-        kv_room: true,
-        space: String::new(),
-        dimensions: 0,
+        ..ModelView::idle(name, Task::Generate, params)
     }
 }
 
@@ -113,20 +100,9 @@ fn route_of(policy: &Policy, text: &str) -> (Decision, Vec<Exclusion>) {
         content: text.into(),
     }];
     let req = RouteRequest {
-        tenant: "t".into(),
-        task: Task::Generate,
-        data_class: None,
-        min_quality: None,
-        max_latency_ms: None,
-        route: None,
-        prompt_tokens: 10,
         prompt_tokens_max: 40,
-        max_tokens: 8,
-        exclude_nodes: vec![],
-        space: None,
-        larger_than: None,
         p_adequate: super::estimate(policy, &messages),
-        ignore_eos: false,
+        ..RouteRequest::new("t", Task::Generate, 10, 8)
     };
     let inputs = Inputs {
         policy,

@@ -40,27 +40,34 @@ pub trait TextsCall: Clone + Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'a, Result<(Self::Out, CallEnd), ProviderError>>;
 }
 
+/// What both requests share: their `texts` and `model` fields, and the agent call (`$rpc`).
+macro_rules! texts_call {
+    ($rpc:ident) => {
+        fn texts(&self) -> &[String] {
+            &self.texts
+        }
+        fn model(&self) -> &str {
+            &self.model
+        }
+        fn for_model(&self, model: String) -> Self {
+            Self {
+                model,
+                ..self.clone()
+            }
+        }
+        fn call(
+            mut client: AgentClient,
+            req: Request<Self>,
+        ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
+            Box::pin(async move { client.$rpc(req).await.map(Response::into_inner) })
+        }
+    };
+}
+
 impl TextsCall for pb::EmbedRequest {
     type Out = pb::EmbedResponse;
     const TASK: Task = Task::Embed;
-    fn texts(&self) -> &[String] {
-        &self.texts
-    }
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn for_model(&self, model: String) -> Self {
-        Self {
-            model,
-            ..self.clone()
-        }
-    }
-    fn call(
-        mut client: AgentClient,
-        req: Request<Self>,
-    ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
-        Box::pin(async move { client.embed(req).await.map(Response::into_inner) })
-    }
+    texts_call!(embed);
     fn external<'a>(
         &'a self,
         provider: &'a providers::Provider,
@@ -104,24 +111,7 @@ impl TextsCall for pb::EmbedRequest {
 impl TextsCall for pb::ClassifyRequest {
     type Out = pb::ClassifyResponse;
     const TASK: Task = Task::Classify;
-    fn texts(&self) -> &[String] {
-        &self.texts
-    }
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn for_model(&self, model: String) -> Self {
-        Self {
-            model,
-            ..self.clone()
-        }
-    }
-    fn call(
-        mut client: AgentClient,
-        req: Request<Self>,
-    ) -> futures::future::BoxFuture<'static, Result<Self::Out, Status>> {
-        Box::pin(async move { client.classify(req).await.map(Response::into_inner) })
-    }
+    texts_call!(classify);
     fn external<'a>(
         &'a self,
         provider: &'a providers::Provider,

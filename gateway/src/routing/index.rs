@@ -186,25 +186,7 @@ mod tests {
     use super::*;
 
     fn model(name: &str, task: Task, parameters: u64) -> ModelView {
-        ModelView {
-            name: name.into(),
-            task,
-            ready: true,
-            quality: 0.5,
-            parameters,
-            size_bytes: parameters,
-            context_length: 2048,
-            in_flight: 0,
-            queue_depth: 0,
-            max_concurrency: 2,
-            max_queue: 4,
-            gateway_in_flight: 0,
-            ewma_latency_ms: 0.0,
-            ewma_time_per_output_token_ms: 0.0,
-            kv_room: true,
-            space: String::new(),
-            dimensions: 0,
-        }
+        ModelView::idle(name, task, parameters)
     }
 
     fn node(id: &str, models: Vec<ModelView>) -> NodeView {

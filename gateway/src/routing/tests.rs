@@ -10,23 +10,8 @@ use super::*;
 
 fn model(name: &str, task: Task, params: u64, quality: f32) -> ModelView {
     ModelView {
-        name: name.into(),
-        task,
-        ready: true,
         quality,
-        parameters: params,
-        size_bytes: params,
-        context_length: 2048,
-        in_flight: 0,
-        queue_depth: 0,
-        max_concurrency: 2,
-        max_queue: 4,
-        gateway_in_flight: 0,
-        ewma_latency_ms: 0.0,
-        ewma_time_per_output_token_ms: 0.0,
-        kv_room: true,
-        space: String::new(),
-        dimensions: 0,
+        ..ModelView::idle(name, task, params)
     }
 }
 
@@ -68,20 +53,8 @@ fn ext(classes: &[DataClass], conditions: &[ExternalCondition], budget: f64) -> 
 
 fn request(task: Task, class: DataClass) -> RouteRequest {
     RouteRequest {
-        tenant: "shop".into(),
-        task,
         data_class: Some(class),
-        min_quality: None,
-        max_latency_ms: None,
-        route: None,
-        prompt_tokens: 100,
-        prompt_tokens_max: 100,
-        max_tokens: 100,
-        exclude_nodes: vec![],
-        larger_than: None,
-        p_adequate: Vec::new(),
-        ignore_eos: false,
-        space: None,
+        ..RouteRequest::new("shop", task, 100, 100)
     }
 }
 

@@ -292,6 +292,31 @@ pub struct ModelView {
 pub const KV_ALLOCATION_POSITIONS: u64 = 64;
 
 impl ModelView {
+    /// A ready, idle model for tests: quality 0.5, `parameters` bytes, context 2048, 2 slots
+    /// and 4 queue places; tests change what they need with struct update syntax.
+    #[cfg(test)]
+    pub(crate) fn idle(name: &str, task: Task, parameters: u64) -> Self {
+        ModelView {
+            name: name.into(),
+            task,
+            ready: true,
+            quality: 0.5,
+            parameters,
+            size_bytes: parameters,
+            context_length: 2048,
+            in_flight: 0,
+            queue_depth: 0,
+            max_concurrency: 2,
+            max_queue: 4,
+            gateway_in_flight: 0,
+            ewma_latency_ms: 0.0,
+            ewma_time_per_output_token_ms: 0.0,
+            kv_room: true,
+            space: String::new(),
+            dimensions: 0,
+        }
+    }
+
     /// Requests running or promised to run, counting the gateway's own.
     pub fn busy(&self) -> u32 {
         self.in_flight
@@ -371,6 +396,27 @@ pub struct RouteRequest {
 }
 
 impl RouteRequest {
+    /// A request of `tenant` for `task` with no hints: `prompt_tokens` both the estimate and
+    /// the bound, nothing excluded, no learned estimates.
+    pub fn new(tenant: &str, task: Task, prompt_tokens: u32, max_tokens: u32) -> Self {
+        RouteRequest {
+            tenant: tenant.into(),
+            task,
+            data_class: None,
+            min_quality: None,
+            max_latency_ms: None,
+            route: None,
+            prompt_tokens,
+            prompt_tokens_max: prompt_tokens,
+            max_tokens,
+            exclude_nodes: Vec::new(),
+            space: None,
+            larger_than: None,
+            p_adequate: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
     /// The learned estimate for `model` under `route`.
     pub fn p_adequate(&self, route: &str, model: &str) -> Option<f32> {
         self.p_adequate
