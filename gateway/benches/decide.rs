@@ -98,6 +98,7 @@ fn decide_and_trace(
 fn policy() -> Policy {
     Policy {
         default_data_class: DataClass::Internal,
+        floors: Default::default(),
         routes: vec![Route {
             name: "chat".into(),
             tenants: vec![],
@@ -120,6 +121,7 @@ fn policy() -> Policy {
             }),
             space: None,
             label_set: None,
+            inference: Default::default(),
         }],
     }
 }

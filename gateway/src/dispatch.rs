@@ -55,10 +55,13 @@ pub struct Decided {
     pub external: Option<(Candidate, String)>,
     /// A local target's parameters, from the snapshot the decision was made on.
     pub parameters: u64,
+    /// What the text scan found, where the route acts on it or reports it.
+    pub detections: Vec<pb::Detection>,
 }
 
 pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
     let excluded = d.excluded.clone();
+    let detections = d.detections.clone();
     let d = &d.decision;
     let target = match &d.outcome {
         Ok(Target::Local { node, addr, model }) => {
@@ -97,7 +100,39 @@ pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision
         space: d.space.clone().unwrap_or_default(),
         cascade: Vec::new(),
         p_adequate: Default::default(),
+        declared_data_class: d.declared.as_str().to_string(),
+        detections,
+        inferred_data_class: d
+            .inferred
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
     }
+}
+
+/// What the text scan found, as a decision and an audit record carry it: only where the
+/// route acts on it or reports it (`Decision::inferred`), never the text.
+fn detections(req: &RouteRequest, d: &Decision) -> Vec<pb::Detection> {
+    if d.inferred.is_none() {
+        return Vec::new();
+    }
+    let mut out: Vec<pb::Detection> = req
+        .findings
+        .detections
+        .iter()
+        .map(|x| pb::Detection {
+            detector: x.detector.to_string(),
+            category: x.category.as_str().to_string(),
+            count: x.count,
+        })
+        .collect();
+    if req.findings.incomplete {
+        out.push(pb::Detection {
+            detector: routing::inference::SCAN_INCOMPLETE.to_string(),
+            category: String::new(),
+            count: 1,
+        });
+    }
+    out
 }
 
 /// For explain: a learned route's P(adequate) per model, or a cascade's plan for the
@@ -183,6 +218,7 @@ fn excluded_for_response(
         excluded,
         external,
         parameters,
+        detections: detections(req, d),
     }
 }
 
@@ -246,6 +282,10 @@ pub async fn route(
         let mut proto = to_proto(&decided, &id, retried);
         // a learned route's estimates travel with the decision the caller is served by
         proto.p_adequate = p_adequate_for(req, &proto.route);
+        // once per request: not again for a retry, a cascade's next step or a lost race
+        if attempt == 0 && req.larger_than.is_none() && req.exclude_nodes.is_empty() {
+            state.metrics.scanned(&proto);
+        }
         let Decided {
             decision: d,
             external: passed_over,
@@ -292,15 +332,8 @@ pub async fn route(
             Err(r) => {
                 tracing::info!(decision = %id, route = %d.route, reason = %r, "refused");
                 if let Some((Candidate::External { provider, model }, reason)) = &passed_over {
-                    let record = refused_record(
-                        &id,
-                        &req.tenant,
-                        &d.route,
-                        d.data_class,
-                        req.task,
-                        (provider, model),
-                        reason,
-                    );
+                    let record =
+                        refused_record(&proto, &req.tenant, req.task, (provider, model), reason);
                     // every refused fallback is on record, or the caller hears that it is not
                     if let Err(err) = state.store.append_audit(record).await {
                         tracing::error!(decision = %id, error = %err, "cannot write the audit record");
@@ -456,6 +489,7 @@ mod tests {
     fn decided(nodes: usize) -> Decided {
         let policy = Policy {
             default_data_class: DataClass::Confidential,
+            floors: Default::default(),
             routes: vec![Route {
                 name: "r".into(),
                 tenants: vec![],
@@ -474,6 +508,7 @@ mod tests {
                 }),
                 space: None,
                 label_set: None,
+                inference: Default::default(),
                 adequacy: Adequacy::Static,
             }],
         };

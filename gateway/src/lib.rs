@@ -11,6 +11,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod dataclass;
 pub mod dispatch;
 pub mod error;
 pub mod external;
@@ -104,6 +105,8 @@ pub enum StartError {
     Provider(String),
     #[error("tls: {0}")]
     Tls(edgewise_tls::TlsError),
+    #[error("data-class detectors: {0}")]
+    Detectors(String),
 }
 
 /// How long a stopping gateway waits for requests in flight.
@@ -134,6 +137,9 @@ impl Gateway {
     /// Validates the policy and serves `Gateway`, `Fleet` and health on `listener`.
     pub async fn start(config: GatewayConfig, listener: TcpListener) -> Result<Self, StartError> {
         let policy = ActivePolicy::load(&config.policies).map_err(StartError::Policy)?;
+        // compiled now, so that the first request does not pay for it (and a broken table
+        // stops the start instead of making every request restricted)
+        dataclass::ready().map_err(StartError::Detectors)?;
         let addr = listener.local_addr().map_err(StartError::Listener)?;
         tracing::info!(%addr, policy = %policy.hash, routes = policy.policy.routes.len(), "gateway listening");
         let names: Vec<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();

@@ -33,6 +33,8 @@ pub struct Metrics {
     tokens: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     ttft: Family<Labels, Histogram, fn() -> Histogram>,
+    detections: Family<Labels, Counter>,
+    raised: Family<Labels, Counter>,
     /// Policy reloads applied, and edits rejected (the previous policy stayed in force).
     pub reloads: std::sync::atomic::AtomicU64,
     pub reload_failures: std::sync::atomic::AtomicU64,
@@ -55,6 +57,8 @@ impl Metrics {
             tokens: Family::default(),
             latency: Family::new_with_constructor(histogram),
             ttft: Family::new_with_constructor(histogram),
+            detections: Family::default(),
+            raised: Family::default(),
             reloads: Default::default(),
             reload_failures: Default::default(),
         }
@@ -77,6 +81,16 @@ impl Metrics {
             "refusals",
             "Requests refused by policy, by reason",
             self.refusals.clone(),
+        );
+        r.register(
+            "data_class_detections",
+            "Requests in which a data-class detector found something, by detector (never what it found)",
+            self.detections.clone(),
+        );
+        r.register(
+            "data_class_raised",
+            "Requests whose data class the text scan raised above the declared one, by route and class",
+            self.raised.clone(),
         );
         r.register(
             "external_calls",
@@ -124,6 +138,24 @@ impl Metrics {
     }
 
     /// A request the policy refused.
+    /// A request's text scan as its first decision used it: each detector that fired, and
+    /// whether the class was raised.
+    pub fn scanned(&self, d: &pb::Decision) {
+        for x in &d.detections {
+            self.detections
+                .get_or_create(&vec![("detector", x.detector.clone())])
+                .inc();
+        }
+        if d.data_class != d.declared_data_class {
+            self.raised
+                .get_or_create(&vec![
+                    ("route", escape(&d.route)),
+                    ("data_class", d.data_class.clone()),
+                ])
+                .inc();
+        }
+    }
+
     pub fn refused(&self, r: &crate::routing::Refusal) {
         use crate::routing::Refusal::*;
         let kind = match r {

@@ -179,6 +179,8 @@ impl ExternalCall {
             cost_usd: usd(charged),
             usage_reported: reported,
             task: self.task.as_str().into(),
+            declared_data_class: self.decision.declared_data_class.clone(),
+            detections: self.decision.detections.clone(),
         };
         let outcome = record.outcome.clone();
         if let Err(e) = state.store.append_audit(record).await {
@@ -189,22 +191,23 @@ impl ExternalCall {
     }
 }
 
-/// The audit record of a fallback that policy refused.
+/// The audit record of a fallback that policy refused: the decision's classes and what the
+/// text scan found come with it (never the text).
 pub fn refused_record(
-    decision_id: &str,
+    decision: &pb::Decision,
     tenant: &str,
-    route: &str,
-    data_class: DataClass,
     task: Task,
     (provider, model): (&str, &str),
     reason: &str,
 ) -> pb::AuditRecord {
     pb::AuditRecord {
         unix_ms: now_ms(),
-        decision_id: decision_id.into(),
+        decision_id: decision.decision_id.clone(),
         tenant: tenant.into(),
-        route: route.into(),
-        data_class: data_class.as_str().into(),
+        route: decision.route.clone(),
+        data_class: decision.data_class.clone(),
+        declared_data_class: decision.declared_data_class.clone(),
+        detections: decision.detections.clone(),
         kind: "refused_fallback".into(),
         provider: provider.into(),
         model: model.into(),

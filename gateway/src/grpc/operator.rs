@@ -33,6 +33,7 @@ pub(super) fn explain(
         body.max_tokens,
         &state.limits,
     )?;
+    req.findings = crate::dataclass::scan([body.text.as_str()], crate::dataclass::SCAN_BOUND);
     if task == Task::Generate {
         let message = crate::providers::Message {
             role: "user".into(),

@@ -132,6 +132,13 @@ fn decision_json(d: &pb::Decision) -> Value {
         "route": d.route,
         "rule": d.rule,
         "data_class": d.data_class,
+        "declared_data_class": d.declared_data_class,
+        "inferred_data_class": d.inferred_data_class,
+        "detections": d.detections.iter().map(|x| json!({
+            "detector": x.detector,
+            "category": x.category,
+            "count": x.count,
+        })).collect::<Vec<_>>(),
         "target": target(d).0,
         "excluded": list(&d.excluded),
         "retried": list(&d.retried),
@@ -160,6 +167,15 @@ fn decision_headers(r: &mut Response, d: &pb::Decision) {
         ("x-edgewise-rule", d.rule.clone()),
         ("x-edgewise-route", d.route.clone()),
         ("x-edgewise-space", d.space.clone()),
+        ("x-edgewise-data-class", d.data_class.clone()),
+        (
+            "x-edgewise-detections",
+            d.detections
+                .iter()
+                .map(|x| format!("{}={}", x.detector, x.count))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     ] {
         if value.is_empty() {
             continue;

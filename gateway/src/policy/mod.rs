@@ -4,6 +4,7 @@
 //! Files are read in the order given (the CLI and the gateway sort a directory by name);
 //! their routes are concatenated, and the first route that matches a request serves it.
 
+mod floors;
 mod raw;
 mod validate;
 
@@ -13,6 +14,7 @@ use edgewise_diag::{Diagnostic, Diagnostics};
 
 use crate::routing::{DataClass, Policy};
 
+pub use floors::leak_report;
 pub use validate::confidentiality_report;
 
 /// Reads and validates policy files. A directory stands for its `*.yaml` / `*.yml` files,

@@ -1,5 +1,6 @@
 //! The raw shape of a policy file, as written, with the span of every value.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use edgewise_diag::Diagnostic;
@@ -10,9 +11,16 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawPolicyFile {
     pub default_data_class: Option<Spanned<String>>,
+    /// Category or detector id → the class a request holding one is raised to.
+    pub data_class_floors: Option<RawFloors>,
+    /// Tenant → floors that apply to its requests (they may only raise).
+    pub tenant_data_class_floors: Option<HashMap<Spanned<String>, RawFloors>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
 }
+
+/// Category or detector id → data class.
+pub type RawFloors = HashMap<Spanned<String>, Spanned<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +39,8 @@ pub struct RawRoute {
     pub label_set: Option<Spanned<String>>,
     /// How a local model is judged adequate per request (default: `static`).
     pub adequacy: Option<Spanned<RawAdequacy>>,
+    /// `enforce` (default), `report` or `off`: whether the text scan raises the class.
+    pub inference: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +102,8 @@ pub fn parse(path: &Path, text: &str) -> Result<RawPolicyFile, Diagnostic> {
     if text.trim().is_empty() {
         return Ok(RawPolicyFile {
             default_data_class: None,
+            data_class_floors: None,
+            tenant_data_class_floors: None,
             routes: Vec::new(),
         });
     }

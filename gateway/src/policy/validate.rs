@@ -31,6 +31,7 @@ pub fn validate(files: &[(PathBuf, RawPolicyFile)], problems: &mut Vec<Diagnosti
     let mut policy = Policy {
         default_data_class: super::DEFAULT_DATA_CLASS,
         routes: Vec::new(),
+        floors: super::floors::floors(files, problems),
     };
     let mut default_set: Option<PathBuf> = None;
     let mut names: Vec<(String, PathBuf)> = Vec::new();
@@ -190,6 +191,15 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
         }
     }
     let adequacy = adequacy(cx, &format!("{path}.adequacy"), r, &tasks);
+    let inference = match super::floors::mode(r.inference.as_ref()) {
+        Ok(m) => m,
+        Err(message) => {
+            if let Some(v) = &r.inference {
+                cx.at(v, format!("{path}.inference"), message);
+            }
+            crate::routing::InferenceMode::Enforce
+        }
+    };
     (cx.problems.len() == before).then(|| Route {
         name: r.name.to_string(),
         tenants,
@@ -202,6 +212,7 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
         space,
         label_set,
         adequacy,
+        inference,
     })
 }
 

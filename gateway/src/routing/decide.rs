@@ -18,6 +18,7 @@ use rand::Rng;
 use super::adequacy::{Wanted, wanted};
 use super::fallback::{ExternalRefusal, RefusalKind, external};
 use super::index::{FleetSnapshot, Rung, Slot};
+use super::inference::InferenceMode;
 use super::trace::{ExternalWhy, ExternalWhyView, Note, RungWhy, Trace, slot_unfit};
 use super::types::*;
 
@@ -90,7 +91,13 @@ impl fmt::Display for Rule {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    /// The class the decision was made with: the declared one (or the policy's default),
+    /// raised to what the text scan found where the route enforces inference.
     pub data_class: DataClass,
+    /// The class the caller declared (or the policy's default).
+    pub declared: DataClass,
+    /// The class the text scan's findings set, if any (whether or not the route enforces it).
+    pub inferred: Option<DataClass>,
     /// The route that matched (empty when none did).
     pub route: String,
     pub rule: Rule,
@@ -109,14 +116,26 @@ pub struct Inputs<'a> {
 }
 
 pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> Decision {
-    let data_class = req.data_class.unwrap_or(inputs.policy.default_data_class);
-    // 1. the route
-    let (index, route) = match match_route(inputs.policy, req, data_class) {
+    let declared = req.data_class.unwrap_or(inputs.policy.default_data_class);
+    let inferred = inputs.policy.floors.inferred(&req.tenant, &req.findings);
+    // 1. the route, by the declared class; then the class it decides with: what the text
+    //    holds can only raise it, where the route enforces inference
+    let (index, route) = match match_route(inputs.policy, req, declared) {
         Ok(r) => r,
-        Err(d) => return *d,
+        Err(mut d) => {
+            d.inferred = inferred;
+            return *d;
+        }
+    };
+    let (data_class, inferred) = match (route.inference, inferred) {
+        (InferenceMode::Enforce, Some(i)) => (declared.max(i), Some(i)),
+        (InferenceMode::Report, i) => (declared, i),
+        _ => (declared, None),
     };
     let mut d = Decision {
         data_class,
+        declared,
+        inferred,
         route: route.name.clone(),
         rule: Rule::Refused,
         outcome: Err(Refusal::NoAdequateModel(String::new())),
@@ -455,8 +474,14 @@ fn fallback(
             let why_text = match (why, &route.external) {
                 (Some(w), Some(ext)) => {
                     d.trace.notes.push(Note::External(w));
-                    ExternalWhyView::new(w, ext, d.data_class, req, d.trace.wanted.as_ref())
-                        .to_string()
+                    ExternalWhyView::new(
+                        w,
+                        ext,
+                        (d.data_class, d.declared),
+                        req,
+                        d.trace.wanted.as_ref(),
+                    )
+                    .to_string()
                 }
                 _ => "the route allows no external provider".to_string(),
             };
@@ -513,6 +538,8 @@ fn match_route<'p>(
     let refused = |route: String, rule: Rule, refusal: Refusal| {
         Box::new(Decision {
             data_class: class,
+            declared: class,
+            inferred: None,
             route,
             rule,
             outcome: Err(refusal),

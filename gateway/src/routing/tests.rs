@@ -36,6 +36,7 @@ fn route(name: &str, spill: Spill, external: Option<ExternalRule>) -> Route {
         external,
         space: None,
         label_set: None,
+        inference: Default::default(),
         adequacy: Adequacy::Static,
     }
 }
@@ -115,6 +116,7 @@ fn two_lm_nodes() -> Vec<NodeView> {
 fn policy(routes: Vec<Route>) -> Policy {
     Policy {
         default_data_class: DataClass::Internal,
+        floors: Default::default(),
         routes,
     }
 }
@@ -588,6 +590,152 @@ proptest! {
                 prop_assert_eq!(&shown.reason, &e.reason);
             }
             prop_assert_eq!(l.shown.len() + rest_of(&l), local.len(), "{:?}", l);
+        }
+    }
+}
+
+fn with_findings(mut req: RouteRequest, found: &[(&'static str, Category)]) -> RouteRequest {
+    req.findings.detections = found
+        .iter()
+        .map(|&(detector, category)| Detection {
+            detector,
+            category,
+            count: 1,
+        })
+        .collect();
+    req
+}
+
+#[test]
+fn what_the_text_holds_raises_the_class_where_the_route_enforces_it() {
+    let all = [ExternalCondition::NoAdequateLocal];
+    // no local model good enough: only the hosted one, for public data
+    let mut r = route(
+        "r",
+        Spill::Larger,
+        Some(ext(&[DataClass::Public], &all, 1e9)),
+    );
+    r.min_quality = 0.99;
+    let req = with_findings(
+        request(Task::Generate, DataClass::Public),
+        &[("payment-card", Category::Card)],
+    );
+    let (d, excluded) = traced(
+        &policy(vec![r.clone()]),
+        &two_lms(),
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(
+        (d.declared, d.data_class),
+        (DataClass::Public, DataClass::Confidential)
+    );
+    assert_eq!(d.inferred, Some(DataClass::Confidential));
+    assert!(
+        matches!(d.outcome, Err(Refusal::Forbidden(_))),
+        "{:?}",
+        d.outcome
+    );
+    let why = excluded
+        .iter()
+        .find(|e| matches!(e.candidate, Candidate::External { .. }))
+        .map(|e| e.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        why.contains("declared public; raised by what the request's text holds"),
+        "{why}"
+    );
+
+    // report: recorded, not acted on; off: not even recorded
+    r.inference = InferenceMode::Report;
+    let d = run(
+        &policy(vec![r.clone()]),
+        &two_lms(),
+        &Budgets::default(),
+        &req,
+    );
+    assert_eq!(
+        (d.data_class, d.inferred),
+        (DataClass::Public, Some(DataClass::Confidential))
+    );
+    assert!(matches!(d.outcome, Ok(Target::External { .. })));
+    r.inference = InferenceMode::Off;
+    let d = run(&policy(vec![r]), &two_lms(), &Budgets::default(), &req);
+    assert_eq!((d.data_class, d.inferred), (DataClass::Public, None));
+
+    // an email sets internal, which this route does not send out either; a policy may lower it
+    let mut r = route(
+        "r",
+        Spill::Larger,
+        Some(ext(&[DataClass::Public], &all, 1e9)),
+    );
+    r.min_quality = 0.99;
+    let email = with_findings(
+        request(Task::Generate, DataClass::Public),
+        &[("email", Category::Email)],
+    );
+    let mut p = policy(vec![r]);
+    assert_eq!(
+        run(&p, &two_lms(), &Budgets::default(), &email).data_class,
+        DataClass::Internal
+    );
+    p.floors.floors.insert("email".into(), DataClass::Public);
+    assert!(matches!(
+        run(&p, &two_lms(), &Budgets::default(), &email).outcome,
+        Ok(Target::External { .. })
+    ));
+    // an unfinished scan is restricted
+    let mut incomplete = request(Task::Generate, DataClass::Public);
+    incomplete.findings.incomplete = true;
+    assert_eq!(
+        run(&p, &two_lms(), &Budgets::default(), &incomplete).data_class,
+        DataClass::Restricted
+    );
+}
+
+fn arb_category() -> impl Strategy<Value = Category> {
+    prop::sample::select(Category::ALL.to_vec())
+}
+
+proptest! {
+    #![proptest_config(seeded(256))]
+    /// Whatever the declared class, the findings, the floors (a policy may set any) and the
+    /// route's mode, the class decided with is never below the declared one, and under
+    /// `enforce` never below any finding's floor.
+    #[test]
+    fn inference_never_lowers_a_class(
+        fleet in arb_fleet(),
+        declared in arb_class(),
+        found in prop::collection::vec(arb_category(), 0..4),
+        floors in prop::collection::vec((arb_category(), arb_class()), 0..4),
+        mode in prop::sample::select(vec![InferenceMode::Enforce, InferenceMode::Report, InferenceMode::Off]),
+        incomplete in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let all = [ExternalCondition::NoAdequateLocal, ExternalCondition::NoLocalCapacity];
+        let mut r = route("r", Spill::Larger, Some(ext(&[DataClass::Public, DataClass::Internal], &all, 1e9)));
+        r.inference = mode;
+        let mut p = policy(vec![r]);
+        for (c, f) in &floors {
+            p.floors.floors.insert(c.as_str().into(), *f);
+        }
+        let mut req = request(Task::Generate, declared);
+        req.findings = Findings {
+            detections: found.iter().map(|&category| Detection { detector: "x", category, count: 1 }).collect(),
+            incomplete,
+        };
+        let providers = prices();
+        let budgets = Budgets::default();
+        let inputs = Inputs { policy: &p, fleet: &fleet, providers: &providers, budgets: &budgets };
+        let d = decide(&inputs, &req, &mut ChaCha8Rng::seed_from_u64(seed));
+        prop_assert!(d.data_class >= declared);
+        if mode == InferenceMode::Enforce {
+            if let Some(i) = p.floors.inferred("shop", &req.findings) {
+                prop_assert!(d.data_class >= i);
+            }
+            if let Ok(Target::External { .. }) = d.outcome {
+                prop_assert!(d.data_class <= DataClass::Internal);
+            }
         }
     }
 }

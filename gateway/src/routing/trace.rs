@@ -173,6 +173,8 @@ pub struct ExternalWhyView<'a> {
     why: ExternalWhy,
     rule: &'a ExternalRule,
     class: DataClass,
+    /// The class the caller declared, when the text scan raised it to `class`.
+    raised_from: Option<DataClass>,
     req: &'a RouteRequest,
     space: Option<&'a Wanted>,
 }
@@ -254,11 +256,20 @@ impl fmt::Display for ExternalWhyView<'_> {
         let ext = self.rule;
         let class = self.class;
         match self.why {
-            ExternalWhy::Class => write!(
-                f,
-                "external provider `{}` is not permitted for {class} data",
-                ext.provider
-            ),
+            ExternalWhy::Class => {
+                write!(
+                    f,
+                    "external provider `{}` is not permitted for {class} data",
+                    ext.provider
+                )?;
+                match self.raised_from {
+                    Some(d) => write!(
+                        f,
+                        " (declared {d}; raised by what the request's text holds)"
+                    ),
+                    None => Ok(()),
+                }
+            }
             ExternalWhy::NamesLocalModel => match self.space {
                 Some(Wanted::Model(m) | Wanted::Space(m)) => {
                     write!(f, "the request names the local model `{m}`")
@@ -322,7 +333,7 @@ impl<'a> ExternalWhyView<'a> {
     pub(super) fn new(
         why: ExternalWhy,
         rule: &'a ExternalRule,
-        class: DataClass,
+        (class, declared): (DataClass, DataClass),
         req: &'a RouteRequest,
         space: Option<&'a Wanted>,
     ) -> Self {
@@ -330,6 +341,7 @@ impl<'a> ExternalWhyView<'a> {
             why,
             rule,
             class,
+            raised_from: (class != declared).then_some(declared),
             req,
             space,
         }
@@ -426,7 +438,13 @@ impl Decision {
     ) -> Option<(Who<'a>, Why<'a>)> {
         let route = self.trace.route.and_then(|i| inputs.policy.routes.get(i))?;
         let ext = route.external.as_ref()?;
-        let view = ExternalWhyView::new(why, ext, self.data_class, req, self.trace.wanted.as_ref());
+        let view = ExternalWhyView::new(
+            why,
+            ext,
+            (self.data_class, self.declared),
+            req,
+            self.trace.wanted.as_ref(),
+        );
         Some((Who::External(ext), Why::External { why: view }))
     }
 

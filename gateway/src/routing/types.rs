@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::inference::{Findings, Floors, InferenceMode};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DataClass {
     Public,
@@ -221,6 +223,8 @@ pub struct Route {
     /// The label set its classifications come from when a request names none.
     pub label_set: Option<String>,
     pub adequacy: Adequacy,
+    /// Whether what the text scan finds raises the class this route decides with.
+    pub inference: InferenceMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +232,8 @@ pub struct Policy {
     pub default_data_class: DataClass,
     /// In file order; the first route that matches a request serves it.
     pub routes: Vec<Route>,
+    /// What each kind of finding raises a request's class to.
+    pub floors: Floors,
 }
 
 /// Prices of a configured provider, per million tokens.
@@ -393,6 +399,8 @@ pub struct RouteRequest {
     /// A generation that must run past end-of-sequence, which only local models do: an
     /// external decision for it is refused before anything is reserved.
     pub ignore_eos: bool,
+    /// What the scan of the request's text found (detector ids and counts, no text).
+    pub findings: Findings,
 }
 
 impl RouteRequest {
@@ -414,6 +422,7 @@ impl RouteRequest {
             larger_than: None,
             p_adequate: Vec::new(),
             ignore_eos: false,
+            findings: Findings::default(),
         }
     }
 

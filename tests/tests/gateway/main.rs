@@ -5,6 +5,7 @@ mod default_policy;
 mod external;
 mod hostile_input;
 mod metrics;
+mod mislabel_canary;
 mod mtls;
 mod openai_api;
 mod reload;
