@@ -141,6 +141,23 @@ pub fn render_decision(d: &pb::Decision) -> String {
         "decision {}\n  route: {}  rule: {}  data class: {}\n  target: {target}\n",
         d.decision_id, d.route, d.rule, d.data_class
     ));
+    if !d.detections.is_empty() || !d.inferred_data_class.is_empty() {
+        let found: Vec<String> = d
+            .detections
+            .iter()
+            .map(|x| format!("{} ×{}", x.detector, x.count))
+            .collect();
+        let verdict = if d.data_class == d.declared_data_class {
+            "not raised".to_string()
+        } else {
+            format!("raised from {}", d.declared_data_class)
+        };
+        out.push_str(&format!(
+            "  text scan: {} → {} ({verdict})\n",
+            found.join(", "),
+            d.inferred_data_class
+        ));
+    }
     if !d.space.is_empty() {
         out.push_str(&format!(
             "  space: {} (only models of this vector space / label set serve it)\n",

@@ -341,6 +341,15 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
                     println!("  {:<13} {path}", class.as_str());
                 }
             }
+            println!("external paths for requests whose text holds (data-class inference):");
+            for (category, paths) in policy::leak_report(&p) {
+                if paths.is_empty() {
+                    println!("  {:<13} never leaves the box", category.as_str());
+                }
+                for path in paths {
+                    println!("  {:<13} {path}", category.as_str());
+                }
+            }
             ExitCode::SUCCESS
         }
     }

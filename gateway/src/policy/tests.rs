@@ -95,7 +95,7 @@ fn syntax_and_shape_errors_are_located() {
         .unwrap_or_default();
     assert_eq!(
         err,
-        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external, space, label_set, adequacy"
+        "p.yaml:3:5: routes[0]: unknown field `min_qualty`, expected one of: name, match, min_quality, latency_target_ms, prefer, spill, external, space, label_set, adequacy, inference"
     );
     let err = check(&[("p.yaml", "routes:\n  - name: r\n    min_quality: high\n")])
         .err()
@@ -205,4 +205,42 @@ fn an_adequacy_block_is_checked_where_it_is_written() {
             calibrated: Some("exact-answers".into()),
         })
     );
+}
+
+#[test]
+fn data_class_floors_are_validated_and_tenants_may_only_raise() -> Result<(), String> {
+    let p = check(&[(
+        "p.yaml",
+        "data_class_floors:\n  email: confidential\n  jwt: restricted\ntenant_data_class_floors:\n  bank:\n    phone: confidential\nroutes:\n  - name: r\n    inference: report\n",
+    )])?;
+    assert_eq!(
+        p.floors.floors.get("email"),
+        Some(&crate::routing::DataClass::Confidential)
+    );
+    assert_eq!(p.routes[0].inference, crate::routing::InferenceMode::Report);
+    assert_eq!(
+        p.floors.tenants["bank"].get("phone"),
+        Some(&crate::routing::DataClass::Confidential)
+    );
+    let err = check(&[(
+        "p.yaml",
+        "data_class_floors:\n  emial: internal\n  secret: secretive\ntenant_data_class_floors:\n  bank:\n    payment_card: internal\nroutes:\n  - name: r\n    inference: sometimes\n",
+    )])
+    .err()
+    .unwrap_or_default();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines[0].starts_with("p.yaml:2:3: data_class_floors.emial: `emial` is neither a category nor a detector id (one of: email, phone"),
+        "{err}"
+    );
+    assert_eq!(
+        &lines[1..],
+        [
+            "p.yaml:3:11: data_class_floors.secret: `secretive` is not a data class (public, internal, confidential, restricted)",
+            "p.yaml:6:5: tenant_data_class_floors.bank.payment_card: internal would lower the policy's floor for `payment_card` (confidential); a tenant's floors may only raise",
+            "p.yaml:9:16: routes[0].inference: `sometimes` is not an inference mode (enforce, report, off)",
+        ],
+        "{err}"
+    );
+    Ok(())
 }
