@@ -77,7 +77,7 @@ ONCE ?= 0
 up: onnxruntime models release
 	@ONCE=$(ONCE) bash deploy/dev/up.sh
 
-# Each part alone: bench/run.sh decide | overhead | embed | generate | batching | fleet | footprint
+# Each part alone: bench/run.sh decide | ledger | dataclass | overhead | embed | generate | batching | fleet | footprint
 bench: onnxruntime models release
 	@bash bench/run.sh
 

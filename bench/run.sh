@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: every measurement against a reference taken in the same run, then
 # BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
-# PART one of decide, ledger, overhead, embed, generate, batching, fleet, footprint, routing.
+# PART one of decide, ledger, dataclass, overhead, embed, generate, batching, fleet, footprint, routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide ledger overhead embed generate batching fleet footprint routing)
+[ ${#parts[@]} -gt 0 ] || parts=(decide ledger dataclass overhead embed generate batching fleet footprint routing)
 PY=build/venv/bin/python
 THREADS=2
 pids=()
@@ -95,6 +95,12 @@ PY
 ledger() {
   echo "== budget ledger: reserve + settle cycles through the gateway's store and the design it replaced"
   cargo bench -q -p edgewise-gateway --bench ledger 2>/dev/null | tee "$OUT/ledger.jsonl"
+}
+
+dataclass() {
+  echo "== data-class inference: quality on the labelled sets, prose false positives, scan cost"
+  bash tools/fetch_prose.sh
+  cargo bench -q -p edgewise-gateway --bench dataclass 2>/dev/null | tee "$OUT/dataclass.jsonl"
 }
 
 # An agent config: agent_toml PORT MODELS_INCLUDE EXTRA_TOML

@@ -26,7 +26,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::routing::{Category, Detection, Findings};
 
-pub use rules::RULES;
+pub use rules::{Near, RULES};
 
 /// How long one request's scan may take before it is taken as restricted.
 pub const SCAN_BOUND: Duration = Duration::from_millis(50);
@@ -36,8 +36,8 @@ struct Scanner {
     gate: AhoCorasick,
     /// Keyword index in `gate` → the rule it belongs to.
     keyword_rule: Vec<usize>,
-    /// Rules with no keywords: they run on every part.
-    always: Vec<usize>,
+    /// One-byte keywords (found with memchr) and their rules.
+    bytes: Vec<(u8, usize)>,
 }
 
 /// Compiled once; a pattern that does not compile is a bug caught by the tests (and makes
@@ -51,25 +51,34 @@ fn build() -> Result<Scanner, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut keywords = Vec::new();
     let mut keyword_rule = Vec::new();
-    let mut always = Vec::new();
+    let mut bytes = Vec::new();
     for (i, r) in RULES.iter().enumerate() {
-        if r.keywords.is_empty() {
-            always.push(i);
+        if r.near == Near::Keywords && r.keywords.is_empty() {
+            return Err(format!("detector `{}`: no keywords", r.id));
         }
         for k in r.keywords {
-            keywords.push(*k);
-            keyword_rule.push(i);
+            match k.as_bytes() {
+                [b] => bytes.push((*b, i)),
+                _ => {
+                    keywords.push(*k);
+                    keyword_rule.push(i);
+                }
+            }
         }
     }
+    // leftmost-longest: `sk-ant-` is reported where `sk-` is its prefix (each keyword's rule
+    // still runs wherever its own keyword is found); a DFA, since it reads every byte
     let gate = AhoCorasick::builder()
         .ascii_case_insensitive(true)
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
         .build(&keywords)
         .map_err(|e| format!("detector keywords: {e}"))?;
     Ok(Scanner {
         regexes,
         gate,
         keyword_rule,
-        always,
+        bytes,
     })
 }
 
@@ -78,20 +87,33 @@ pub fn ready() -> Result<(), String> {
     SCANNER.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-/// The text as the detectors read it: NFKC, without zero-width characters.
+const INVISIBLE: [char; 6] = [
+    '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{00AD}',
+];
+
+/// The text as the detectors read it: NFKC, without zero-width characters. Text that is
+/// already so (all ASCII text, most other text: NFKC's quick check) is not copied.
 pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.is_ascii() {
+    use unicode_normalization::{IsNormalized, is_nfkc_quick};
+    // ASCII characters are NFKC starters: leaving them out of the quick check can only turn
+    // a Yes into a No or Maybe (then the text is normalised), never the other way
+    if text.is_ascii()
+        || (is_nfkc_quick(text.chars().filter(|c| !c.is_ascii())) == IsNormalized::Yes
+            && !text.contains(INVISIBLE))
+    {
         return std::borrow::Cow::Borrowed(text);
     }
-    const INVISIBLE: [char; 6] = [
-        '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{00AD}',
-    ];
     std::borrow::Cow::Owned(
         text.nfkc()
             .filter(|c| !INVISIBLE.contains(c))
             .collect::<String>(),
     )
 }
+
+/// A keyword-gated rule looks only this far around each of its keywords: back for a key's
+/// start or an address's local part, forward for the value.
+const BEFORE: usize = 96;
+const AFTER: usize = 256;
 
 /// Scans `parts` within `bound`; the findings per rule id.
 pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Findings {
@@ -106,33 +128,80 @@ pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Fi
         }
     };
     let mut counts = vec![0u32; RULES.len()];
-    let mut run = vec![false; RULES.len()];
+    // per rule, the byte ranges to search (merged windows around its keywords)
+    let mut ranges: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); RULES.len()];
     let mut incomplete = false;
     'parts: for part in parts {
+        if started.elapsed() > bound {
+            incomplete = true;
+            break;
+        }
         let text = normalize(part);
         let bytes = text.as_bytes();
-        run.iter_mut().for_each(|r| *r = false);
-        for &i in &scanner.always {
-            run[i] = true;
+        ranges.iter_mut().for_each(Vec::clear);
+        for m in scanner.gate.find_iter(bytes) {
+            let i = scanner.keyword_rule[m.pattern().as_usize()];
+            let window = m.start().saturating_sub(BEFORE)..(m.end() + AFTER).min(bytes.len());
+            add(&mut ranges[i], window);
         }
-        for m in scanner.gate.find_overlapping_iter(bytes) {
-            run[scanner.keyword_rule[m.pattern().as_usize()]] = true;
+        for &(b, i) in &scanner.bytes {
+            for at in memchr::memchr_iter(b, bytes) {
+                let window = at.saturating_sub(BEFORE)..(at + 1 + AFTER).min(bytes.len());
+                add(&mut ranges[i], window);
+            }
+        }
+        let digits = digit_runs(bytes);
+        let codes = letters_digits(bytes);
+        for (i, rule) in RULES.iter().enumerate() {
+            match rule.near {
+                Near::Keywords => {}
+                Near::Digits(n) => {
+                    for (run, count) in &digits {
+                        if *count >= n {
+                            // a bracket or boundary just before, a boundary just after
+                            add(
+                                &mut ranges[i],
+                                run.start.saturating_sub(2)..(run.end + 1).min(bytes.len()),
+                            );
+                        }
+                    }
+                }
+                Near::LettersDigits => {
+                    for &at in &codes {
+                        add(
+                            &mut ranges[i],
+                            at.saturating_sub(1)..(at + 64).min(bytes.len()),
+                        );
+                    }
+                }
+            }
         }
         for (i, rule) in RULES.iter().enumerate() {
-            if !run[i] {
+            if ranges[i].is_empty() {
                 continue;
             }
             if started.elapsed() > bound {
                 incomplete = true;
                 break 'parts;
             }
-            for caps in scanner.regexes[i].captures_iter(bytes) {
-                let value = caps.get(rule.value).map_or(&[][..], |m| m.as_bytes());
-                let key = rule
-                    .key
-                    .and_then(|k| caps.get(k))
-                    .map_or(&[][..], |m| m.as_bytes());
-                if (rule.check)(value, key) {
+            // the DFA finds matches; captures are resolved only within a match (the slower
+            // engines never run over the whole text)
+            let re = &scanner.regexes[i];
+            let found_in = |r: &std::ops::Range<usize>| re.find_iter(&bytes[r.clone()]);
+            for m in ranges[i].iter().flat_map(found_in) {
+                let found = if rule.value == 0 && rule.key.is_none() {
+                    (rule.check)(m.as_bytes(), b"")
+                } else {
+                    re.captures(m.as_bytes()).is_some_and(|caps| {
+                        let value = caps.get(rule.value).map_or(&[][..], |m| m.as_bytes());
+                        let key = rule
+                            .key
+                            .and_then(|k| caps.get(k))
+                            .map_or(&[][..], |m| m.as_bytes());
+                        (rule.check)(value, key)
+                    })
+                };
+                if found {
                     counts[i] = counts[i].saturating_add(1);
                 }
             }
@@ -151,6 +220,71 @@ pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Fi
             .collect(),
         incomplete,
     }
+}
+
+/// Adds `window` to a rule's ranges (kept sorted and merged; windows arrive in text order).
+fn add(ranges: &mut Vec<std::ops::Range<usize>>, window: std::ops::Range<usize>) {
+    match ranges.last_mut() {
+        Some(last) if window.start <= last.end => {
+            *last = last.start.min(window.start)..last.end.max(window.end);
+        }
+        _ => ranges.push(window),
+    }
+}
+
+/// Runs of digits with the separators numbers are written with (space, dot, dash, brackets,
+/// slash) between them, and how many digits each holds.
+fn digit_runs(bytes: &[u8]) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let (mut count, mut last_digit) = (0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_digit() {
+            if start.is_none() {
+                start = Some(i);
+                count = 0;
+            }
+            count += 1;
+            last_digit = i;
+        } else if start.is_some() && matches!(b, b' ' | b'.' | b'-' | b'(' | b')' | b'/') {
+            // a separator continues the run only if a digit follows soon
+            if i - last_digit > 2
+                && let Some(s) = start.take()
+            {
+                out.push((s..last_digit + 1, count));
+            }
+        } else if let Some(s) = start.take() {
+            out.push((s..last_digit + 1, count));
+        }
+    }
+    if let Some(s) = start {
+        out.push((s..last_digit + 1, count));
+    }
+    out
+}
+
+/// Where two ASCII letters are followed by two digits (an IBAN's start), at a word start.
+fn letters_digits(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    if bytes.len() < 5 {
+        return out;
+    }
+    for i in 0..bytes.len() - 4 {
+        let (a, b) = (bytes[i], bytes[i + 1]);
+        // both letters in one case (`GB82…`, `gb82…`), and the account goes on after the
+        // check digits
+        // the rare condition first: two digits
+        if bytes[i + 2].is_ascii_digit()
+            && bytes[i + 3].is_ascii_digit()
+            && (a.is_ascii_uppercase() && b.is_ascii_uppercase()
+                || a.is_ascii_lowercase() && b.is_ascii_lowercase())
+            && (bytes[i + 4].is_ascii_alphanumeric() || bytes[i + 4] == b' ')
+            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+        {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// Every detector id with its category (for the policy's floors and `policy check`).

@@ -13,11 +13,24 @@ use crate::routing::Category;
 /// What a rule's check sees: the value and, for an assignment, its key.
 pub type Check = fn(value: &[u8], key: &[u8]) -> bool;
 
+/// Where in a text a rule is worth running: a cheap pass finds those places first, and the
+/// rule's pattern runs only around them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Near {
+    /// Around any of the rule's keywords (ASCII case ignored).
+    Keywords,
+    /// Around a run of at least this many digits (spaces, dots, dashes and brackets between).
+    Digits(usize),
+    /// Around two letters followed by two digits (an IBAN's country and check digits).
+    LettersDigits,
+}
+
 pub struct Rule {
     pub id: &'static str,
     pub category: Category,
-    /// The rule runs only on text holding one of these (ASCII case ignored); empty: always.
+    /// The keywords of a `Near::Keywords` rule.
     pub keywords: &'static [&'static str],
+    pub near: Near,
     pub pattern: &'static str,
     /// The capture holding the value checked (0: the whole match).
     pub value: usize,
@@ -37,6 +50,7 @@ const fn rule(
         id,
         category,
         keywords,
+        near: Near::Keywords,
         pattern,
         value: 0,
         key: None,
@@ -110,7 +124,8 @@ const PASSWORD_KEYS: &[&str] = &["password", "passwd", "pwd", "passphrase"];
 
 /// `key = value` where the key names a secret: a password-like key with any real-looking
 /// value of 6 or more characters, or another secret-like key with a random value holding a
-/// digit.
+/// digit. The key is read from its secret-like word on (the pattern starts at the word, so
+/// that its literal drives the search).
 fn assignment(value: &[u8], key: &[u8]) -> bool {
     let key = String::from_utf8_lossy(key).to_ascii_lowercase();
     if NOT_SECRET_KEYS.iter().any(|k| key.contains(k)) || v::placeholder(value) {
@@ -130,13 +145,17 @@ fn assignment(value: &[u8], key: &[u8]) -> bool {
 
 pub const RULES: &[Rule] = &[
     // --- identifiers
-    rule(
-        "email",
-        Category::Email,
-        &["@"],
-        r"(?-u)(?i)\b[a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*\.[a-z]{2,24}\b",
-        |s, _| v::email(s),
-    ),
+    // not after `:` or `/`: that is a URL's user and password (`postgres://svc:pw@db.internal`)
+    Rule {
+        value: 1,
+        ..rule(
+            "email",
+            Category::Email,
+            &["@"],
+            r"(?-u)(?i)(?:^|[^:/a-z0-9._%+-])([a-z0-9._%+-]{1,64}@[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*\.[a-z]{2,24})\b",
+            |s, _| v::email(s),
+        )
+    },
     rule(
         "phone-e164",
         Category::Phone,
@@ -144,44 +163,57 @@ pub const RULES: &[Rule] = &[
         r"(?-u)\+[1-9](?:[ ().-]{0,2}[0-9]){7,14}\b",
         |s, _| v::phone(s, 8, 15),
     ),
-    rule(
-        "phone-nanp",
-        Category::Phone,
-        &[],
-        r"(?-u)(?:\b|\()[2-9][0-9]{2}\)?[ .-][2-9][0-9]{2}[ .-][0-9]{4}\b",
-        |s, _| v::nanp(s),
-    ),
+    Rule {
+        near: Near::Digits(10),
+        ..rule(
+            "phone-nanp",
+            Category::Phone,
+            &[],
+            r"(?-u)(?:\b|\()[2-9][0-9]{2}\)?[ .-][2-9][0-9]{2}[ .-][0-9]{4}\b",
+            |s, _| v::nanp(s),
+        )
+    },
     Rule {
         value: 1,
         ..rule(
             "phone-cue",
             Category::Phone,
-            &["phone", "tel", "fax", "mobile", "cell"],
+            // `tel` alone is in every "tell" and "hotel": the cue is written `tel:`, `tel.`, `tel `
+            &["phone", "tel:", "tel.", "tel ", "fax", "mobile", "cell"],
             r"(?-u)(?i)\b(?:phone|tel|telephone|fax|mobile|cell)\b[^0-9+\n]{0,16}(\+?[0-9][0-9 ().-]{5,18}[0-9])\b",
             |s, _| v::phone(s, 7, 15),
         )
     },
-    rule(
-        "payment-card",
-        Category::Card,
-        &[],
-        r"(?-u)\b[0-9](?:[ -]?[0-9]){11,18}\b",
-        |s, _| v::card(s),
-    ),
-    rule(
-        "iban",
-        Category::Iban,
-        &[],
-        r"(?-u)(?i)\b[a-z]{2}[0-9]{2}(?:[ ]?[a-z0-9]){11,30}\b",
-        |s, _| v::iban(s),
-    ),
-    rule(
-        "us-ssn",
-        Category::NationalId,
-        &[],
-        r"(?-u)\b[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}\b",
-        |s, _| v::ssn(s),
-    ),
+    Rule {
+        near: Near::Digits(12),
+        ..rule(
+            "payment-card",
+            Category::Card,
+            &[],
+            r"(?-u)\b[0-9](?:[ -]?[0-9]){11,18}\b",
+            |s, _| v::card(s),
+        )
+    },
+    Rule {
+        near: Near::LettersDigits,
+        ..rule(
+            "iban",
+            Category::Iban,
+            &[],
+            r"(?-u)(?i)\b[a-z]{2}[0-9]{2}[a-z0-9 ]{11,40}",
+            |s, _| v::iban(s),
+        )
+    },
+    Rule {
+        near: Near::Digits(9),
+        ..rule(
+            "us-ssn",
+            Category::NationalId,
+            &[],
+            r"(?-u)\b[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}\b",
+            |s, _| v::ssn(s),
+        )
+    },
     Rule {
         value: 1,
         ..rule(
@@ -338,7 +370,7 @@ pub const RULES: &[Rule] = &[
                 "private_key",
                 "credential",
             ],
-            r#"(?-u)(?i)\b([a-z0-9_.-]{0,30}(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_.-]{0,30})["']?\s*(?:=|:=|=>|:)\s*["']?([^\s"',;<>]{6,200})"#,
+            r#"(?-u)(?i)((?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_.-]{0,30})["']?\s*(?:=|:=|=>|:)\s*["']?([^\s"',;<>]{6,200})"#,
             assignment,
         )
     },

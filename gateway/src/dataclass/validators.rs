@@ -53,7 +53,12 @@ pub fn card(s: &[u8]) -> bool {
         // Diners Club 300–305, 36, 38, 39: 14 digits (16 when co-branded)
         14 if (300..=305).contains(&p3) || matches!(p2, 36 | 38 | 39) => true,
         16..=19 if p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 => true,
-        16..=19 if (3528..=3589).contains(&p4) || p2 == 62 => true,
+        // JCB 3528–3589 (numbers issued in the 35 block are read as JCB), UnionPay 62
+        16..=19 if p2 == 35 || p2 == 62 => true,
+        // legacy 15-digit JCB
+        15 if p4 == 2131 || p4 == 1800 => true,
+        // Maestro's 0604 block
+        12..=19 if p4 == 604 && d[0] == 0 => true,
         _ if p2 == 50 || (56..=69).contains(&p2) => true,
         _ => false,
     };
@@ -339,6 +344,8 @@ mod tests {
             "2223000048400011",
             "30569309025904",
             "6759649826438453",
+            "213120107337494",
+            "3519810952179315",
         ] {
             assert!(card(good.as_bytes()), "{good}");
         }
