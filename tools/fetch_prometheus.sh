@@ -4,6 +4,8 @@
 # both daemons with it. A failure here is reported, and the test then says why it cannot run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/fetch_lib.sh
+. tools/fetch_lib.sh
 
 VERSION=2.42.0+ds-5+b6
 DEB="prometheus_${VERSION}_amd64.deb"
@@ -20,22 +22,8 @@ if [ -x "$BIN" ] && [ "$(cat "$OUT/.deb-sha256" 2>/dev/null)" = "$SHA256" ]; the
   echo "prometheus: $BIN is up to date"
   exit 0
 fi
-mkdir -p build/downloads "$OUT"
-if [ ! -f "build/downloads/$DEB" ] || [ "$(sha256sum "build/downloads/$DEB" | cut -d' ' -f1)" != "$SHA256" ]; then
-  echo "prometheus: downloading $DEB from deb.debian.org"
-  if command -v curl >/dev/null; then
-    curl -fsSL --retry 3 -o "build/downloads/$DEB.part" "$URL"
-  else
-    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$URL" "build/downloads/$DEB.part"
-  fi
-  mv "build/downloads/$DEB.part" "build/downloads/$DEB"
-fi
-got=$(sha256sum "build/downloads/$DEB" | cut -d' ' -f1)
-if [ "$got" != "$SHA256" ]; then
-  echo "prometheus: sha256 mismatch for $DEB: got $got, pinned $SHA256" >&2
-  rm -f "build/downloads/$DEB"
-  exit 1
-fi
+mkdir -p "$OUT"
+fetch_verified prometheus "$URL" "build/downloads/$DEB" "$SHA256"
 tmp=$(mktemp -d "$OUT/.extract.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 dpkg-deb -x "build/downloads/$DEB" "$tmp"

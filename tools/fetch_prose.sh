@@ -5,6 +5,8 @@
 # (python3.11-doc), pinned and sha256-verified, into build/prose/{kjv,python-docs}.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/fetch_lib.sh
+. tools/fetch_lib.sh
 OUT=build/prose
 POOL=http://deb.debian.org/debian/pool/main
 DEBS=(
@@ -16,23 +18,13 @@ if [ -s "$OUT/kjv.txt" ] && [ -s "$OUT/python-docs.txt" ]; then
   echo "prose: $OUT is up to date"
   exit 0
 fi
-mkdir -p build/downloads "$OUT"
+mkdir -p "$OUT"
 tmp=$(mktemp -d "$OUT/.extract.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 for entry in "${DEBS[@]}"; do
   read -r path sha <<<"$entry"
   deb=build/downloads/$(basename "$path")
-  if [ ! -f "$deb" ]; then
-    echo "prose: downloading $(basename "$path")"
-    curl -fsSL --retry 3 -o "$deb.part" "$POOL/$path"
-    mv "$deb.part" "$deb"
-  fi
-  got=$(sha256sum "$deb" | cut -d' ' -f1)
-  if [ "$got" != "$sha" ]; then
-    echo "prose: sha256 mismatch for $deb: got $got, pinned $sha" >&2
-    rm -f "$deb"
-    exit 1
-  fi
+  fetch_verified prose "$POOL/$path" "$deb" "$sha"
   dpkg-deb -x "$deb" "$tmp/x"
 done
 "$tmp/x/usr/bin/bible" -f -p "$tmp/x/usr/lib" "gen1:1-rev22:21" > "$OUT/kjv.txt.part"

@@ -332,25 +332,32 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
                 p.routes.len(),
                 p.default_data_class
             );
-            println!("external paths by data class:");
-            for (class, paths) in policy::confidentiality_report(&p) {
-                if paths.is_empty() {
-                    println!("  {:<13} never leaves the box", class.as_str());
-                }
-                for path in paths {
-                    println!("  {:<13} {path}", class.as_str());
-                }
-            }
-            println!("external paths for requests whose text holds (data-class inference):");
-            for (category, paths) in policy::leak_report(&p) {
-                if paths.is_empty() {
-                    println!("  {:<13} never leaves the box", category.as_str());
-                }
-                for path in paths {
-                    println!("  {:<13} {path}", category.as_str());
-                }
-            }
+            print_paths(
+                "external paths by data class:",
+                policy::confidentiality_report(&p)
+                    .into_iter()
+                    .map(|(c, paths)| (c.as_str(), paths)),
+            );
+            print_paths(
+                "external paths for requests whose text holds (data-class inference):",
+                policy::leak_report(&p)
+                    .into_iter()
+                    .map(|(c, paths)| (c.as_str(), paths)),
+            );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// One `policy check` table: each row's paths off the box, or that it never leaves.
+fn print_paths<'a>(title: &str, rows: impl Iterator<Item = (&'a str, Vec<String>)>) {
+    println!("{title}");
+    for (name, paths) in rows {
+        if paths.is_empty() {
+            println!("  {name:<13} never leaves the box");
+        }
+        for path in paths {
+            println!("  {name:<13} {path}");
         }
     }
 }

@@ -550,3 +550,13 @@ pub fn provider(
         default_max_tokens: 64,
     }
 }
+
+/// Runs a generation to its end through the gateway; its status if it failed.
+pub async fn drain(
+    c: &mut GatewayClient,
+    r: tonic::Request<pb::GatewayGenerateRequest>,
+) -> Result<(), tonic::Status> {
+    let mut s = c.generate(r).await?.into_inner();
+    while s.message().await?.is_some() {}
+    Ok(())
+}

@@ -115,8 +115,17 @@ pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
 const BEFORE: usize = 96;
 const AFTER: usize = 256;
 
-/// Scans `parts` within `bound`; the findings per rule id.
+/// Scans `parts` within `bound`; the findings per rule id. A detector that fails (panics)
+/// makes the scan incomplete, as running out of time does: the request is then restricted.
 pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Findings {
+    let parts: Vec<&str> = parts.into_iter().collect();
+    std::panic::catch_unwind(|| scan_within(&parts, bound)).unwrap_or(Findings {
+        detections: Vec::new(),
+        incomplete: true,
+    })
+}
+
+fn scan_within(parts: &[&str], bound: Duration) -> Findings {
     let started = Instant::now();
     let scanner = match SCANNER.as_ref() {
         Ok(s) => s,
@@ -131,7 +140,7 @@ pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Fi
     // per rule, the byte ranges to search (merged windows around its keywords)
     let mut ranges: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); RULES.len()];
     let mut incomplete = false;
-    'parts: for part in parts {
+    'parts: for &part in parts {
         if started.elapsed() > bound {
             incomplete = true;
             break;

@@ -313,15 +313,6 @@ async fn send(c: &mut GatewayClient, text: &str, placement: usize) -> Result<(),
     }
 }
 
-async fn drain(
-    c: &mut GatewayClient,
-    r: tonic::Request<pb::GatewayGenerateRequest>,
-) -> Result<(), tonic::Status> {
-    let mut s = c.generate(r).await?.into_inner();
-    while s.message().await?.is_some() {}
-    Ok(())
-}
-
 const POLICY: &str = "default_data_class: internal
 routes:
   - name: embed

@@ -497,14 +497,6 @@ async fn deadlines_and_repeated_hints_follow_one_contract_at_both_fronts() {
             .insert("grpc-timeout", timeout.parse().unwrap());
         r
     };
-    async fn drain(
-        c: &mut GatewayClient,
-        r: tonic::Request<pb::GatewayGenerateRequest>,
-    ) -> Result<(), tonic::Status> {
-        let mut s = c.generate(r).await?.into_inner();
-        while s.message().await?.is_some() {}
-        Ok(())
-    }
     drain(&mut grpc, request("99999999H", 4)).await.unwrap();
     let bad = drain(&mut grpc, request("soon", 4)).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
