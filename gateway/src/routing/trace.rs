@@ -262,13 +262,7 @@ impl fmt::Display for ExternalWhyView<'_> {
                     "external provider `{}` is not permitted for {class} data",
                     ext.provider
                 )?;
-                match self.raised_from {
-                    Some(d) => write!(
-                        f,
-                        " (declared {d}; raised by what the request's text holds)"
-                    ),
-                    None => Ok(()),
-                }
+                self.raised(f)
             }
             ExternalWhy::NamesLocalModel => match self.space {
                 Some(Wanted::Model(m) | Wanted::Space(m)) => {
@@ -320,11 +314,27 @@ impl fmt::Display for ExternalWhyView<'_> {
                 }
                 f.write_str(")")
             }
-            ExternalWhy::UnusedClass => write!(
+            ExternalWhy::UnusedClass => {
+                write!(
+                    f,
+                    "a local model can serve, and external provider `{}` is not permitted for {class} data",
+                    ext.provider
+                )?;
+                self.raised(f)
+            }
+        }
+    }
+}
+
+impl ExternalWhyView<'_> {
+    /// Says that the class was raised by the text scan, when it was.
+    fn raised(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.raised_from {
+            Some(d) => write!(
                 f,
-                "a local model can serve, and external provider `{}` is not permitted for {class} data",
-                ext.provider
+                " (declared {d}; raised by what the request's text holds)"
             ),
+            None => Ok(()),
         }
     }
 }
