@@ -96,4 +96,12 @@ pub fn request(data: &[u8]) {
         assert!(r.prompt_tokens <= limits.max_prompt_tokens);
         assert!(r.min_quality.is_none_or(|q| (0.0..=1.0).contains(&q)));
     }
+    // the data-class detectors take any text: no panic, and a result within their bound
+    let text = String::from_utf8_lossy(bytes);
+    let f = crate::dataclass::scan([text.as_ref()], std::time::Duration::from_secs(5));
+    assert!(
+        !f.incomplete,
+        "a scan of {} bytes ran out of time",
+        bytes.len()
+    );
 }

@@ -224,11 +224,6 @@ pub fn generate(
     }
     req.space = (!r.model.is_empty()).then(|| r.model.clone());
     req.ignore_eos = r.ignore_eos;
-    // every message of every role: a system prompt or an earlier turn leaks as well as the last
-    req.findings = crate::dataclass::scan(
-        messages.iter().map(|m| m.content.as_str()),
-        crate::dataclass::SCAN_BOUND,
-    );
     Ok((messages, req))
 }
 
@@ -267,10 +262,6 @@ pub fn texts(
         .fold(0u32, |a, t| a.saturating_add(max_tokens_of(t)));
     let mut req = route_request(tenant, task, routing, (longest, total), 0, limits)?;
     req.space = (!model.is_empty()).then(|| model.to_string());
-    req.findings = crate::dataclass::scan(
-        texts.iter().map(String::as_str),
-        crate::dataclass::SCAN_BOUND,
-    );
     Ok(req)
 }
 

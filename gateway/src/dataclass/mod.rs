@@ -115,6 +115,23 @@ pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
 const BEFORE: usize = 96;
 const AFTER: usize = 256;
 
+/// What a request's text parts hold, for `policy`: not scanned at all when no route of the
+/// policy acts on or reports it (every route `inference: off`).
+pub fn findings<'a>(
+    policy: &crate::routing::Policy,
+    parts: impl IntoIterator<Item = &'a str>,
+) -> Findings {
+    let wanted = policy
+        .routes
+        .iter()
+        .any(|r| r.inference != crate::routing::InferenceMode::Off);
+    if wanted {
+        scan(parts, SCAN_BOUND)
+    } else {
+        Findings::default()
+    }
+}
+
 /// Scans `parts` within `bound`; the findings per rule id. A detector that fails (panics)
 /// makes the scan incomplete, as running out of time does: the request is then restricted.
 pub fn scan<'a>(parts: impl IntoIterator<Item = &'a str>, bound: Duration) -> Findings {

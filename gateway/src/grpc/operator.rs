@@ -33,7 +33,7 @@ pub(super) fn explain(
         body.max_tokens,
         &state.limits,
     )?;
-    req.findings = crate::dataclass::scan([body.text.as_str()], crate::dataclass::SCAN_BOUND);
+    req.findings = crate::dataclass::findings(&policy.policy, [body.text.as_str()]);
     if task == Task::Generate {
         let message = crate::providers::Message {
             role: "user".into(),

@@ -60,6 +60,9 @@ async fn tracked(
     } = caller;
     let slot = state.enter(&tenant)?;
     let (messages, mut route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
+    // every message of every role: a system prompt or an earlier turn leaks as well as the last
+    route_req.findings =
+        crate::dataclass::findings(&policy.policy, messages.iter().map(|m| m.content.as_str()));
     route_req.p_adequate = crate::adequacy::estimate(&policy.policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
     let gen_req = body.request.unwrap_or_default();

@@ -163,7 +163,7 @@ async fn untracked<Q: TextsCall>(
     routing: Option<pb::RoutingHints>,
 ) -> Result<(Q::Out, pb::Decision), GatewayError> {
     let inner = inner.ok_or_else(|| GatewayError::InvalidRequest("request is required".into()))?;
-    let route_req = crate::validate::texts(
+    let mut route_req = crate::validate::texts(
         tenant,
         Q::TASK,
         inner.model(),
@@ -171,6 +171,8 @@ async fn untracked<Q: TextsCall>(
         routing.as_ref(),
         &state.limits,
     )?;
+    route_req.findings =
+        crate::dataclass::findings(&policy.policy, inner.texts().iter().map(String::as_str));
     let call = |client, model: String, timeout: Option<Duration>| {
         Q::call(client, with_timeout(inner.for_model(model), timeout))
     };
