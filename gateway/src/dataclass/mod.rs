@@ -110,10 +110,9 @@ pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// A keyword-gated rule looks only this far around each of its keywords: back for a key's
-/// start or an address's local part, forward for the value.
+/// A keyword-gated rule looks only this far before each of its keywords (a key's start, an
+/// address's local part, a scheme), and its own `reach` after.
 const BEFORE: usize = 96;
-const AFTER: usize = 256;
 
 /// What a request's text parts hold, for `policy`: not scanned at all when no route of the
 /// policy acts on or reports it (every route `inference: off`).
@@ -167,12 +166,13 @@ fn scan_within(parts: &[&str], bound: Duration) -> Findings {
         ranges.iter_mut().for_each(Vec::clear);
         for m in scanner.gate.find_iter(bytes) {
             let i = scanner.keyword_rule[m.pattern().as_usize()];
-            let window = m.start().saturating_sub(BEFORE)..(m.end() + AFTER).min(bytes.len());
+            let window =
+                m.start().saturating_sub(BEFORE)..(m.end() + RULES[i].reach).min(bytes.len());
             add(&mut ranges[i], window);
         }
         for &(b, i) in &scanner.bytes {
             for at in memchr::memchr_iter(b, bytes) {
-                let window = at.saturating_sub(BEFORE)..(at + 1 + AFTER).min(bytes.len());
+                let window = at.saturating_sub(BEFORE)..(at + 1 + RULES[i].reach).min(bytes.len());
                 add(&mut ranges[i], window);
             }
         }

@@ -31,6 +31,8 @@ pub struct Rule {
     /// The keywords of a `Near::Keywords` rule.
     pub keywords: &'static [&'static str],
     pub near: Near,
+    /// How far past a keyword a match may end (a JWT's payload can be long).
+    pub reach: usize,
     pub pattern: &'static str,
     /// The capture holding the value checked (0: the whole match).
     pub value: usize,
@@ -51,6 +53,7 @@ const fn rule(
         category,
         keywords,
         near: Near::Keywords,
+        reach: 256,
         pattern,
         value: 0,
         key: None,
@@ -322,13 +325,16 @@ pub const RULES: &[Rule] = &[
             pem_body,
         )
     },
-    rule(
-        "jwt",
-        Category::Secret,
-        &["eyJ"],
-        r"(?-u)\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
-        |s, _| v::jwt(s),
-    ),
+    Rule {
+        reach: 8192,
+        ..rule(
+            "jwt",
+            Category::Secret,
+            &["eyJ"],
+            r"(?-u)\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+            |s, _| v::jwt(s),
+        )
+    },
     Rule {
         value: 1,
         ..rule(

@@ -155,3 +155,18 @@ fn a_scan_past_its_bound_is_incomplete() {
     let f = scan([text.as_str(); 64], Duration::ZERO);
     assert!(f.incomplete);
 }
+
+#[test]
+fn a_long_token_is_found_past_the_usual_reach() {
+    // a JWT with a 1.5 KB payload, in the middle of a long text
+    let payload = "eyJ".to_string() + &"QWxhZGRpbjpvcGVuIHNlc2FtZQ".repeat(60);
+    let jwt = format!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+    );
+    let text = format!(
+        "{} id_token: {jwt} {}",
+        "filler ".repeat(500),
+        "more ".repeat(500)
+    );
+    assert!(found(&text).contains(&"jwt"), "{:?}", found(&text));
+}
