@@ -250,17 +250,21 @@ impl TestAgent {
     }
 }
 
-/// A client whose HTTP/2 receive window is tiny: a stream it stops reading fills within a
-/// few hundred bytes, so the agent's generation blocks on it deterministically.
-pub async fn slow_reader(url: &str) -> pb::agent_client::AgentClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+/// A channel whose HTTP/2 receive window is a kilobyte: a stream it stops reading fills within
+/// a few hundred bytes, so the server's sender blocks on it deterministically.
+pub async fn slow_channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap()
         .initial_stream_window_size(Some(1024))
         .initial_connection_window_size(Some(1024))
         .connect()
         .await
-        .unwrap();
-    pb::agent_client::AgentClient::new(ch)
+        .unwrap()
+}
+
+/// An agent client on a `slow_channel`: a generation it stops reading blocks the agent.
+pub async fn slow_reader(url: &str) -> pb::agent_client::AgentClient<tonic::transport::Channel> {
+    pb::agent_client::AgentClient::new(slow_channel(url).await)
 }
 
 pub fn prompt(model: &str, text: &str, max_tokens: u32) -> pb::GenerateRequest {

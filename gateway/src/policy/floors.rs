@@ -10,7 +10,7 @@ use edgewise_diag::Diagnostic;
 use marked_yaml::Spanned;
 
 use super::raw::{RawFloors, RawPolicyFile, pos};
-use crate::routing::{Category, DataClass, Detection, Floors, InferenceMode};
+use crate::routing::{Category, DataClass, Floors, InferenceMode};
 
 fn problem(
     file: &std::path::Path,
@@ -119,17 +119,7 @@ pub fn floors(files: &[(PathBuf, RawPolicyFile)], problems: &mut Vec<Diagnostic>
             let path = format!("tenant_data_class_floors.{}", tenant.as_str());
             for (name, category, class) in table(file, &path, raw, problems) {
                 // what the policy sets for this name (its own entry, else its category's)
-                let id = crate::dataclass::detectors()
-                    .find(|(id, _)| *id == name.as_str())
-                    .map_or("", |(id, _)| id);
-                let base = out.floor(
-                    "",
-                    &Detection {
-                        detector: id,
-                        category,
-                        count: 1,
-                    },
-                );
+                let base = out.base(name.as_str(), category);
                 if class < base {
                     problems.push(problem(
                         file,
@@ -171,14 +161,7 @@ pub fn leak_report(policy: &crate::routing::Policy) -> Vec<(Category, Vec<String
     Category::ALL
         .into_iter()
         .map(|category| {
-            let floor = policy.floors.floor(
-                "",
-                &Detection {
-                    detector: "",
-                    category,
-                    count: 1,
-                },
-            );
+            let floor = policy.floors.base(category.as_str(), category);
             let routes = policy
                 .routes
                 .iter()

@@ -111,15 +111,20 @@ pub struct Floors {
 }
 
 impl Floors {
+    /// The policy's floor for `name` (a detector id or a category name) of `category`, for any
+    /// tenant: its own entry, else its category's, else the category's default.
+    pub fn base(&self, name: &str, category: Category) -> DataClass {
+        pick(&self.floors, name, category).unwrap_or_else(|| category.default_floor())
+    }
+
     /// The floor one detection sets for `tenant`.
     pub fn floor(&self, tenant: &str, d: &Detection) -> DataClass {
-        let pick = |t: &BTreeMap<String, DataClass>| {
-            t.get(d.detector)
-                .or_else(|| t.get(d.category.as_str()))
-                .copied()
-        };
-        let base = pick(&self.floors).unwrap_or_else(|| d.category.default_floor());
-        match self.tenants.get(tenant).and_then(pick) {
+        let base = self.base(d.detector, d.category);
+        match self
+            .tenants
+            .get(tenant)
+            .and_then(|t| pick(t, d.detector, d.category))
+        {
             Some(t) => base.max(t),
             None => base,
         }
@@ -133,6 +138,11 @@ impl Floors {
         }
         f.detections.iter().map(|d| self.floor(tenant, d)).max()
     }
+}
+
+/// A table's entry for `name`, else for its category.
+fn pick(t: &BTreeMap<String, DataClass>, name: &str, category: Category) -> Option<DataClass> {
+    t.get(name).or_else(|| t.get(category.as_str())).copied()
 }
 
 #[cfg(test)]

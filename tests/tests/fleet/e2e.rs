@@ -138,14 +138,7 @@ fn chat_policy(min_quality: f32, budget: f64) -> String {
 
 /// A client that stops reading after a kilobyte: a stream it holds keeps its model's slot.
 async fn holder(addr: &str) -> Gw {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
-    pb::gateway_client::GatewayClient::new(ch)
+    pb::gateway_client::GatewayClient::new(slow_channel(&format!("http://{addr}")).await)
 }
 
 /// How a generation ended: refused or failed before any chunk, or after the decision.
