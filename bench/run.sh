@@ -38,7 +38,7 @@ max_delay_ms = 0
 [runtime]
 intra_op_threads = 1
 [report]
-gateways = ["http://127.0.0.1:7500"]
+gateways = ["http://127.0.0.1:7500", "http://127.0.0.1:7510"]
 interval_ms = 1000
 [state]
 dir = "state/agent"
@@ -57,18 +57,33 @@ paths = ["policies"]
 dir = "state/gateway"
 TOML
   printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n' > "$dir/policies/bench.yaml"
+  # a second gateway, the same but for a policy that never scans request text
+  mkdir -p "$dir/off/policies"
+  sed -e 's/7500/7510/; s/7580/7590/; s/"bench"/"bench-off"/; s#state/gateway#state/gateway-off#; s#"policies"#"off/policies"#' \
+    "$dir/gateway.toml" > "$dir/gateway-off.toml"
+  printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n    inference: off\n' > "$dir/off/policies/bench.yaml"
   EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config "$dir/gateway.toml" run & local gw=$!; pids+=("$gw")
+  EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config "$dir/gateway-off.toml" run & pids+=($!)
   EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent.toml" run & pids+=($!)
   "$BIN/edgewise-agent" call --addr http://127.0.0.1:7501 wait-ready --timeout-secs 60 >/dev/null
   for _ in $(seq 1 100); do
     s=$("$BIN/edgewise" --gateway http://127.0.0.1:7500 fleet status 2>/dev/null || true)
-    grep -q "tiny-classify .* ready" <<<"$s" && grep -q "tiny-embed .* ready" <<<"$s" && break
+    o=$("$BIN/edgewise" --gateway http://127.0.0.1:7510 fleet status 2>/dev/null || true)
+    grep -q "tiny-classify .* ready" <<<"$s" && grep -q "tiny-embed .* ready" <<<"$s" &&
+      grep -q "tiny-classify .* ready" <<<"$o" && break
     sleep 0.1
   done
   echo "== gateway overhead (tiny-classify fixture, open loop, direct and gateway interleaved)"
   "$BIN/edgewise-bench" overhead --agent http://127.0.0.1:7501 --gateway http://127.0.0.1:7500 \
     --model tiny-classify --rates "${RATES:-500,1000,2000}" --seconds "${SECONDS_PER_RATE:-10}" \
     --gateway-pid "$gw" | tee "$OUT/overhead.jsonl"
+  echo "== the data-class scan's share (1 KB of identifiers and secrets; a gateway that scans and one that does not, interleaved)"
+  "$BIN/edgewise-bench" inference --on http://127.0.0.1:7500 --off http://127.0.0.1:7510 \
+    --texts eval/dataclass/held-out.jsonl --rpc classify --rates "${INFERENCE_RATES:-400}" \
+    --seconds "${SECONDS_PER_RATE:-10}" | tee "$OUT/inference_overhead.jsonl"
+  "$BIN/edgewise-bench" inference --on http://127.0.0.1:7500 --off http://127.0.0.1:7510 \
+    --texts eval/dataclass/held-out.jsonl --rpc explain --rates "${EXPLAIN_RATES:-1000,2000}" \
+    --seconds "${SECONDS_PER_RATE:-10}" | tee -a "$OUT/inference_overhead.jsonl"
   echo "== the HTTP front (tiny-embed fixture, gRPC Embed and POST /v1/embeddings interleaved, open loop)"
   "$BIN/edgewise-bench" http-front --grpc http://127.0.0.1:7500 --http http://127.0.0.1:7580 \
     --rates "${HTTP_RATES:-500,1000}" --seconds "${SECONDS_PER_RATE:-10}" | tee "$OUT/http_front.jsonl"
@@ -250,7 +265,13 @@ fleet() {
   printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n' > "$dir/policies/bench.yaml"
   # one connection per simulated agent, as in a real fleet: raise the open-file limit
   ulimit -n "$(ulimit -Hn)"
+  # a second gateway, the same but for a policy that never scans request text
+  mkdir -p "$dir/off/policies"
+  sed -e 's/7500/7510/; s/7580/7590/; s/"bench"/"bench-off"/; s#state/gateway#state/gateway-off#; s#"policies"#"off/policies"#' \
+    "$dir/gateway.toml" > "$dir/gateway-off.toml"
+  printf 'routes:\n  - name: local\n    min_quality: 0\n    spill: wait\n    inference: off\n' > "$dir/off/policies/bench.yaml"
   EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config "$dir/gateway.toml" run & local gw=$!; pids+=("$gw")
+  EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config "$dir/gateway-off.toml" run & pids+=($!)
   for _ in $(seq 1 100); do
     "$BIN/edgewise" --gateway http://127.0.0.1:7530 fleet status >/dev/null 2>&1 && break
     sleep 0.1

@@ -26,6 +26,7 @@ mod fleet;
 mod footprint;
 mod generate;
 mod http_front;
+mod inference;
 mod overhead;
 mod stats;
 
@@ -42,6 +43,8 @@ struct Cli {
 enum Command {
     /// Gateway overhead: direct vs through the gateway, interleaved, open loop.
     Overhead(overhead::Args),
+    /// The data-class scan's share: a gateway that scans against one that does not.
+    Inference(inference::Args),
     /// The HTTP front against the gRPC front for the same request.
     HttpFront(http_front::Args),
     /// Binary sizes, cold start to READY, idle RSS.
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Overhead(a) => overhead::run(a).await,
+            Command::Inference(a) => inference::run(a).await,
             Command::HttpFront(a) => http_front::run(a).await,
             Command::Footprint(a) => footprint::run(a).await,
             Command::Embed(a) => embed::run(a).await,

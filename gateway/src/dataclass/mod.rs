@@ -92,22 +92,46 @@ const INVISIBLE: [char; 6] = [
 ];
 
 /// The text as the detectors read it: NFKC, without zero-width characters. Text that is
-/// already so (all ASCII text, most other text: NFKC's quick check) is not copied.
+/// already so (all ASCII text, most other text: NFKC's quick check) is not copied; otherwise
+/// only the stretches around non-ASCII characters are normalised.
 pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.is_ascii() || settled(text) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // NFKC never carries across the start of an ASCII character (a starter that composes
+    // with nothing before it), so the text is normalised a stretch at a time: each run of
+    // non-ASCII characters with the ASCII character before it (a base a combining mark may
+    // join). The ASCII between stretches is copied as it is.
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(p) = bytes[at..].iter().position(|b| !b.is_ascii()) {
+        let first = at + p;
+        let start = if first > at { first - 1 } else { first };
+        let end = bytes[first..]
+            .iter()
+            .position(u8::is_ascii)
+            .map_or(bytes.len(), |n| first + n);
+        out.push_str(&text[at..start]);
+        let stretch = &text[start..end];
+        if settled(stretch) {
+            out.push_str(stretch);
+        } else {
+            out.extend(stretch.nfkc().filter(|c| !INVISIBLE.contains(c)));
+        }
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Whether `text` is NFKC (by the quick check) without zero-width characters.
+fn settled(text: &str) -> bool {
     use unicode_normalization::{IsNormalized, is_nfkc_quick};
     // ASCII characters are NFKC starters: leaving them out of the quick check can only turn
     // a Yes into a No or Maybe (then the text is normalised), never the other way
-    if text.is_ascii()
-        || (is_nfkc_quick(text.chars().filter(|c| !c.is_ascii())) == IsNormalized::Yes
-            && !text.contains(INVISIBLE))
-    {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(
-        text.nfkc()
-            .filter(|c| !INVISIBLE.contains(c))
-            .collect::<String>(),
-    )
+    is_nfkc_quick(text.chars().filter(|c| !c.is_ascii())) == IsNormalized::Yes
+        && !text.contains(INVISIBLE)
 }
 
 /// A keyword-gated rule looks only this far before each of its keywords (a key's start, an

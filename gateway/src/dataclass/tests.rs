@@ -170,3 +170,21 @@ fn a_long_token_is_found_past_the_usual_reach() {
     );
     assert!(found(&text).contains(&"jwt"), "{:?}", found(&text));
 }
+
+proptest::proptest! {
+    /// Normalising a stretch at a time gives what normalising the whole text gives.
+    #[test]
+    fn stretch_normalisation_is_whole_text_normalisation(
+        pieces in proptest::collection::vec(proptest::sample::select(vec![
+            "a", "e", "1", " ", "-", "\n", "\u{301}", "\u{308}", "\u{327}", "\u{ff11}", "\u{ff21}",
+            "\u{200b}", "\u{200d}", "\u{ad}", "\u{fb01}", "\u{2460}", "é", "\u{1100}", "\u{1161}",
+            "\u{ac00}", "\u{11a8}", "ß", "\u{3000}", "\u{2126}", "\u{b47}", "\u{b3e}", "x\u{323}\u{302}",
+        ]), 0..40)
+    ) {
+        use unicode_normalization::UnicodeNormalization;
+        let text: String = pieces.concat();
+        let whole: String = text.nfkc().filter(|c| !INVISIBLE.contains(c)).collect();
+        let stretched = normalize(&text);
+        proptest::prop_assert_eq!(stretched.as_ref(), whole.as_str());
+    }
+}
