@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use crate::engine::decoder::Decoder;
 use crate::engine::kv::{KvArena, KvGeometry};
 use crate::engine::sampling::{SamplingParams, sample};
+use edgewise_constraint::Guide;
 
 /// Tuning of one model's batch loop.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +62,8 @@ pub struct SequenceRequest {
     pub deadline: Option<Instant>,
     /// Where tokens go; the sequence ends when its receiver is dropped.
     pub events: mpsc::UnboundedSender<SequenceEvent>,
+    /// The output's constraint: tokens it does not allow are masked before sampling.
+    pub guide: Option<Guide>,
 }
 
 impl SequenceRequest {
@@ -81,7 +84,14 @@ impl SequenceRequest {
             rng: rand::SeedableRng::seed_from_u64(seed),
             deadline,
             events,
+            guide: None,
         }
+    }
+
+    /// The same, constrained by `guide`.
+    pub fn with_guide(mut self, guide: Option<Guide>) -> Self {
+        self.guide = guide;
+        self
     }
 
     /// Cache positions the sequence can use at most.
@@ -96,8 +106,9 @@ pub enum SequenceEvent {
     Token { id: u32, logprob: f32 },
     /// The model sampled an end-of-sequence token (with its log-probability).
     Eos { logprob: f32 },
-    /// `max_tokens` tokens were generated.
-    Length,
+    /// `max_tokens` tokens were generated; `incomplete`: the output does not yet satisfy the
+    /// sequence's constraint.
+    Length { incomplete: bool },
     /// The deadline passed after this many generated tokens.
     DeadlineExceeded { generated: u32 },
     /// ONNX Runtime failed, or the sequence cannot fit the K/V budget.
@@ -129,6 +140,8 @@ pub struct BatchHandle {
     tx: std_mpsc::Sender<Vec<SequenceRequest>>,
     pub stats: Arc<BatchStats>,
     pub geometry: KvGeometry,
+    /// Width of the model's logits (its vocabulary as the decoder sees it).
+    pub vocab: usize,
 }
 
 impl BatchHandle {
@@ -139,6 +152,7 @@ impl BatchHandle {
             .kv_budget_bytes
             .store(config.kv_budget_bytes, Ordering::Relaxed);
         let geometry = decoder.geometry;
+        let vocab = decoder.vocab;
         let mut worker = Worker {
             decoder,
             config,
@@ -150,6 +164,7 @@ impl BatchHandle {
             waiting: VecDeque::new(),
             kv_blocked: false,
             stats: stats.clone(),
+            scratch: Vec::new(),
         };
         std::thread::Builder::new()
             .name(format!("decode-{name}"))
@@ -158,6 +173,7 @@ impl BatchHandle {
             tx,
             stats,
             geometry,
+            vocab,
         })
     }
 
@@ -204,9 +220,33 @@ impl Sequence {
         self.req.deadline.is_some_and(|d| now >= d)
     }
 
-    /// Samples from `logits`, sends the token; `false` when the sequence has ended.
-    fn advance(&mut self, logits: &[f32]) -> bool {
-        let id = sample(logits, &self.req.params, &mut self.req.rng);
+    /// Samples from `logits` (masked by the sequence's constraint, if any), sends the token;
+    /// `false` when the sequence has ended.
+    fn advance(&mut self, logits: &[f32], scratch: &mut Vec<f32>) -> bool {
+        let id = match self.req.guide.as_mut() {
+            None => sample(logits, &self.req.params, &mut self.req.rng),
+            Some(guide) => {
+                let allowed = match guide.allowed() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = self.req.events.send(SequenceEvent::Failed(e));
+                        return false;
+                    }
+                };
+                scratch.clear();
+                scratch.extend_from_slice(logits);
+                edgewise_constraint::apply(&allowed, scratch);
+                let id = sample(scratch, &self.req.params, &mut self.req.rng);
+                // end-of-sequence was allowed because the output is complete: nothing to follow
+                if !self.req.eos.contains(&id)
+                    && let Err(e) = guide.accept(id)
+                {
+                    let _ = self.req.events.send(SequenceEvent::Failed(e));
+                    return false;
+                }
+                id
+            }
+        };
         if self.req.eos.contains(&id) {
             let logprob = log_probability(logits, id);
             let _ = self.req.events.send(SequenceEvent::Eos { logprob });
@@ -221,7 +261,8 @@ impl Sequence {
             return false;
         }
         if self.generated >= self.req.max_tokens {
-            let _ = self.req.events.send(SequenceEvent::Length);
+            let incomplete = self.req.guide.as_mut().is_some_and(|g| !g.complete());
+            let _ = self.req.events.send(SequenceEvent::Length { incomplete });
             return false;
         }
         self.last = id;
@@ -250,6 +291,8 @@ struct Worker {
     /// The oldest waiting sequence is held back by the K/V budget (counted once).
     kv_blocked: bool,
     stats: Arc<BatchStats>,
+    /// A constrained row's logits, masked.
+    scratch: Vec<f32>,
 }
 
 impl Worker {
@@ -425,7 +468,7 @@ impl Worker {
                 if *left == 0 {
                     let done = self.prefilling.take();
                     if let Some((mut seq, _)) = done
-                        && seq.advance(logits)
+                        && seq.advance(logits, &mut self.scratch)
                     {
                         self.decoding.push(seq);
                     }
@@ -457,7 +500,7 @@ impl Worker {
                 let mut ended = Vec::new();
                 for (r, s) in self.decoding.iter_mut().enumerate() {
                     s.len += 1;
-                    if !s.advance(&logits[r * vocab..(r + 1) * vocab]) {
+                    if !s.advance(&logits[r * vocab..(r + 1) * vocab], &mut self.scratch) {
                         ended.push(r);
                     }
                 }

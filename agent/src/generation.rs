@@ -28,10 +28,13 @@ pub struct Generation {
     pub deadline: Option<Instant>,
     pub arrived: Instant,
     pub events: mpsc::UnboundedReceiver<SequenceEvent>,
+    /// The output has a constraint (a stop sequence that cuts it leaves it incomplete).
+    pub constrained: bool,
 }
 
 enum Stop {
-    Finished(pb::FinishReason),
+    /// With whether a constrained output was left incomplete.
+    Finished(pb::FinishReason, bool),
     /// The caller went away: nothing more to send.
     Gone,
     Failed(AgentError),
@@ -95,7 +98,7 @@ impl Generation {
             _ => None,
         };
         match outcome {
-            Stop::Finished(reason) => {
+            Stop::Finished(reason, incomplete) => {
                 stats.record_latency(self.arrived.elapsed(), tpot);
                 let tail = if reason == pb::FinishReason::StopSequence {
                     String::new()
@@ -113,6 +116,7 @@ impl Generation {
                     time_to_first_token_ms: ttft.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                     time_per_output_token_ms: tpot.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                     confidence: confidence(&progress.logprobs),
+                    incomplete,
                 };
                 let _ = tx
                     .send(pb::GenerateChunk {
@@ -163,9 +167,11 @@ impl Generation {
                 }
                 Some(SequenceEvent::Eos { logprob }) => {
                     progress.logprobs.push(logprob);
-                    return Stop::Finished(pb::FinishReason::Stop);
+                    return Stop::Finished(pb::FinishReason::Stop, false);
                 }
-                Some(SequenceEvent::Length) => return Stop::Finished(pb::FinishReason::Length),
+                Some(SequenceEvent::Length { incomplete }) => {
+                    return Stop::Finished(pb::FinishReason::Length, incomplete);
+                }
                 Some(SequenceEvent::DeadlineExceeded { generated }) => {
                     return self.deadline_error(generated, "");
                 }
@@ -212,7 +218,9 @@ impl Generation {
                 }
             }
             if pushed.stopped {
-                return Stop::Finished(pb::FinishReason::StopSequence);
+                // a stop sequence cuts where the constraint did not ask it to: what is left
+                // is not known to match
+                return Stop::Finished(pb::FinishReason::StopSequence, self.constrained);
             }
         }
     }

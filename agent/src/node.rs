@@ -438,6 +438,8 @@ impl Node {
                 .map(|(s, _)| s.to_string())
                 .unwrap_or_default(),
             dimensions: m.and_then(|m| m.space()).map_or(0, |(_, d)| d),
+            // every generate model decodes under constraints (over its own tokenizer)
+            constraints: kv.is_some(),
         }
     }
 }

@@ -167,6 +167,15 @@ impl Inference {
                 budget,
             });
         }
+        let guide = match req.constraint.clone() {
+            None => None,
+            Some(_) if req.ignore_eos => {
+                return Err(AgentError::InvalidRequest(
+                    "ignore_eos cannot be combined with a constraint (a constrained output ends when it is complete)".into(),
+                ));
+            }
+            Some(c) => Some(self.compile(&r.model, c).await?),
+        };
         let guard = r
             .slot
             .admission
@@ -184,6 +193,7 @@ impl Inference {
             rng: ChaCha8Rng::seed_from_u64(req.seed.unwrap_or_else(rand::random)),
             deadline,
             events,
+            guide,
         };
         let prompt_tokens = sequence.prompt.len() as u32;
         if batch.submit(sequence).is_err() {
@@ -201,11 +211,38 @@ impl Inference {
             deadline,
             arrived,
             events: events_rx,
+            constrained: req.constraint.is_some(),
         };
         // the generation is the caller's request still: its spans stay in the caller's trace
         let span = tracing::info_span!("inference", model = %req.model, task = "generate");
         tokio::spawn(job.run(tx, end_tx, guard).instrument(span));
         Ok(GenerationStream { chunks, end })
+    }
+
+    /// A request's constraint compiled for `model`'s vocabulary (off the async threads: the
+    /// first compile of a large schema takes milliseconds; later ones come from the cache).
+    async fn compile(
+        &self,
+        model: &Arc<LoadedModel>,
+        c: pb::Constraint,
+    ) -> Result<edgewise_constraint::Guide, AgentError> {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let vocab = model
+                .vocabulary()
+                .map_err(|message| AgentError::Inference {
+                    model: model.manifest.name.clone(),
+                    message: format!("cannot compile constraints: {message}"),
+                })?;
+            vocab
+                .compile(&c)
+                .map_err(|e| AgentError::InvalidRequest(e.to_string()))
+        })
+        .await
+        .map_err(|e| AgentError::Inference {
+            model: String::new(),
+            message: format!("constraint compile task failed: {e}"),
+        })?
     }
 
     pub async fn embed(

@@ -42,6 +42,7 @@ fn model(k: usize, scale: (f32, u64), in_flight: u32, queued: u32) -> ModelView 
         kv_room: queued < 8,
         space: format!("space-{k}"),
         dimensions: 384,
+        constraints: true,
     }
 }
 
@@ -137,6 +138,7 @@ fn bench(c: &mut Criterion) {
             },
             tasks: vec![Task::Generate, Task::Embed],
             default_max_tokens: 256,
+            constraints: vec![OutputConstraint::JsonSchema, OutputConstraint::JsonObject],
         },
     )]);
     let budgets = Budgets::default();

@@ -320,6 +320,7 @@ fn view_of(
                                 * crate::routing::types::KV_ALLOCATION_POSITIONS,
                     space: m.space.clone(),
                     dimensions: m.dimensions,
+                    constraints: m.constraints,
                 })
             })
             .collect(),

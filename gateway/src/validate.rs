@@ -5,7 +5,7 @@ use edgewise_proto as pb;
 
 use crate::error::GatewayError;
 use crate::providers::Message;
-use crate::routing::{DataClass, RouteRequest, Task};
+use crate::routing::{DataClass, OutputConstraint, RouteRequest, Task};
 
 /// The one conversion of the wire's task into routing's.
 impl TryFrom<pb::Task> for Task {
@@ -136,6 +136,7 @@ pub fn route_request(
         ignore_eos: false,
         space: None,
         findings: Default::default(),
+        constraint: None,
     })
 }
 
@@ -224,6 +225,17 @@ pub fn generate(
     }
     req.space = (!r.model.is_empty()).then(|| r.model.clone());
     req.ignore_eos = r.ignore_eos;
+    if let Some(c) = &r.constraint {
+        if r.ignore_eos {
+            return Err(invalid(
+                "request.ignore_eos cannot be combined with request.constraint (a constrained output ends when it is complete)".into(),
+            ));
+        }
+        // compiled once here (cached by hash): a constraint no agent could follow is refused
+        // before it is routed
+        edgewise_constraint::check(c).map_err(|e| invalid(format!("request.{e}")))?;
+        req.constraint = OutputConstraint::of(c);
+    }
     Ok((messages, req))
 }
 

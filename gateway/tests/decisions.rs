@@ -139,6 +139,7 @@ fn run_case(path: &Path) -> Result<(), String> {
                         kv_room: m.kv_room,
                         space: m.space.clone().unwrap_or_default(),
                         dimensions: m.dimensions,
+                        constraints: true,
                     })
                     .collect(),
             })
@@ -153,6 +154,7 @@ fn run_case(path: &Path) -> Result<(), String> {
             },
             tasks: vec![Task::Generate, Task::Embed],
             default_max_tokens: 256,
+            constraints: vec![OutputConstraint::JsonSchema, OutputConstraint::JsonObject],
         },
     )]);
     let budgets = Budgets {

@@ -6,11 +6,14 @@ Each check asserts what a caller sees; the first failure exits non-zero with its
 """
 
 import base64
+import json
 import struct
 import sys
+from typing import Literal
 
 import openai
 from openai import OpenAI
+from pydantic import BaseModel, Field
 
 BASE, KEY, LOCAL_MODEL, EXTERNAL_MODEL = sys.argv[1:5]
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=60)
@@ -95,6 +98,75 @@ ext = client.chat.completions.create(
     extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
 )
 check(ext.model == EXTERNAL_MODEL and ext.choices[0].message.content, f"served by the hosted API ({ext.model})")
+
+# structured output: a Pydantic model through the SDK's parse(), from the local model (its
+# decode loop masks what the schema does not allow, so even random weights answer in shape)
+class Pick(BaseModel):
+    n: int = Field(ge=0, le=99)
+    color: Literal["red", "green"]
+
+
+# the schema parse() sends (OpenAI's strict form: no properties beyond these)
+PICK_SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}, "color": {"enum": ["red", "green"]}},
+    "required": ["n", "color"],
+    "additionalProperties": False,
+}
+parsed = client.chat.completions.parse(model="auto", messages=HELLO, response_format=Pick, max_tokens=48, temperature=0)
+pick = parsed.choices[0].message.parsed
+check(isinstance(pick, Pick) and parsed.model == LOCAL_MODEL, f"a parsed object from the local model ({pick!r})")
+streamed = "".join(
+    c.choices[0].delta.content or ""
+    for c in client.chat.completions.create(
+        model="auto", messages=HELLO, max_tokens=48, temperature=0, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "pick", "strict": True, "schema": PICK_SCHEMA}},
+    )
+    if c.choices
+)
+check(Pick.model_validate_json(streamed) is not None, f"the streamed structured answer validates ({streamed!r})")
+# any JSON object: complete and an object, or cut off by max_tokens and said so
+obj = client.chat.completions.create(model="auto", messages=HELLO, response_format={"type": "json_object"}, max_tokens=24, temperature=0)
+choice = obj.choices[0]
+check(
+    choice.finish_reason == "length" or isinstance(json.loads(choice.message.content), dict),
+    f"json_object: {choice.finish_reason} {choice.message.content!r}",
+)
+# this gateway's own kinds, for local models: one of a few strings, a regular expression
+for seed in range(3):
+    one = client.chat.completions.create(
+        model="auto", messages=HELLO, max_tokens=8, temperature=1.0, seed=seed,
+        response_format={"type": "choice", "choice": ["yes", "no", "not sure"]},
+    )
+    check(one.choices[0].message.content in ("yes", "no", "not sure"), f"a choice ({one.choices[0].message.content!r})")
+rx = client.chat.completions.create(
+    model="auto", messages=HELLO, max_tokens=12, temperature=0,
+    response_format={"type": "regex", "regex": "[A-Z]{2}-[0-9]{4}"},
+)
+check(len(rx.choices[0].message.content) == 7 and rx.choices[0].message.content[2] == "-", f"a regex ({rx.choices[0].message.content!r})")
+# the hosted model gets the schema in its own form (the mock answers with a matching object)
+hosted = client.chat.completions.parse(
+    model="auto", messages=HELLO, response_format=Pick, max_tokens=48,
+    extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
+)
+check(hosted.model == EXTERNAL_MODEL and isinstance(hosted.choices[0].message.parsed, Pick), f"parsed from the hosted model ({hosted.choices[0].message.parsed!r})")
+e = refused(
+    openai.APIStatusError,
+    lambda: client.chat.completions.create(
+        model="auto", messages=HELLO, max_tokens=8,
+        response_format={"type": "regex", "regex": "[a-z]+"},
+        extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
+    ),
+)
+check("has no form for a regular expression constraint" in e.message, f"{e.status_code}: {e.message}")
+e = refused(
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(
+        model="auto", messages=HELLO,
+        response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "array", "uniqueItems": True}}},
+    ),
+)
+check("`response_format.json_schema.schema`: `uniqueItems` at / is not supported" in e.message, f"400: {e.message}")
 
 # refusals, each with its reason
 e = refused(openai.AuthenticationError, lambda: OpenAI(base_url=BASE, api_key="not-a-token", max_retries=0).chat.completions.create(model="auto", messages=HELLO))

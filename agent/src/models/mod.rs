@@ -7,6 +7,7 @@
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
@@ -35,6 +36,10 @@ pub struct LoadedModel {
     /// Bytes of `model.onnx` (and its external data) on disk.
     pub size_bytes: u64,
     pub load_time: Duration,
+    /// Generate models: the vocabulary constraints compile against, built from
+    /// `tokenizer.json` the first time a constrained request comes.
+    vocabulary: std::sync::OnceLock<Result<Arc<edgewise_constraint::Vocabulary>, String>>,
+    tokenizer_path: PathBuf,
 }
 
 /// A chat turn as the agent sees it.
@@ -150,7 +155,38 @@ impl LoadedModel {
             engine,
             size_bytes,
             load_time: started.elapsed(),
+            vocabulary: std::sync::OnceLock::new(),
+            tokenizer_path: tok_path,
         })
+    }
+
+    /// The vocabulary constraints compile against (generate models), built once.
+    pub fn vocabulary(&self) -> Result<Arc<edgewise_constraint::Vocabulary>, String> {
+        self.vocabulary
+            .get_or_init(|| {
+                let (Engine::Decoder(batch), TaskSpec::Generate(g)) =
+                    (&self.engine, &self.manifest.spec)
+                else {
+                    return Err("not a generate model".into());
+                };
+                let json = std::fs::read(&self.tokenizer_path)
+                    .map_err(|e| format!("{}: {e}", self.tokenizer_path.display()))?;
+                let tokenizer = self.tokenizer.clone();
+                let tokenize: edgewise_constraint::Tokenize = Arc::new(move |bytes: &[u8]| {
+                    tokenizer
+                        .encode_fast(String::from_utf8_lossy(bytes).as_ref(), false)
+                        .map(|e| e.get_ids().to_vec())
+                        .unwrap_or_default()
+                });
+                edgewise_constraint::Vocabulary::from_tokenizer_json(
+                    &json,
+                    batch.vocab,
+                    &g.eos_token_ids,
+                    tokenize,
+                )
+                .map(Arc::new)
+            })
+            .clone()
     }
 
     /// One small inference that exercises the whole path: how long it took and, for a
@@ -172,6 +208,7 @@ impl LoadedModel {
                     rng: rand::SeedableRng::seed_from_u64(0),
                     deadline: None,
                     events,
+                    guide: None,
                 };
                 d.submit(seq)
                     .map_err(|_| "the decode thread has stopped".to_string())?;
@@ -181,7 +218,7 @@ impl LoadedModel {
                         Some(SequenceEvent::Token { .. }) => {
                             first.get_or_insert_with(Instant::now);
                         }
-                        Some(SequenceEvent::Length) => {
+                        Some(SequenceEvent::Length { .. }) => {
                             tpot = first.map(|t| t.elapsed() / (SMOKE_TOKENS - 1));
                             break;
                         }

@@ -46,6 +46,7 @@ pub async fn pipe(
     mut events: providers::EventStream,
     estimate_prompt: u32,
     track: &mut Tracker,
+    constrained: bool,
 ) {
     track.decided(&ext.decision);
     let started = Instant::now();
@@ -108,6 +109,8 @@ pub async fn pipe(
                     time_per_output_token_ms: decode_ms
                         / f64::from(shown.completion_tokens.saturating_sub(1).max(1)),
                     confidence: None,
+                    // a provider's structured output is complete unless it was cut short
+                    incomplete: constrained && finish != Finish::Stop,
                 };
                 let chunk = pb::GenerateChunk {
                     text: String::new(),

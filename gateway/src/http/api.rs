@@ -241,6 +241,7 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             ignore_eos: chat.ignore_eos,
             seed: chat.seed,
             stop: chat.stop.clone(),
+            constraint: chat.constraint.clone(),
         }),
         routing: Some(hints),
     };

@@ -2,6 +2,7 @@
 //! with its name (never dropped), and a malformed body names the line and column or the field
 //! path that is wrong. Pure (no I/O), so it is tested directly.
 
+use edgewise_proto as pb;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -43,6 +44,8 @@ pub struct Chat {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub hints: Hints,
+    /// `response_format`: what the output must follow (structured output).
+    pub constraint: Option<pb::Constraint>,
 }
 
 /// `POST /v1/embeddings`, validated.
@@ -74,6 +77,7 @@ const CHAT_FIELDS: &[&str] = &[
     "frequency_penalty",
     "presence_penalty",
     "logprobs",
+    "response_format",
 ];
 
 const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", "edgewise"];
@@ -85,7 +89,6 @@ fn unsupported(field: &str) -> String {
             "tool calling is not supported"
         }
         "top_logprobs" => "log probabilities are not supported",
-        "response_format" => "structured output is not supported",
         "logit_bias" => "logit bias is not supported",
         "audio" | "modalities" => "only text is supported",
         "dimensions" => "embeddings come in their model's own dimensions",
@@ -177,6 +180,7 @@ struct RawChat {
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     logprobs: Option<bool>,
+    response_format: Option<Map<String, Value>>,
 }
 
 impl Chat {
@@ -253,8 +257,80 @@ impl Chat {
                 Some(OneOrMany::Many(v)) => v,
             },
             hints: r.edgewise.unwrap_or_default(),
+            constraint: r
+                .response_format
+                .map(response_format)
+                .transpose()?
+                .flatten(),
         })
     }
+}
+
+/// `response_format`: OpenAI's `text`, `json_object` and `json_schema`, and this gateway's
+/// `regex`, `choice` and `grammar` (Lark) for the local models; checked here (compiled once,
+/// then cached) so an error names the HTTP field.
+fn response_format(m: Map<String, Value>) -> Result<Option<pb::Constraint>, GatewayError> {
+    use pb::constraint::Kind;
+    let text = |key: &str| {
+        m.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "`response_format.{key}` (a string) is required for this type"
+                ))
+            })
+    };
+    let ty = m.get("type").and_then(Value::as_str).ok_or_else(|| {
+        invalid("`response_format.type` is required: text, json_object or json_schema")
+    })?;
+    let (kind, field) = match ty {
+        "text" => return Ok(None),
+        "json_object" => (Kind::JsonObject(true), "response_format"),
+        "json_schema" => {
+            let js = m.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                invalid("`response_format.json_schema` (an object) is required for type json_schema")
+            })?;
+            let name = js.get("name").and_then(Value::as_str).unwrap_or_default();
+            let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+                return Err(invalid(
+                    "`response_format.json_schema.name` is required: 1 to 64 letters, digits, `_` or `-`",
+                ));
+            }
+            let schema = js
+                .get("schema")
+                .ok_or_else(|| invalid("`response_format.json_schema.schema` is required"))?;
+            (
+                Kind::JsonSchema(schema.to_string()),
+                "response_format.json_schema.schema",
+            )
+        }
+        "regex" => (Kind::Regex(text("regex")?), "response_format.regex"),
+        "grammar" => (Kind::Lark(text("grammar")?), "response_format.grammar"),
+        "choice" => {
+            let options = m
+                .get("choice")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| {
+                    invalid("`response_format.choice` (an array of strings) is required for type choice")
+                })?;
+            (
+                Kind::Choice(pb::Choice { options }),
+                "response_format.choice",
+            )
+        }
+        other => {
+            return Err(invalid(format!(
+                "`response_format.type` `{}`: one of text, json_object, json_schema (OpenAI's), regex, choice, grammar",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    let c = pb::Constraint { kind: Some(kind) };
+    edgewise_constraint::check(&c).map_err(|e| invalid(format!("`{field}`: {}", e.message)))?;
+    Ok(Some(c))
 }
 
 /// One message: a role the chat template knows, and text content (a string, or text parts).

@@ -37,7 +37,28 @@ pub fn messages_body(call: &GenerateCall) -> Value {
     if !call.stop.is_empty() {
         body["stop_sequences"] = json!(call.stop);
     }
+    if let Some(schema) = output_schema(call) {
+        // structured output the Messages API's way: one tool the model must call, whose
+        // input is the output (streamed as `input_json_delta`)
+        body["tools"] = json!([{
+            "name": OUTPUT_TOOL,
+            "description": "Give your answer as this tool's input.",
+            "input_schema": schema,
+        }]);
+        body["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
+    }
     body
+}
+
+const OUTPUT_TOOL: &str = "output";
+
+fn output_schema(call: &GenerateCall) -> Option<Value> {
+    use edgewise_proto::constraint::Kind;
+    match call.constraint.as_ref()?.kind.as_ref()? {
+        Kind::JsonSchema(s) => serde_json::from_str::<Value>(s).ok(),
+        Kind::JsonObject(_) => Some(json!({"type": "object"})),
+        _ => None,
+    }
 }
 
 fn finish(reason: &str) -> Finish {
@@ -80,7 +101,12 @@ impl Decoder for Messages {
                 }
                 Step::Skip
             }
-            "content_block_delta" => match v.pointer("/delta/text").and_then(Value::as_str) {
+            // text, or the output tool's input as it is written
+            "content_block_delta" => match v
+                .pointer("/delta/text")
+                .or_else(|| v.pointer("/delta/partial_json"))
+                .and_then(Value::as_str)
+            {
                 Some(t) if !t.is_empty() => Step::Emit(Event::Text(t.to_string())),
                 _ => Step::Skip,
             },
@@ -131,6 +157,7 @@ mod tests {
             top_k: 0,
             stop: vec!["\n".into()],
             seed: None,
+            constraint: None,
         };
         let b = messages_body(&call);
         assert_eq!(b["system"], "Be brief.");

@@ -45,6 +45,13 @@ impl Kind {
         }
     }
 
+    /// The output constraints this API has a form for: OpenAI's `response_format`, and for
+    /// Anthropic a tool the model is made to call (its input is the JSON).
+    pub fn constraints(self) -> Vec<crate::routing::OutputConstraint> {
+        use crate::routing::OutputConstraint::*;
+        vec![JsonSchema, JsonObject]
+    }
+
     /// The tasks this API serves.
     pub fn tasks(self) -> Vec<Task> {
         match self {
@@ -152,6 +159,9 @@ pub struct GenerateCall {
     pub top_k: u32,
     pub stop: Vec<String>,
     pub seed: Option<u64>,
+    /// Structured output, in the provider's own form (routing sends here only the kinds the
+    /// provider has one for).
+    pub constraint: Option<edgewise_proto::Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +230,7 @@ impl Provider {
             price: self.config.price,
             tasks: self.config.kind.tasks(),
             default_max_tokens: self.config.default_max_tokens,
+            constraints: self.config.kind.constraints(),
         }
     }
 

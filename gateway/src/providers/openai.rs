@@ -35,7 +35,28 @@ pub fn chat_body(call: &GenerateCall) -> Value {
     if let Some(seed) = call.seed {
         body["seed"] = json!(seed);
     }
+    if let Some(format) = response_format(call) {
+        body["response_format"] = format;
+    }
     body
+}
+
+/// OpenAI's `response_format` for the call's constraint: a strict JSON schema, or any JSON
+/// object (the other kinds never reach a provider: routing leaves it out for them).
+fn response_format(call: &GenerateCall) -> Option<Value> {
+    use edgewise_proto::constraint::Kind;
+    match call.constraint.as_ref()?.kind.as_ref()? {
+        Kind::JsonSchema(s) => Some(json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": "output",
+                "schema": serde_json::from_str::<Value>(s).ok()?,
+                "strict": true,
+            },
+        })),
+        Kind::JsonObject(_) => Some(json!({"type": "json_object"})),
+        _ => None,
+    }
 }
 
 fn finish(reason: &str) -> Finish {

@@ -161,6 +161,7 @@ async fn tracked(
                 top_k: gen_req.top_k,
                 stop: gen_req.stop.clone(),
                 seed: gen_req.seed,
+                constraint: gen_req.constraint.clone(),
             };
             let deadline = provider.deadline(deadline.map(tokio::time::Instant::from_std));
             let external =
@@ -186,6 +187,7 @@ async fn tracked(
                     events,
                     tokens.0,
                     &mut track,
+                    call.constraint.is_some(),
                 )
                 .instrument(external)
                 .await;

@@ -361,6 +361,11 @@ fn rung_unfit(
     if u64::from(model.context_length) < need.context {
         return Some(RungWhy::Context);
     }
+    if let Some(c) = req.constraint
+        && !model.constraints
+    {
+        return Some(RungWhy::NoConstraints(c));
+    }
     None
 }
 

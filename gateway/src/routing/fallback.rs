@@ -73,6 +73,11 @@ pub(super) fn external(
     if !provider.tasks.contains(&req.task) {
         return refuse(NotPermitted, ExternalWhy::ProviderTask);
     }
+    if let Some(c) = req.constraint
+        && !provider.constraints.contains(&c)
+    {
+        return refuse(NotPermitted, ExternalWhy::ProviderConstraint(c));
+    }
     let max_tokens = match (req.task, req.max_tokens) {
         (Task::Generate, 0) => provider.default_max_tokens,
         (Task::Generate, n) => n,

@@ -69,6 +69,7 @@ fn prices() -> BTreeMap<String, ProviderView> {
             },
             tasks: vec![Task::Generate, Task::Embed],
             default_max_tokens: 256,
+            constraints: vec![OutputConstraint::JsonSchema, OutputConstraint::JsonObject],
         },
     )])
 }
@@ -350,6 +351,7 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 kv_room: true,
                 space: String::new(),
                 dimensions: 0,
+                constraints: task == Task::Generate,
             }
         })
 }

@@ -70,6 +70,8 @@ pub(super) enum RungWhy {
     BelowThreshold(f32),
     Quality,
     Context,
+    /// The request's output has a constraint the model's agent cannot follow.
+    NoConstraints(OutputConstraint),
     /// Declares the space of the smallest adequate model with other dimensions.
     Dimensions(u32),
 }
@@ -83,6 +85,8 @@ pub(super) enum ExternalWhy {
     Condition(ExternalCondition),
     NotConfigured,
     ProviderTask,
+    /// The provider's API has no form for the request's output constraint.
+    ProviderConstraint(OutputConstraint),
     Budget {
         left_usd: f64,
         cost_usd: f64,
@@ -145,6 +149,7 @@ pub enum Why<'a> {
         has: u32,
         need: u64,
     },
+    NoConstraints(OutputConstraint),
     Slow(Slow<'a>),
     Dimensions {
         space: &'a str,
@@ -193,6 +198,7 @@ impl Why<'_> {
             Why::BelowThreshold { .. } => "P(adequate) below the threshold",
             Why::Quality { .. } => "quality below the floor",
             Why::Context { .. } => "context too short",
+            Why::NoConstraints(_) => "does not decode under constraints",
             Why::Slow(_) => "over the latency limit",
             Why::Dimensions { .. } => "other dimensions",
             Why::SmallerChosen => "a smaller adequate model was chosen",
@@ -228,6 +234,11 @@ impl fmt::Display for Why<'_> {
             Why::Context { has, need } => write!(
                 f,
                 "context {has} is shorter than prompt + max_tokens ({need})"
+            ),
+            Why::NoConstraints(c) => write!(
+                f,
+                "its agent does not report constrained decoding (the request's output follows a {})",
+                c.as_str()
             ),
             Why::Slow(s) => s.fmt(f),
             Why::Dimensions {
@@ -298,6 +309,12 @@ impl fmt::Display for ExternalWhyView<'_> {
                 f,
                 "provider `{}` does not serve {} requests",
                 ext.provider, self.req.task
+            ),
+            ExternalWhy::ProviderConstraint(c) => write!(
+                f,
+                "provider `{}` has no form for a {} constraint on the output",
+                ext.provider,
+                c.as_str()
             ),
             ExternalWhy::Budget { left_usd, cost_usd } => write!(
                 f,
@@ -521,6 +538,7 @@ impl Decision {
                 has: m.context_length,
                 need: t.need_context,
             },
+            RungWhy::NoConstraints(c) => Why::NoConstraints(c),
             RungWhy::Dimensions(smallest) => Why::Dimensions {
                 space: &m.space,
                 has: m.dimensions,

@@ -264,6 +264,8 @@ pub struct ProviderView {
     pub tasks: Vec<Task>,
     /// The `max_tokens` a generation is sent with when the request leaves it at 0.
     pub default_max_tokens: u32,
+    /// The output constraints the provider's API has a form for.
+    pub constraints: Vec<OutputConstraint>,
 }
 
 /// One ready-or-not model on one node, as the registry last heard it.
@@ -292,6 +294,8 @@ pub struct ModelView {
     pub space: String,
     /// Embed: vector dimensions; classify: the number of labels.
     pub dimensions: u32,
+    /// Generate models: decodes under output constraints (structured output).
+    pub constraints: bool,
 }
 
 /// Positions a generate model's K/V cache is allocated in (the agent's step).
@@ -320,6 +324,7 @@ impl ModelView {
             kv_room: true,
             space: String::new(),
             dimensions: 0,
+            constraints: task == Task::Generate,
         }
     }
 
@@ -401,6 +406,42 @@ pub struct RouteRequest {
     pub ignore_eos: bool,
     /// What the scan of the request's text found (detector ids and counts, no text).
     pub findings: Findings,
+    /// Structured output: the kind of constraint the output must follow.
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// The kind of constraint a structured-output request carries: every local generate model
+/// that reports constraints follows any of them; a hosted API only those it has a form for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputConstraint {
+    JsonSchema,
+    JsonObject,
+    Regex,
+    Choice,
+    Grammar,
+}
+
+impl OutputConstraint {
+    pub fn of(c: &edgewise_proto::Constraint) -> Option<Self> {
+        use edgewise_proto::constraint::Kind;
+        Some(match c.kind.as_ref()? {
+            Kind::JsonSchema(_) => Self::JsonSchema,
+            Kind::JsonObject(_) => Self::JsonObject,
+            Kind::Regex(_) => Self::Regex,
+            Kind::Choice(_) => Self::Choice,
+            Kind::Lark(_) => Self::Grammar,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JsonSchema => "JSON schema",
+            Self::JsonObject => "JSON object",
+            Self::Regex => "regular expression",
+            Self::Choice => "choice",
+            Self::Grammar => "grammar",
+        }
+    }
 }
 
 impl RouteRequest {
@@ -422,6 +463,7 @@ impl RouteRequest {
             larger_than: None,
             p_adequate: Vec::new(),
             ignore_eos: false,
+            constraint: None,
             findings: Findings::default(),
         }
     }

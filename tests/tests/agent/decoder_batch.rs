@@ -261,7 +261,7 @@ fn concurrent_sequences_get_the_tokens_they_get_alone() {
     let mut rxs = submit_together(&h, 40);
     for (r, rx) in rxs.iter_mut().enumerate() {
         let (tokens, end) = drain(rx);
-        assert_eq!(end, SequenceEvent::Length);
+        assert_eq!(end, SequenceEvent::Length { incomplete: false });
         assert_eq!(tokens, solo[r], "sequence {r}");
     }
     let stats = &h.stats;
@@ -294,7 +294,7 @@ fn a_cancelled_sequence_leaves_the_others_unchanged() {
     for (i, rx) in rxs.iter_mut().enumerate() {
         let r = if i == 0 { 0 } else { i + 1 };
         let (tokens, end) = drain(rx);
-        assert_eq!(end, SequenceEvent::Length);
+        assert_eq!(end, SequenceEvent::Length { incomplete: false });
         assert_eq!(tokens, solo[r], "sequence {r}");
     }
 }
@@ -337,7 +337,7 @@ fn a_deadline_ends_its_own_sequence_only() {
     assert!(mid.blocking_recv().is_none(), "a token after the deadline");
     for (rx, r) in others.iter_mut().zip([0, 2, 3]) {
         let (tokens, end) = drain(rx);
-        assert_eq!(end, SequenceEvent::Length);
+        assert_eq!(end, SequenceEvent::Length { incomplete: false });
         assert_eq!(tokens, solo[r], "sequence {r}");
     }
 }
@@ -358,14 +358,17 @@ fn the_kv_budget_queues_what_does_not_fit_and_never_overcommits() {
     assert!(h.submit_all(vec![a, b]).is_ok());
     // the second waits for the first to leave
     let (tokens, end) = drain(&mut first);
-    assert_eq!((tokens, end), (solo[0].clone(), SequenceEvent::Length));
+    assert_eq!(
+        (tokens, end),
+        (solo[0].clone(), SequenceEvent::Length { incomplete: false })
+    );
     let waited = h
         .stats
         .kv_waits_total
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(waited, 1, "the second sequence never waited for K/V room");
     let (tokens, end) = drain(&mut second);
-    assert_eq!(end, SequenceEvent::Length);
+    assert_eq!(end, SequenceEvent::Length { incomplete: false });
     assert_eq!(tokens[..], solo[2][..60]);
     let peak = h
         .stats
@@ -386,4 +389,117 @@ fn the_kv_budget_queues_what_does_not_fit_and_never_overcommits() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---------------------------------------------------------------- constrained decoding
+
+fn vocabulary(name: &str, logits: usize) -> edgewise_constraint::Vocabulary {
+    let json = std::fs::read(fixtures().join(name).join("tokenizer.json")).unwrap();
+    let tokenize: edgewise_constraint::Tokenize =
+        std::sync::Arc::new(|s: &[u8]| bytes(&String::from_utf8_lossy(s)));
+    edgewise_constraint::Vocabulary::from_tokenizer_json(&json, logits, &[257], tokenize).unwrap()
+}
+
+const SCHEMA: &str = r#"{"type":"object","properties":{"n":{"type":"integer","minimum":0,"maximum":99},
+    "pick":{"enum":["red","green"]}},"required":["n","pick"],"additionalProperties":false}"#;
+
+fn constraint(i: usize) -> Option<edgewise_proto::Constraint> {
+    use edgewise_proto::constraint::Kind;
+    let kind = match i {
+        0 => Kind::JsonSchema(SCHEMA.into()),
+        2 => Kind::Choice(edgewise_proto::Choice {
+            options: vec!["alpha".into(), "beta".into(), "gamma delta".into()],
+        }),
+        _ => return None,
+    };
+    Some(edgewise_proto::Constraint { kind: Some(kind) })
+}
+
+/// Prompts 0 and 2 constrained, 1 and 3 free, greedy, with end-of-sequence 257.
+fn constrained_sequences(
+    vocab: &edgewise_constraint::Vocabulary,
+) -> (
+    Vec<SequenceRequest>,
+    Vec<mpsc::UnboundedReceiver<SequenceEvent>>,
+) {
+    PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let guide = constraint(i).map(|c| vocab.compile(&c).unwrap());
+            let seq = SequenceRequest::new(
+                bytes(p),
+                48,
+                vec![257],
+                SamplingParams::greedy(),
+                0,
+                None,
+                tx,
+            )
+            .with_guide(guide);
+            (seq, rx)
+        })
+        .unzip()
+}
+
+#[test]
+fn constrained_and_free_sequences_in_one_batch_get_what_they_get_alone() {
+    let h = handle("tiny-lm-fp32", 64 << 20, 128);
+    let vocab = vocabulary("tiny-lm-fp32", h.vocab);
+    // alone: one sequence at a time through the same loop
+    let (seqs, mut rxs) = constrained_sequences(&vocab);
+    let mut solo = Vec::new();
+    for (seq, rx) in seqs.into_iter().zip(rxs.iter_mut()) {
+        assert!(h.submit(seq).is_ok());
+        solo.push(drain(rx));
+    }
+    // together: one batch
+    let (seqs, mut rxs) = constrained_sequences(&vocab);
+    assert!(h.submit_all(seqs).is_ok());
+    for (r, rx) in rxs.iter_mut().enumerate() {
+        assert_eq!(drain(rx), solo[r], "sequence {r}");
+    }
+    // the constrained outputs completed and match their constraints; the free ones did not
+    // happen to (the random model left alone writes neither)
+    let text = |t: &[u32]| {
+        String::from_utf8_lossy(&t.iter().map(|&b| b as u8).collect::<Vec<u8>>()).into_owned()
+    };
+    let (json, end) = (&solo[0].0, &solo[0].1);
+    assert!(
+        matches!(end, SequenceEvent::Eos { .. }),
+        "{end:?}: {}",
+        text(json)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(json)).unwrap();
+    assert!(v["n"].as_u64().is_some_and(|n| n <= 99), "{v}");
+    assert!(
+        ["red", "green"].contains(&v["pick"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    assert!(matches!(solo[2].1, SequenceEvent::Eos { .. }));
+    assert!(["alpha", "beta", "gamma delta"].contains(&text(&solo[2].0).as_str()));
+    assert!(serde_json::from_str::<serde_json::Value>(&text(&solo[1].0)).is_err());
+}
+
+#[test]
+fn a_constrained_sequence_cut_by_max_tokens_is_marked_incomplete() {
+    let h = handle("tiny-lm-fp32", 64 << 20, 128);
+    let vocab = vocabulary("tiny-lm-fp32", h.vocab);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let guide = vocab.compile(&constraint(0).unwrap()).unwrap();
+    let seq = SequenceRequest::new(
+        bytes("x"),
+        5,
+        vec![257],
+        SamplingParams::greedy(),
+        0,
+        None,
+        tx,
+    )
+    .with_guide(Some(guide));
+    assert!(h.submit(seq).is_ok());
+    let (tokens, end) = drain(&mut rx);
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(end, SequenceEvent::Length { incomplete: true });
 }

@@ -179,6 +179,10 @@ fn test_python() -> Option<std::path::PathBuf> {
 async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
     let Some(python) = test_python() else { return };
     let f = fleet(Duration::from_secs(10), 4 << 20).await;
+    // what the hosted model answers: an object the structured-output checks' schema accepts
+    if let Ok(mut a) = f._mock.state.answer.lock() {
+        *a = r#"{"n": 7, "color": "green"}"#.into();
+    }
     let out = tokio::process::Command::new(python)
         .arg(repo_root().join("tests/openai/sdk_check.py"))
         .arg(format!("http://{}/v1", f.http()))
@@ -195,6 +199,21 @@ async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
     );
     assert!(out.status.success(), "the SDK checks failed:\n{log}");
     assert!(log.contains("all SDK checks passed"), "{log}");
+    // the structured-output request reached the hosted API in OpenAI's own form
+    let formats: Vec<serde_json::Value> = f
+        ._mock
+        .state
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.body.get("response_format").cloned())
+        .collect();
+    assert_eq!(formats.len(), 1, "{formats:?}");
+    assert_eq!(formats[0]["type"], "json_schema");
+    assert_eq!(formats[0]["json_schema"]["strict"], true);
+    assert_eq!(
+        formats[0]["json_schema"]["schema"]["properties"]["color"]["enum"],
+        serde_json::json!(["red", "green"])
+    );
     // the hosted call and the budget refusal went through the same ledger and audit as gRPC
     let records = f
         .gateway
