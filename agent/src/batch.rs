@@ -64,6 +64,9 @@ pub struct SequenceRequest {
     pub events: mpsc::UnboundedSender<SequenceEvent>,
     /// The output's constraint: tokens it does not allow are masked before sampling.
     pub guide: Option<Guide>,
+    /// A constraint that starts when this token is sampled (a tool call's opening tag, when
+    /// the model may answer or call): from then on it is the sequence's guide.
+    pub trigger: Option<(u32, Guide)>,
 }
 
 impl SequenceRequest {
@@ -85,6 +88,7 @@ impl SequenceRequest {
             deadline,
             events,
             guide: None,
+            trigger: None,
         }
     }
 
@@ -247,6 +251,16 @@ impl Sequence {
                 id
             }
         };
+        if self.req.guide.is_none()
+            && self.req.trigger.as_ref().is_some_and(|(t, _)| *t == id)
+            && let Some((_, mut guide)) = self.req.trigger.take()
+        {
+            if let Err(e) = guide.accept(id) {
+                let _ = self.req.events.send(SequenceEvent::Failed(e));
+                return false;
+            }
+            self.req.guide = Some(guide);
+        }
         if self.req.eos.contains(&id) {
             let logprob = log_probability(logits, id);
             let _ = self.req.events.send(SequenceEvent::Eos { logprob });

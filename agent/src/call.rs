@@ -67,6 +67,7 @@ pub async fn generate(
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: text.into(),
+                ..Default::default()
             }],
         })
     } else {

@@ -17,6 +17,7 @@ use crate::batch::SequenceEvent;
 use crate::engine::text::{Detokenizer, TextStream};
 use crate::error::AgentError;
 use crate::models::LoadedModel;
+use crate::models::tools::{CallParser, Piece};
 use crate::node::ModelSlot;
 use crate::scheduler::SlotGuard;
 
@@ -30,6 +31,8 @@ pub struct Generation {
     pub events: mpsc::UnboundedReceiver<SequenceEvent>,
     /// The output has a constraint (a stop sequence that cuts it leaves it incomplete).
     pub constrained: bool,
+    /// The request has tools: the reply is read for calls, which are sent whole.
+    pub calls: Option<CallParser>,
 }
 
 enum Stop {
@@ -107,6 +110,21 @@ impl Generation {
                     let pushed = text.push(&held);
                     pushed.text + &text.finish()
                 };
+                // the reply's last calls, and what was held back while it might have been one
+                let (tail, tool_calls) = match self.calls.as_mut() {
+                    None => (tail, Vec::new()),
+                    Some(p) => {
+                        let pieces: Vec<Piece> =
+                            p.push(&tail).into_iter().chain(p.finish()).collect();
+                        split(pieces)
+                    }
+                };
+                let called = self.calls.as_ref().is_some_and(|p| p.calls() > 0);
+                let reason = if called && reason == pb::FinishReason::Stop {
+                    pb::FinishReason::ToolCalls
+                } else {
+                    reason
+                };
                 let done = pb::GenerateDone {
                     finish_reason: reason as i32,
                     usage: Some(pb::Usage {
@@ -122,6 +140,7 @@ impl Generation {
                     .send(pb::GenerateChunk {
                         text: tail,
                         done: Some(done),
+                        tool_calls,
                     })
                     .await;
             }
@@ -196,10 +215,15 @@ impl Generation {
             }
             let piece = detok.push(id, |ids| self.model.decode(ids));
             let pushed = text.push(&piece);
-            if !pushed.text.is_empty() {
+            let (out, tool_calls) = match self.calls.as_mut() {
+                None => (pushed.text, Vec::new()),
+                Some(p) => split(p.push(&pushed.text)),
+            };
+            if !out.is_empty() || !tool_calls.is_empty() {
                 let chunk = pb::GenerateChunk {
-                    text: pushed.text,
+                    text: out,
                     done: None,
+                    tool_calls,
                 };
                 let sent = match self.deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), tx.send(chunk)).await {
@@ -224,6 +248,18 @@ impl Generation {
             }
         }
     }
+}
+
+/// Pieces of a reply as one chunk's text and calls.
+fn split(pieces: Vec<Piece>) -> (String, Vec<pb::ToolCall>) {
+    let (mut text, mut calls) = (String::new(), Vec::new());
+    for p in pieces {
+        match p {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Call(c) => calls.push(c),
+        }
+    }
+    (text, calls)
 }
 
 #[cfg(test)]

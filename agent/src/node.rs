@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::batch::BatchConfig;
 use crate::config::{AgentConfig, Limits};
-use crate::models::manifest::{Manifest, Task};
+use crate::models::manifest::{Manifest, Task, TaskSpec};
 use crate::models::{Engine, LoadedModel};
 use crate::runtime::Runtime;
 use crate::scheduler::{Admission, Batcher, EncoderRun};
@@ -440,6 +440,14 @@ impl Node {
             dimensions: m.and_then(|m| m.space()).map_or(0, |(_, d)| d),
             // every generate model decodes under constraints (over its own tokenizer)
             constraints: kv.is_some(),
+            tool_format: match m.map(|m| &m.spec) {
+                Some(TaskSpec::Generate(g)) => g
+                    .chat_template
+                    .as_ref()
+                    .and_then(|t| t.tools.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            },
         }
     }
 }

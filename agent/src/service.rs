@@ -18,7 +18,7 @@ use crate::engine::sampling::SamplingParams;
 use crate::error::AgentError;
 use crate::generation::Generation;
 use crate::models::manifest::{Task, TaskSpec};
-use crate::models::{Engine, LoadedModel, Turn};
+use crate::models::{Engine, LoadedModel, Turn, tools};
 use crate::node::{ModelSlot, Node};
 use crate::scheduler::Batcher;
 
@@ -122,9 +122,10 @@ impl Inference {
                     .map(|m| Turn {
                         role: &m.role,
                         content: &m.content,
+                        tool_calls: &m.tool_calls,
                     })
                     .collect();
-                r.model.render_chat(&turns)?
+                r.model.render_chat(&turns, &req.tools)?
             }
             None => {
                 return Err(AgentError::InvalidRequest(
@@ -167,14 +168,35 @@ impl Inference {
                 budget,
             });
         }
-        let guide = match req.constraint.clone() {
-            None => None,
-            Some(_) if req.ignore_eos => {
+        let calls = tool_calls(&req)?;
+        let constrained = req.constraint.is_some() || calls != Calls::Off;
+        if constrained && req.ignore_eos {
+            return Err(AgentError::InvalidRequest(
+                "ignore_eos cannot be combined with a constraint or tools (a constrained output ends when it is complete)".into(),
+            ));
+        }
+        let parallel = req.parallel_tool_calls.unwrap_or(true);
+        let (guide, trigger) = match (&req.constraint, &calls) {
+            (Some(_), Calls::Auto | Calls::Required(_)) => {
                 return Err(AgentError::InvalidRequest(
-                    "ignore_eos cannot be combined with a constraint (a constrained output ends when it is complete)".into(),
+                    "a constraint and tool calls cannot be combined: send tool_choice none, or no constraint".into(),
                 ));
             }
-            Some(c) => Some(self.compile(&r.model, c).await?),
+            (Some(c), Calls::Off) => (Some(self.compile(&r.model, c.clone()).await?), None),
+            (None, Calls::Off) => (None, None),
+            (None, Calls::Required(only)) => {
+                let g =
+                    tools::calls_grammar(&req.tools, only.as_deref(), parallel && only.is_none());
+                (Some(self.compile(&r.model, g).await?), None)
+            }
+            // free text until the model opens a call; the call itself is constrained
+            (None, Calls::Auto) => match r.model.tokenizer.token_to_id(tools::OPEN) {
+                Some(open) => {
+                    let g = tools::calls_grammar(&req.tools, None, parallel);
+                    (None, Some((open, self.compile(&r.model, g).await?)))
+                }
+                None => (None, None),
+            },
         };
         let guard = r
             .slot
@@ -194,6 +216,7 @@ impl Inference {
             deadline,
             events,
             guide,
+            trigger,
         };
         let prompt_tokens = sequence.prompt.len() as u32;
         if batch.submit(sequence).is_err() {
@@ -211,7 +234,8 @@ impl Inference {
             deadline,
             arrived,
             events: events_rx,
-            constrained: req.constraint.is_some(),
+            constrained,
+            calls: (calls != Calls::Off).then(tools::CallParser::default),
         };
         // the generation is the caller's request still: its spans stay in the caller's trace
         let span = tracing::info_span!("inference", model = %req.model, task = "generate");
@@ -400,4 +424,41 @@ fn sampling_params(req: &pb::GenerateRequest) -> Result<SamplingParams, AgentErr
 pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Instant>, AgentError> {
     let timeout = edgewise_proto::grpc_timeout(metadata).map_err(AgentError::InvalidRequest)?;
     Ok(timeout.map(|t| Instant::now() + t))
+}
+
+/// Whether a generation may or must call its tools.
+#[derive(Debug, PartialEq)]
+enum Calls {
+    Off,
+    Auto,
+    /// Must call (one tool by name, or any).
+    Required(Option<String>),
+}
+
+fn tool_calls(req: &pb::GenerateRequest) -> Result<Calls, AgentError> {
+    use pb::tool_choice::Kind;
+    let invalid = |m: String| Err(AgentError::InvalidRequest(m));
+    let choice = req.tool_choice.as_ref().and_then(|c| c.kind.as_ref());
+    if req.tools.is_empty() {
+        return match choice {
+            None | Some(Kind::None(_)) => Ok(Calls::Off),
+            Some(_) => invalid("tool_choice needs tools".into()),
+        };
+    }
+    if !matches!(req.input, Some(pb::generate_request::Input::Chat(_))) {
+        return invalid("tools need chat messages (the model's template shows them)".into());
+    }
+    Ok(match choice {
+        None | Some(Kind::Auto(_)) => Calls::Auto,
+        Some(Kind::None(_)) => Calls::Off,
+        Some(Kind::Required(_)) => Calls::Required(None),
+        Some(Kind::Function(name)) => {
+            if !req.tools.iter().any(|t| &t.name == name) {
+                return invalid(format!(
+                    "tool_choice names `{name}`, which is not one of the tools"
+                ));
+            }
+            Calls::Required(Some(name.clone()))
+        }
+    })
 }

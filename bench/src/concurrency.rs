@@ -69,6 +69,7 @@ fn request(model: &str, prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: prompt.into(),
+                ..Default::default()
             }],
         })),
         max_tokens,

@@ -83,6 +83,7 @@ async fn once(
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: a.prompt.clone(),
+                ..Default::default()
             }],
         })),
         max_tokens: a.max_tokens,

@@ -237,6 +237,7 @@ pub async fn generate(
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: text.into(),
+                ..Default::default()
             }],
         })
     };

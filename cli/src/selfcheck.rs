@@ -71,6 +71,7 @@ fn chat(text: &str, max_tokens: u32, routing: pb::RoutingHints) -> pb::GatewayGe
                 messages: vec![pb::ChatMessage {
                     role: "user".into(),
                     content: text.into(),
+                    ..Default::default()
                 }],
             })),
             max_tokens,

@@ -43,6 +43,7 @@ fn model(k: usize, scale: (f32, u64), in_flight: u32, queued: u32) -> ModelView 
         space: format!("space-{k}"),
         dimensions: 384,
         constraints: true,
+        tools: true,
     }
 }
 

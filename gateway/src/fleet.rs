@@ -321,6 +321,7 @@ fn view_of(
                     space: m.space.clone(),
                     dimensions: m.dimensions,
                     constraints: m.constraints,
+                    tools: !m.tool_format.is_empty(),
                 })
             })
             .collect(),

@@ -137,6 +137,7 @@ pub fn route_request(
         space: None,
         findings: Default::default(),
         constraint: None,
+        tools: false,
     })
 }
 
@@ -168,10 +169,20 @@ pub fn generate(
             }
             let mut out = Vec::with_capacity(c.messages.len());
             for (i, m) in c.messages.iter().enumerate() {
-                if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
                     return Err(invalid(format!(
-                        "request.chat.messages[{i}].role `{}` is not system, user or assistant",
+                        "request.chat.messages[{i}].role `{}` is not system, user, assistant or tool",
                         m.role.chars().take(32).collect::<String>()
+                    )));
+                }
+                if m.role == "tool" && m.tool_call_id.is_empty() {
+                    return Err(invalid(format!(
+                        "request.chat.messages[{i}].tool_call_id is required on a tool message"
+                    )));
+                }
+                if m.role != "assistant" && !m.tool_calls.is_empty() {
+                    return Err(invalid(format!(
+                        "request.chat.messages[{i}].tool_calls: only assistant messages call tools"
                     )));
                 }
                 out.push(Message {
@@ -236,7 +247,68 @@ pub fn generate(
         edgewise_constraint::check(c).map_err(|e| invalid(format!("request.{e}")))?;
         req.constraint = OutputConstraint::of(c);
     }
+    req.tools = tools(r)?;
     Ok((messages, req))
+}
+
+/// The request's tools and tool choice, checked (names, parameter schemas the engine can
+/// follow, a choice naming a given tool); whether the conversation uses tools (then only a
+/// model with a tool format can serve it).
+fn tools(r: &pb::GenerateRequest) -> Result<bool, GatewayError> {
+    use pb::tool_choice::Kind;
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in r.tools.iter().enumerate() {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(ok) {
+            return Err(invalid(format!(
+                "request.tools[{i}].name must be 1 to 64 letters, digits, `_` or `-`"
+            )));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(invalid(format!(
+                "request.tools[{i}].name `{}` is given twice",
+                t.name
+            )));
+        }
+        if !t.parameters.is_empty() {
+            let c = pb::Constraint {
+                kind: Some(pb::constraint::Kind::JsonSchema(t.parameters.clone())),
+            };
+            edgewise_constraint::check(&c)
+                .map_err(|e| invalid(format!("request.tools[{i}].parameters: {}", e.message)))?;
+        }
+    }
+    let choice = r.tool_choice.as_ref().and_then(|c| c.kind.as_ref());
+    match choice {
+        Some(Kind::Function(name)) if !r.tools.iter().any(|t| &t.name == name) => {
+            return Err(invalid(format!(
+                "request.tool_choice names `{}`, which is not one of request.tools",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        Some(Kind::Auto(_) | Kind::Required(_) | Kind::Function(_)) if r.tools.is_empty() => {
+            return Err(invalid("request.tool_choice needs request.tools".into()));
+        }
+        _ => {}
+    }
+    if r.constraint.is_some() && !r.tools.is_empty() && !matches!(choice, Some(Kind::None(_))) {
+        return Err(invalid(
+            "request.constraint and request.tools cannot be combined (send tool_choice none, or no constraint)".into(),
+        ));
+    }
+    let history = match &r.input {
+        Some(pb::generate_request::Input::Chat(c)) => c
+            .messages
+            .iter()
+            .any(|m| m.role == "tool" || !m.tool_calls.is_empty()),
+        _ => false,
+    };
+    if !r.tools.is_empty() && !matches!(r.input, Some(pb::generate_request::Input::Chat(_))) {
+        return Err(invalid(
+            "request.tools need request.chat (the model's template shows them)".into(),
+        ));
+    }
+    Ok(!r.tools.is_empty() || history)
 }
 
 /// An embed or classify request's texts: one to `max_texts` of them.
@@ -344,6 +416,7 @@ mod tests {
                     messages: vec![pb::ChatMessage {
                         role: role.into(),
                         content: "x".into(),
+                        ..Default::default()
                     }],
                 }))
             })

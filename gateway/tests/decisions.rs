@@ -140,6 +140,7 @@ fn run_case(path: &Path) -> Result<(), String> {
                         space: m.space.clone().unwrap_or_default(),
                         dimensions: m.dimensions,
                         constraints: true,
+                        tools: true,
                     })
                     .collect(),
             })

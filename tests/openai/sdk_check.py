@@ -168,6 +168,31 @@ e = refused(
 )
 check("`response_format.json_schema.schema`: `uniqueItems` at / is not supported" in e.message, f"400: {e.message}")
 
+# tool calling (the round trip runs on the real Qwen model: tests/openai/sdk_tools.py)
+WEATHER = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Oslo", "Lima"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}]
+ASK = [{"role": "user", "content": "What is the weather in Oslo this week?"}]
+# hosted APIs are not sent tools: a request no local model may serve is refused with why
+e = refused(
+    openai.APIStatusError,
+    lambda: client.chat.completions.create(
+        model="auto", messages=ASK, tools=WEATHER, max_tokens=8,
+        extra_headers={"x-edgewise-data-class": "public", "x-edgewise-min-quality": "0.99"},
+    ),
+)
+check("tool calling is served by local models only" in e.message, f"{e.status_code}: {e.message}")
+
 # refusals, each with its reason
 e = refused(openai.AuthenticationError, lambda: OpenAI(base_url=BASE, api_key="not-a-token", max_retries=0).chat.completions.create(model="auto", messages=HELLO))
 check("bearer token" in e.message, f"401: {e.message}")
@@ -197,9 +222,10 @@ e = refused(
         model="auto",
         messages=HELLO,
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice={"type": "function", "function": {"name": "g"}},
     ),
 )
-check("unsupported field `tools`" in e.message, f"400: {e.message}")
+check("`tool_choice` names `g`, which is not one of `tools`" in e.message, f"400: {e.message}")
 e = refused(openai.NotFoundError, lambda: client.chat.completions.create(model="gpt-5", messages=HELLO))
 check("ask for one of: auto, chat" in e.message, f"404: {e.message}")
 print("all SDK checks passed")

@@ -386,6 +386,7 @@ pub fn chat(model: &str, text: &str, max_tokens: u32) -> pb::GenerateRequest {
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: text.into(),
+                ..Default::default()
             }],
         })),
         max_tokens,
@@ -563,4 +564,18 @@ pub async fn drain(
     let mut s = c.generate(r).await?.into_inner();
     while s.message().await?.is_some() {}
     Ok(())
+}
+
+/// The pinned `openai` SDK's Python (build/test-venv), or `None` (skipped) outside `make test`.
+pub fn sdk_python() -> Option<std::path::PathBuf> {
+    let py = repo_root().join("build/test-venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var("EDGEWISE_TEST_SDK").as_deref() != Ok("required"),
+        "build/test-venv is missing: `make test` creates it (tools/fetch_test_venv.sh)"
+    );
+    eprintln!("skipped: build/test-venv is missing (tools/fetch_test_venv.sh creates it)");
+    None
 }

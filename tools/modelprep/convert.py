@@ -63,6 +63,8 @@ def convert(gguf: str, folder: str, name: str, quant: str, quality: float, descr
         t = {"message": chat.message, "generation_prompt": chat.generation_prompt}
         if system or chat.default_system:
             t["default_system"] = system or chat.default_system
+        if chat.tools:
+            t["tools"] = chat.tools
         sections["generate.chat_template"] = t
     manifest.write(folder, {
         "name": name, "task": "generate", "parameters": fused_decoder.count_params(cfg, imp.tied),

@@ -42,6 +42,9 @@ class ChatTemplate:
     message: str
     generation_prompt: str
     default_system: str | None
+    # the tool-call format the template teaches ("hermes": <tools> in the system turn,
+    # <tool_call> JSON in the reply, <tool_response> back), or None
+    tools: str | None = None
 
 
 @dataclass
@@ -83,7 +86,8 @@ def _chatml(template: str | None) -> ChatTemplate | None:
     system = m.group(1) if m else None
     if system and ("{" in system or "'" in system):
         system = None
-    return ChatTemplate(CHATML["message"], CHATML["generation_prompt"], system)
+    tools = "hermes" if "<tool_call>" in template and "<tools>" in template else None
+    return ChatTemplate(CHATML["message"], CHATML["generation_prompt"], system, tools)
 
 
 def load(path: str, max_context: int = 8192) -> Imported:

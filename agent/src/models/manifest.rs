@@ -41,6 +41,7 @@ struct RawChatTemplate {
     message: String,
     generation_prompt: String,
     default_system: Option<String>,
+    tools: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,8 @@ pub struct ChatTemplate {
     pub generation_prompt: String,
     /// Used when the conversation has no system turn.
     pub default_system: Option<String>,
+    /// The tool-call format the model was trained on (`hermes`), if any.
+    pub tools: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,10 +307,19 @@ fn validate(raw: RawManifest, src: &TomlSource) -> Result<Manifest, Diagnostics>
                             ));
                         }
                     }
+                    if let Some(f) = &t.tools
+                        && f != super::tools::HERMES
+                    {
+                        p.push(src.diag(
+                            "generate.chat_template.tools",
+                            format!("`{f}` is not a tool format this agent knows (`hermes`)"),
+                        ));
+                    }
                     ChatTemplate {
                         message: t.message,
                         generation_prompt: t.generation_prompt,
                         default_system: t.default_system,
+                        tools: t.tools,
                     }
                 });
                 let interface = g.interface.unwrap_or_else(|| {

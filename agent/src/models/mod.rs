@@ -5,6 +5,7 @@
 //! fails any step yields a reason string; it never takes the agent down.
 
 pub mod manifest;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct LoadedModel {
 pub struct Turn<'a> {
     pub role: &'a str,
     pub content: &'a str,
+    /// An assistant turn's calls (rendered in the model's tool format).
+    pub tool_calls: &'a [edgewise_proto::ToolCall],
 }
 
 /// The folders under `dir` that hold a `model.toml`, sorted; `include` (if not empty) filters
@@ -209,6 +212,7 @@ impl LoadedModel {
                     deadline: None,
                     events,
                     guide: None,
+                    trigger: None,
                 };
                 d.submit(seq)
                     .map_err(|_| "the decode thread has stopped".to_string())?;
@@ -277,7 +281,11 @@ impl LoadedModel {
     }
 
     /// Renders chat turns with the manifest's template.
-    pub fn render_chat(&self, turns: &[Turn<'_>]) -> Result<String, AgentError> {
+    pub fn render_chat(
+        &self,
+        turns: &[Turn<'_>],
+        tools: &[edgewise_proto::Tool],
+    ) -> Result<String, AgentError> {
         let TaskSpec::Generate(g) = &self.manifest.spec else {
             return Err(AgentError::InvalidRequest(
                 "only generate models take chat messages".into(),
@@ -289,23 +297,70 @@ impl LoadedModel {
                 self.manifest.name
             )));
         };
+        let uses_tools = !tools.is_empty()
+            || turns
+                .iter()
+                .any(|m| m.role == "tool" || !m.tool_calls.is_empty());
+        if uses_tools && t.tools.is_none() {
+            return Err(AgentError::InvalidRequest(format!(
+                "model `{}` has no tool format (its manifest's generate.chat_template.tools)",
+                self.manifest.name
+            )));
+        }
         let mut out = String::new();
         let turn = |role: &str, content: &str| {
             t.message
                 .replace("{role}", role)
                 .replace("{content}", content)
         };
-        if let (Some(sys), false) = (&t.default_system, turns.iter().any(|m| m.role == "system")) {
-            out.push_str(&turn("system", sys));
-        }
-        for m in turns {
-            if !["system", "user", "assistant"].contains(&m.role) {
-                return Err(AgentError::InvalidRequest(format!(
-                    "chat role `{}` is not one of system, user, assistant",
-                    m.role
-                )));
+        let block = if tools.is_empty() {
+            String::new()
+        } else {
+            tools::system_block(tools)
+        };
+        if !turns.iter().any(|m| m.role == "system") {
+            match (&t.default_system, block.is_empty()) {
+                (Some(sys), _) => out.push_str(&turn("system", &format!("{sys}{block}"))),
+                (None, false) => out.push_str(&turn("system", block.trim_start())),
+                (None, true) => {}
             }
-            out.push_str(&turn(m.role, m.content));
+        }
+        let mut i = 0;
+        while i < turns.len() {
+            let m = &turns[i];
+            match m.role {
+                "system" => out.push_str(&turn("system", &format!("{}{block}", m.content))),
+                "user" => out.push_str(&turn("user", m.content)),
+                "assistant" => {
+                    let mut content = m.content.to_string();
+                    for c in m.tool_calls {
+                        if !content.is_empty() {
+                            content.push('\n');
+                        }
+                        content.push_str(&tools::call_text(c));
+                    }
+                    out.push_str(&turn("assistant", &content));
+                }
+                // consecutive results go back in one user turn, as the template does
+                "tool" => {
+                    let mut results = Vec::new();
+                    while i < turns.len() && turns[i].role == "tool" {
+                        results.push(format!(
+                            "<tool_response>\n{}\n</tool_response>",
+                            turns[i].content
+                        ));
+                        i += 1;
+                    }
+                    out.push_str(&turn("user", &results.join("\n")));
+                    continue;
+                }
+                other => {
+                    return Err(AgentError::InvalidRequest(format!(
+                        "chat role `{other}` is not one of system, user, assistant, tool"
+                    )));
+                }
+            }
+            i += 1;
         }
         out.push_str(&t.generation_prompt);
         Ok(out)

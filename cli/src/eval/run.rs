@@ -131,6 +131,7 @@ async fn answer(
                 messages: vec![pb::ChatMessage {
                     role: "user".into(),
                     content: item.message(),
+                    ..Default::default()
                 }],
             })),
             max_tokens: item.max_tokens(),

@@ -68,7 +68,11 @@ pub async fn pipe(
                 first_token.get_or_insert_with(Instant::now);
                 track.first_token();
                 pieces += 1;
-                let chunk = pb::GenerateChunk { text, done: None };
+                let chunk = pb::GenerateChunk {
+                    text,
+                    done: None,
+                    tool_calls: Vec::new(),
+                };
                 if tx
                     .send(Ok(pb::GatewayGenerateChunk::of_chunk(chunk)))
                     .await
@@ -115,6 +119,7 @@ pub async fn pipe(
                 let chunk = pb::GenerateChunk {
                     text: String::new(),
                     done: Some(done),
+                    tool_calls: Vec::new(),
                 };
                 let _ = tx.send(Ok(pb::GatewayGenerateChunk::of_chunk(chunk))).await;
                 return;

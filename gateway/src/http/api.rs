@@ -195,6 +195,7 @@ fn unix_now() -> u64 {
 fn finish_reason(done: &pb::GenerateDone) -> &'static str {
     match pb::FinishReason::try_from(done.finish_reason) {
         Ok(pb::FinishReason::Length) => "length",
+        Ok(pb::FinishReason::ToolCalls) => "tool_calls",
         _ => "stop",
     }
 }
@@ -231,6 +232,8 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
                     .map(|m| pb::ChatMessage {
                         role: m.role.clone(),
                         content: m.content.clone(),
+                        tool_calls: m.tool_calls.clone(),
+                        tool_call_id: m.tool_call_id.clone(),
                     })
                     .collect(),
             })),
@@ -242,6 +245,9 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             seed: chat.seed,
             stop: chat.stop.clone(),
             constraint: chat.constraint.clone(),
+            tools: chat.tools.clone(),
+            tool_choice: chat.tool_choice.clone(),
+            parallel_tool_calls: chat.parallel_tool_calls,
         }),
         routing: Some(hints),
     };
@@ -263,15 +269,28 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
         sse(stream, id, model, created, chat.include_usage)
     } else {
         let mut text = String::new();
+        let mut calls = Vec::new();
         let mut done = None;
         while let Some(item) = stream.next().await {
             let chunk = item?.chunk.unwrap_or_default();
             text.push_str(&chunk.text);
+            calls.extend(chunk.tool_calls);
             if chunk.done.is_some() {
                 done = chunk.done;
             }
         }
         let done = done.ok_or_else(|| invalid("the generation ended without its final chunk"))?;
+        let mut message = json!({"role": "assistant", "content": text});
+        if !calls.is_empty() {
+            // OpenAI's shape: no content beside the calls when the reply was only calls
+            if text.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = calls
+                .iter()
+                .map(|c| super::tools::call_json(c, None))
+                .collect();
+        }
         axum::Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -279,7 +298,7 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish_reason(&done),
                 "logprobs": null,
             }],
@@ -315,6 +334,8 @@ fn sse(
         let e = event(&chunk(json!({"role": "assistant", "content": ""}), None));
         async move { e }
     });
+    // each call is one delta with its whole arguments, numbered across the reply
+    let mut calls = 0usize;
     let rest = stream
         .map(move |item| match item {
             Ok(c) => {
@@ -322,6 +343,11 @@ fn sse(
                 let mut out = Vec::new();
                 if !c.text.is_empty() {
                     out.push(event(&chunk(json!({"content": c.text}), None)));
+                }
+                for call in &c.tool_calls {
+                    let delta = json!({"tool_calls": [super::tools::call_json(call, Some(calls))]});
+                    calls += 1;
+                    out.push(event(&chunk(delta, None)));
                 }
                 if let Some(done) = c.done {
                     out.push(event(&chunk(json!({}), Some(finish_reason(&done)))));

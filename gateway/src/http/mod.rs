@@ -7,6 +7,7 @@
 
 mod api;
 mod models;
+mod tools;
 mod wire;
 
 use std::net::SocketAddr;

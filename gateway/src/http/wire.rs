@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::invalid;
+use super::tools::{call, tool, tool_choice};
 use crate::error::GatewayError;
 
 /// Routing hints from an `edgewise` object in the body (the same as the `x-edgewise-*`
@@ -25,6 +26,10 @@ pub struct Hints {
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls.
+    pub tool_calls: Vec<pb::ToolCall>,
+    /// A tool turn: the call it answers.
+    pub tool_call_id: String,
 }
 
 /// `POST /v1/chat/completions`, validated.
@@ -46,6 +51,9 @@ pub struct Chat {
     pub hints: Hints,
     /// `response_format`: what the output must follow (structured output).
     pub constraint: Option<pb::Constraint>,
+    pub tools: Vec<pb::Tool>,
+    pub tool_choice: Option<pb::ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// `POST /v1/embeddings`, validated.
@@ -78,6 +86,9 @@ const CHAT_FIELDS: &[&str] = &[
     "presence_penalty",
     "logprobs",
     "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 ];
 
 const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "user", "edgewise"];
@@ -85,8 +96,8 @@ const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "user",
 /// Why a known OpenAI field that is not in the lists above is refused.
 fn unsupported(field: &str) -> String {
     let why = match field {
-        "tools" | "tool_choice" | "functions" | "function_call" | "parallel_tool_calls" => {
-            "tool calling is not supported"
+        "functions" | "function_call" => {
+            "the legacy function fields are not supported; send `tools`"
         }
         "top_logprobs" => "log probabilities are not supported",
         "logit_bias" => "logit bias is not supported",
@@ -181,6 +192,9 @@ struct RawChat {
     presence_penalty: Option<f32>,
     logprobs: Option<bool>,
     response_format: Option<Map<String, Value>>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
 }
 
 impl Chat {
@@ -239,6 +253,13 @@ impl Chat {
             .enumerate()
             .map(|(i, m)| message(i, m))
             .collect::<Result<Vec<_>, _>>()?;
+        let tools = r
+            .tools
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tool(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Chat {
             model: r.model,
             messages,
@@ -262,6 +283,9 @@ impl Chat {
                 .map(response_format)
                 .transpose()?
                 .flatten(),
+            tool_choice: r.tool_choice.map(|c| tool_choice(&c, &tools)).transpose()?,
+            tools,
+            parallel_tool_calls: r.parallel_tool_calls,
         })
     }
 }
@@ -333,12 +357,18 @@ fn response_format(m: Map<String, Value>) -> Result<Option<pb::Constraint>, Gate
     Ok(Some(c))
 }
 
-/// One message: a role the chat template knows, and text content (a string, or text parts).
+/// One message: a role the chat template knows, and text content (a string, or text parts);
+/// an assistant's tool calls, a tool's result with the id of the call it answers.
 fn message(i: usize, mut m: Map<String, Value>) -> Result<Message, GatewayError> {
     m.retain(|_, v| !v.is_null());
-    if let Some(k) = m.keys().find(|k| !matches!(k.as_str(), "role" | "content")) {
+    if let Some(k) = m.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "role" | "content" | "tool_calls" | "tool_call_id"
+        )
+    }) {
         return Err(invalid(format!(
-            "unsupported field `messages[{i}].{k}`: messages carry a role and text content only"
+            "unsupported field `messages[{i}].{k}`: messages carry a role, text content, tool calls and a tool call id only"
         )));
     }
     let role = match m.get("role") {
@@ -346,9 +376,10 @@ fn message(i: usize, mut m: Map<String, Value>) -> Result<Message, GatewayError>
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 return Err(invalid(format!(
-                    "`messages[{i}].role` `{}` is not supported: use system, developer, user or assistant",
+                    "`messages[{i}].role` `{}` is not supported: use system, developer, user, assistant or tool",
                     other.chars().take(32).collect::<String>()
                 )));
             }
@@ -390,11 +421,42 @@ fn message(i: usize, mut m: Map<String, Value>) -> Result<Message, GatewayError>
                 kind(&other)
             )));
         }
+        // an assistant turn that only calls tools has no content
+        None if role == "assistant" && m.contains_key("tool_calls") => String::new(),
         None => return Err(invalid(format!("`messages[{i}].content` is required"))),
+    };
+    let tool_calls = match m.get("tool_calls") {
+        None => Vec::new(),
+        Some(Value::Array(calls)) if role == "assistant" => calls
+            .iter()
+            .enumerate()
+            .map(|(j, c)| call(i, j, c))
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(invalid(format!(
+                "`messages[{i}].tool_calls` is a list, on assistant messages only"
+            )));
+        }
+    };
+    let tool_call_id = match (role, m.get("tool_call_id")) {
+        ("tool", Some(Value::String(id))) => id.clone(),
+        ("tool", _) => {
+            return Err(invalid(format!(
+                "`messages[{i}].tool_call_id` (a string) is required on tool messages"
+            )));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(format!(
+                "`messages[{i}].tool_call_id` is for tool messages only"
+            )));
+        }
+        (_, None) => String::new(),
     };
     Ok(Message {
         role: role.to_string(),
         content,
+        tool_calls,
+        tool_call_id,
     })
 }
 
@@ -490,7 +552,14 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_by_name() {
         let base = r#""model":"auto","messages":[{"role":"user","content":"x"}]"#;
         let case = |extra: &str| err(Chat::parse(format!("{{{base},{extra}}}").as_bytes()));
-        assert!(case(r#""tools":[]"#).contains("unsupported field `tools`: tool calling"));
+        assert!(case(r#""functions":[]"#).contains("unsupported field `functions`"));
+        assert!(
+            case(r#""tools":[{"type":"function","function":{}}]"#)
+                .contains("`tools[0].function.name` is required")
+        );
+        assert!(case(r#""tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}"#).contains("`tool_choice` names `g`, which is not one of `tools`"));
+        assert!(case(r#""tool_choice":"required""#).contains("`tool_choice` needs `tools`"));
+        assert!(case(r#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","not":{}}}}]"#).contains("`tools[0].function.parameters`: `not` at / is not supported"));
         assert!(case(r#""n":2"#).contains("`n` 2"));
         assert!(case(r#""logprobs":true"#).contains("`logprobs`"));
         assert!(case(r#""presence_penalty":0.5"#).contains("`presence_penalty` 0.5"));
@@ -502,7 +571,10 @@ mod tests {
                 .contains("`messages[0].content[0]` of type `image_url`")
         );
         let tool = r#"{"model":"auto","messages":[{"role":"tool","content":"x"}]}"#;
-        assert!(err(Chat::parse(tool.as_bytes())).contains("`messages[0].role` `tool`"));
+        assert!(
+            err(Chat::parse(tool.as_bytes()))
+                .contains("`messages[0].tool_call_id` (a string) is required")
+        );
         let name = r#"{"model":"auto","messages":[{"role":"user","content":"x","name":"bob"}]}"#;
         assert!(err(Chat::parse(name.as_bytes())).contains("`messages[0].name`"));
     }

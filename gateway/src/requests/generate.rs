@@ -60,9 +60,26 @@ async fn tracked(
     } = caller;
     let slot = state.enter(&tenant)?;
     let (messages, mut route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
-    // every message of every role: a system prompt or an earlier turn leaks as well as the last
-    route_req.findings =
-        crate::dataclass::findings(&policy.policy, messages.iter().map(|m| m.content.as_str()));
+    // every message of every role (a system prompt, an earlier turn, a tool's result leak as
+    // well as the last), the arguments of earlier tool calls, and the tools' own text
+    let calls = body.request.iter().flat_map(|r| {
+        let history = match &r.input {
+            Some(pb::generate_request::Input::Chat(c)) => c.messages.as_slice(),
+            _ => &[],
+        };
+        history
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.as_str()))
+            .chain(
+                r.tools
+                    .iter()
+                    .flat_map(|t| [t.description.as_str(), t.parameters.as_str()]),
+            )
+    });
+    route_req.findings = crate::dataclass::findings(
+        &policy.policy,
+        messages.iter().map(|m| m.content.as_str()).chain(calls),
+    );
     route_req.p_adequate = crate::adequacy::estimate(&policy.policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
     let gen_req = body.request.unwrap_or_default();
@@ -115,6 +132,7 @@ async fn tracked(
                     pb::GatewayGenerateChunk::of_chunk(pb::GenerateChunk {
                         text,
                         done: Some(done),
+                        tool_calls: Vec::new(),
                     }),
                 ] {
                     let _ = tx.send(Ok(chunk)).await;

@@ -366,6 +366,9 @@ fn rung_unfit(
     {
         return Some(RungWhy::NoConstraints(c));
     }
+    if req.tools && !model.tools {
+        return Some(RungWhy::NoTools);
+    }
     None
 }
 

@@ -78,6 +78,9 @@ pub(super) fn external(
     {
         return refuse(NotPermitted, ExternalWhy::ProviderConstraint(c));
     }
+    if req.tools {
+        return refuse(NotPermitted, ExternalWhy::ProviderTools);
+    }
     let max_tokens = match (req.task, req.max_tokens) {
         (Task::Generate, 0) => provider.default_max_tokens,
         (Task::Generate, n) => n,

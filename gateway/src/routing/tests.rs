@@ -352,6 +352,7 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 space: String::new(),
                 dimensions: 0,
                 constraints: task == Task::Generate,
+                tools: task == Task::Generate,
             }
         })
 }

@@ -72,6 +72,8 @@ pub(super) enum RungWhy {
     Context,
     /// The request's output has a constraint the model's agent cannot follow.
     NoConstraints(OutputConstraint),
+    /// The conversation uses tools and the model has no tool format.
+    NoTools,
     /// Declares the space of the smallest adequate model with other dimensions.
     Dimensions(u32),
 }
@@ -87,6 +89,8 @@ pub(super) enum ExternalWhy {
     ProviderTask,
     /// The provider's API has no form for the request's output constraint.
     ProviderConstraint(OutputConstraint),
+    /// Tool calling is served by local models only.
+    ProviderTools,
     Budget {
         left_usd: f64,
         cost_usd: f64,
@@ -150,6 +154,7 @@ pub enum Why<'a> {
         need: u64,
     },
     NoConstraints(OutputConstraint),
+    NoTools,
     Slow(Slow<'a>),
     Dimensions {
         space: &'a str,
@@ -199,6 +204,7 @@ impl Why<'_> {
             Why::Quality { .. } => "quality below the floor",
             Why::Context { .. } => "context too short",
             Why::NoConstraints(_) => "does not decode under constraints",
+            Why::NoTools => "has no tool format",
             Why::Slow(_) => "over the latency limit",
             Why::Dimensions { .. } => "other dimensions",
             Why::SmallerChosen => "a smaller adequate model was chosen",
@@ -240,6 +246,9 @@ impl fmt::Display for Why<'_> {
                 "its agent does not report constrained decoding (the request's output follows a {})",
                 c.as_str()
             ),
+            Why::NoTools => {
+                f.write_str("its chat template has no tool format (the conversation uses tools)")
+            }
             Why::Slow(s) => s.fmt(f),
             Why::Dimensions {
                 space,
@@ -315,6 +324,9 @@ impl fmt::Display for ExternalWhyView<'_> {
                 "provider `{}` has no form for a {} constraint on the output",
                 ext.provider,
                 c.as_str()
+            ),
+            ExternalWhy::ProviderTools => f.write_str(
+                "tool calling is served by local models only (the gateway does not relay calls to a hosted API)",
             ),
             ExternalWhy::Budget { left_usd, cost_usd } => write!(
                 f,
@@ -539,6 +551,7 @@ impl Decision {
                 need: t.need_context,
             },
             RungWhy::NoConstraints(c) => Why::NoConstraints(c),
+            RungWhy::NoTools => Why::NoTools,
             RungWhy::Dimensions(smallest) => Why::Dimensions {
                 space: &m.space,
                 has: m.dimensions,

@@ -296,6 +296,8 @@ pub struct ModelView {
     pub dimensions: u32,
     /// Generate models: decodes under output constraints (structured output).
     pub constraints: bool,
+    /// Generate models: the chat template has a tool format.
+    pub tools: bool,
 }
 
 /// Positions a generate model's K/V cache is allocated in (the agent's step).
@@ -325,6 +327,7 @@ impl ModelView {
             space: String::new(),
             dimensions: 0,
             constraints: task == Task::Generate,
+            tools: task == Task::Generate,
         }
     }
 
@@ -408,6 +411,9 @@ pub struct RouteRequest {
     pub findings: Findings,
     /// Structured output: the kind of constraint the output must follow.
     pub constraint: Option<OutputConstraint>,
+    /// The conversation uses tools (given, called or answered): only a model with a tool
+    /// format serves it.
+    pub tools: bool,
 }
 
 /// The kind of constraint a structured-output request carries: every local generate model
@@ -464,6 +470,7 @@ impl RouteRequest {
             p_adequate: Vec::new(),
             ignore_eos: false,
             constraint: None,
+            tools: false,
             findings: Findings::default(),
         }
     }

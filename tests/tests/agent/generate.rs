@@ -138,6 +138,7 @@ async fn chat_messages_use_the_template_and_bad_requests_are_named() {
             messages: vec![pb::ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
+                ..Default::default()
             }],
         })),
         max_tokens: 4,

@@ -109,6 +109,7 @@ async fn the_gateway_refuses_each_limit_with_its_reason() {
             pb::ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
+                ..Default::default()
             };
             5
         ],

@@ -8,6 +8,7 @@ mod metrics;
 mod mislabel_canary;
 mod mtls;
 mod openai_api;
+mod openai_tools;
 mod reload;
 mod routing;
 mod secrets;

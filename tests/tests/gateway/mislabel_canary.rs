@@ -262,6 +262,7 @@ fn chat(messages: &[(&str, String)]) -> tonic::Request<pb::GatewayGenerateReques
                     .map(|(role, content)| pb::ChatMessage {
                         role: role.to_string(),
                         content: content.clone(),
+                        ..Default::default()
                     })
                     .collect(),
             })),

@@ -162,22 +162,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn test_python() -> Option<std::path::PathBuf> {
-    let py = repo_root().join("build/test-venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    assert!(
-        std::env::var("EDGEWISE_TEST_SDK").as_deref() != Ok("required"),
-        "build/test-venv is missing: `make test` creates it (tools/fetch_test_venv.sh)"
-    );
-    eprintln!("skipped: build/test-venv is missing (tools/fetch_test_venv.sh creates it)");
-    None
-}
-
 #[tokio::test]
 async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
-    let Some(python) = test_python() else { return };
+    let Some(python) = sdk_python() else { return };
     let f = fleet(Duration::from_secs(10), 4 << 20).await;
     // what the hosted model answers: an object the structured-output checks' schema accepts
     if let Ok(mut a) = f._mock.state.answer.lock() {

@@ -443,7 +443,7 @@ impl pb::agent_server::Agent for StallingAgent {
         let first = futures::stream::once(async {
             Ok(pb::GenerateChunk {
                 text: "Hel".into(),
-                done: None,
+                ..Default::default()
             })
         });
         Ok(tonic::Response::new(Box::pin(futures::StreamExt::chain(
