@@ -134,6 +134,34 @@ fn settled(text: &str) -> bool {
         && !text.contains(INVISIBLE)
 }
 
+/// The string values (and keys) of a JSON text, decoded, one per line; empty when it is not
+/// JSON. What a detector must see of a tool call's arguments, where `\n` and `\u0041`
+/// escapes would hide a value's shape.
+pub fn json_strings(text: &str) -> String {
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    out.push_str(k);
+                    out.push('\n');
+                    walk(x, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        walk(&v, &mut out);
+    }
+    out
+}
+
 /// A keyword-gated rule looks only this far before each of its keywords (a key's start, an
 /// address's local part, a scheme), and its own `reach` after.
 const BEFORE: usize = 96;

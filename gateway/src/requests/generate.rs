@@ -61,24 +61,27 @@ async fn tracked(
     let slot = state.enter(&tenant)?;
     let (messages, mut route_req) = crate::validate::generate(tenant, &body, &state.limits)?;
     // every message of every role (a system prompt, an earlier turn, a tool's result leak as
-    // well as the last), the arguments of earlier tool calls, and the tools' own text
-    let calls = body.request.iter().flat_map(|r| {
-        let history = match &r.input {
-            Some(pb::generate_request::Input::Chat(c)) => c.messages.as_slice(),
-            _ => &[],
-        };
-        history
-            .iter()
-            .flat_map(|m| m.tool_calls.iter().map(|c| c.arguments.as_str()))
-            .chain(
-                r.tools
-                    .iter()
-                    .flat_map(|t| [t.description.as_str(), t.parameters.as_str()]),
-            )
-    });
+    // well as the last), the arguments of earlier tool calls (as written and with their JSON
+    // strings decoded: an escaped newline hides a key block's shape), the tools' own text
+    let mut tool_text: Vec<String> = Vec::new();
+    if let Some(r) = &body.request {
+        if let Some(pb::generate_request::Input::Chat(c)) = &r.input {
+            for call in c.messages.iter().flat_map(|m| &m.tool_calls) {
+                tool_text.push(call.arguments.clone());
+                tool_text.push(crate::dataclass::json_strings(&call.arguments));
+            }
+        }
+        for t in &r.tools {
+            tool_text.push(t.description.clone());
+            tool_text.push(t.parameters.clone());
+        }
+    }
     route_req.findings = crate::dataclass::findings(
         &policy.policy,
-        messages.iter().map(|m| m.content.as_str()).chain(calls),
+        messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .chain(tool_text.iter().map(String::as_str)),
     );
     route_req.p_adequate = crate::adequacy::estimate(&policy.policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);

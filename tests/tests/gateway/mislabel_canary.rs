@@ -1,5 +1,6 @@
 //! The mislabel canary: requests declared `public` that carry an identifier or a secret —
-//! in a system prompt, a user turn, an earlier assistant turn or an embedding input; in
+//! in a system prompt, a user turn, an earlier assistant turn, a tool's result, a tool
+//! call's arguments or an embedding input; in
 //! prose, JSON, YAML, code or an env file; with full-width digits, zero-width joiners or
 //! spaced digits — sent to a real gateway process whose only way to serve them is a hosted
 //! provider that may see public data alone. The provider (the TLS mock) must receive none of
@@ -193,6 +194,9 @@ fn value(k: usize, rng: &mut Rng) -> (String, &'static str) {
 }
 
 const KINDS: usize = 16;
+/// System, user, an earlier assistant turn, a tool's result, a tool call's arguments, an
+/// embedding input.
+const PLACEMENTS: usize = 6;
 
 /// Placeholders in the same places: what documentation and tests write, never a real value.
 fn placeholder(k: usize) -> &'static str {
@@ -254,18 +258,51 @@ fn wrap(v: &str, format: usize) -> String {
 }
 
 fn chat(messages: &[(&str, String)]) -> tonic::Request<pb::GatewayGenerateRequest> {
+    with_messages(
+        messages
+            .iter()
+            .map(|(role, content)| pb::ChatMessage {
+                role: role.to_string(),
+                content: content.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+/// A conversation that used a tool: the value in the call's arguments (`in_call`) or in
+/// the tool's result.
+fn tool_turns(text: &str, in_call: bool) -> tonic::Request<pb::GatewayGenerateRequest> {
+    let arguments = serde_json::json!({"ticket": if in_call { text } else { "T-1" }}).to_string();
+    let result = if in_call { "no such ticket" } else { text };
+    with_messages(vec![
+        pb::ChatMessage {
+            role: "user".into(),
+            content: "Look the ticket up and summarise it.".into(),
+            ..Default::default()
+        },
+        pb::ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![pb::ToolCall {
+                id: "call_1".into(),
+                name: "lookup".into(),
+                arguments,
+            }],
+            ..Default::default()
+        },
+        pb::ChatMessage {
+            role: "tool".into(),
+            content: result.into(),
+            tool_call_id: "call_1".into(),
+            ..Default::default()
+        },
+    ])
+}
+
+fn with_messages(messages: Vec<pb::ChatMessage>) -> tonic::Request<pb::GatewayGenerateRequest> {
     let mut r = tonic::Request::new(pb::GatewayGenerateRequest {
         request: Some(pb::GenerateRequest {
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
-                messages: messages
-                    .iter()
-                    .map(|(role, content)| pb::ChatMessage {
-                        role: role.to_string(),
-                        content: content.clone(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            })),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages { messages })),
             max_tokens: 16,
             ..Default::default()
         }),
@@ -296,6 +333,8 @@ async fn send(c: &mut GatewayClient, text: &str, placement: usize) -> Result<(),
             )
             .await
         }
+        4 => drain(c, tool_turns(text, false)).await,
+        5 => drain(c, tool_turns(text, true)).await,
         _ => {
             let mut r = tonic::Request::new(pb::GatewayEmbedRequest {
                 request: Some(pb::EmbedRequest {
@@ -353,15 +392,16 @@ async fn mislabelled_requests_never_reach_the_hosted_provider() {
     let (proc, mut notify) = daemon(&bin, &config, "debug", Some(&log));
     let mut c = gateway_client(notify.serving_addr());
 
-    // the canary: 320 requests, each one value (made in order, sent 16 at a time)
+    // the canary: 480 requests, each one value: every kind in every format at every place
+    // (made in order, sent 16 at a time)
     let mut rng = Rng(0x6564_6765_7769_7365);
     let mut sent: Vec<(String, &'static str)> = Vec::new();
     let mut requests = Vec::new();
-    for i in 0..320usize {
+    for i in 0..KINDS * 5 * PLACEMENTS {
         let kind = i % KINDS;
         let (v, detector) = value(kind, &mut rng);
         let format = (i / KINDS) % 5;
-        let placement = (i / (KINDS * 5)) % 4;
+        let placement = (i / (KINDS * 5)) % PLACEMENTS;
         requests.push((
             i,
             detector,
@@ -399,14 +439,24 @@ async fn mislabelled_requests_never_reach_the_hosted_provider() {
         "the provider received a canary"
     );
 
-    // the negative control: the same templates with placeholders are served by the provider
+    // the negative control: the same templates with placeholders are served by the provider;
+    // a conversation that used tools never goes to a hosted API (tool calling is local), so
+    // there the control is that it is refused for that, not for its data class
     let mut controls = 0;
     for k in 0..KINDS {
-        for placement in 0..4 {
+        for placement in 0..PLACEMENTS {
             let text = wrap(placeholder(k), (k + placement) % 5);
-            send(&mut c, &text, placement)
-                .await
-                .unwrap_or_else(|s| panic!("placeholder {k} at {placement}: {s:?}"));
+            let answer = send(&mut c, &text, placement).await;
+            if placement == 4 || placement == 5 {
+                let s = answer.expect_err("a tool conversation was sent to the hosted API");
+                assert!(
+                    s.message().contains("tool calling is served by local models only")
+                        && !s.message().contains("raised by"),
+                    "placeholder {k} at {placement}: {s:?}"
+                );
+                continue;
+            }
+            answer.unwrap_or_else(|s| panic!("placeholder {k} at {placement}: {s:?}"));
             controls += 1;
         }
     }
@@ -414,11 +464,13 @@ async fn mislabelled_requests_never_reach_the_hosted_provider() {
 
     // the audit names the detectors (and the declared class), never the text
     let audit = audit_records(&mut c).await;
-    let refused: Vec<_> = audit
+    let (refused, tools_only): (Vec<_>, Vec<_>) = audit
         .iter()
         .filter(|r| r.kind == "refused_fallback")
-        .collect();
+        .partition(|r| !r.detections.is_empty());
     assert_eq!(refused.len(), sent.len());
+    // the tool conversations of the control: refused, and nothing detected in them
+    assert_eq!(tools_only.len(), KINDS * 2, "{tools_only:?}");
     for r in &refused {
         assert_eq!(r.declared_data_class, "public", "{r:?}");
         assert!(
