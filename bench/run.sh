@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # `make bench`: every measurement against a reference taken in the same run, then
 # BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
-# PART one of decide, ledger, dataclass, overhead, embed, generate, batching, fleet, footprint, routing.
+# PART one of decide, ledger, dataclass, overhead, embed, generate, batching, structured, fleet,
+# footprint, routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide ledger dataclass overhead embed generate batching fleet footprint routing)
+[ ${#parts[@]} -gt 0 ] || parts=(decide ledger dataclass overhead embed generate batching structured fleet footprint routing)
 PY=build/venv/bin/python
 THREADS=2
 pids=()
@@ -132,6 +133,22 @@ include = [$2]
 intra_op_threads = $THREADS
 $3
 TOML
+}
+
+structured() {
+  local dir=$OUT/structured model=qwen2.5-coder-0.5b-q4
+  rm -rf "$dir"; mkdir -p "$dir"
+  agent_toml 7551 "\"$model\"" "[models.limits.\"$model\"]
+max_concurrency = 8
+max_queue = 16
+[state]
+dir = \"$dir/state\"" > "$dir/agent.toml"
+  EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "$dir/agent.toml" run & pids+=($!)
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7551 wait-ready --timeout-secs 300 >/dev/null
+  echo "== structured output ($model, $THREADS threads): the mask per token; decoding with a JSON schema against without"
+  "$BIN/edgewise-bench" structured --model-dir "models/$model" --agent http://127.0.0.1:7551 --model "$model" \
+    | tee "$OUT/structured.jsonl"
+  cleanup; pids=()
 }
 
 embed() {

@@ -168,7 +168,7 @@ impl BatchHandle {
             waiting: VecDeque::new(),
             kv_blocked: false,
             stats: stats.clone(),
-            scratch: Vec::new(),
+            scratch: (Vec::new(), Vec::new()),
         };
         std::thread::Builder::new()
             .name(format!("decode-{name}"))
@@ -226,7 +226,7 @@ impl Sequence {
 
     /// Samples from `logits` (masked by the sequence's constraint, if any), sends the token;
     /// `false` when the sequence has ended.
-    fn advance(&mut self, logits: &[f32], scratch: &mut Vec<f32>) -> bool {
+    fn advance(&mut self, logits: &[f32], scratch: &mut (Vec<u32>, Vec<f32>)) -> bool {
         let id = match self.req.guide.as_mut() {
             None => sample(logits, &self.req.params, &mut self.req.rng),
             Some(guide) => {
@@ -237,10 +237,22 @@ impl Sequence {
                         return false;
                     }
                 };
-                scratch.clear();
-                scratch.extend_from_slice(logits);
-                edgewise_constraint::apply(&allowed, scratch);
-                let id = sample(scratch, &self.req.params, &mut self.req.rng);
+                // sampling over the allowed tokens is sampling over the masked row
+                let (ids, values) = scratch;
+                let kind = edgewise_constraint::candidates(&allowed, logits, ids, values);
+                let k = sample(values, &self.req.params, &mut self.req.rng);
+                let id = match kind {
+                    edgewise_constraint::Candidates::Dense => k,
+                    edgewise_constraint::Candidates::Sparse => match ids.get(k as usize) {
+                        Some(&id) => id,
+                        None => {
+                            let _ = self.req.events.send(SequenceEvent::Failed(
+                                "the constraint allows none of the model's tokens".into(),
+                            ));
+                            return false;
+                        }
+                    },
+                };
                 // end-of-sequence was allowed because the output is complete: nothing to follow
                 if !self.req.eos.contains(&id)
                     && let Err(e) = guide.accept(id)
@@ -305,8 +317,8 @@ struct Worker {
     /// The oldest waiting sequence is held back by the K/V budget (counted once).
     kv_blocked: bool,
     stats: Arc<BatchStats>,
-    /// A constrained row's logits, masked.
-    scratch: Vec<f32>,
+    /// A constrained row's allowed tokens and their logits.
+    scratch: (Vec<u32>, Vec<f32>),
 }
 
 impl Worker {

@@ -29,6 +29,7 @@ mod http_front;
 mod inference;
 mod overhead;
 mod stats;
+mod structured;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ enum Command {
     Overhead(overhead::Args),
     /// The data-class scan's share: a gateway that scans against one that does not.
     Inference(inference::Args),
+    /// Structured output: the mask's cost per token, and decoding with a schema against without.
+    Structured(structured::Args),
     /// The HTTP front against the gRPC front for the same request.
     HttpFront(http_front::Args),
     /// Binary sizes, cold start to READY, idle RSS.
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Overhead(a) => overhead::run(a).await,
             Command::Inference(a) => inference::run(a).await,
+            Command::Structured(a) => structured::run(a).await,
             Command::HttpFront(a) => http_front::run(a).await,
             Command::Footprint(a) => footprint::run(a).await,
             Command::Embed(a) => embed::run(a).await,

@@ -25,7 +25,7 @@ mod mask;
 #[cfg(test)]
 mod tests;
 
-pub use mask::apply;
+pub use mask::{Candidates, apply, candidates, gather};
 
 /// A constraint the engine cannot take, with the request field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -186,10 +186,15 @@ fn apply_masks_word_by_word() {
     for t in [0u32, 31, 32, 69] {
         allowed.allow_token(t);
     }
-    let mut logits = vec![1.0f32; 72];
+    let row: Vec<f32> = (0..72).map(|i| i as f32).collect();
+    let mut logits = row.clone();
     apply(&allowed, &mut logits);
     let kept: Vec<usize> = (0..72).filter(|&i| logits[i].is_finite()).collect();
     assert_eq!(kept, vec![0, 31, 32, 69]);
+    let (mut ids, mut values) = (vec![7], vec![7.0]);
+    gather(&allowed, &row, &mut ids, &mut values);
+    assert_eq!(ids, vec![0, 31, 32, 69]);
+    assert_eq!(values, vec![0.0, 31.0, 32.0, 69.0]);
 }
 
 proptest::proptest! {

@@ -193,7 +193,8 @@ proptest::proptest! {
 fn a_tool_calls_arguments_are_read_decoded() {
     let body = ["R8FNdyzPKoUnaJboPr/ZqnRXRRfbjNW6tF+Hc2GIdRJAL9z35V49SfLra8MiTruC"; 4].join("\n");
     let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----");
-    let said = format!("Can you check this for me: db_password = \"Xk3pQ9zLm!123\" — thanks. {pem}");
+    let said =
+        format!("Can you check this for me: db_password = \"Xk3pQ9zLm!123\" — thanks. {pem}");
     let arguments = serde_json::json!({"ticket": said}).to_string();
     assert!(!arguments.contains("KEY-----\n"), "escaped in JSON");
     let decoded = json_strings(&arguments);
@@ -202,7 +203,13 @@ fn a_tool_calls_arguments_are_read_decoded() {
     assert_eq!(f, vec!["private-key", "secret-assignment"], "{decoded}");
     assert_eq!(json_strings("not json"), "");
     // among the conversation's other parts, as the generate handler passes them
-    let parts = ["Look the ticket up.", "", "no such ticket", arguments.as_str(), decoded.as_str()];
+    let parts = [
+        "Look the ticket up.",
+        "",
+        "no such ticket",
+        arguments.as_str(),
+        decoded.as_str(),
+    ];
     let all = scan(parts, Duration::from_secs(5));
     let mut ids: Vec<_> = all.detections.iter().map(|d| d.detector).collect();
     ids.sort_unstable();

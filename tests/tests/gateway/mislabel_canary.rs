@@ -302,7 +302,9 @@ fn tool_turns(text: &str, in_call: bool) -> tonic::Request<pb::GatewayGenerateRe
 fn with_messages(messages: Vec<pb::ChatMessage>) -> tonic::Request<pb::GatewayGenerateRequest> {
     let mut r = tonic::Request::new(pb::GatewayGenerateRequest {
         request: Some(pb::GenerateRequest {
-            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages { messages })),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages,
+            })),
             max_tokens: 16,
             ..Default::default()
         }),
@@ -450,7 +452,8 @@ async fn mislabelled_requests_never_reach_the_hosted_provider() {
             if placement == 4 || placement == 5 {
                 let s = answer.expect_err("a tool conversation was sent to the hosted API");
                 assert!(
-                    s.message().contains("tool calling is served by local models only")
+                    s.message()
+                        .contains("tool calling is served by local models only")
                         && !s.message().contains("raised by"),
                     "placeholder {k} at {placement}: {s:?}"
                 );
