@@ -11,10 +11,10 @@ req_sha=$(sha256sum "$REQ" | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements-sha256" 2>/dev/null)" = "$req_sha" ]; then
   exit 0
 fi
-echo "[test-venv] creating $VENV (the openai SDK and ruff, pinned)"
+echo "[test-venv] creating $VENV (the openai SDK, jsonschema and ruff, pinned)"
 rm -rf "$VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$REQ"
-"$VENV/bin/python" -c "import openai; print('[test-venv] openai', openai.__version__)"
+"$VENV/bin/python" -c "import openai, jsonschema; print('[test-venv] openai', openai.__version__)"
 "$VENV/bin/ruff" --version
 echo "$req_sha" > "$VENV/.requirements-sha256"
