@@ -7,8 +7,9 @@ quality = the mean of two accuracies, greedy and zero-shot through the model's o
 template, on the committed sets in eval/ (README there names their sources), each item asked
 and scored by the rule `edgewise eval` uses (tools/modelprep/scoring.py; both are tested
 against eval/scoring-cases.jsonl):
-- MMLU (`eval/mmlu-200.jsonl`, the first --mmlu items): asked for the letter alone, 2 new
-  tokens; right when the reply starts with the answer letter;
+- MMLU (`eval/mmlu-200.jsonl`, the first --mmlu items): asked for the letter alone under a
+  choice constraint (the best-scoring of the four letter tokens); right when it is the
+  answer letter;
 - exact answers (`eval/exact-answers.jsonl`, the first --exact items): 12 new tokens; right
   when the answer is the first line, or a whole word of it (case and a final period ignored).
 
@@ -33,7 +34,7 @@ from modelprep.decode import Decoder  # noqa: E402
 
 
 # Recorded in the manifest's comment: a quality measured by another rule is measured again.
-RULE = "scored as edgewise eval scores"
+RULE = "scored as edgewise eval scores, letters by choice constraint"
 
 
 class Model:
@@ -55,6 +56,14 @@ class Model:
         """The greedy reply to an item, asked as `edgewise eval` asks it."""
         text = chat.render(self.template, [("user", scoring.message(item))])
         ids = self.tok.encode(text, add_special_tokens=False).ids
+        if scoring.is_choice(item):
+            # the choice constraint: the first token is one of the letters' (each one token),
+            # then the option is complete and only end-of-sequence is allowed
+            letters = [self.tok.token_to_id(x) for x in scoring.LETTERS]
+            if None in letters:
+                raise SystemExit(f"{self.manifest['name']}: a letter is not one token")
+            first, _ = self.decoder.greedy(ids, 0, self.eos)
+            return max(zip(scoring.LETTERS, letters), key=lambda p: first[p[1]])[0]
         _, out = self.decoder.greedy(ids, scoring.max_tokens(item), self.eos)
         return self.tok.decode(out)
 

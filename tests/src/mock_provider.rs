@@ -197,12 +197,25 @@ fn anthropic_messages(state: &MockState, body: &Value) -> Response<Body> {
     let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
     let all = pieces(&answer);
     let sent: Vec<String> = all.iter().take(max as usize).cloned().collect();
-    let stop = if sent.len() < all.len() {
-        "max_tokens"
-    } else {
-        "end_turn"
+    // a forced tool (structured output the Messages API's way): the answer is the tool's
+    // input, streamed as `input_json_delta`, and the turn stops for `tool_use`
+    let tool = body
+        .pointer("/tool_choice/type")
+        .and_then(Value::as_str)
+        .filter(|t| *t == "tool")
+        .and_then(|_| body.pointer("/tool_choice/name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let stop = match (sent.len() < all.len(), &tool) {
+        (true, _) => "max_tokens",
+        (false, Some(_)) => "tool_use",
+        (false, None) => "end_turn",
     };
     let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let block = match &tool {
+        Some(name) => json!({"type": "tool_use", "id": "toolu_mock", "name": name, "input": {}}),
+        None => json!({"type": "text", "text": ""}),
+    };
     let mut events = vec![
         ev(
             "message_start",
@@ -210,12 +223,19 @@ fn anthropic_messages(state: &MockState, body: &Value) -> Response<Body> {
         ),
         ev(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": block}),
         ),
         ev("ping", json!({"type": "ping"})),
     ];
     events.extend(sent.iter().map(|p| {
-        ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}))
+        let delta = match &tool {
+            Some(_) => json!({"type": "input_json_delta", "partial_json": p}),
+            None => json!({"type": "text_delta", "text": p}),
+        };
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+        )
     }));
     events.push(ev(
         "content_block_stop",

@@ -5,12 +5,15 @@
   tokens; right when the answer is the reply's first line or a whole word of it (case and a
   final period ignored; a several-word answer anywhere in that line);
 - multiple choice (MMLU) `{"prompt", "answer": "A".."D", ...}`: the prompt without its
-  trailing `Answer:` cue and with an instruction to answer with the letter alone, 2 new
-  tokens; right when the reply starts with the answer letter.
+  trailing `Answer:` cue and with an instruction to answer with the letter alone, asked
+  with a choice constraint (the reply is one of LETTERS: `edgewise eval` sends the agent a
+  `choice`, measure_quality.py takes the best-scoring letter token, which is the same thing
+  when each letter is one token); right when it is the answer letter.
 Standard library only."""
 from __future__ import annotations
 
 LETTER_INSTRUCTION = "Answer with only the letter (A, B, C or D) of the correct option."
+LETTERS = ("A", "B", "C", "D")
 
 
 def is_choice(item: dict) -> bool:

@@ -7,14 +7,19 @@
 //! - short exact answers: `{"kind", "question", "answer"}`; right when the answer is the
 //!   reply's first line or a whole word of it (case and a final period ignored);
 //! - multiple choice (MMLU): `{"prompt", "answer": "A".."D", "subject", "gpt4_correct"}`;
-//!   right when the reply starts with the answer letter. `gpt4_correct` is the hosted model's
-//!   recorded outcome, so the hosted fallback is scored offline.
+//!   asked with a choice constraint (the reply is one of the four letters, the way evaluation
+//!   harnesses ask a model for an option), right when it is the answer letter.
+//!   `gpt4_correct` is the hosted model's recorded outcome, so the hosted fallback is scored
+//!   offline.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::EvalError;
+
+/// A multiple-choice item's options.
+pub const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scorer {
@@ -48,6 +53,20 @@ impl Item {
                     .trim_end_matches("Answer:")
                     .trim_end()
             ),
+        }
+    }
+
+    /// What the reply must be: one of the letters for a multiple-choice item.
+    pub fn constraint(&self) -> Option<edgewise_proto::Constraint> {
+        match self.scorer {
+            Scorer::Letter => Some(edgewise_proto::Constraint {
+                kind: Some(edgewise_proto::constraint::Kind::Choice(
+                    edgewise_proto::Choice {
+                        options: LETTERS.iter().map(|l| l.to_string()).collect(),
+                    },
+                )),
+            }),
+            Scorer::Exact => None,
         }
     }
 

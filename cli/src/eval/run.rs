@@ -136,6 +136,7 @@ async fn answer(
             })),
             max_tokens: item.max_tokens(),
             temperature: 0.0,
+            constraint: item.constraint(),
             ..Default::default()
         }),
         routing: None,

@@ -287,6 +287,50 @@ async fn embeddings_and_anthropic_messages_go_through_their_apis() {
     assert_eq!(resp.usage.unwrap().prompt_tokens, 3);
     assert_eq!(e.decision.unwrap().route, "embed");
 
+    // structured output the Messages API's way: a forced tool whose input is the answer
+    if let Ok(mut a) = mock.state.answer.lock() {
+        *a = r#"{"city": "Paris", "country": "France"}"#.into();
+    }
+    let mut r = chat_request("internal", 64);
+    let schema = r#"{"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}}, "required": ["city", "country"], "additionalProperties": false}"#;
+    if let Some(g) = r.get_mut().request.as_mut() {
+        g.constraint = Some(pb::Constraint {
+            kind: Some(pb::constraint::Kind::JsonSchema(schema.into())),
+        });
+    }
+    let (_, json, done) = generate(&g, r).await.unwrap();
+    assert_eq!(json, r#"{"city": "Paris", "country": "France"}"#);
+    assert_eq!(done.finish_reason(), pb::FinishReason::Stop);
+    assert!(!done.incomplete);
+    let asked = mock.state.requests().pop().unwrap().body;
+    assert_eq!(
+        asked["tool_choice"],
+        serde_json::json!({"type": "tool", "name": "output"})
+    );
+    assert_eq!(
+        asked["tools"][0]["input_schema"]["required"],
+        serde_json::json!(["city", "country"])
+    );
+    // a regular expression has no form there: the decision says so, nothing is sent
+    let before = mock.state.requests().len();
+    let mut r = chat_request("internal", 8);
+    if let Some(g) = r.get_mut().request.as_mut() {
+        g.constraint = Some(pb::Constraint {
+            kind: Some(pb::constraint::Kind::Regex("[a-z]+".into())),
+        });
+    }
+    let refused = generate(&g, r).await.unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("provider `claude` has no form for a regular expression constraint"),
+        "{refused:?}"
+    );
+    assert_eq!(mock.state.requests().len(), before);
+    if let Ok(mut a) = mock.state.answer.lock() {
+        *a = "The capital of France is Paris.".into();
+    }
+
     let (d, text, done) = generate(&g, chat_request("internal", 3)).await.unwrap();
     assert_eq!(d.route, "chat");
     assert_eq!(text, "The capital of");
@@ -296,10 +340,15 @@ async fn embeddings_and_anthropic_messages_go_through_their_apis() {
     assert_eq!(seen[1].path, "/v1/messages");
     assert!(seen.iter().all(|s| s.authorized));
     let records = audit_records(&mut client(&g)).await;
-    let costs: Vec<f64> = records.iter().map(|r| r.cost_usd).collect();
-    // embeddings: 3 tokens at $1/M; messages: 9 in at $3/M, 3 out at $6/M
+    let costs: Vec<f64> = records
+        .iter()
+        .filter(|r| r.kind == "external_call")
+        .map(|r| r.cost_usd)
+        .collect();
+    // embeddings: 3 tokens at $1/M; the last messages call: 9 in at $3/M, 3 out at $6/M
     assert!(
-        (costs[0] - 3e-6).abs() < 1e-12 && (costs[1] - (27.0 + 18.0) / 1e6).abs() < 1e-12,
+        (costs[0] - 3e-6).abs() < 1e-12
+            && (costs[costs.len() - 1] - (27.0 + 18.0) / 1e6).abs() < 1e-12,
         "{costs:?}"
     );
     g.stop().await;
