@@ -12,19 +12,13 @@ import sys
 from typing import Literal
 
 import openai
+from common import ASK, WEATHER, check
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
 BASE, KEY, LOCAL_MODEL, EXTERNAL_MODEL = sys.argv[1:5]
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=60)
 HELLO = [{"role": "user", "content": "Hello, tiny LM!"}]
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
 
 
 def refused(kind, call):
@@ -168,21 +162,7 @@ e = refused(
 )
 check("`response_format.json_schema.schema`: `uniqueItems` at / is not supported" in e.message, f"400: {e.message}")
 
-# tool calling (the round trip runs on the real Qwen model: tests/openai/sdk_tools.py)
-WEATHER = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Oslo", "Lima"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
-    },
-}]
-ASK = [{"role": "user", "content": "What is the weather in Oslo this week?"}]
+# tool calling: the round trip runs on the real Qwen model (tests/openai/sdk_tools.py); here,
 # hosted APIs are not sent tools: a request no local model may serve is refused with why
 e = refused(
     openai.APIStatusError,

@@ -11,34 +11,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
+from common import ASK, WEATHER, check
 from openai import OpenAI
 
 BASE, KEY = sys.argv[1:3]
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
 # the model must call; its arguments follow the tool's schema
-WEATHER = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"enum": ["Oslo", "Lima"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
-    },
-}]
-ASK = [{"role": "user", "content": "What is the weather in Oslo this week?"}]
 called = client.chat.completions.create(
     model="auto", messages=ASK, tools=WEATHER, tool_choice="required", parallel_tool_calls=False, max_tokens=64, temperature=0
 )

@@ -87,6 +87,22 @@ where
     .await
 }
 
+/// Waits until `gateway` holds a live node whose reported models satisfy `ready`.
+pub async fn wait_for_node(
+    gateway: &edgewise_gateway::Gateway,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&[pb::ModelStatus]) -> bool,
+) {
+    let registry = gateway.state.registry.clone();
+    wait_for(what, timeout, || {
+        let nodes = registry.status(std::time::Instant::now());
+        let found = nodes.iter().any(|n| n.live && ready(&n.models));
+        async move { found }
+    })
+    .await;
+}
+
 /// A `Fleet` receiver: keeps the latest report and counts streams.
 #[derive(Clone)]
 pub struct FakeGateway {

@@ -92,21 +92,15 @@ async fn fleet(client_timeout: Duration, max_message_bytes: usize) -> Fleet {
     let (mut cfg, state) = config(models.path(), None);
     cfg.gateways = vec![format!("http://{}", gateway.addr)];
     let agent = TestAgent::start(cfg, state).await;
-    let registry = gateway.state.registry.clone();
-    wait_for(
+    wait_for_node(
+        &gateway,
         "the gateway sees the agent's ready models",
         Duration::from_secs(30),
-        || {
-            let nodes = registry.status(Instant::now());
-            async move {
-                nodes.iter().any(|n| {
-                    n.live
-                        && n.models.len() == 2
-                        && n.models
-                            .iter()
-                            .all(|m| m.state == pb::ModelState::Ready as i32)
-                })
-            }
+        |models| {
+            models.len() == 2
+                && models
+                    .iter()
+                    .all(|m| m.state == pb::ModelState::Ready as i32)
         },
     )
     .await;

@@ -5,7 +5,7 @@
 
 use edgewise_tests::harness as common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use edgewise_gateway::{Gateway, GatewayConfig};
@@ -54,20 +54,14 @@ async fn the_openai_sdk_calls_tools_on_a_real_model_and_gets_its_answer_back() {
     cfg.intra_op_threads = 2;
     cfg.gateways = vec![format!("http://{}", gateway.addr)];
     let _agent = TestAgent::start(cfg, state).await;
-    let registry = gateway.state.registry.clone();
-    wait_for(
+    wait_for_node(
+        &gateway,
         "the gateway sees the model ready, with its tool format",
         Duration::from_secs(120),
-        || {
-            let nodes = registry.status(Instant::now());
-            async move {
-                nodes.iter().any(|n| {
-                    n.live
-                        && n.models.iter().any(|m| {
-                            m.state == pb::ModelState::Ready as i32 && m.tool_format == "hermes"
-                        })
-                })
-            }
+        |models| {
+            models
+                .iter()
+                .any(|m| m.state == pb::ModelState::Ready as i32 && m.tool_format == "hermes")
         },
     )
     .await;
