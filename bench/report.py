@@ -421,6 +421,11 @@ def render(out_dir, target):
             "on the other half of the items; the learned estimator's probabilities always come from",
             "heads trained on the other half.",
             "",
+            "MMLU items are asked with a choice constraint (the reply is one of the four letters, the",
+            "rule the quality script uses too). Asked free-form in the run before it (2026-12-03,",
+            "right when the reply started with the letter), the same 200 items scored 21.5 % (Qwen",
+            "0.5B) and 23.0 % (SmolLM2 q4); with the constraint, the table below.",
+            "",
         ]
         if ada:
             r = ada[0]
