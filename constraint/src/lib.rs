@@ -324,10 +324,13 @@ impl Vocabulary {
             Some(m) => m,
             None => {
                 let grammar = grammar(c)?;
-                let parser = self
-                    .factory
-                    .create_parser(grammar)
-                    .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
+                // the engine's own steps catch their panics; compiling is guarded here, so a
+                // grammar that trips it is an error for its request, never a crash
+                let parser = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.factory.create_parser(grammar)
+                }))
+                .map_err(|_| invalid(field(c), "the constraint engine failed on it"))?
+                .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
                 let mut m = Matcher::new(Ok(parser));
                 // a grammar that compiles but allows nothing at the start is no use either
                 m.compute_mask()

@@ -98,6 +98,18 @@ pub fn request(data: &[u8]) {
     }
     // the data-class detectors take any text: no panic, and a result within their bound
     let text = String::from_utf8_lossy(bytes);
+    // so does the constraint engine, as a schema, a pattern or a grammar: an error or a
+    // compiled constraint, never a panic
+    {
+        use pb::constraint::Kind;
+        for kind in [
+            Kind::JsonSchema(text.to_string()),
+            Kind::Regex(text.to_string()),
+            Kind::Lark(text.to_string()),
+        ] {
+            let _ = edgewise_constraint::check(&pb::Constraint { kind: Some(kind) });
+        }
+    }
     let f = crate::dataclass::scan([text.as_ref()], std::time::Duration::from_secs(5));
     assert!(
         !f.incomplete,
