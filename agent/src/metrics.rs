@@ -109,6 +109,16 @@ impl Collector for Models {
             "1 when the model is loaded and serving",
             &gauge(&|s| i64::from(s.ready().is_some())),
         )?;
+        family(
+            &mut encoder,
+            "model_resident_bytes",
+            "What loading the model added to the agent's resident memory (0 when not loaded)",
+            &gauge(&|s| {
+                s.ready().map_or(0, |(m, _)| {
+                    i64::try_from(m.resident_bytes).unwrap_or(i64::MAX)
+                })
+            }),
+        )?;
         // generate models' batch loops (loaded ones only)
         let loops: Vec<_> = slots
             .iter()

@@ -265,6 +265,9 @@ impl Node {
             return Err(reason);
         };
         let batch = self.batch_config(&slot.name);
+        // models load one at a time: the process's growth over the load and the smoke run is
+        // this model's resident cost (the K/V arena is freed again once the smoke ends)
+        let before = crate::hardware::resident_bytes();
         let loaded = LoadedModel::load(
             &slot.folder,
             manifest,
@@ -274,8 +277,9 @@ impl Node {
         )
         .and_then(|m| m.smoke().map(|t| (m, t)));
         match loaded {
-            Ok((model, smoke)) => {
-                tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.latency.as_millis() as u64, "model ready");
+            Ok((mut model, smoke)) => {
+                model.resident_bytes = crate::hardware::resident_bytes().saturating_sub(before);
+                tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.latency.as_millis() as u64, resident_mb = model.resident_bytes >> 20, "model ready");
                 // reports carry a measured latency from the start: a model never measured
                 // is not taken to be fast by a gateway with a latency limit
                 slot.stats
@@ -440,6 +444,11 @@ impl Node {
             dimensions: m.and_then(|m| m.space()).map_or(0, |(_, d)| d),
             // every generate model decodes under constraints (over its own tokenizer)
             constraints: kv.is_some(),
+            resident_bytes: s.ready().map_or(0, |(m, _)| m.resident_bytes),
+            // at least 1 when loaded: 0 means not loaded
+            load_ms: s.ready().map_or(0, |(m, _)| {
+                m.load_time.as_millis().clamp(1, u128::from(u32::MAX)) as u32
+            }),
             tool_format: match m.map(|m| &m.spec) {
                 Some(TaskSpec::Generate(g)) => g
                     .chat_template

@@ -292,7 +292,7 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
         .into_inner();
     println!("gateway {}  policy {}", s.gateway_id, s.policy_hash);
     println!(
-        "{:<38} {:<5} {:<22} {:<9} {:<8} {:>5} {:>5} {:>7} {:>9} {:>14}",
+        "{:<38} {:<5} {:<22} {:<9} {:<8} {:>5} {:>5} {:>7} {:>9} {:>14} {:>8} {:>8}",
         "NODE",
         "LIVE",
         "MODEL",
@@ -302,7 +302,9 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
         "QUEUE",
         "LAT ms",
         "TOK/s",
-        "KV MiB used/free"
+        "KV MiB used/free",
+        "RES MiB",
+        "LOAD ms"
     );
     for n in &s.nodes {
         for m in &n.models {
@@ -325,8 +327,17 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
             } else {
                 "-".to_string()
             };
+            // what loading the model added to its agent's memory, and how long it took
+            let (resident, load) = if m.load_ms > 0 {
+                (
+                    format!("{:.0}", m.resident_bytes as f64 / 1048576.0),
+                    m.load_ms.to_string(),
+                )
+            } else {
+                ("-".to_string(), "-".to_string())
+            };
             println!(
-                "{:<38} {:<5} {:<22} {:<9} {:<8} {:>2}/{:<2} {:>5} {:>7.1} {:>9.1} {:>14}",
+                "{:<38} {:<5} {:<22} {:<9} {:<8} {:>2}/{:<2} {:>5} {:>7.1} {:>9.1} {:>14} {:>8} {:>8}",
                 n.node_id,
                 if n.live { "yes" } else { "no" },
                 m.name,
@@ -337,7 +348,9 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
                 m.queue_depth,
                 m.ewma_latency_ms,
                 m.tokens_per_s,
-                kv
+                kv,
+                resident,
+                load
             );
         }
     }

@@ -37,6 +37,9 @@ pub struct LoadedModel {
     /// Bytes of `model.onnx` (and its external data) on disk.
     pub size_bytes: u64,
     pub load_time: Duration,
+    /// What loading it added to the process's resident memory (weights, runtime arenas, the
+    /// smoke inference's working set), measured by the node when it loads; 0 until then.
+    pub resident_bytes: u64,
     /// Generate models: the vocabulary constraints compile against, built from
     /// `tokenizer.json` the first time a constrained request comes.
     vocabulary: std::sync::OnceLock<Result<Arc<edgewise_constraint::Vocabulary>, String>>,
@@ -158,6 +161,7 @@ impl LoadedModel {
             engine,
             size_bytes,
             load_time: started.elapsed(),
+            resident_bytes: 0,
             vocabulary: std::sync::OnceLock::new(),
             tokenizer_path: tok_path,
         })

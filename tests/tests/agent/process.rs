@@ -72,6 +72,18 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
                 .all(|m| m.state == pb::ModelState::Ready as i32)
         })
         .await;
+    // each model's measured resident cost: something, and together no more than the process
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    for m in &r.models {
+        assert!(m.resident_bytes > 0 && m.load_ms >= 1, "{m:?}");
+    }
+    let resident: u64 = r.models.iter().map(|m| m.resident_bytes).sum();
+    assert!(resident < rss_kb * 1024, "{resident} of {rss_kb} KiB");
     let node_id = r.node_id.clone();
     let first_addr = r.advertise_addr.clone();
     let mut client = pb::agent_client::AgentClient::connect(r.advertise_addr.clone())
