@@ -2,14 +2,14 @@
 # `make bench`: every measurement against a reference taken in the same run, then
 # BENCHMARKS.md is rewritten from the results. One part alone: `bench/run.sh PART` with
 # PART one of decide, ledger, dataclass, overhead, embed, generate, batching, structured, fleet,
-# footprint, routing.
+# footprint, lifecycle, routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=build/bench
 mkdir -p "$OUT"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(decide ledger dataclass overhead embed generate batching structured fleet footprint routing)
+[ ${#parts[@]} -gt 0 ] || parts=(decide ledger dataclass overhead embed generate batching structured fleet footprint lifecycle routing)
 PY=build/venv/bin/python
 THREADS=2
 pids=()
@@ -303,6 +303,31 @@ footprint() {
   echo "== footprint (minilm-l6-int8 vs Python onnxruntime on the same file)"
   "$BIN/edgewise-bench" footprint --bin-dir "$BIN" --model models/minilm-l6-int8 --python build/venv/bin/python \
     | tee "$OUT/footprint.jsonl"
+}
+
+lifecycle() {
+  local dir=$OUT/lifecycle m run
+  rm -rf "$dir"; mkdir -p "$dir"
+  : > "$OUT/lifecycle.jsonl"
+  echo "== model lifecycle: load time (files in the page cache) and resident memory against file size, one model per process"
+  for m in smollm2-135m-q4 smollm2-135m-int8 qwen2.5-coder-0.5b-q4 qwen2.5-coder-1.5b-q4 minilm-l6-int8; do
+    [ -f "models/$m/model.onnx" ] || continue
+    rm -rf "$dir/one"; mkdir -p "$dir/one"; ln -s "$PWD/models/$m" "$dir/one/$m"
+    # run 0 reads the files into the page cache; runs 1-3 are measured
+    for run in 0 1 2 3; do
+      "$BIN/edgewise-agent" models check --models-dir "$dir/one" --json > "$dir/$m-$run.json" 2>/dev/null
+    done
+    python3 - "$m" "$dir" >> "$OUT/lifecycle.jsonl" <<'PY'
+import json, statistics, sys
+m, d = sys.argv[1], sys.argv[2]
+runs = [json.load(open(f"{d}/{m}-{i}.json"))[0] for i in (1, 2, 3)]
+assert all(r["state"] == "ready" for r in runs), runs
+med = lambda k: statistics.median(r[k] for r in runs)
+print(json.dumps({"bench": "lifecycle", "model": m, "runs": 3, "load_ms": med("load_ms"), "smoke_ms": med("smoke_ms"),
+                  "size_bytes": runs[0]["size_bytes"], "resident_bytes": med("resident_bytes")}))
+PY
+    tail -1 "$OUT/lifecycle.jsonl"
+  done
 }
 
 routing() {

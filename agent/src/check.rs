@@ -37,6 +37,11 @@ pub struct CheckResult {
     pub reason: String,
     pub load_ms: f64,
     pub smoke_ms: f64,
+    /// The model's files (`model.onnx` and its external data).
+    pub size_bytes: u64,
+    /// What loading it and its smoke run added to this process's resident memory (the
+    /// figure an agent reports; exact for the first model a process loads).
+    pub resident_bytes: u64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -72,6 +77,8 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
         reason: String::new(),
         load_ms: 0.0,
         smoke_ms: 0.0,
+        size_bytes: 0,
+        resident_bytes: 0,
     };
     let manifest = match Manifest::load(&folder.join("model.toml")) {
         Ok(m) => m,
@@ -84,14 +91,17 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
     r.task = manifest.task().to_string();
     r.quantization = manifest.quantization.clone();
     // a check holds one short sequence at a time: the small default budget is plenty
+    let before = crate::hardware::resident_bytes();
     match LoadedModel::load(folder, manifest, rt, intra_threads, BatchConfig::default()) {
         Err(e) => r.reason = e,
         Ok(m) => {
             r.load_ms = ms(m.load_time);
+            r.size_bytes = m.size_bytes;
             match m.smoke() {
                 Ok(t) => {
                     r.smoke_ms = ms(t.latency);
                     r.state = CheckState::Ready;
+                    r.resident_bytes = crate::hardware::resident_bytes().saturating_sub(before);
                 }
                 Err(e) => r.reason = e,
             }

@@ -200,6 +200,11 @@ fn models_check_prints_each_model_and_fails_on_any_failure() {
     assert_eq!(by_name("tiny-embed")["state"], "ready");
     assert_eq!(by_name("old-layout")["state"], "failed");
     assert!(by_name("tiny-embed")["smoke_ms"].as_f64().unwrap() > 0.0);
+    // its files and what loading it added to the process, measured
+    let embed = by_name("tiny-embed");
+    assert!(embed["size_bytes"].as_u64().unwrap() > 0, "{embed}");
+    assert!(embed["resident_bytes"].as_u64().unwrap() > 0, "{embed}");
+    assert_eq!(by_name("corrupt")["resident_bytes"], 0);
     assert_eq!(by_name("corrupt")["state"], "failed");
     assert_eq!(by_name("bad-manifest")["state"], "failed");
 
