@@ -151,8 +151,11 @@ impl CallParser {
         let mut out = Vec::new();
         while let Some(end) = self.held.find(CLOSE) {
             let block: String = self.held.drain(..end + CLOSE.len()).collect();
-            if let Some(call) = self.parse(&block) {
-                out.push(Piece::Call(call));
+            // a block that is not a call (an unconstrained model's malformed JSON) is kept as
+            // text: nothing the model wrote is lost
+            match self.parse(&block) {
+                Some(call) => out.push(Piece::Call(call)),
+                None => out.push(Piece::Text(block)),
             }
         }
         out
@@ -251,6 +254,14 @@ mod tests {
             }
         }
         assert_eq!(text, " <today is fine");
+        assert_eq!(p.calls(), 0);
+    }
+
+    #[test]
+    fn a_malformed_call_is_kept_as_text() {
+        let mut p = CallParser::default();
+        let block = "<tool_call>\n{\"name\": get_weather}\n</tool_call>";
+        assert_eq!(p.push(block), vec![Piece::Text(block.into())]);
         assert_eq!(p.calls(), 0);
     }
 
