@@ -85,11 +85,15 @@ pub struct Table {
     pub by_model: BTreeMap<String, Vec<(bool, [f32; 4])>>,
 }
 
+/// An outcome's signals as a cascade sees them: an answer cut at `max_tokens` is the least
+/// confident of all (the gateway escalates it whatever its log-probabilities), so a cascade
+/// never keeps it; the learned estimate is made before the answer and stays.
 fn scores_of(o: &Outcome) -> [f32; 4] {
+    let signal = |v: f32| if o.cut { f32::NEG_INFINITY } else { v };
     [
-        o.mean_logprob,
-        o.min_logprob,
-        o.p10_logprob,
+        signal(o.mean_logprob),
+        signal(o.min_logprob),
+        signal(o.p10_logprob),
         o.p_adequate.unwrap_or(f32::NEG_INFINITY),
     ]
 }
@@ -346,6 +350,64 @@ pub fn baselines(t: &Table, target: f64) -> Baselines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_cut_at_max_tokens_is_never_kept() {
+        let outcome = |model: &str, parameters: u64, correct: bool, cut: bool| Outcome {
+            set: "s".into(),
+            line: 1,
+            group: "g".into(),
+            model: model.into(),
+            parameters,
+            size_bytes: parameters,
+            correct,
+            hosted_correct: Some(true),
+            prompt_tokens: 10,
+            completion_tokens: 12,
+            latency_ms: 1.0,
+            mean_logprob: -0.01,
+            min_logprob: -0.01,
+            p10_logprob: -0.01,
+            cut,
+            p_adequate: Some(0.9),
+            reply: String::new(),
+        };
+        let prices = Prices {
+            input_per_million_usd: 1.0,
+            output_per_million_usd: 1.0,
+        };
+        // the small model's answer looks sure but was cut; the large one's ended by itself
+        let t = table(
+            &[
+                outcome("small", 1, false, true),
+                outcome("large", 2, true, false),
+            ],
+            prices,
+        );
+        let p = cascade(&t.rows, Score::Confidence(Signal::MeanLogprob), -0.5, true);
+        assert_eq!(
+            (p.local_share, p.quality),
+            (1.0, 1.0),
+            "the large model's answer is kept"
+        );
+        // both cut: nothing local is kept, the hosted model answers
+        let t = table(
+            &[
+                outcome("small", 1, true, true),
+                outcome("large", 2, true, true),
+            ],
+            prices,
+        );
+        let p = cascade(
+            &t.rows,
+            Score::Confidence(Signal::MeanLogprob),
+            -1000.0,
+            true,
+        );
+        assert_eq!(p.local_share, 0.0);
+        // the learned estimate is made before the answer: a cut one keeps it
+        assert_eq!(t.rows[0].rungs[0].scores[3], 0.9);
+    }
 
     fn row(rungs: &[(bool, f32)], hosted_correct: bool) -> Row {
         Row {

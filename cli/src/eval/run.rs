@@ -33,6 +33,9 @@ pub struct Outcome {
     pub mean_logprob: f32,
     pub min_logprob: f32,
     pub p10_logprob: f32,
+    /// The answer was cut at `max_tokens` (a cascade never keeps it as confident).
+    #[serde(default)]
+    pub cut: bool,
     /// The learned estimator's P(adequate) for this item and model, when one was estimated
     /// (cross-fitted by `eval report` and `calibrate`; never written by `eval run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +194,7 @@ async fn answer(
         mean_logprob: c.mean_logprob,
         min_logprob: c.min_logprob,
         p10_logprob: c.p10_logprob,
+        cut: done.finish_reason() == pb::FinishReason::Length,
         reply,
     })
 }

@@ -4,6 +4,8 @@
 //! hosted model where its data class permits. The caller receives one answer, and the
 //! decision lists every step with its confidence.
 //!
+//! An answer cut at `max_tokens` is never kept as confident: it escalates whatever its signal.
+//!
 //! The decisions are `decide`'s, with `larger_than` set: data class, budget and capacity
 //! rules hold at every step exactly as for any request. A step that finds nothing larger it
 //! may use keeps the last local answer and says why.
@@ -74,7 +76,21 @@ where
             outcome,
         };
         let confidence = done.confidence;
-        let score = confidence.as_ref().map(|v| signal_of(v, c.signal));
+        // an answer cut at max_tokens is unfinished however sure each token was ("The square
+        // root of 144 is approximately equal to"): never kept as confident
+        let cut = done.finish_reason() == pb::FinishReason::Length;
+        let score = confidence.as_ref().map(|v| {
+            if cut {
+                f32::NEG_INFINITY
+            } else {
+                signal_of(v, c.signal)
+            }
+        });
+        let went_up = if cut {
+            "escalated: cut at max_tokens"
+        } else {
+            "escalated"
+        };
         let keep_as_is = match score {
             Some(s) if s >= c.threshold => Some("kept".to_string()),
             Some(_) => None,
@@ -113,7 +129,7 @@ where
             Ok(Served::Local(opened, next)) => {
                 match collect(opened, &next, deadline, track).await {
                     Ok(answer) => {
-                        steps.push(step(confidence, "escalated".into()));
+                        steps.push(step(confidence, went_up.into()));
                         (text, done) = answer;
                         routed = next;
                     }
@@ -128,7 +144,7 @@ where
                 }
             }
             Ok(Served::External(mut ext)) => {
-                steps.push(step(confidence, "escalated".into()));
+                steps.push(step(confidence, went_up.into()));
                 ext.decision.cascade = steps;
                 return Ok(Outcome::External(ext));
             }

@@ -508,10 +508,20 @@ fn steps(d: &pb::Decision) -> Vec<(String, String)> {
 async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stays() {
     let mock = MockProvider::start(KEY).await;
 
-    // confident at once: the smallest answers, one step, nothing hosted
+    // confident at once: the smallest answers, one step, nothing hosted (a choice, so the
+    // random-weight model's answer ends by itself rather than at max_tokens)
     let (g, a, _p) = cascade_fleet(-1000.0, &mock).await;
-    let (d, text, done) = generate(&g, chat_request("internal", 4)).await.unwrap();
+    let mut r = chat_request("internal", 4);
+    if let Some(g) = r.get_mut().request.as_mut() {
+        g.constraint = Some(pb::Constraint {
+            kind: Some(pb::constraint::Kind::Choice(pb::Choice {
+                options: vec!["yes".into(), "no".into()],
+            })),
+        });
+    }
+    let (d, text, done) = generate(&g, r).await.unwrap();
     assert_eq!(steps(&d), [("small".into(), "kept".into())]);
+    assert!(text == "yes" || text == "no", "{text:?}");
     assert!(done.confidence.is_some(), "{text:?} {done:?}");
     let c = d.cascade[0].confidence.unwrap();
     assert!(
@@ -521,6 +531,25 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
     // a long answer is not the cascade's: routed as by static quality, no steps
     let (d, _, _) = generate(&g, chat_request("internal", 64)).await.unwrap();
     assert!(d.cascade.is_empty(), "{d:?}");
+    // an answer cut at max_tokens is never kept, however confident: both rungs are cut, so
+    // the hosted model answers
+    let (d, _, _) = generate(&g, chat_request("internal", 4)).await.unwrap();
+    assert_eq!(
+        d.cascade
+            .iter()
+            .map(|s| s.outcome.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "escalated: cut at max_tokens",
+            "escalated: cut at max_tokens"
+        ],
+        "{d:?}"
+    );
+    assert!(
+        matches!(d.target, Some(pb::decision::Target::External(_))),
+        "{d:?}"
+    );
+    let hosted_before = mock.state.requests().len();
     a.stop().await;
     drop(g);
 
@@ -539,7 +568,7 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         "{d:?}"
     );
     assert!(!text.is_empty());
-    assert_eq!(mock.state.requests().len(), 1);
+    assert_eq!(mock.state.requests().len(), hosted_before + 1);
 
     // confidential: the hosted step is forbidden, so the largest local answer stands
     let (d, text, _) = generate(&g, chat_request("confidential", 4)).await.unwrap();
@@ -561,7 +590,7 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
     }
     assert_eq!(
         mock.state.requests().len(),
-        1,
+        hosted_before + 1,
         "nothing confidential reached the provider"
     );
 
@@ -588,7 +617,11 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         Some(pb::decision::Target::Local(t)) => assert_eq!(t.model, "large"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(mock.state.requests().len(), 1, "no hosted call was made");
+    assert_eq!(
+        mock.state.requests().len(),
+        hosted_before + 1,
+        "no hosted call was made"
+    );
     a.stop().await;
 }
 
