@@ -251,15 +251,30 @@ pub fn generate(
     Ok((messages, req))
 }
 
+/// Most tools one request may give (each is compiled into the reply's grammar).
+pub const MAX_TOOLS: usize = 128;
+
+/// OpenAI's rule for a function's (and a JSON schema's) name: 1 to 64 letters, digits, `_`
+/// or `-`.
+pub fn valid_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    !name.is_empty() && name.len() <= 64 && name.chars().all(ok)
+}
+
 /// The request's tools and tool choice, checked (names, parameter schemas the engine can
 /// follow, a choice naming a given tool); whether the conversation uses tools (then only a
 /// model with a tool format can serve it).
 fn tools(r: &pb::GenerateRequest) -> Result<bool, GatewayError> {
     use pb::tool_choice::Kind;
+    if r.tools.len() > MAX_TOOLS {
+        return Err(invalid(format!(
+            "request.tools has {} tools; at most {MAX_TOOLS}",
+            r.tools.len()
+        )));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, t) in r.tools.iter().enumerate() {
-        let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        if t.name.is_empty() || t.name.len() > 64 || !t.name.chars().all(ok) {
+        if !valid_name(&t.name) {
             return Err(invalid(format!(
                 "request.tools[{i}].name must be 1 to 64 letters, digits, `_` or `-`"
             )));
@@ -371,6 +386,79 @@ mod tests {
             Err(GatewayError::InvalidRequest(m)) => m,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn tools_and_constraints_are_checked_with_the_field_named() {
+        let l = Limits::default();
+        let t = || "shop".to_string();
+        let chat = |r: &mut pb::GenerateRequest| {
+            r.input = Some(pb::generate_request::Input::Chat(pb::ChatMessages {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into(),
+                    ..Default::default()
+                }],
+            }));
+        };
+        let tool = |name: &str| pb::Tool {
+            name: name.into(),
+            ..Default::default()
+        };
+        let ok = generate(
+            t(),
+            &request_with(|r| {
+                chat(r);
+                r.tools = vec![tool("a"), tool("b")];
+            }),
+            &l,
+        );
+        assert!(ok.is_ok_and(|(_, req)| req.tools));
+        let e = err(generate(
+            t(),
+            &request_with(|r| {
+                chat(r);
+                r.tools = vec![tool("a"), tool("a")];
+            }),
+            &l,
+        ));
+        assert_eq!(e, "request.tools[1].name `a` is given twice");
+        let e = err(generate(
+            t(),
+            &request_with(|r| {
+                chat(r);
+                r.tools = (0..=MAX_TOOLS).map(|i| tool(&format!("t{i}"))).collect();
+            }),
+            &l,
+        ));
+        assert!(e.contains("at most 128"), "{e}");
+        let e = err(generate(
+            t(),
+            &request_with(|r| {
+                chat(r);
+                r.tools = vec![tool("a b")];
+            }),
+            &l,
+        ));
+        assert!(e.starts_with("request.tools[0].name"), "{e}");
+        let e = err(generate(
+            t(),
+            &request_with(|r| {
+                r.tools = vec![tool("a")];
+            }),
+            &l,
+        ));
+        assert!(e.contains("need request.chat"), "{e}");
+        let e = err(generate(
+            t(),
+            &request_with(|r| {
+                r.constraint = Some(pb::Constraint {
+                    kind: Some(pb::constraint::Kind::Regex("(".into())),
+                });
+            }),
+            &l,
+        ));
+        assert!(e.starts_with("request.constraint.regex: "), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub fn tool(i: usize, t: &Value) -> Result<pb::Tool, GatewayError> {
         .and_then(Value::as_object)
         .ok_or_else(|| invalid(format!("`tools[{i}].function` (an object) is required")))?;
     let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-    if !valid_name(name) {
+    if !crate::validate::valid_name(name) {
         return Err(invalid(format!(
             "`tools[{i}].function.name` is required: 1 to 64 letters, digits, `_` or `-`"
         )));
@@ -43,12 +43,6 @@ pub fn tool(i: usize, t: &Value) -> Result<pb::Tool, GatewayError> {
             .to_string(),
         parameters,
     })
-}
-
-/// OpenAI's rule for a function's name (and a JSON schema's).
-pub fn valid_name(name: &str) -> bool {
-    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    !name.is_empty() && name.len() <= 64 && name.chars().all(ok)
 }
 
 /// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}`

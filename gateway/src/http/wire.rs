@@ -316,8 +316,7 @@ fn response_format(m: Map<String, Value>) -> Result<Option<pb::Constraint>, Gate
                 invalid("`response_format.json_schema` (an object) is required for type json_schema")
             })?;
             let name = js.get("name").and_then(Value::as_str).unwrap_or_default();
-            let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-            if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+            if !crate::validate::valid_name(name) {
                 return Err(invalid(
                     "`response_format.json_schema.name` is required: 1 to 64 letters, digits, `_` or `-`",
                 ));
