@@ -595,3 +595,22 @@ pub fn sdk_python() -> Option<std::path::PathBuf> {
     eprintln!("skipped: build/test-venv is missing (tools/fetch_test_venv.sh creates it)");
     None
 }
+
+/// Runs one of the SDK scripts (`tests/openai/NAME`) with `args` in the test venv's Python,
+/// and asserts it passed: it exits 0 and prints `done` (its last line). Its output is printed.
+pub async fn run_sdk_script(python: &Path, name: &str, args: &[String], done: &str) {
+    let out = tokio::process::Command::new(python)
+        .arg(repo_root().join("tests/openai").join(name))
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{log}");
+    assert!(out.status.success(), "{name} failed:\n{log}");
+    assert!(log.contains(done), "{name}: no `{done}`:\n{log}");
+}

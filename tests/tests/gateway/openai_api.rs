@@ -164,22 +164,13 @@ async fn the_openai_python_sdk_gets_answers_decisions_and_refusals() {
     if let Ok(mut a) = f._mock.state.answer.lock() {
         *a = r#"{"n": 7, "color": "green"}"#.into();
     }
-    let out = tokio::process::Command::new(python)
-        .arg(repo_root().join("tests/openai/sdk_check.py"))
-        .arg(format!("http://{}/v1", f.http()))
-        .arg(TOKEN)
-        .arg(LOCAL_MODEL)
-        .arg(EXTERNAL_MODEL)
-        .output()
-        .await
-        .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the SDK checks failed:\n{log}");
-    assert!(log.contains("all SDK checks passed"), "{log}");
+    let args = [
+        format!("http://{}/v1", f.http()),
+        TOKEN.into(),
+        LOCAL_MODEL.into(),
+        EXTERNAL_MODEL.into(),
+    ];
+    run_sdk_script(&python, "sdk_check.py", &args, "all SDK checks passed").await;
     // the structured-output request reached the hosted API in OpenAI's own form
     let formats: Vec<serde_json::Value> = f
         ._mock

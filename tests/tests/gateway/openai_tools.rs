@@ -65,19 +65,9 @@ async fn the_openai_sdk_calls_tools_on_a_real_model_and_gets_its_answer_back() {
         },
     )
     .await;
-    let out = tokio::process::Command::new(python)
-        .arg(repo_root().join("tests/openai/sdk_tools.py"))
-        .arg(format!("http://{}/v1", gateway.http_addr.unwrap()))
-        .arg(TOKEN)
-        .output()
-        .await
-        .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{log}");
-    assert!(out.status.success(), "the tool checks failed:\n{log}");
-    assert!(log.contains("all tool checks passed"), "{log}");
+    let args = [
+        format!("http://{}/v1", gateway.http_addr.unwrap()),
+        TOKEN.into(),
+    ];
+    run_sdk_script(&python, "sdk_tools.py", &args, "all tool checks passed").await;
 }
