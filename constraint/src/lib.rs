@@ -239,7 +239,7 @@ pub fn check(c: &pb::Constraint) -> Result<(), Invalid> {
                 format!("the constraint engine failed to start: {e}"),
             )
         })?;
-    vocab.compile(c).map(drop)
+    vocab.ensure(c)
 }
 
 /// A model's vocabulary, and the constraints compiled against it.
@@ -314,37 +314,14 @@ impl Vocabulary {
 
     /// The constraint compiled for this vocabulary (from the cache when it was seen before).
     pub fn compile(&self, c: &pb::Constraint) -> Result<Guide, Invalid> {
-        let key = key(c);
         let cached = self
             .cache
             .lock()
             .ok()
-            .and_then(|m| m.get(&key).map(Matcher::deep_clone));
+            .and_then(|m| m.get(&key(c)).map(Matcher::deep_clone));
         let matcher = match cached {
             Some(m) => m,
-            None => {
-                let grammar = grammar(c)?;
-                // the engine's own steps catch their panics; compiling is guarded here, so a
-                // grammar that trips it is an error for its request, never a crash
-                let parser = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.factory.create_parser(grammar)
-                }))
-                .map_err(|_| invalid(field(c), "the constraint engine failed on it"))?
-                .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
-                let mut m = Matcher::new(Ok(parser));
-                // a grammar that compiles but allows nothing at the start is no use either
-                m.compute_mask()
-                    .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
-                m.reset()
-                    .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
-                if let Ok(mut cache) = self.cache.lock() {
-                    if cache.len() >= CACHE_ENTRIES {
-                        cache.clear();
-                    }
-                    cache.insert(key, m.deep_clone());
-                }
-                m
-            }
+            None => self.build(c)?,
         };
         Ok(Guide {
             matcher,
@@ -352,8 +329,38 @@ impl Vocabulary {
         })
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.factory.tok_env().tok_trie().vocab_size()
+    /// Whether the constraint compiles (from the cache when it was seen before, without
+    /// the copy a sequence needs).
+    fn ensure(&self, c: &pb::Constraint) -> Result<(), Invalid> {
+        if self.cache.lock().is_ok_and(|m| m.contains_key(&key(c))) {
+            return Ok(());
+        }
+        self.build(c).map(drop)
+    }
+
+    /// Compiles the constraint and caches it.
+    fn build(&self, c: &pb::Constraint) -> Result<Matcher, Invalid> {
+        let grammar = grammar(c)?;
+        // the engine's own steps catch their panics; compiling is guarded here, so a grammar
+        // that trips it is an error for its request, never a crash
+        let parser = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.factory.create_parser(grammar)
+        }))
+        .map_err(|_| invalid(field(c), "the constraint engine failed on it"))?
+        .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
+        let mut m = Matcher::new(Ok(parser));
+        // a grammar that compiles but allows nothing at the start is no use either
+        m.compute_mask()
+            .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
+        m.reset()
+            .map_err(|e| invalid(field(c), first_line(&e.to_string())))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key(c), m.deep_clone());
+        }
+        Ok(m)
     }
 }
 

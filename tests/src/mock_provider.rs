@@ -346,6 +346,18 @@ async fn handle(state: Arc<MockState>, req: Request<hyper::body::Incoming>) -> R
 }
 
 impl MockProvider {
+    /// The `[providers.openai]` block of a gateway.toml that reaches this mock over TLS, at
+    /// these prices (USD per million tokens), with one retry.
+    pub fn provider_toml(&self, input_usd: f64, output_usd: f64) -> String {
+        format!(
+            "[providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             input_usd_per_million = {input_usd}\noutput_usd_per_million = {output_usd}\nmax_retries = 1\n",
+            self.base_url,
+            self.key_file.display(),
+            self.ca_file.display()
+        )
+    }
+
     /// Starts the mock on 127.0.0.1 (port 0) with a fresh CA and a `localhost` certificate.
     pub async fn start(key: &str) -> Self {
         Self::start_on(

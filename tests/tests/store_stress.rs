@@ -44,12 +44,8 @@ fn gateway_toml(dir: &Path, mock: &MockProvider) -> std::path::PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-stress\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n\
-             [providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-             input_usd_per_million = 1000\noutput_usd_per_million = 2000\nmax_retries = 1\n",
-            mock.base_url,
-            mock.key_file.display(),
-            mock.ca_file.display()
+            "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-stress\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n{}",
+            mock.provider_toml(1000.0, 2000.0)
         ),
     )
     .unwrap();

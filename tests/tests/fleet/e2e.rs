@@ -74,12 +74,8 @@ fn gateway_toml(dir: &Path, listen: &str, mock: &MockProvider) -> PathBuf {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"{listen}\"\nid = \"gw-e2e\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n\
-             [providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-             input_usd_per_million = 1000\noutput_usd_per_million = 2000\nmax_retries = 1\ndefault_max_tokens = 16\n",
-            mock.base_url,
-            mock.key_file.display(),
-            mock.ca_file.display()
+            "[server]\nlisten = \"{listen}\"\nid = \"gw-e2e\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n{}default_max_tokens = 16\n",
+            mock.provider_toml(1000.0, 2000.0)
         ),
     )
     .unwrap();

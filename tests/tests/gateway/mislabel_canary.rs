@@ -380,12 +380,8 @@ async fn mislabelled_requests_never_reach_the_hosted_provider() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-canary\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
-             [providers.openai]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-             input_usd_per_million = 0.01\noutput_usd_per_million = 0.02\nmax_retries = 1\n",
-            mock.base_url,
-            mock.key_file.display(),
-            mock.ca_file.display()
+            "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-canary\"\n\n[tls]\nplaintext = true\n\n[policies]\npaths = [\"policies\"]\n\n[state]\ndir = \"state\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n{}",
+            mock.provider_toml(0.01, 0.02)
         ),
     )
     .unwrap();
