@@ -142,6 +142,8 @@ pub struct BatchStats {
 /// sequences already submitted are done.
 pub struct BatchHandle {
     tx: std_mpsc::Sender<Vec<SequenceRequest>>,
+    /// Joined on drop, so the decoder and its K/V arena are freed when the model is.
+    thread: Option<std::thread::JoinHandle<()>>,
     pub stats: Arc<BatchStats>,
     pub geometry: KvGeometry,
     /// Width of the model's logits (its vocabulary as the decoder sees it).
@@ -170,11 +172,12 @@ impl BatchHandle {
             stats: stats.clone(),
             scratch: (Vec::new(), Vec::new()),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("decode-{name}"))
             .spawn(move || worker.run())?;
         Ok(Self {
             tx,
+            thread: Some(thread),
             stats,
             geometry,
             vocab,
@@ -199,6 +202,19 @@ impl BatchHandle {
     /// before its next step (so the first is admitted before any later one is considered).
     pub fn submit_all(&self, seqs: Vec<SequenceRequest>) -> Result<(), LoopStopped> {
         self.tx.send(seqs).map_err(|_| LoopStopped)
+    }
+}
+
+impl Drop for BatchHandle {
+    fn drop(&mut self) {
+        // closing the channel ends the loop once its sequences are done
+        let (closed, _) = std_mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::warn!("a decode thread had panicked");
+        }
     }
 }
 

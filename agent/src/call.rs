@@ -105,6 +105,7 @@ pub async fn embed(
         .embed(pb::EmbedRequest {
             model: model.into(),
             texts,
+            keep_alive_ms: None,
         })
         .await?
         .into_inner())
@@ -120,9 +121,124 @@ pub async fn classify(
         .classify(pb::ClassifyRequest {
             model: model.into(),
             texts,
+            keep_alive_ms: None,
         })
         .await?
         .into_inner())
+}
+
+/// An operator's model command.
+pub enum Op {
+    List,
+    Load(String),
+    Unload(String),
+    Pin(String, bool),
+}
+
+/// Runs a model command; returns what to print: the models table after the change.
+pub async fn manage(dial: &Dial, op: Op) -> Result<String, CallError> {
+    let mut c = client(dial).await?;
+    let changed = match op {
+        Op::List => None,
+        Op::Load(model) => Some(c.load_model(pb::ModelRequest { model }).await?),
+        Op::Unload(model) => Some(c.unload_model(pb::ModelRequest { model }).await?),
+        Op::Pin(model, pin) => Some(c.pin_model(pb::PinModelRequest { model, pin }).await?),
+    };
+    let list = c.list_models(pb::ListModelsRequest {}).await?.into_inner();
+    let mut out = String::new();
+    if let Some(m) = changed {
+        let m = m.into_inner();
+        out.push_str(&format!("{}: {}\n", m.name, state_name(m.state)));
+    }
+    out.push_str(&render_models(&list));
+    Ok(out)
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::ModelState::try_from(state).unwrap_or(pb::ModelState::Unspecified) {
+        pb::ModelState::Available => "available",
+        pb::ModelState::Loading => "loading",
+        pb::ModelState::Ready => "resident",
+        pb::ModelState::Draining => "draining",
+        pb::ModelState::Unloaded => "unloaded",
+        pb::ModelState::Failed => "failed",
+        pb::ModelState::Unspecified => "unknown",
+    }
+}
+
+/// The models table: one row per model, then the budget line.
+pub fn render_models(list: &pb::ListModelsResponse) -> String {
+    let mib = |b: u64| format!("{:.0}", b as f64 / 1048576.0);
+    let mut rows = vec![[
+        "MODEL".to_string(),
+        "STATE".into(),
+        "BUDGET MiB".into(),
+        "COLD ms".into(),
+        "PIN".into(),
+        "KEEP s".into(),
+        "UNLOAD IN s".into(),
+        "LOADS".into(),
+        "EVICTED".into(),
+        "IN FLIGHT".into(),
+    ]];
+    for m in &list.models {
+        let state = match (state_name(m.state), m.reason.as_str()) {
+            (s, "") => s.to_string(),
+            (s, r) => format!("{s}: {r}"),
+        };
+        rows.push([
+            m.name.clone(),
+            state,
+            mib(m.budget_bytes),
+            match (m.cold_load_ms, m.cold_load_estimated) {
+                (0, _) => "-".into(),
+                (ms, true) => format!("~{ms}"),
+                (ms, false) => ms.to_string(),
+            },
+            if m.pinned { "yes" } else { "" }.into(),
+            match m.keep_alive_ms {
+                0 if m.pinned => "-".into(),
+                0 => "0".into(),
+                ms => format!("{}", ms / 1000),
+            },
+            match m.unload_in_ms {
+                0 => "-".into(),
+                ms => format!("{:.0}", ms as f64 / 1000.0),
+            },
+            m.loads_total.to_string(),
+            m.evictions_total.to_string(),
+            (m.in_flight + m.queue_depth).to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let mem = list.memory.unwrap_or_default();
+    if mem.budget_bytes == 0 {
+        out.push_str(&format!(
+            "memory budget: none ({} MiB held by models)\n",
+            mib(mem.used_bytes)
+        ));
+    } else {
+        out.push_str(&format!(
+            "memory budget: {} MiB, {} MiB used, {} MiB free, {} MiB not evictable now\n",
+            mib(mem.budget_bytes),
+            mib(mem.used_bytes),
+            mib(mem.budget_bytes.saturating_sub(mem.used_bytes)),
+            mib(mem.held_bytes)
+        ));
+    }
+    out
 }
 
 /// Waits until the agent reports SERVING (every model has finished loading), up to `wait`.

@@ -26,6 +26,28 @@ pub fn admit(tls: bool, peer: Option<&Identity>, operators: &[String]) -> Result
     }
 }
 
+/// Admits a caller to the operator calls (load, unload, pin, list): the tenants in
+/// `server.operators` only; gateways route requests but do not manage models.
+pub fn admit_operator(
+    tls: bool,
+    peer: Option<&Identity>,
+    operators: &[String],
+) -> Result<(), AgentError> {
+    if !tls {
+        return Ok(());
+    }
+    match peer {
+        Some(Identity::Tenant(t)) if operators.iter().any(|o| o == t) => Ok(()),
+        Some(other) => Err(AgentError::CallerNotAllowed(format!(
+            "{} may not manage this agent's models: only the tenants in server.operators may",
+            other.uri()
+        ))),
+        None => Err(AgentError::CallerNotAllowed(
+            "a caller without a fleet identity may not manage this agent's models".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +79,21 @@ mod tests {
         }
         // no identities in plain text: nothing to check
         assert!(admit(false, None, &[]).is_ok());
+    }
+
+    #[test]
+    fn only_named_operators_manage_models() {
+        let ops = vec!["ops".to_string()];
+        assert!(admit_operator(true, Some(&Identity::Tenant("ops".into())), &ops).is_ok());
+        let e = admit_operator(true, Some(&Identity::Gateway("gw".into())), &ops)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("spiffe://edgewise/gateway/gw may not manage"),
+            "{e}"
+        );
+        assert!(admit_operator(true, None, &ops).is_err());
+        assert!(admit_operator(false, None, &[]).is_ok());
     }
 }

@@ -56,6 +56,13 @@ pub struct RawModels {
     pub include: Vec<String>,
     #[serde(default)]
     pub limits: BTreeMap<String, RawLimits>,
+    /// Memory the models may hold: bytes (an integer, or text like "6 GiB") or a share of
+    /// the memory available at start ("60%"). Unset: no budget.
+    pub memory_budget: Option<crate::budget::RawSize>,
+    /// Idle time before a resident, unpinned model may be unloaded.
+    pub keep_alive_ms: Option<u64>,
+    /// The longest keep-alive a request may ask for.
+    pub max_keep_alive_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -65,6 +72,10 @@ pub struct RawLimits {
     pub max_queue: Option<u32>,
     /// Generate models: most K/V cache memory its sequences hold at once.
     pub kv_budget_mb: Option<u64>,
+    /// Loaded at start and never evicted.
+    pub pin: Option<bool>,
+    /// This model's idle time before it may be unloaded.
+    pub keep_alive_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +120,8 @@ pub struct AgentConfig {
     pub models_dir: PathBuf,
     pub include: Vec<String>,
     pub limits: BTreeMap<String, Limits>,
+    /// The memory budget and keep-alive rules (`[models]`).
+    pub memory: crate::budget::MemoryConfig,
     pub batching: BatchingConfig,
     pub onnxruntime_library: Option<PathBuf>,
     pub intra_op_threads: usize,
@@ -131,8 +144,11 @@ pub struct AgentConfig {
 pub struct Limits {
     pub max_concurrency: Option<u32>,
     pub max_queue: Option<u32>,
-    /// Unset: a share of the memory available when the model loads (`node`).
+    /// Unset: a share of the memory budget, or of the memory available at start (`node`).
     pub kv_budget_bytes: Option<u64>,
+    pub pin: bool,
+    /// Unset: `models.keep_alive_ms`.
+    pub keep_alive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +179,7 @@ impl AgentConfig {
             models_dir,
             include: Vec::new(),
             limits: BTreeMap::new(),
+            memory: crate::budget::MemoryConfig::default(),
             batching: BatchingConfig::default(),
             onnxruntime_library: None,
             intra_op_threads: default_threads(),
@@ -188,7 +205,9 @@ impl AgentConfig {
             .iter()
             .find(|(k, _)| k == "CREDENTIALS_DIRECTORY")
             .map(|(_, v)| PathBuf::from(v));
-        validate(layered, credentials.as_deref())
+        // a budget is checked against the machine it will run on
+        let machine = crate::hardware::snapshot().memory_total_bytes;
+        validate(layered, credentials.as_deref(), machine)
     }
 }
 
@@ -206,9 +225,11 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// `machine`: the box's total memory (0: unknown, no check against it).
 fn validate(
     layered: Layered<RawAgentConfig>,
     credentials: Option<&Path>,
+    machine: u64,
 ) -> Result<AgentConfig, Diagnostics> {
     let (raw, at) = layered.split();
     let mut problems = Vec::new();
@@ -295,15 +316,28 @@ fn validate(
                 "must be in 1..=1073741824".into(),
             );
         }
+        if let Some(ms) = l.keep_alive_ms {
+            crate::budget::check_keep_alive(ms)
+                .unwrap_or_else(|m| problem(&format!("models.limits.{name}.keep_alive_ms"), m));
+        }
         cfg.limits.insert(
             name,
             Limits {
                 max_concurrency: l.max_concurrency,
                 max_queue: l.max_queue,
                 kv_budget_bytes: l.kv_budget_mb.map(|mb| mb << 20),
+                pin: l.pin.unwrap_or(false),
+                keep_alive: l.keep_alive_ms.map(Duration::from_millis),
             },
         );
     }
+    cfg.memory = crate::budget::validate(
+        raw.models.memory_budget,
+        raw.models.keep_alive_ms,
+        raw.models.max_keep_alive_ms,
+        machine,
+        &mut problem,
+    );
     if let Some(n) = raw.batching.max_batch_size {
         if n == 0 || n > 1024 {
             problem(

@@ -48,4 +48,20 @@ pub enum AgentError {
     CallerNotAllowed(String),
     #[error("inference failed in model `{model}`: {message}")]
     Inference { model: String, message: String },
+    /// Nothing can make room for a load: the budget, and what holds it.
+    #[error("model `{model}` needs {need} of the memory budget ({budget}, {free} free); {held}")]
+    MemoryBudget {
+        model: String,
+        need: String,
+        budget: String,
+        free: String,
+        held: String,
+    },
+    /// An operator's change that the model's state does not allow.
+    #[error("model `{model}` is {state}: {why}")]
+    ModelState {
+        model: String,
+        state: &'static str,
+        why: String,
+    },
 }

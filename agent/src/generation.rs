@@ -24,6 +24,8 @@ use crate::scheduler::SlotGuard;
 pub struct Generation {
     pub slot: Arc<ModelSlot>,
     pub model: Arc<LoadedModel>,
+    /// Holds the model resident until the generation ends.
+    pub _lease: crate::slot::Lease,
     pub prompt_tokens: u32,
     pub stops: Vec<String>,
     pub deadline: Option<Instant>,

@@ -30,7 +30,10 @@ pub fn status(e: &AgentError) -> Status {
             s
         }
         // no retry hint: the same request never fits; a smaller max_tokens may
-        AgentError::KvBudget { .. } => Status::resource_exhausted(msg),
+        AgentError::KvBudget { .. } | AgentError::MemoryBudget { .. } => {
+            Status::resource_exhausted(msg)
+        }
+        AgentError::ModelState { .. } => Status::failed_precondition(msg),
         AgentError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
         AgentError::CallerNotAllowed(_) => Status::permission_denied(msg),
         AgentError::Inference { .. } => Status::internal(msg),
@@ -70,6 +73,25 @@ impl AgentService {
             &node.config.operators,
         )
         .map_err(|e| status(&e))
+    }
+
+    fn admit_operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let node = &self.inference.node;
+        crate::callers::admit_operator(
+            node.tls.is_some(),
+            edgewise_tls::net::peer_identity(request).as_ref(),
+            &node.config.operators,
+        )
+        .map_err(|e| status(&e))
+    }
+
+    /// A model's status after an operator call changed it.
+    fn model_status(&self, name: &str) -> Result<Response<pb::ModelStatus>, Status> {
+        let node = &self.inference.node;
+        node.slots
+            .get(name)
+            .map(|s| Response::new(node.model_status(s, std::time::Instant::now())))
+            .ok_or_else(|| Status::not_found(format!("unknown model `{name}`")))
     }
 }
 
@@ -127,6 +149,62 @@ impl pb::agent_server::Agent for AgentService {
             .await
             .map(Response::new)
             .map_err(|e| status(&e))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        self.admit_operator(&request)?;
+        let node = &self.inference.node;
+        let now = std::time::Instant::now();
+        Ok(Response::new(pb::ListModelsResponse {
+            models: node
+                .slots
+                .values()
+                .map(|s| node.model_status(s, now))
+                .collect(),
+            memory: Some(node.memory()),
+        }))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<pb::ModelRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        self.admit_operator(&request)?;
+        let name = request.into_inner().model;
+        let node = &self.inference.node;
+        let span = tracing::info_span!("agent.load_model", model = %name);
+        node.load_model(&name)
+            .instrument(span)
+            .await
+            .map_err(|e| status(&e))?;
+        self.model_status(&name)
+    }
+
+    async fn unload_model(
+        &self,
+        request: Request<pb::ModelRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        self.admit_operator(&request)?;
+        let name = request.into_inner().model;
+        let node = &self.inference.node;
+        node.unload_model(&name).await.map_err(|e| status(&e))?;
+        self.model_status(&name)
+    }
+
+    async fn pin_model(
+        &self,
+        request: Request<pb::PinModelRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        self.admit_operator(&request)?;
+        let r = request.into_inner();
+        let node = &self.inference.node;
+        node.pin_model(&r.model, r.pin)
+            .await
+            .map_err(|e| status(&e))?;
+        self.model_status(&r.model)
     }
 }
 

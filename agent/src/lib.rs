@@ -4,6 +4,7 @@
 //! tests can start a real agent on a port-0 listener with their own shutdown signal.
 
 pub mod batch;
+pub mod budget;
 pub mod call;
 pub mod callers;
 pub mod check;
@@ -19,9 +20,11 @@ pub mod metrics;
 pub mod models;
 pub mod node;
 pub mod report;
+pub mod residency;
 pub mod runtime;
 pub mod scheduler;
 pub mod service;
+pub mod slot;
 pub mod stats;
 pub mod store;
 
@@ -113,7 +116,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let node = Arc::new(
-            Node::new(config, store, advertise, id, tls.clone()).map_err(StartError::Models)?,
+            Node::new(config, store, advertise, id, tls.clone(), rt).map_err(StartError::Models)?,
         );
         tracing::info!(node = %node.id, %addr, library = %rt.library.display(), "agent listening");
 
@@ -164,7 +167,8 @@ impl Agent {
             .collect();
 
         let (loaded_tx, loaded) = watch::channel(false);
-        let loader = tokio::spawn(load_models(node.clone(), rt, health.clone(), loaded_tx));
+        let loader = tokio::spawn(load_models(node.clone(), health.clone(), loaded_tx));
+        let reaper = tokio::spawn(node.clone().reap_idle(background.clone()));
         let watchdog = edgewise_ops::systemd::spawn_watchdog(background.clone());
         let metrics_addr = match node.config.metrics_listen {
             Some(at) => Some(
@@ -195,6 +199,7 @@ impl Agent {
             Background {
                 reporters,
                 loader,
+                reaper,
                 watchdog,
                 metrics_export,
                 stop: background,
@@ -276,25 +281,23 @@ pub async fn run(
     agent.stop().await
 }
 
+/// Loads what the node loads at start (`Node::load_at_start`), then marks the agent serving.
+/// Every model that has not failed is served: one not resident loads on its first request.
 async fn load_models(
     node: Arc<Node>,
-    rt: &'static runtime::Runtime,
     health: tonic_health::server::HealthReporter,
     done: watch::Sender<bool>,
 ) {
-    let total = node.slots.len();
-    for (i, slot) in node.slots.values().enumerate() {
+    node.load_at_start(|slot, i, total| {
         edgewise_ops::systemd::status(&format!("loading model {}/{total}: {}", i + 1, slot.name));
         // loading a large model on a small box can take a while: keep systemd waiting
         edgewise_ops::systemd::extend_start_timeout(Duration::from_secs(120));
-        let (n, s) = (node.clone(), slot.clone());
-        let ok = tokio::task::spawn_blocking(move || n.load_slot(&s, rt).is_ok())
-            .await
-            .unwrap_or(false);
-        let status = if ok {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+    })
+    .await;
+    for slot in node.slots.values() {
+        let status = match slot.state_name().0 {
+            "failed" => ServingStatus::NotServing,
+            _ => ServingStatus::Serving,
         };
         health
             .set_service_status(model_health_name(&slot.name), status)
@@ -307,7 +310,18 @@ async fn load_models(
         edgewise_ops::systemd::ready();
     }
     let ready = node.slots.values().filter(|s| s.ready().is_some()).count();
-    tracing::info!(ready, failed = total - ready, "models loaded");
+    let failed = node
+        .slots
+        .values()
+        .filter(|s| s.state_name().0 == "failed")
+        .count();
+    tracing::info!(
+        resident = ready,
+        on_demand = node.slots.len() - ready - failed,
+        failed,
+        budget = %node.budget.map_or("none".into(), budget::show),
+        "models loaded"
+    );
     let _ = done.send(true);
 }
 
@@ -315,6 +329,8 @@ async fn load_models(
 struct Background {
     reporters: Vec<JoinHandle<()>>,
     loader: JoinHandle<()>,
+    /// Unloads models idle past their keep-alive.
+    reaper: JoinHandle<()>,
     watchdog: Option<JoinHandle<()>>,
     /// Metrics over OTLP: its last export, after the drain, counts every request.
     metrics_export: Option<JoinHandle<()>>,
@@ -362,6 +378,7 @@ async fn lifecycle(
     // 3. stop the background tasks;
     background.loader.abort();
     background.stop.cancel();
+    let _ = background.reaper.await;
     for r in background.reporters {
         let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
     }

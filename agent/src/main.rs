@@ -27,27 +27,51 @@ enum Command {
     Run,
     /// Check the config file and exit (for ExecStartPre= and ExecReload=).
     Validate,
-    /// Model folder tools.
+    /// Models: tools on model folders, and the models of a running agent.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
     /// Call a running agent (for trying a model by hand).
     Call {
-        /// The agent's address (https:// when it runs mutual TLS).
-        #[arg(long, default_value = "http://127.0.0.1:7300")]
-        addr: String,
-        /// The fleet CA, for an https:// agent.
-        #[arg(long, env = "EDGEWISE_CA_FILE")]
-        ca_file: Option<PathBuf>,
-        /// A fleet certificate and its key (an agent accepts only callers that have one).
-        #[arg(long, env = "EDGEWISE_CERT_FILE", requires = "key_file")]
-        cert_file: Option<PathBuf>,
-        #[arg(long, env = "EDGEWISE_KEY_FILE", requires = "cert_file")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        dial: DialArgs,
         #[command(subcommand)]
         command: CallCommand,
     },
+}
+
+/// How to reach a running agent.
+#[derive(clap::Args)]
+struct DialArgs {
+    /// The agent's address (https:// when it runs mutual TLS).
+    #[arg(long, default_value = "http://127.0.0.1:7300")]
+    addr: String,
+    /// The fleet CA, for an https:// agent.
+    #[arg(long, env = "EDGEWISE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A fleet certificate and its key (an agent accepts only callers that have one; the
+    /// model commands only operators' certificates).
+    #[arg(long, env = "EDGEWISE_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, env = "EDGEWISE_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+}
+
+impl DialArgs {
+    fn dial(self) -> anyhow::Result<edgewise_agent::call::Dial> {
+        let tls = match &self.ca_file {
+            Some(ca) => Some(edgewise_tls::client_config(
+                ca,
+                self.cert_file.as_deref().zip(self.key_file.as_deref()),
+            )?),
+            None => None,
+        };
+        Ok(edgewise_agent::call::Dial {
+            addr: self.addr,
+            tls,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,8 +106,45 @@ enum CallCommand {
     },
 }
 
+/// The model commands that call a running agent.
+#[derive(Subcommand)]
+enum Manage {
+    /// A running agent's models: state, memory, keep-alive, loads; and its memory budget.
+    List {
+        #[command(flatten)]
+        dial: DialArgs,
+    },
+    /// Load a model on a running agent now (a failed one is tried again).
+    Load {
+        #[command(flatten)]
+        dial: DialArgs,
+        model: String,
+    },
+    /// Unload a model on a running agent (requests in flight finish first).
+    Unload {
+        #[command(flatten)]
+        dial: DialArgs,
+        model: String,
+    },
+    /// Pin a model on a running agent: loaded now and never evicted (until restart; set
+    /// `pin = true` in agent.toml to keep it).
+    Pin {
+        #[command(flatten)]
+        dial: DialArgs,
+        model: String,
+    },
+    /// Let a pinned model be evicted again.
+    Unpin {
+        #[command(flatten)]
+        dial: DialArgs,
+        model: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum ModelsCommand {
+    #[command(flatten)]
+    Manage(Manage),
     /// Load every model, run one smoke inference each, and report; non-zero exit if any failed.
     Check {
         /// Models directory (default: the config's models.dir, or ./models without a config).
@@ -117,6 +178,29 @@ enum ModelsCommand {
         #[arg(long, env = "EDGEWISE_MODELPREP_PYTHON")]
         python: Option<PathBuf>,
     },
+}
+
+impl Manage {
+    /// Calls the agent; prints its models after the change.
+    fn run(self) -> anyhow::Result<ExitCode> {
+        use edgewise_agent::call::Op;
+        let (dial, op) = match self {
+            Manage::List { dial } => (dial, Op::List),
+            Manage::Load { dial, model } => (dial, Op::Load(model)),
+            Manage::Unload { dial, model } => (dial, Op::Unload(model)),
+            Manage::Pin { dial, model } => (dial, Op::Pin(model, true)),
+            Manage::Unpin { dial, model } => (dial, Op::Pin(model, false)),
+        };
+        let dial = dial.dial()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        print!(
+            "{}",
+            runtime.block_on(edgewise_agent::call::manage(&dial, op))?
+        );
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// The config for the `models` commands (the file if there is one, else a checkout's
@@ -165,10 +249,41 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}: ok", cli.config.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models {
-            command: ModelsCommand::Check { models_dir, json },
-        } => {
-            let (config, dir) = models_config(&cli.config, models_dir)?;
+        Command::Models { command } => models(&cli.config, command),
+        Command::Call { dial, command } => {
+            let dial = dial.dial()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(call(&dial, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let config = AgentConfig::load(&cli.config, &env_vars())?;
+            // traces when the config names a collector; logging set up with them
+            edgewise_ops::telemetry::init(config.otlp.as_ref().map(|o| ("edgewise-agent", o)));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                serve(&cli.config, config, listener).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `edgewise-agent models ...`: tools on model folders, and the calls that manage a running
+/// agent's models.
+fn models(config_path: &std::path::Path, command: ModelsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModelsCommand::Manage(m) => m.run(),
+        ModelsCommand::Check { models_dir, json } => {
+            let (config, dir) = models_config(config_path, models_dir)?;
             let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
             let results = edgewise_agent::check::check_dir(&dir, rt, config.intra_op_threads)
                 .with_context(|| format!("models directory {}", dir.display()))?;
@@ -192,18 +307,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 },
             )
         }
-        Command::Models {
-            command:
-                ModelsCommand::Import {
-                    gguf,
-                    name,
-                    quant,
-                    models_dir,
-                    tools_dir,
-                    python,
-                },
+        ModelsCommand::Import {
+            gguf,
+            name,
+            quant,
+            models_dir,
+            tools_dir,
+            python,
         } => {
-            let (config, dir) = models_config(&cli.config, models_dir)?;
+            let (config, dir) = models_config(config_path, models_dir)?;
             let converter =
                 edgewise_agent::import::Converter::locate(tools_dir.as_deref(), python.as_deref())?;
             match converter.run(&gguf, &dir, name.as_deref(), &quant) {
@@ -230,43 +342,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(1));
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Call {
-            addr,
-            ca_file,
-            cert_file,
-            key_file,
-            command,
-        } => {
-            let tls = match &ca_file {
-                Some(ca) => Some(edgewise_tls::client_config(
-                    ca,
-                    cert_file.as_deref().zip(key_file.as_deref()),
-                )?),
-                None => None,
-            };
-            let dial = edgewise_agent::call::Dial { addr, tls };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(call(&dial, command))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
-            let config = AgentConfig::load(&cli.config, &env_vars())?;
-            // traces when the config names a collector; logging set up with them
-            edgewise_ops::telemetry::init(config.otlp.as_ref().map(|o| ("edgewise-agent", o)));
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(config.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", config.listen))?;
-                serve(&cli.config, config, listener).await?;
-                anyhow::Ok(())
-            })?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics, read from the models' live figures at each scrape:
 //! requests, errors, refusals, tokens and batches (counters), requests running and queued and
 //! readiness (gauges), request latency and time to first token (histograms), per model; for
-//! generate models also K/V cache bytes and budget, decode steps and the rows they advanced.
+//! generate models also K/V cache bytes and budget, decode steps and the rows they advanced;
+//! residency: loads, evictions and unloads by reason, cold-load time, the memory budget.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -111,6 +112,57 @@ impl Collector for Models {
         )?;
         family(
             &mut encoder,
+            "model_loads",
+            "Loads of the model (at start, on demand, by an operator), by model",
+            &slot_counter(&slots, &|s| s.loads_total.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "model_evictions",
+            "Unloads of the idle model to make room for another, by model",
+            &slot_counter(&slots, &|s| s.evictions_total.load(Ordering::Relaxed)),
+        )?;
+        family(
+            &mut encoder,
+            "model_cold_load_milliseconds",
+            "The model's last measured load time (files, session, smoke run), or an estimate before its first load",
+            &gauge(&|s| i64::from(s.cold_ms.load(Ordering::Relaxed))),
+        )?;
+        family(
+            &mut encoder,
+            "model_budget_bytes",
+            "What the model costs the memory budget when resident (measured resident bytes plus K/V budget)",
+            &gauge(&|s| i64::try_from(s.cost()).unwrap_or(i64::MAX)),
+        )?;
+        let unloads: Vec<(Labels, ConstCounter)> = ["evicted", "idle", "operator"]
+            .iter()
+            .zip(&node.unloads_total)
+            .map(|(why, n)| ([("reason", why.to_string())], ConstCounter::new(load(n))))
+            .collect();
+        family(
+            &mut encoder,
+            "model_unloads",
+            "Models unloaded, by reason: evicted for room, idle past their keep-alive, by an operator",
+            &unloads,
+        )?;
+        let memory = node.memory();
+        for (name, help, value) in [
+            (
+                "memory_budget_bytes",
+                "The memory budget for models (0: none)",
+                memory.budget_bytes,
+            ),
+            (
+                "memory_used_bytes",
+                "What resident and loading models hold of the budget",
+                memory.used_bytes,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        family(
+            &mut encoder,
             "model_resident_bytes",
             "What loading the model added to the agent's resident memory (0 when not loaded)",
             &gauge(&|s| {
@@ -195,6 +247,16 @@ impl Collector for Models {
         )?;
         edgewise_ops::metrics::encode_counts(&mut encoder)
     }
+}
+
+fn slot_counter(
+    slots: &[&Arc<crate::node::ModelSlot>],
+    f: &dyn Fn(&crate::node::ModelSlot) -> u64,
+) -> Vec<(Labels, ConstCounter)> {
+    slots
+        .iter()
+        .map(|s| ([("model", s.name.clone())], ConstCounter::new(f(s))))
+        .collect()
 }
 
 /// A registry with the node's metrics (held weakly: the node owns the registry's server).

@@ -1,12 +1,11 @@
-//! The node: every model slot with its state, limits and live figures.
-//!
-//! Owns model lifecycle (loading → ready | failed) and the snapshot that capacity reports
-//! carry. A failed model stays in the table with its reason; it never stops the others.
+//! The node: every model slot with its state, limits and live figures, and the snapshot
+//! that capacity reports carry. A failed model stays in the table with its reason; it never
+//! stops the others. Residency (load, unload, eviction) is `residency.rs`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgewise_proto as pb;
@@ -14,56 +13,22 @@ use tokio::sync::watch;
 
 use crate::batch::BatchConfig;
 use crate::config::{AgentConfig, Limits};
+use crate::models::Engine;
 use crate::models::manifest::{Manifest, Task, TaskSpec};
-use crate::models::{Engine, LoadedModel};
 use crate::runtime::Runtime;
-use crate::scheduler::{Admission, Batcher, EncoderRun};
+use crate::scheduler::Admission;
+pub use crate::slot::{Lease, ModelSlot, SlotState};
 use crate::stats::ModelStats;
 use crate::store::{Counters, SavedState, Store};
 
-pub enum SlotState {
-    Loading,
-    Ready {
-        model: Arc<LoadedModel>,
-        batcher: Option<Batcher>,
-    },
-    Failed(String),
-}
-
-pub struct ModelSlot {
-    pub name: String,
-    pub folder: PathBuf,
-    /// `None` when the manifest itself failed to load.
-    pub manifest: Option<Manifest>,
-    pub state: RwLock<SlotState>,
-    pub stats: Arc<ModelStats>,
-    pub admission: Admission,
-}
-
-impl ModelSlot {
-    pub fn ready(&self) -> Option<(Arc<LoadedModel>, Option<Batcher>)> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
-            SlotState::Ready { model, batcher } => Some((model.clone(), batcher.clone())),
-            _ => None,
-        }
-    }
-
-    pub fn state_name(&self) -> (&'static str, String) {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
-            SlotState::Loading => ("loading", String::new()),
-            SlotState::Ready { .. } => ("ready", String::new()),
-            SlotState::Failed(r) => ("failed", r.clone()),
-        }
-    }
-
-    fn counters(&self) -> Counters {
-        let s = &self.stats;
-        Counters {
-            requests: s.requests_total.load(Ordering::Relaxed),
-            errors: s.errors_total.load(Ordering::Relaxed),
-            rejected: s.rejected_total.load(Ordering::Relaxed),
-            tokens_generated: s.tokens_generated_total.load(Ordering::Relaxed),
-        }
+/// A slot's lifetime counters, for persisting.
+fn counters(slot: &ModelSlot) -> Counters {
+    let s = &slot.stats;
+    Counters {
+        requests: s.requests_total.load(Ordering::Relaxed),
+        errors: s.errors_total.load(Ordering::Relaxed),
+        rejected: s.rejected_total.load(Ordering::Relaxed),
+        tokens_generated: s.tokens_generated_total.load(Ordering::Relaxed),
     }
 }
 
@@ -91,6 +56,17 @@ pub struct Node {
     pub store: Store,
     /// Mutual TLS (server and client side); `None` in plaintext mode.
     pub tls: Option<Arc<edgewise_tls::Tls>>,
+    pub rt: &'static Runtime,
+    /// Bytes the models may hold (resolved at start); `None`: no budget.
+    pub budget: Option<u64>,
+    /// Held across every load and unload: one at a time, so a model's measured cost is the
+    /// process's growth over its load, and the budget is decided on a settled table.
+    pub(crate) lifecycle: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) epoch: Instant,
+    /// A generate model's K/V budget unless its limits name one.
+    kv_default: u64,
+    /// Models unloaded: evicted for room, idle past their keep-alive, by an operator.
+    pub unloads_total: [std::sync::atomic::AtomicU64; 3],
     draining: AtomicBool,
     /// Bumped on every model state change and on drain, so reports go out at once.
     changes: watch::Sender<u64>,
@@ -106,7 +82,14 @@ impl Node {
         advertise: String,
         id: Option<String>,
         tls: Option<Arc<edgewise_tls::Tls>>,
+        rt: &'static Runtime,
     ) -> Result<Self, String> {
+        let epoch = Instant::now();
+        let hardware = crate::hardware::snapshot();
+        let budget = config
+            .memory
+            .budget
+            .and_then(|b| b.resolve(hardware.memory_available_bytes));
         let id = match id {
             Some(id) => id,
             None => store.node_id().map_err(|e| e.to_string())?,
@@ -138,21 +121,22 @@ impl Node {
                     .tokens_generated_total
                     .store(saved.tokens_generated, Ordering::Relaxed);
             }
-            let state = RwLock::new(match failed {
+            let state = match failed {
                 Some(r) => SlotState::Failed(r),
-                None => SlotState::Loading,
-            });
-            slots.insert(
+                None => SlotState::Available,
+            };
+            let limits = config.limits.get(&name).copied().unwrap_or_default();
+            let slot = ModelSlot::new(
                 name.clone(),
-                Arc::new(ModelSlot {
-                    name,
-                    folder,
-                    manifest,
-                    state,
-                    stats,
-                    admission: Admission::new(c, q),
-                }),
-            );
+                folder,
+                manifest,
+                state,
+                stats,
+                Admission::new(c, q),
+                epoch,
+            )
+            .with_residency(limits.pin, limits.keep_alive.or(config.memory.keep_alive));
+            slots.insert(name, Arc::new(slot));
         };
         for folder in folders {
             let dir_name = folder
@@ -195,17 +179,37 @@ impl Node {
                 Some(format!("no model folder {}", folder.display())),
             );
         }
+        let generate = slots
+            .values()
+            .filter(|s| s.manifest.as_ref().map(Manifest::task) == Some(Task::Generate))
+            .count()
+            .max(1) as u64;
+        // without a reading (not Linux) and no budget, 1 GiB per model
+        let kv_default = match budget.unwrap_or(hardware.memory_available_bytes) {
+            0 => 1 << 30,
+            memory => memory / 4 / generate,
+        };
         let (changes, _) = watch::channel(0);
-        Ok(Self {
+        let node = Self {
             id,
             advertise,
             config,
             slots,
             store,
             tls,
+            rt,
+            budget,
+            lifecycle: Arc::new(tokio::sync::Mutex::new(())),
+            epoch,
+            kv_default,
+            unloads_total: Default::default(),
             draining: AtomicBool::new(false),
             changes,
-        })
+        };
+        for slot in node.slots.values() {
+            node.estimate(slot);
+        }
+        Ok(node)
     }
 
     /// Applies a reloaded config's per-model limits to the running slots; returns what
@@ -238,12 +242,12 @@ impl Node {
         self.changes.subscribe()
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    fn set_state(&self, slot: &ModelSlot, state: SlotState) {
-        *slot.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+    /// Persists and reports the state `slot` was just put in.
+    pub(crate) fn state_changed(&self, slot: &ModelSlot) {
         let (name, reason) = slot.state_name();
         if let Err(e) = self.store.save_model_state(
             &slot.name,
@@ -257,83 +261,16 @@ impl Node {
         self.changed();
     }
 
-    /// Loads one slot (blocking: call from a blocking thread). Returns the smoke latency.
-    pub fn load_slot(&self, slot: &ModelSlot, rt: &Runtime) -> Result<Duration, String> {
-        let Some(manifest) = slot.manifest.clone() else {
-            let (_, reason) = slot.state_name();
-            self.set_state(slot, SlotState::Failed(reason.clone()));
-            return Err(reason);
-        };
-        let batch = self.batch_config(&slot.name);
-        // models load one at a time: the process's growth over the load and the smoke run is
-        // this model's resident cost (the K/V arena is freed again once the smoke ends)
-        let before = crate::hardware::resident_bytes();
-        let loaded = LoadedModel::load(
-            &slot.folder,
-            manifest,
-            rt,
-            self.config.intra_op_threads,
-            batch,
-        )
-        .and_then(|m| m.smoke().map(|t| (m, t)));
-        match loaded {
-            Ok((mut model, smoke)) => {
-                model.resident_bytes = crate::hardware::resident_bytes().saturating_sub(before);
-                tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.latency.as_millis() as u64, resident_mb = model.resident_bytes >> 20, "model ready");
-                // reports carry a measured latency from the start: a model never measured
-                // is not taken to be fast by a gateway with a latency limit
-                slot.stats
-                    .seed_latency(smoke.latency, smoke.time_per_output_token);
-                let model = Arc::new(model);
-                self.install(slot, model);
-                Ok(smoke.latency)
-            }
-            Err(reason) => {
-                tracing::warn!(model = %slot.name, reason = %reason, "model failed to load");
-                self.set_state(slot, SlotState::Failed(reason.clone()));
-                Err(reason)
-            }
-        }
-    }
-
     /// A generate model's batch settings. Its K/V budget is `models.limits.<name>.kv_budget_mb`,
-    /// else a quarter of the memory available now, shared by the node's generate models.
-    fn batch_config(&self, name: &str) -> BatchConfig {
+    /// else a quarter of the memory budget (without one, of the memory available at start),
+    /// shared by the node's generate models.
+    pub(crate) fn batch_config(&self, name: &str) -> BatchConfig {
         let configured = self.config.limits.get(name).and_then(|l| l.kv_budget_bytes);
-        let kv_budget_bytes = configured.unwrap_or_else(|| {
-            let generate = self
-                .slots
-                .values()
-                .filter(|s| s.manifest.as_ref().map(Manifest::task) == Some(Task::Generate))
-                .count()
-                .max(1) as u64;
-            let available = crate::hardware::snapshot().memory_available_bytes;
-            // without a reading (not Linux), 1 GiB per model
-            if available == 0 {
-                1 << 30
-            } else {
-                available / 4 / generate
-            }
-        });
+        let kv_budget_bytes = configured.unwrap_or(self.kv_default);
         BatchConfig {
             kv_budget_bytes,
             prefill_chunk: self.config.prefill_chunk_tokens,
         }
-    }
-
-    fn install(&self, slot: &ModelSlot, model: Arc<LoadedModel>) {
-        let batcher = match &model.engine {
-            Engine::Encoder(_) => {
-                let run: Arc<dyn EncoderRun> = Arc::new(EncoderHandle(model.clone()));
-                Some(Batcher::start(
-                    run,
-                    self.config.batching,
-                    slot.stats.clone(),
-                ))
-            }
-            Engine::Decoder(_) => None,
-        };
-        self.set_state(slot, SlotState::Ready { model, batcher });
     }
 
     pub fn is_draining(&self) -> bool {
@@ -351,7 +288,7 @@ impl Node {
         let all: Vec<(String, Counters)> = self
             .slots
             .values()
-            .map(|s| (s.name.clone(), s.counters()))
+            .map(|s| (s.name.clone(), counters(s)))
             .collect();
         if let Err(e) = self
             .store
@@ -382,18 +319,18 @@ impl Node {
             report_interval_ms: self.config.report_interval.as_millis() as u32,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             draining: self.is_draining(),
+            memory: Some(self.memory()),
         }
     }
 
-    fn model_status(&self, s: &ModelSlot, now: Instant) -> pb::ModelStatus {
+    pub fn model_status(&self, s: &ModelSlot, now: Instant) -> pb::ModelStatus {
         let (state, reason) = s.state_name();
         let st = &s.stats;
         let m = s.manifest.as_ref();
-        let size_bytes = s.ready().map(|(m, _)| m.size_bytes).unwrap_or_else(|| {
-            std::fs::metadata(s.folder.join("model.onnx"))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        });
+        let size_bytes = s
+            .ready()
+            .map(|(m, _)| m.size_bytes)
+            .unwrap_or_else(|| crate::models::file_bytes(&s.folder));
         // (in use, budget, per position) of a loaded generate model
         let kv = s.ready().and_then(|(m, _)| match &m.engine {
             Engine::Decoder(b) => Some((
@@ -412,8 +349,11 @@ impl Node {
                 None => pb::Task::Unspecified,
             } as i32,
             state: match state {
+                "available" => pb::ModelState::Available,
                 "loading" => pb::ModelState::Loading,
                 "ready" => pb::ModelState::Ready,
+                "draining" => pb::ModelState::Draining,
+                "unloaded" => pb::ModelState::Unloaded,
                 _ => pb::ModelState::Failed,
             } as i32,
             reason,
@@ -457,18 +397,58 @@ impl Node {
                     .unwrap_or_default(),
                 _ => String::new(),
             },
+            cold_load_ms: if state == "ready" {
+                0
+            } else {
+                s.cold_ms.load(Ordering::Relaxed)
+            },
+            cold_load_estimated: s.cold_estimated.load(Ordering::Relaxed),
+            budget_bytes: s.cost(),
+            pinned: s.is_pinned(),
+            keep_alive_ms: s.keep_alive.map_or(0, |k| k.as_millis() as u64),
+            unload_in_ms: match (state, s.busy(), s.unload_at()) {
+                ("ready", false, Some(at)) => at.saturating_sub(s.now()).max(1),
+                _ => 0,
+            },
+            loads_total: s.loads_total.load(Ordering::Relaxed),
+            evictions_total: s.evictions_total.load(Ordering::Relaxed),
+            last_used_unix_ms: match s.last_used.load(Ordering::Relaxed) {
+                0 => 0,
+                at => self.epoch_unix_ms() + at,
+            },
         }
     }
-}
 
-/// Lets the batcher run a loaded encoder without knowing about manifests.
-struct EncoderHandle(Arc<LoadedModel>);
+    fn epoch_unix_ms(&self) -> u64 {
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        now_unix.saturating_sub(self.epoch.elapsed().as_millis() as u64)
+    }
 
-impl EncoderRun for EncoderHandle {
-    fn run_batch(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, crate::engine::EngineError> {
-        match &self.0.engine {
-            Engine::Encoder(e) => e.run(batch),
-            Engine::Decoder(_) => Err(crate::engine::EngineError("not an encoder".into())),
+    /// The budget, what the models hold of it, and what cannot be evicted now.
+    pub fn memory(&self) -> pb::MemoryBudget {
+        let (mut used, mut held) = (0, 0);
+        for s in self.slots.values() {
+            let (holds, ready) = {
+                let state = s.read();
+                (
+                    state.holds_memory(),
+                    matches!(&*state, SlotState::Ready { .. }),
+                )
+            };
+            if holds {
+                used += s.cost();
+                if s.is_pinned() || s.busy() || !ready {
+                    held += s.cost();
+                }
+            }
+        }
+        pb::MemoryBudget {
+            budget_bytes: self.budget.unwrap_or(0),
+            used_bytes: used,
+            held_bytes: held,
         }
     }
 }

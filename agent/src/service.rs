@@ -19,8 +19,7 @@ use crate::error::AgentError;
 use crate::generation::Generation;
 use crate::models::manifest::{Task, TaskSpec};
 use crate::models::{Engine, LoadedModel, Turn, tools};
-use crate::node::{ModelSlot, Node};
-use crate::scheduler::Batcher;
+use crate::node::{Lease, Node};
 
 /// Bounds on what one request may ask for.
 pub const MAX_BATCH_TEXTS: usize = 256;
@@ -39,18 +38,20 @@ pub struct Inference {
     pub node: Arc<Node>,
 }
 
-struct Ready {
-    slot: Arc<ModelSlot>,
-    model: Arc<LoadedModel>,
-    batcher: Option<Batcher>,
-}
-
 impl Inference {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
 
-    fn ready(&self, name: &str, wanted: Task, call: &'static str) -> Result<Ready, AgentError> {
+    /// A lease on the named model of the wanted task, loading it if it is not resident.
+    async fn ready(
+        &self,
+        name: &str,
+        wanted: Task,
+        call: &'static str,
+        deadline: Option<Instant>,
+        keep_alive_ms: Option<u64>,
+    ) -> Result<Lease, AgentError> {
         if self.node.is_draining() {
             return Err(AgentError::Draining);
         }
@@ -75,26 +76,13 @@ impl Inference {
                 call,
             });
         }
-        match slot.ready() {
-            Some((model, batcher)) => Ok(Ready {
-                slot,
-                model,
-                batcher,
-            }),
-            None => {
-                let (state, reason) = slot.state_name();
-                let reason = if reason.is_empty() {
-                    "still loading".to_string()
-                } else {
-                    reason
-                };
-                Err(AgentError::NotReady {
-                    model: name.into(),
-                    state,
-                    reason,
-                })
-            }
-        }
+        self.node
+            .acquire(
+                &slot,
+                deadline,
+                keep_alive_ms.map(std::time::Duration::from_millis),
+            )
+            .await
     }
 
     /// Validates and admits a generation; the stream carries text, then the final chunk.
@@ -104,7 +92,15 @@ impl Inference {
         deadline: Option<Instant>,
     ) -> Result<GenerationStream, AgentError> {
         let arrived = Instant::now();
-        let r = self.ready(&req.model, Task::Generate, "Generate")?;
+        let r = self
+            .ready(
+                &req.model,
+                Task::Generate,
+                "Generate",
+                deadline,
+                req.keep_alive_ms,
+            )
+            .await?;
         let (eos, default_max_tokens) = match &r.model.manifest.spec {
             TaskSpec::Generate(g) if req.ignore_eos => (Vec::new(), g.default_max_tokens),
             TaskSpec::Generate(g) => (g.eos_token_ids.clone(), g.default_max_tokens),
@@ -227,8 +223,9 @@ impl Inference {
             });
         }
         let job = Generation {
-            slot: r.slot,
-            model: r.model,
+            slot: r.slot.clone(),
+            model: r.model.clone(),
+            _lease: r,
             prompt_tokens,
             stops: req.stop,
             deadline,
@@ -275,7 +272,13 @@ impl Inference {
         deadline: Option<Instant>,
     ) -> Result<pb::EmbedResponse, AgentError> {
         let (rows, tokens) = self
-            .encode(&req.model, &req.texts, Task::Embed, "Embed", deadline)
+            .encode(
+                &req.model,
+                &req.texts,
+                (Task::Embed, "Embed"),
+                deadline,
+                req.keep_alive_ms,
+            )
             .await?;
         let space = self.space_of(&req.model);
         Ok(pb::EmbedResponse {
@@ -319,7 +322,13 @@ impl Inference {
             _ => Vec::new(),
         };
         let (rows, tokens) = self
-            .encode(&req.model, &req.texts, Task::Classify, "Classify", deadline)
+            .encode(
+                &req.model,
+                &req.texts,
+                (Task::Classify, "Classify"),
+                deadline,
+                req.keep_alive_ms,
+            )
             .await?;
         let results = rows
             .into_iter()
@@ -351,11 +360,10 @@ impl Inference {
         &self,
         model: &str,
         texts: &[String],
-        task: Task,
-        call: &'static str,
+        (task, call): (Task, &'static str),
         deadline: Option<Instant>,
+        keep_alive_ms: Option<u64>,
     ) -> Result<(Vec<Vec<f32>>, u32), AgentError> {
-        let r = self.ready(model, task, call)?;
         if texts.is_empty() {
             return Err(AgentError::InvalidRequest("texts is empty".into()));
         }
@@ -365,6 +373,9 @@ impl Inference {
                 texts.len()
             )));
         }
+        let r = self
+            .ready(model, task, call, deadline, keep_alive_ms)
+            .await?;
         let ids = r.model.encode_batch(texts)?;
         let tokens = ids.iter().map(Vec::len).sum::<usize>() as u32;
         let started = Instant::now();
@@ -374,7 +385,7 @@ impl Inference {
             .enter(model, &r.slot.stats, deadline)
             .instrument(tracing::info_span!("queue.wait", model = %model))
             .await?;
-        let batcher = r.batcher.ok_or_else(|| {
+        let batcher = r.batcher.clone().ok_or_else(|| {
             AgentError::InvalidRequest(format!("model `{model}` is not an encoder"))
         })?;
         let stats = &r.slot.stats;

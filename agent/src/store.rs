@@ -29,6 +29,15 @@ pub struct SavedState {
     pub reason: String,
 }
 
+/// What a model's last load measured: kept so that the budget and the gateways' routing use
+/// it before the model loads again. Valid while the model's files keep their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measured {
+    pub file_bytes: u64,
+    pub resident_bytes: u64,
+    pub cold_load_ms: u32,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -117,6 +126,22 @@ impl Store {
         Ok(())
     }
 
+    pub fn measured(&self, model: &str) -> Result<Option<Measured>, StoreError> {
+        let t = self.tree("measured")?;
+        Ok(t.get(model)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Records a load's measurements (flushed by the store's interval: a lost one is measured
+    /// again at the next load).
+    pub fn save_measured(&self, model: &str, m: &Measured) -> Result<(), StoreError> {
+        let t = self.tree("measured")?;
+        t.insert(model, serde_json::to_vec(m).unwrap_or_default())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
     }
@@ -153,6 +178,14 @@ mod tests {
         };
         let s = Store::open(dir.path())?;
         assert_eq!(s.node_id()?, id);
+        let m = Measured {
+            file_bytes: 10,
+            resident_bytes: 20,
+            cold_load_ms: 30,
+        };
+        s.save_measured("m", &m)?;
+        assert_eq!(s.measured("m")?, Some(m));
+        assert_eq!(s.measured("other")?, None);
         assert_eq!(s.counters("m")?.tokens_generated, 40);
         assert_eq!(
             s.model_state("m")?.map(|m| m.state),

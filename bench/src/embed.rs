@@ -52,6 +52,7 @@ async fn embed(c: &Client, model: &str, text: &str) -> anyhow::Result<u32> {
         .embed(pb::EmbedRequest {
             model: model.into(),
             texts: vec![text.into()],
+            ..Default::default()
         })
         .await?
         .into_inner();

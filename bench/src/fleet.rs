@@ -87,6 +87,7 @@ fn report(node: &str, seq: u64, interval_ms: u64) -> pb::NodeReport {
         report_interval_ms: interval_ms as u32,
         agent_version: "bench".into(),
         draining: false,
+        memory: None,
     }
 }
 

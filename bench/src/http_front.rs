@@ -82,6 +82,7 @@ async fn grpc(gateway: &pb::gateway_client::GatewayClient<tonic::transport::Chan
         request: Some(pb::EmbedRequest {
             model: String::new(),
             texts: vec![TEXT.to_string()],
+            ..Default::default()
         }),
         routing: None,
     });

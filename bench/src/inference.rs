@@ -133,6 +133,7 @@ async fn call(
                 request: Some(pb::ClassifyRequest {
                     model: String::new(),
                     texts: texts.to_vec(),
+                    ..Default::default()
                 }),
                 routing: None,
             });

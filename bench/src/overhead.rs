@@ -167,6 +167,7 @@ async fn call(
     let req = pb::ClassifyRequest {
         model: model.into(),
         texts: texts.to_vec(),
+        ..Default::default()
     };
     let deadline = Duration::from_secs(5);
     if direct {

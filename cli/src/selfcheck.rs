@@ -151,6 +151,7 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                     "What is the capital of France?".into(),
                     "Paris is the capital of France.".into(),
                 ],
+                keep_alive_ms: None,
             }),
             routing: Some(internal.clone()),
         })?)
@@ -183,6 +184,7 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
             request: Some(pb::ClassifyRequest {
                 model: String::new(),
                 texts: vec!["Implement a lock-free hash map and prove it linearizable.".into()],
+                keep_alive_ms: None,
             }),
             routing: Some(internal.clone()),
         })?)

@@ -226,7 +226,7 @@ pub fn limit(c: &mut AgentConfig, model: &str, max_concurrency: u32, max_queue: 
         Limits {
             max_concurrency: Some(max_concurrency),
             max_queue: Some(max_queue),
-            kv_budget_bytes: None,
+            ..Limits::default()
         },
     );
 }

@@ -7,7 +7,8 @@
 //! place: no per-step allocation, no copy of the cache. A step binds only the rows it runs
 //! (a leading slice for a decode step, one row for a prefill chunk), so idle rows cost nothing.
 //!
-//! This is the one module of the agent with `unsafe` code: `ort`'s safe binding API copies a
+//! This is the one module of the agent with `unsafe` code (besides one `malloc_trim` call in
+//! `residency`): `ort`'s safe binding API copies a
 //! borrowed input and refuses a borrowed output, so the views are made with
 //! `TensorRefMut::from_raw` and bound through the C API's `BindInput` / `BindOutput`.
 //! What keeps it sound, by construction:

@@ -101,6 +101,12 @@ pub struct Smoke {
     pub time_per_output_token: Option<Duration>,
 }
 
+/// Bytes of a model folder's graph: `model.onnx` and its external data (0 if missing).
+pub fn file_bytes(dir: &Path) -> u64 {
+    let len = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+    len("model.onnx") + len("model.onnx.data")
+}
+
 impl LoadedModel {
     /// Loads and checks one folder. `Err` is the reason the model is `failed`.
     pub fn load(
@@ -113,10 +119,8 @@ impl LoadedModel {
         let started = Instant::now();
         let onnx = dir.join("model.onnx");
         // a large graph keeps its weights beside it (ONNX external data)
-        let size_bytes = std::fs::metadata(&onnx)
-            .map_err(|e| format!("{}: {e}", onnx.display()))?
-            .len()
-            + std::fs::metadata(dir.join("model.onnx.data")).map_or(0, |m| m.len());
+        std::fs::metadata(&onnx).map_err(|e| format!("{}: {e}", onnx.display()))?;
+        let size_bytes = file_bytes(dir);
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;

@@ -248,6 +248,7 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             tools: chat.tools.clone(),
             tool_choice: chat.tool_choice.clone(),
             parallel_tool_calls: chat.parallel_tool_calls,
+            keep_alive_ms: chat.hints.keep_alive_ms,
         }),
         routing: Some(hints),
     };
@@ -414,6 +415,7 @@ pub async fn embeddings(
     let inner = pb::EmbedRequest {
         model: space,
         texts: e.input,
+        keep_alive_ms: e.hints.keep_alive_ms,
     };
     let (out, decision) = requests::texts(&front.state, caller, Some(inner), Some(hints)).await?;
     let prompt = out.usage.map_or(0, |u| u.prompt_tokens);

@@ -19,6 +19,9 @@ pub struct Hints {
     pub min_quality: Option<f32>,
     pub max_latency_ms: Option<u32>,
     pub route: Option<String>,
+    /// Keep the serving model resident at least this long after the request (bounded by
+    /// the agent), as Ollama's `keep_alive`.
+    pub keep_alive_ms: Option<u64>,
 }
 
 /// One chat message as the model sees it.

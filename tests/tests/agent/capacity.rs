@@ -88,6 +88,7 @@ async fn a_full_queue_is_refused_at_once_and_reports_show_the_load() {
     c.embed(pb::EmbedRequest {
         model: "tiny-embed".into(),
         texts: vec!["hello".into()],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -136,6 +137,7 @@ async fn reports_go_out_at_once_on_drain_and_reconnect_after_the_gateway_returns
         .embed(pb::EmbedRequest {
             model: "tiny-embed".into(),
             texts: vec!["hello".into()],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -69,6 +69,7 @@ async fn concurrent_requests_share_one_onnx_run() {
             c.embed(pb::EmbedRequest {
                 model: "tiny-embed".into(),
                 texts: vec![format!("text {i}")],
+                ..Default::default()
             })
             .await
         }
@@ -83,6 +84,7 @@ async fn concurrent_requests_share_one_onnx_run() {
     let single = c.embed(pb::EmbedRequest {
         model: "tiny-embed".into(),
         texts: vec!["text 3".into()],
+        ..Default::default()
     });
     let (single, _) = futures::future::join(single, async {
         // fill the rest of the batch so the single request is not left waiting for company
@@ -90,6 +92,7 @@ async fn concurrent_requests_share_one_onnx_run() {
         c.embed(pb::EmbedRequest {
             model: "tiny-embed".into(),
             texts: vec!["x".into(); 7],
+            ..Default::default()
         })
         .await
     })
@@ -116,6 +119,7 @@ async fn classify_returns_sorted_probabilities() {
         .classify(pb::ClassifyRequest {
             model: "tiny-classify".into(),
             texts: TEXTS.map(String::from).to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -137,6 +141,7 @@ async fn classify_returns_sorted_probabilities() {
         let e = a.client.embed(pb::EmbedRequest {
             model: "tiny-embed".into(),
             texts: TEXTS.map(String::from).to_vec(),
+            ..Default::default()
         });
         e.await.unwrap().into_inner().usage.unwrap().prompt_tokens
     });
@@ -147,6 +152,7 @@ async fn classify_returns_sorted_probabilities() {
         .embed(pb::EmbedRequest {
             model: "tiny-embed".into(),
             texts: vec![long],
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -115,6 +115,7 @@ async fn broken_models_fail_with_reasons_while_the_others_serve() {
         .embed(pb::EmbedRequest {
             model: "tiny-embed".into(),
             texts: vec!["hello".into()],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -127,6 +128,7 @@ async fn broken_models_fail_with_reasons_while_the_others_serve() {
         .embed(pb::EmbedRequest {
             model: "corrupt".into(),
             texts: vec!["x".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -94,6 +94,7 @@ async fn notifies_systemd_survives_kill_9_and_drains_on_sigterm() {
             .embed(pb::EmbedRequest {
                 model: "tiny-embed".into(),
                 texts: vec!["hello".into()],
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -71,6 +71,7 @@ async fn smollm2_int8_and_q4_answer_and_minilm_models_agree_with_their_sources()
         .embed(pb::EmbedRequest {
             model: "minilm-l6-int8".into(),
             texts: texts.map(String::from).to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -92,6 +93,7 @@ async fn smollm2_int8_and_q4_answer_and_minilm_models_agree_with_their_sources()
                 "What is the capital of France?".into(),
                 "Implement a lock-free concurrent hash map and prove it is linearizable.".into(),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -274,6 +274,7 @@ async fn embeddings_and_anthropic_messages_go_through_their_apis() {
         request: Some(pb::EmbedRequest {
             model: String::new(),
             texts: vec!["one two".into(), "three".into()],
+            ..Default::default()
         }),
         routing: None,
     });

@@ -35,6 +35,7 @@ fn embed(texts: Vec<String>) -> pb::GatewayEmbedRequest {
         request: Some(pb::EmbedRequest {
             model: String::new(),
             texts,
+            ..Default::default()
         }),
         routing: None,
     }
@@ -158,6 +159,7 @@ async fn the_agent_refuses_an_oversized_message_from_its_length_prefix() {
         .classify(pb::ClassifyRequest {
             model: "tiny-classify".into(),
             texts: vec!["y".repeat(20 << 10)],
+            ..Default::default()
         })
         .await;
     refused(
@@ -170,6 +172,7 @@ async fn the_agent_refuses_an_oversized_message_from_its_length_prefix() {
         .classify(pb::ClassifyRequest {
             model: "tiny-classify".into(),
             texts: vec!["fine".into()],
+            ..Default::default()
         })
         .await;
     assert!(ok.is_ok(), "{ok:?}");

@@ -60,6 +60,7 @@ async fn prometheus_scrapes_the_gateway_and_the_agent() {
             request: Some(pb::ClassifyRequest {
                 model: String::new(),
                 texts: vec!["is this hard?".into()],
+                ..Default::default()
             }),
             routing: None,
         });

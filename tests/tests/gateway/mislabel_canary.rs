@@ -342,6 +342,7 @@ async fn send(c: &mut GatewayClient, text: &str, placement: usize) -> Result<(),
                 request: Some(pb::EmbedRequest {
                     model: String::new(),
                     texts: vec!["a harmless sentence".into(), text.into()],
+                    ..Default::default()
                 }),
                 routing: Some(pb::RoutingHints {
                     data_class: "public".into(),

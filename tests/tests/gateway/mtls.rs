@@ -123,6 +123,7 @@ fn classify(route: &str) -> pb::GatewayClassifyRequest {
         request: Some(pb::ClassifyRequest {
             model: String::new(),
             texts: vec!["is this easy?".into()],
+            ..Default::default()
         }),
         routing: Some(pb::RoutingHints {
             route: route.into(),
@@ -251,6 +252,7 @@ async fn nodes_report_and_serve_over_mutual_tls_and_callers_prove_their_tenant()
             .classify(pb::ClassifyRequest {
                 model: "tiny-classify".into(),
                 texts: vec!["x".into()],
+                ..Default::default()
             })
             .await
             .unwrap_err();

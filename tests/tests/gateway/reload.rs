@@ -28,6 +28,7 @@ fn embed_req() -> Request<pb::GatewayEmbedRequest> {
         request: Some(pb::EmbedRequest {
             model: String::new(),
             texts: vec!["hello".into()],
+            ..Default::default()
         }),
         routing: None,
     });

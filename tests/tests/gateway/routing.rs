@@ -175,6 +175,7 @@ async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated()
             request: Some(pb::EmbedRequest {
                 model: String::new(),
                 texts: vec!["hello".into()],
+                ..Default::default()
             }),
             routing: None,
         }))
@@ -224,6 +225,7 @@ async fn routes_to_the_smallest_adequate_model_and_spills_when_it_is_saturated()
             request: Some(pb::ClassifyRequest {
                 model: String::new(),
                 texts: vec!["x".into()],
+                ..Default::default()
             }),
             routing: None,
         }))
@@ -465,6 +467,34 @@ impl pb::agent_server::Agent for StallingAgent {
     ) -> Result<tonic::Response<pb::ClassifyResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("generate only"))
     }
+
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<tonic::Response<pb::ListModelsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
+
+    async fn load_model(
+        &self,
+        _: Request<pb::ModelRequest>,
+    ) -> Result<tonic::Response<pb::ModelStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
+
+    async fn unload_model(
+        &self,
+        _: Request<pb::ModelRequest>,
+    ) -> Result<tonic::Response<pb::ModelStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
+
+    async fn pin_model(
+        &self,
+        _: Request<pb::PinModelRequest>,
+    ) -> Result<tonic::Response<pb::ModelStatus>, tonic::Status> {
+        Err(tonic::Status::unimplemented("generate only"))
+    }
 }
 
 /// A TCP proxy in front of an address; `cut` drops every connection through it at once.
@@ -618,6 +648,7 @@ async fn embeddings_never_mix_vector_spaces() {
             request: Some(pb::EmbedRequest {
                 model: model.into(),
                 texts: vec!["hello".into()],
+                ..Default::default()
             }),
             routing: None,
         })
