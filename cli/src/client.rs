@@ -127,7 +127,11 @@ pub fn render_decision(d: &pb::Decision) -> String {
     let mut out = String::new();
     let target = match &d.target {
         Some(pb::decision::Target::Local(l)) => {
-            format!("local {} on node {} ({})", l.model, l.node_id, l.addr)
+            let cold = match l.cold_load_ms {
+                0 => String::new(),
+                ms => format!(" (cold: +{ms} ms to load)"),
+            };
+            format!("local {} on node {} ({}){cold}", l.model, l.node_id, l.addr)
         }
         Some(pb::decision::Target::External(e)) => {
             format!(
@@ -307,6 +311,17 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
         "LOAD ms"
     );
     for n in &s.nodes {
+        if let Some(mem) = n.memory.filter(|m| m.budget_bytes > 0) {
+            let mib = |b: u64| b as f64 / 1048576.0;
+            println!(
+                "{:<38} memory budget {:.0} MiB: {:.0} used, {:.0} free, {:.0} not evictable now",
+                n.node_id,
+                mib(mem.budget_bytes),
+                mib(mem.used_bytes),
+                mib(mem.budget_bytes.saturating_sub(mem.used_bytes)),
+                mib(mem.held_bytes)
+            );
+        }
         for m in &n.models {
             let task = pb::Task::try_from(m.task)
                 .map(|t| t.as_str_name().trim_start_matches("TASK_").to_lowercase())
@@ -327,12 +342,16 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
             } else {
                 "-".to_string()
             };
-            // what loading the model added to its agent's memory, and how long it took
+            // what loading the model added to its agent's memory, and how long it took; a
+            // model not resident shows what a request would wait for its load
             let (resident, load) = if m.load_ms > 0 {
                 (
                     format!("{:.0}", m.resident_bytes as f64 / 1048576.0),
                     m.load_ms.to_string(),
                 )
+            } else if m.cold_load_ms > 0 {
+                let tilde = if m.cold_load_estimated { "~" } else { "" };
+                ("-".to_string(), format!("cold {tilde}{}", m.cold_load_ms))
             } else {
                 ("-".to_string(), "-".to_string())
             };

@@ -28,6 +28,7 @@ fn model(k: usize, scale: (f32, u64), in_flight: u32, queued: u32) -> ModelView 
         name: format!("model-{k}"),
         task: TASKS[k % TASKS.len()],
         ready: true,
+        cold_ms: 0,
         quality: 0.2 + quality_step * k as f32,
         parameters: parameters_step * (k as u64 + 1),
         size_bytes: parameters_step / 2 * (k as u64 + 1),

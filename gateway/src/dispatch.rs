@@ -55,6 +55,8 @@ pub struct Decided {
     pub external: Option<(Candidate, String)>,
     /// A local target's parameters, from the snapshot the decision was made on.
     pub parameters: u64,
+    /// A local target's wait for its model to load (0: resident), from the same snapshot.
+    pub cold_ms: u32,
     /// What the text scan found, where the route acts on it or reports it.
     pub detections: Vec<pb::Detection>,
 }
@@ -62,6 +64,7 @@ pub struct Decided {
 pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision {
     let excluded = d.excluded.clone();
     let detections = d.detections.clone();
+    let cold_ms = d.cold_ms;
     let d = &d.decision;
     let target = match &d.outcome {
         Ok(Target::Local { node, addr, model }) => {
@@ -69,6 +72,7 @@ pub fn to_proto(d: &Decided, id: &str, retried: &[pb::Excluded]) -> pb::Decision
                 node_id: node.clone(),
                 addr: addr.clone(),
                 model: model.clone(),
+                cold_load_ms: cold_ms,
             }))
         }
         Ok(Target::External {
@@ -205,19 +209,20 @@ fn excluded_for_response(
             reason: l.reason,
         })
         .collect();
-    let parameters = match &d.outcome {
+    let (parameters, cold_ms) = match &d.outcome {
         Ok(Target::Local { node, model, .. }) => inputs
             .fleet
             .node(node)
             .and_then(|n| n.models.iter().find(|m| m.name == *model))
-            .map_or(0, |m| m.parameters),
-        _ => 0,
+            .map_or((0, 0), |m| (m.parameters, m.cold_ms)),
+        _ => (0, 0),
     };
     Decided {
         decision: d.clone(),
         excluded,
         external,
         parameters,
+        cold_ms,
         detections: detections(req, d),
     }
 }

@@ -232,6 +232,7 @@ impl Registry {
                 last_report_ms_ago: now.duration_since(e.seen).as_millis() as u64,
                 hardware: e.report.hardware.clone(),
                 models: e.report.models.clone(),
+                memory: e.report.memory,
             })
             .collect();
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -302,7 +303,8 @@ fn view_of(
                 Some(ModelView {
                     name: m.name.clone(),
                     task: task_of(m.task).ok()?,
-                    ready: m.state == pb::ModelState::Ready as i32,
+                    ready: routable(m.state),
+                    cold_ms: cold_ms(m),
                     quality: m.quality,
                     parameters: m.parameters,
                     size_bytes: m.size_bytes,
@@ -325,6 +327,25 @@ fn view_of(
                 })
             })
             .collect(),
+    }
+}
+
+/// Whether a model may be routed to: resident, or loading or loadable on demand (a draining
+/// or failed one is not).
+fn routable(state: i32) -> bool {
+    use pb::ModelState as S;
+    matches!(
+        S::try_from(state),
+        Ok(S::Ready | S::Loading | S::Available | S::Unloaded)
+    )
+}
+
+/// What a request waits for the model to load: 0 when resident; at least 1 otherwise.
+fn cold_ms(m: &pb::ModelStatus) -> u32 {
+    if m.state == pb::ModelState::Ready as i32 {
+        0
+    } else {
+        m.cold_load_ms.max(1)
     }
 }
 

@@ -61,6 +61,9 @@ struct CaseModel {
     space: Option<String>,
     #[serde(default)]
     dimensions: u32,
+    /// Not resident on the node: its (measured or estimated) cold-load time; 0: resident.
+    #[serde(default)]
+    cold_ms: u32,
 }
 
 fn two() -> u32 {
@@ -125,6 +128,7 @@ fn run_case(path: &Path) -> Result<(), String> {
                         name: m.name.clone(),
                         task: Task::parse(&m.task).unwrap(),
                         ready: true,
+                        cold_ms: m.cold_ms,
                         quality: m.quality,
                         parameters: m.parameters,
                         size_bytes: m.parameters,

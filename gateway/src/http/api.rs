@@ -140,6 +140,11 @@ fn decision_json(d: &pb::Decision) -> Value {
             "count": x.count,
         })).collect::<Vec<_>>(),
         "target": target(d).0,
+        // the serving model was not resident: the wait for its load, in ms
+        "cold_load_ms": match &d.target {
+            Some(pb::decision::Target::Local(l)) => l.cold_load_ms,
+            _ => 0,
+        },
         "excluded": list(&d.excluded),
         "retried": list(&d.retried),
         "space": d.space,

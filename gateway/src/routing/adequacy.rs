@@ -90,13 +90,16 @@ pub(super) fn wanted(
 /// Why a model cannot meet a latency limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Slow<'a> {
+    /// `expected_ms` includes `cold_ms`, the wait for the model to load (0: resident).
     Measured {
         expected_ms: f64,
+        cold_ms: u32,
         limit: u32,
         what: &'static str,
     },
     Estimated {
         estimate_ms: f64,
+        cold_ms: u32,
         from: &'a str,
         limit: u32,
         what: &'static str,
@@ -113,20 +116,24 @@ impl fmt::Display for Slow<'_> {
         match self {
             Slow::Measured {
                 expected_ms,
+                cold_ms,
                 limit,
                 what,
             } => write!(
                 f,
-                "expected latency {expected_ms:.0} ms is over the {limit} ms {what}"
+                "expected latency {expected_ms:.0} ms{} is over the {limit} ms {what}",
+                Cold(*cold_ms)
             ),
             Slow::Estimated {
                 estimate_ms,
+                cold_ms,
                 from,
                 limit,
                 what,
             } => write!(
                 f,
-                "not measured yet; estimated {estimate_ms:.0} ms (from {from} on this node, scaled by size) is over the {limit} ms {what}"
+                "not measured yet; estimated {estimate_ms:.0} ms (from {from} on this node, scaled by size){} is over the {limit} ms {what}",
+                Cold(*cold_ms)
             ),
             Slow::Unknown { task, limit, what } => write!(
                 f,
@@ -136,7 +143,20 @@ impl fmt::Display for Slow<'_> {
     }
 }
 
-/// Why `model` cannot meet a latency limit, if it cannot. A model never measured is not
+/// ` (cold: +N ms to load)` for a model that is not resident; nothing for one that is.
+pub struct Cold(pub u32);
+
+impl fmt::Display for Cold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            ms => write!(f, " (cold: +{ms} ms to load)"),
+        }
+    }
+}
+
+/// Why `model` cannot meet a latency limit, if it cannot. A model that is not resident pays
+/// its load first (`cold_ms`). A model never measured is not
 /// assumed fast: its latency is estimated from the node's closest-sized measured model of the
 /// same task (decode is memory-bound, so time scales with the model's bytes), and without
 /// one it is excluded.
@@ -147,9 +167,13 @@ pub(super) fn too_slow<'a>(
     limit: u32,
     what: &'static str,
 ) -> Option<Slow<'a>> {
+    let cold_ms = model.cold_ms;
+    let cold = f64::from(cold_ms);
     if let Some(expected_ms) = model.expected_latency_ms(req.task, req.max_tokens) {
+        let expected_ms = expected_ms + cold;
         return (expected_ms > f64::from(limit)).then_some(Slow::Measured {
             expected_ms,
+            cold_ms,
             limit,
             what,
         });
@@ -162,9 +186,10 @@ pub(super) fn too_slow<'a>(
         .min_by_key(|(m, _)| m.size_bytes.abs_diff(model.size_bytes));
     match reference {
         Some((r, ms)) => {
-            let estimate_ms = ms * model.size_bytes as f64 / r.size_bytes as f64;
+            let estimate_ms = ms * model.size_bytes as f64 / r.size_bytes as f64 + cold;
             (estimate_ms > f64::from(limit)).then_some(Slow::Estimated {
                 estimate_ms,
+                cold_ms,
                 from: &r.name,
                 limit,
                 what,

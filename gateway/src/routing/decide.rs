@@ -385,7 +385,8 @@ enum Pick {
 /// find two free slots, so a large rung is not walked.
 const DRAWS: usize = 8;
 
-/// Power of two choices among the rung's free slots: two at random, the less loaded wins.
+/// Power of two choices among the rung's free slots: two at random, the less loaded wins
+/// (resident slots only, when the rung has one: a cold slot pays a load first).
 /// Two are drawn by rejection (uniform over the free slots, like drawing from their list);
 /// when draws keep missing, the rung is scanned.
 fn pick(
@@ -396,8 +397,10 @@ fn pick(
 ) -> Pick {
     let slots = &rung.slots;
     let free = |s: Slot| fit(s) && fleet.at(s).1.has_free_slot();
+    // a resident model over a cold one; then the less loaded
     let better = |a: Slot, b: Slot| {
-        if fleet.at(b).1.load() < fleet.at(a).1.load() {
+        let (ma, mb) = (fleet.at(a).1, fleet.at(b).1);
+        if (mb.cold_ms == 0, -mb.load()) > (ma.cold_ms == 0, -ma.load()) {
             b
         } else {
             a
@@ -420,7 +423,11 @@ fn pick(
             }
         }
     }
-    let pool: Vec<Slot> = slots.iter().copied().filter(|&s| free(s)).collect();
+    let mut pool: Vec<Slot> = slots.iter().copied().filter(|&s| free(s)).collect();
+    // where the model is resident somewhere, a node that would have to load it is not drawn
+    if pool.iter().any(|&s| fleet.at(s).1.cold_ms == 0) {
+        pool.retain(|&s| fleet.at(s).1.cold_ms == 0);
+    }
     match pool.len() {
         0 if slots.iter().any(|&s| fit(s)) => Pick::Full,
         0 => Pick::Unfit,

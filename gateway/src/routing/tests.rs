@@ -337,6 +337,12 @@ fn arb_model() -> impl Strategy<Value = ModelView> {
                 name: format!("m{params}"),
                 task,
                 ready,
+                // a third of the models not resident (their load takes up to a second)
+                cold_ms: if params % 3 == 0 {
+                    (params % 1000) as u32 + 1
+                } else {
+                    0
+                },
                 quality: f32::from(q) / 10.0,
                 parameters: params,
                 size_bytes: params * 2,

@@ -273,7 +273,11 @@ pub struct ProviderView {
 pub struct ModelView {
     pub name: String,
     pub task: Task,
+    /// Resident, or loadable on demand (`cold_ms` > 0).
     pub ready: bool,
+    /// Not resident: what a request waits for its load (the agent's measurement or
+    /// estimate); 0 when resident.
+    pub cold_ms: u32,
     pub quality: f32,
     pub parameters: u64,
     pub size_bytes: u64,
@@ -312,6 +316,7 @@ impl ModelView {
             name: name.into(),
             task,
             ready: true,
+            cold_ms: 0,
             quality: 0.5,
             parameters,
             size_bytes: parameters,
