@@ -6,11 +6,34 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// `memory_budget` as written: a byte count, or text (`"6 GiB"`, `"512MiB"`, `"2GB"`, `"60%"`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawSize {
     Bytes(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl serde::de::Visitor<'_> for Size {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: bytes (6442450944), text with a unit (\"6 GiB\") or a share of available memory (\"60%\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                u64::try_from(v)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::custom(format!("{v} must be more than 0")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Size)
+    }
 }
 
 /// A budget as configured.
@@ -166,7 +189,9 @@ pub fn parse_size(raw: &RawSize) -> Result<Budget, String> {
 /// Bytes for people: "1.5 GiB", "845 MiB".
 pub fn show(bytes: u64) -> String {
     let b = bytes as f64;
-    if bytes >= 1 << 30 {
+    if bytes >= 1 << 40 {
+        format!("{:.1} TiB", b / (1u64 << 40) as f64)
+    } else if bytes >= 1 << 30 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)
     } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", b / (1u64 << 20) as f64)

@@ -442,6 +442,53 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_memory_budget_is_refused_with_its_position() {
+        for (budget, says) in [
+            (
+                "\"lots\"",
+                "agent.toml:2:17: models.memory_budget: `lots` is not a size",
+            ),
+            (
+                "0",
+                "agent.toml:2:17: models.memory_budget: must be more than 0",
+            ),
+            (
+                "\"64 TiB\"",
+                "agent.toml:2:17: models.memory_budget: 64.0 TiB is more than this machine's memory",
+            ),
+            (
+                "\"0%\"",
+                "agent.toml:2:17: models.memory_budget: 0% must be more than 0%",
+            ),
+            ("-5", "agent.toml:2:17: -5 must be more than 0"),
+            (
+                "true",
+                "agent.toml:2:17: invalid type: boolean `true`, expected a size",
+            ),
+        ] {
+            let err = load(
+                &format!("[models]\nmemory_budget = {budget}\n[tls]\nplaintext = true\n"),
+                &[],
+            )
+            .err()
+            .unwrap_or_default();
+            assert!(err.starts_with(says), "{budget}: {err}");
+        }
+        let cfg = load(
+            "[models]\nmemory_budget = \"2 GiB\"\n[models.limits.m]\npin = true\nkeep_alive_ms = 1000\n[tls]\nplaintext = true\n",
+            &[],
+        );
+        let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.memory.budget,
+            Some(crate::budget::Budget::Bytes(2 << 30))
+        );
+        let m = cfg.limits.get("m").copied().unwrap_or_default();
+        assert!(m.pin);
+        assert_eq!(m.keep_alive, Some(Duration::from_millis(1000)));
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_point_at_the_file() {
         let err = load("[runtime]\nintra_op_thread = 2\n", &[])
             .err()

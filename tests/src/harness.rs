@@ -30,6 +30,33 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures/models")
 }
 
+/// The real models from `make models` (`models/`), or `None` (the test skips) when they
+/// are missing — except under `make test`, which sets EDGEWISE_TEST_REAL_MODELS=required.
+pub fn real_models() -> Option<PathBuf> {
+    let dir = repo_root().join("models");
+    if dir.join("smollm2-135m-int8/model.onnx").exists() {
+        return Some(dir);
+    }
+    assert_ne!(
+        std::env::var("EDGEWISE_TEST_REAL_MODELS").as_deref(),
+        Ok("required"),
+        "models/ is missing: run `make models`"
+    );
+    eprintln!("skipping: models/ is missing (run `make models`)");
+    None
+}
+
+/// A process's resident memory (VmRSS) in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A models directory holding copies of the named fixture folders.
 pub fn models_dir(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -352,7 +379,9 @@ pub struct Notify {
 }
 
 impl Notify {
+    /// Binds `path`, replacing the socket of an earlier run of the same daemon.
     pub fn bind(path: &Path) -> Self {
+        let _ = std::fs::remove_file(path);
         let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();

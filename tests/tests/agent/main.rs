@@ -9,3 +9,4 @@ mod generate;
 mod models_import;
 mod process;
 mod real_models;
+mod residency;

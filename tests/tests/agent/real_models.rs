@@ -6,20 +6,6 @@ use edgewise_tests::harness as common;
 use common::*;
 use edgewise_proto as pb;
 
-fn real_models() -> Option<std::path::PathBuf> {
-    let dir = repo_root().join("models");
-    if dir.join("smollm2-135m-int8/model.onnx").exists() {
-        return Some(dir);
-    }
-    assert_ne!(
-        std::env::var("EDGEWISE_TEST_REAL_MODELS").as_deref(),
-        Ok("required"),
-        "models/ is missing: run `make models`"
-    );
-    eprintln!("skipping: models/ is missing (run `make models`)");
-    None
-}
-
 fn france(model: &str, max_tokens: u32) -> pb::GenerateRequest {
     chat(model, "What is the capital of France?", max_tokens)
 }
