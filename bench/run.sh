@@ -313,21 +313,81 @@ lifecycle() {
   for m in smollm2-135m-q4 smollm2-135m-int8 qwen2.5-coder-0.5b-q4 qwen2.5-coder-1.5b-q4 minilm-l6-int8; do
     [ -f "models/$m/model.onnx" ] || continue
     rm -rf "$dir/one"; mkdir -p "$dir/one"; ln -s "$PWD/models/$m" "$dir/one/$m"
-    # run 0 reads the files into the page cache; runs 1-3 are measured
-    for run in 0 1 2 3; do
+    # run 0 reads the files into the page cache; runs 1-3 are measured, from the source and
+    # from a mapped copy (written by run w, as an agent writes it at its first load), interleaved
+    rm -rf "$dir/mapped"
+    "$BIN/edgewise-agent" models check --models-dir "$dir/one" --json > "$dir/$m-0.json" 2>/dev/null
+    "$BIN/edgewise-agent" models check --models-dir "$dir/one" --mapped-dir "$dir/mapped" --json > "$dir/$m-w.json" 2>/dev/null
+    for run in 1 2 3; do
       "$BIN/edgewise-agent" models check --models-dir "$dir/one" --json > "$dir/$m-$run.json" 2>/dev/null
+      "$BIN/edgewise-agent" models check --models-dir "$dir/one" --mapped-dir "$dir/mapped" --json > "$dir/$m-m$run.json" 2>/dev/null
     done
     python3 - "$m" "$dir" >> "$OUT/lifecycle.jsonl" <<'PY'
 import json, statistics, sys
 m, d = sys.argv[1], sys.argv[2]
 runs = [json.load(open(f"{d}/{m}-{i}.json"))[0] for i in (1, 2, 3)]
-assert all(r["state"] == "ready" for r in runs), runs
-med = lambda k: statistics.median(r[k] for r in runs)
-print(json.dumps({"bench": "lifecycle", "model": m, "runs": 3, "load_ms": med("load_ms"), "smoke_ms": med("smoke_ms"),
-                  "size_bytes": runs[0]["size_bytes"], "resident_bytes": med("resident_bytes")}))
+mapped = [json.load(open(f"{d}/{m}-m{i}.json"))[0] for i in (1, 2, 3)]
+write = json.load(open(f"{d}/{m}-w.json"))[0]
+assert all(r["state"] == "ready" for r in runs + mapped + [write]), runs + mapped
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+print(json.dumps({"bench": "lifecycle", "model": m, "runs": 3, "size_bytes": runs[0]["size_bytes"],
+                  "source": {"load_ms": med(runs, "load_ms"), "smoke_ms": med(runs, "smoke_ms"), "resident_bytes": med(runs, "resident_bytes")},
+                  "mapped": {"load_ms": med(mapped, "load_ms"), "smoke_ms": med(mapped, "smoke_ms"), "resident_bytes": med(mapped, "resident_bytes")},
+                  "writing_copy_load_ms": write["load_ms"],
+                  "mapped_over_source_load": med(mapped, "load_ms") / med(runs, "load_ms")}))
 PY
     tail -1 "$OUT/lifecycle.jsonl"
   done
+  residency
+}
+
+# An agent under a budget for two of three models: first token after an unload against
+# resident, then callers cycling over the three for CHURN_SECS (default 120).
+residency() {
+  local dir=$OUT/residency pid
+  rm -rf "$dir"; mkdir -p "$dir"
+  cat > "$dir/agent.toml" <<TOML
+[server]
+listen = "127.0.0.1:7520"
+[tls]
+plaintext = true
+[models]
+dir = "$PWD/models"
+include = ["paraphrase-minilm-l3", "smollm2-135m-int8", "smollm2-135m-q4"]
+[models.limits.smollm2-135m-int8]
+kv_budget_mb = 64
+[models.limits.smollm2-135m-q4]
+kv_budget_mb = 64
+[runtime]
+intra_op_threads = $THREADS
+[state]
+dir = "state"
+TOML
+  # first without a budget: each model's cost measured, kept in the state store
+  "$BIN/edgewise-agent" --config "$dir/agent.toml" run 2>"$dir/agent-measure.log" & pid=$!; pids+=("$pid")
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7520 wait-ready --timeout-secs 120 >/dev/null
+  echo "== residency: first token after an unload against resident (smollm2-135m-q4, then qwen2.5-coder-0.5b-q4 alone)"
+  "$BIN/edgewise-bench" cold-start --agent http://127.0.0.1:7520 --model smollm2-135m-q4 | tee -a "$OUT/lifecycle.jsonl"
+  local costs
+  costs=$("$BIN/edgewise-agent" models list --addr http://127.0.0.1:7520 | awk 'NR>1 && $3 ~ /^[0-9]+$/ {print $3}' | sort -n | tr '\n' ' ')
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  # the budget: the two larger costs and half the smaller (two fit, three do not)
+  local budget
+  budget=$(echo "$costs" | awk '{printf "%d", ($2 + $3 + $1 / 2) * 1048576}')
+  sed -i "s|^\[models\]$|[models]\nmemory_budget = $budget|" "$dir/agent.toml"
+  "$BIN/edgewise-agent" --config "$dir/agent.toml" run 2>"$dir/agent-churn.log" & pid=$!; pids+=("$pid")
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7520 wait-ready --timeout-secs 120 >/dev/null
+  echo "== residency: churn for ${CHURN_SECS:-120} s, 3 callers over 3 models, budget for two ($(($budget >> 20)) MiB)"
+  "$BIN/edgewise-bench" churn --agent http://127.0.0.1:7520 --pid "$pid" --secs "${CHURN_SECS:-120}" \
+    --models paraphrase-minilm-l3 smollm2-135m-int8 smollm2-135m-q4 | tee -a "$OUT/lifecycle.jsonl"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  if [ -f models/qwen2.5-coder-0.5b-q4/model.onnx ]; then
+    sed -i 's|^include = .*|include = ["qwen2.5-coder-0.5b-q4"]|; /^memory_budget/d' "$dir/agent.toml"
+    "$BIN/edgewise-agent" --config "$dir/agent.toml" run 2>"$dir/agent-qwen.log" & pid=$!; pids+=("$pid")
+    "$BIN/edgewise-agent" call --addr http://127.0.0.1:7520 wait-ready --timeout-secs 120 >/dev/null
+    "$BIN/edgewise-bench" cold-start --agent http://127.0.0.1:7520 --model qwen2.5-coder-0.5b-q4 | tee -a "$OUT/lifecycle.jsonl"
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  fi
 }
 
 routing() {

@@ -49,20 +49,27 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Checks every model folder under `dir`; never stops at a failure.
+/// `mapped`: load from mapped copies kept there (written by the first check), as agents do.
 pub fn check_dir(
     dir: &Path,
     rt: &Runtime,
     intra_threads: usize,
+    mapped: Option<&Path>,
 ) -> std::io::Result<Vec<CheckResult>> {
     let (folders, _) = discover(dir, &[])?;
     Ok(folders
         .iter()
-        .map(|f| check_folder(f, rt, intra_threads))
+        .map(|f| check_folder(f, rt, intra_threads, mapped))
         .collect())
 }
 
 /// Loads one model folder and runs its smoke inference.
-pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckResult {
+pub fn check_folder(
+    folder: &Path,
+    rt: &Runtime,
+    intra_threads: usize,
+    mapped: Option<&Path>,
+) -> CheckResult {
     let folder_name = folder
         .file_name()
         .and_then(|n| n.to_str())
@@ -92,7 +99,14 @@ pub fn check_folder(folder: &Path, rt: &Runtime, intra_threads: usize) -> CheckR
     r.quantization = manifest.quantization.clone();
     // a check holds one short sequence at a time: the small default budget is plenty
     let before = crate::hardware::resident_bytes();
-    match LoadedModel::load(folder, manifest, rt, intra_threads, BatchConfig::default()) {
+    match LoadedModel::load(
+        folder,
+        manifest,
+        rt,
+        intra_threads,
+        BatchConfig::default(),
+        mapped,
+    ) {
         Err(e) => r.reason = e,
         Ok(m) => {
             r.load_ms = ms(m.load_time);

@@ -93,6 +93,9 @@ pub struct RawRuntime {
     pub intra_op_threads: Option<u32>,
     /// Most prompt tokens a generate model prefills between two decode steps.
     pub prefill_chunk_tokens: Option<u32>,
+    /// Keep each model's optimized graph with its prepacked weights under the state
+    /// directory (`mapped/`) and load from it: faster loads, weights in reclaimable pages.
+    pub mapped_copies: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +129,8 @@ pub struct AgentConfig {
     pub onnxruntime_library: Option<PathBuf>,
     pub intra_op_threads: usize,
     pub prefill_chunk_tokens: usize,
+    /// Load models from mapped copies under `state_dir/mapped` (written on first load).
+    pub mapped_copies: bool,
     pub gateways: Vec<String>,
     pub report_interval: Duration,
     pub state_dir: PathBuf,
@@ -184,6 +189,7 @@ impl AgentConfig {
             onnxruntime_library: None,
             intra_op_threads: default_threads(),
             prefill_chunk_tokens: 128,
+            mapped_copies: true,
             gateways: Vec::new(),
             report_interval: Duration::from_secs(1),
             state_dir: PathBuf::from("build/state/agent"),
@@ -363,6 +369,9 @@ fn validate(
         None | Some(0) => {}
         Some(n) if n > 256 => problem("runtime.intra_op_threads", format!("{n} is more than 256")),
         Some(n) => cfg.intra_op_threads = n as usize,
+    }
+    if let Some(m) = raw.runtime.mapped_copies {
+        cfg.mapped_copies = m;
     }
     match raw.runtime.prefill_chunk_tokens {
         None => {}

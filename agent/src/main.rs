@@ -153,6 +153,10 @@ enum ModelsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Load from mapped copies kept in this directory (written by the first check), as
+        /// the agent loads from `state.dir/mapped`.
+        #[arg(long)]
+        mapped_dir: Option<PathBuf>,
     },
     /// Turn a llama or qwen2 GGUF file (as used with llama.cpp or Ollama) into a model folder:
     /// fused ONNX decoder, tokenizer, manifest (chat template and EOS from the file). Runs the
@@ -282,11 +286,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
 fn models(config_path: &std::path::Path, command: ModelsCommand) -> anyhow::Result<ExitCode> {
     match command {
         ModelsCommand::Manage(m) => m.run(),
-        ModelsCommand::Check { models_dir, json } => {
+        ModelsCommand::Check {
+            models_dir,
+            json,
+            mapped_dir,
+        } => {
             let (config, dir) = models_config(config_path, models_dir)?;
             let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
-            let results = edgewise_agent::check::check_dir(&dir, rt, config.intra_op_threads)
-                .with_context(|| format!("models directory {}", dir.display()))?;
+            let results = edgewise_agent::check::check_dir(
+                &dir,
+                rt,
+                config.intra_op_threads,
+                mapped_dir.as_deref(),
+            )
+            .with_context(|| format!("models directory {}", dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
@@ -326,7 +339,7 @@ fn models(config_path: &std::path::Path, command: ModelsCommand) -> anyhow::Resu
             let name = name.unwrap_or_else(|| edgewise_agent::import::default_name(&gguf, &quant));
             let folder = dir.join(&name);
             let rt = edgewise_agent::runtime::init(config.onnxruntime_library.as_deref())?;
-            let r = edgewise_agent::check::check_folder(&folder, rt, config.intra_op_threads);
+            let r = edgewise_agent::check::check_folder(&folder, rt, config.intra_op_threads, None);
             print!(
                 "{}",
                 edgewise_agent::check::render_table(std::slice::from_ref(&r))

@@ -234,6 +234,10 @@ impl Node {
             self.rt,
             self.config.intra_op_threads,
             self.batch_config(&slot.name),
+            self.config
+                .mapped_copies
+                .then(|| self.config.state_dir.join("mapped"))
+                .as_deref(),
         )?;
         let smoke = model.smoke()?;
         model.resident_bytes = crate::hardware::resident_bytes().saturating_sub(before);

@@ -30,7 +30,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let rt = edgewise_agent::runtime::init(None)?;
-    let session = open_session(rt, &a.model.join("model.onnx"), a.threads)?;
+    let session = open_session(rt, &a.model.join("model.onnx"), a.threads, None)?;
     let mut d = Decoder::new(session)?;
     let name = a
         .model

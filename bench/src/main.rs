@@ -17,6 +17,8 @@
 //! - `prefill-stall`: inter-token gaps of running streams while a long prompt arrives.
 //! - `bandwidth`: memory copy bandwidth, the decode roofline's numerator.
 //! - `fleet`: simulated agents streaming reports into one gateway.
+//! - `cold-start`, `churn`: a request that must load its model against one on a resident
+//!   model; callers cycling over three models under a budget for two.
 
 mod bandwidth;
 mod batch_step;
@@ -28,6 +30,7 @@ mod generate;
 mod http_front;
 mod inference;
 mod overhead;
+mod residency;
 mod stats;
 mod structured;
 
@@ -66,6 +69,10 @@ enum Command {
     Bandwidth(bandwidth::Args),
     /// Simulated agents reporting into one gateway.
     Fleet(fleet::Args),
+    /// First token with the model resident against right after an unload.
+    ColdStart(residency::ColdArgs),
+    /// Callers cycling over models under a memory budget.
+    Churn(residency::ChurnArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +96,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bandwidth(a) => tokio::task::spawn_blocking(move || bandwidth::run(a)).await?,
             Command::Fleet(a) => fleet::run(a).await,
+            Command::ColdStart(a) => residency::cold_start(a).await,
+            Command::Churn(a) => residency::churn(a).await,
         }
     })
 }

@@ -239,6 +239,8 @@ pub fn config(models: &Path, gateway: Option<&FakeGateway>) -> (AgentConfig, tem
     let mut c = AgentConfig::for_models_dir(models.to_path_buf());
     c.state_dir = state.path().to_path_buf();
     c.intra_op_threads = 1;
+    // tests that want mapped copies turn them on (each state directory writes its own)
+    c.mapped_copies = false;
     c.report_interval = Duration::from_millis(100);
     c.drain_timeout = Duration::from_secs(5);
     if let Some(g) = gateway {

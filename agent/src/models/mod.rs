@@ -115,6 +115,7 @@ impl LoadedModel {
         rt: &Runtime,
         intra_threads: usize,
         batch: BatchConfig,
+        mapped: Option<&Path>,
     ) -> Result<Self, String> {
         let started = Instant::now();
         let onnx = dir.join("model.onnx");
@@ -124,7 +125,7 @@ impl LoadedModel {
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             Tokenizer::from_file(&tok_path).map_err(|e| format!("{}: {e}", tok_path.display()))?;
-        let session = open_session(rt, &onnx, intra_threads)
+        let session = open_session(rt, &onnx, intra_threads, mapped)
             .map_err(|e| format!("{}: {e}", onnx.display()))?;
         let engine = match &manifest.spec {
             TaskSpec::Generate(g) => {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 fn decoder(name: &str) -> Decoder {
     let rt = edgewise_agent::runtime::init(None).unwrap();
-    let session = open_session(rt, &fixtures().join(name).join("model.onnx"), 1).unwrap();
+    let session = open_session(rt, &fixtures().join(name).join("model.onnx"), 1, None).unwrap();
     Decoder::new(session).unwrap()
 }
 

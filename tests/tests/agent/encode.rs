@@ -26,6 +26,7 @@ fn a_padded_batch_equals_single_runs_fp32() {
         rt,
         1,
         edgewise_agent::batch::BatchConfig::default(),
+        None,
     )
     .unwrap();
     let Engine::Encoder(e) = &m.engine else {

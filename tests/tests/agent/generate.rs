@@ -19,13 +19,13 @@ fn load(name: &str) -> LoadedModel {
     let rt = edgewise_agent::runtime::init(None).unwrap();
     let dir = fixtures().join(name);
     let m = Manifest::load(&dir.join("model.toml")).unwrap();
-    LoadedModel::load(&dir, m, rt, 1, BatchConfig::default()).unwrap()
+    LoadedModel::load(&dir, m, rt, 1, BatchConfig::default(), None).unwrap()
 }
 
 /// Greedy tokens straight from the decoder (no batch loop, no server).
 fn greedy(name: &str, prompt: &[u32], n: usize) -> Vec<u32> {
     let rt = edgewise_agent::runtime::init(None).unwrap();
-    let session = open_session(rt, &fixtures().join(name).join("model.onnx"), 1).unwrap();
+    let session = open_session(rt, &fixtures().join(name).join("model.onnx"), 1, None).unwrap();
     let mut d = Decoder::new(session).unwrap();
     let mut arena = KvArena::new(d.geometry, 1, prompt.len() + n);
     let mut t = argmax(d.prefill(&mut arena, 0, 0, prompt).unwrap());
