@@ -75,7 +75,7 @@ miri:
 
 ONCE ?= 0
 up: onnxruntime models release
-	@ONCE=$(ONCE) bash deploy/dev/up.sh
+	@ONCE=$(ONCE) LADDER=$(LADDER) bash deploy/dev/up.sh
 
 # Each part alone: bench/run.sh decide | ledger | dataclass | overhead | embed | generate | batching | fleet | footprint
 bench: onnxruntime models release

@@ -25,14 +25,23 @@ use crate::slot::{Lease, ModelSlot, SlotState};
 use crate::store::Measured;
 
 /// A model never loaded here is estimated to take this many times its file size in memory
-/// (Qwen2.5 0.5B 4-bit measured 845 MB resident for a 520 MB file; see BENCHMARKS.md).
+/// (its first load holds the prepacked weights on the heap: Qwen2.5 0.5B 4-bit measured
+/// 990 MB for a 520 MB file; loads from its mapped copy then measure 583 MB).
 const RESIDENT_PER_FILE_BYTE: f64 = 1.7;
-/// …and to load at this rate (the same model: 1.7 s for 520 MB with the file in the page
-/// cache).
-const LOAD_BYTES_PER_MS: u64 = 300_000;
+/// Load rates for estimates, file in the page cache (BENCHMARKS.md, "Model lifecycle"): from
+/// the source (Qwen2.5 0.5B: 1.7 s for 520 MB), writing the mapped copy on a first load
+/// (7.7 s), and mapping the copy (0.94 s with the smoke run).
+const SOURCE_BYTES_PER_MS: u64 = 300_000;
+const WRITING_BYTES_PER_MS: u64 = 70_000;
+const MAPPED_BYTES_PER_MS: u64 = 550_000;
 /// How long an unload waits for the last holder of a model to let go before leaving it to
 /// be freed by that holder.
 const FREE_WAIT: Duration = Duration::from_secs(10);
+
+/// A load time estimated from the file size at `rate` bytes per ms.
+fn estimated_load_ms(file_bytes: u64, rate: u64) -> u32 {
+    (file_bytes / rate).clamp(1, u64::from(u32::MAX)) as u32
+}
 
 /// Why a model left memory (metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +75,15 @@ impl Node {
             Some(m) if m.file_bytes == file => (m.resident_bytes, m.cold_load_ms, false),
             _ => (
                 (file as f64 * RESIDENT_PER_FILE_BYTE) as u64,
-                (file / LOAD_BYTES_PER_MS).max(1) as u32,
+                // with mapped copies on, a first load writes one
+                estimated_load_ms(
+                    file,
+                    if self.config.mapped_copies {
+                        WRITING_BYTES_PER_MS
+                    } else {
+                        SOURCE_BYTES_PER_MS
+                    },
+                ),
                 true,
             ),
         };
@@ -169,8 +186,19 @@ impl Node {
             .await
             .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
         match loaded {
-            Ok(model) => {
-                let cold_ms = started.elapsed().as_millis().clamp(1, u32::MAX as u128) as u32;
+            Ok((model, wrote_copy)) => {
+                let measured_ms = started.elapsed().as_millis().clamp(1, u32::MAX as u128) as u32;
+                // a load that wrote the mapped copy is no guide to the next ones, which map
+                // it: until one of those is measured, the estimate from the file size stands
+                let cold_ms = if wrote_copy {
+                    let previous = self.store.measured(&slot.name).ok().flatten();
+                    match previous {
+                        Some(m) if m.file_bytes == model.size_bytes => m.cold_load_ms,
+                        _ => estimated_load_ms(model.size_bytes, MAPPED_BYTES_PER_MS),
+                    }
+                } else {
+                    measured_ms
+                };
                 let resident = self.settled_cost(slot, &model);
                 let measured = Measured {
                     file_bytes: model.size_bytes,
@@ -183,7 +211,7 @@ impl Node {
                 slot.cost
                     .store(resident + self.kv_cost(slot), Ordering::Relaxed);
                 slot.cold_ms.store(cold_ms, Ordering::Relaxed);
-                slot.cold_estimated.store(false, Ordering::Relaxed);
+                slot.cold_estimated.store(wrote_copy, Ordering::Relaxed);
                 slot.loads_total.fetch_add(1, Ordering::Relaxed);
                 slot.last_used.store(slot.now(), Ordering::Relaxed);
                 self.install(slot, Arc::new(model));
@@ -223,10 +251,21 @@ impl Node {
 
     /// Reads the files, creates the session, runs the smoke inference, and measures what
     /// that added to the process's resident memory (loads run one at a time).
-    fn load_blocking(&self, slot: &ModelSlot) -> Result<LoadedModel, String> {
+    /// Also says whether the load wrote the model's mapped copy.
+    fn load_blocking(&self, slot: &ModelSlot) -> Result<(LoadedModel, bool), String> {
         let Some(manifest) = slot.manifest.clone() else {
             return Err(slot.state_name().1);
         };
+        let mapped = self
+            .config
+            .mapped_copies
+            .then(|| self.config.state_dir.join("mapped"));
+        let copy = mapped.as_deref().map(|root| {
+            crate::engine::mapped::copy_dir(root, &slot.folder.join("model.onnx"), &self.rt.library)
+        });
+        let had_copy = copy
+            .as_deref()
+            .is_some_and(|c| crate::engine::mapped::existing(c).is_some());
         let before = crate::hardware::resident_bytes();
         let mut model = LoadedModel::load(
             &slot.folder,
@@ -234,11 +273,12 @@ impl Node {
             self.rt,
             self.config.intra_op_threads,
             self.batch_config(&slot.name),
-            self.config
-                .mapped_copies
-                .then(|| self.config.state_dir.join("mapped"))
-                .as_deref(),
+            mapped.as_deref(),
         )?;
+        let wrote_copy = !had_copy
+            && copy
+                .as_deref()
+                .is_some_and(|c| crate::engine::mapped::existing(c).is_some());
         let smoke = model.smoke()?;
         model.resident_bytes = crate::hardware::resident_bytes().saturating_sub(before);
         tracing::info!(model = %slot.name, load_ms = model.load_time.as_millis() as u64, smoke_ms = smoke.latency.as_millis() as u64, resident_mb = model.resident_bytes >> 20, "model ready");
@@ -246,7 +286,7 @@ impl Node {
         // taken to be fast by a gateway with a latency limit
         slot.stats
             .seed_latency(smoke.latency, smoke.time_per_output_token);
-        Ok(model)
+        Ok((model, wrote_copy))
     }
 
     fn install(&self, slot: &ModelSlot, model: Arc<LoadedModel>) {

@@ -1,7 +1,9 @@
 //! `edgewise selfcheck`: routes a handful of real requests through a running gateway and
 //! prints what happened to each as a table — an embed, a classify, a generation, a request that
 //! spills because the smallest model is saturated, a request whose quality floor only a larger
-//! model on the ladder meets, and a confidential request whose fallback policy refuses. Exit status 0 only if every check passed.
+//! model on the ladder meets, a confidential request whose fallback policy refuses, and
+//! (where a node keeps a model on disk under its memory budget) a request that loads one on
+//! demand. Exit status 0 only if every check passed.
 
 use std::time::{Duration, Instant};
 
@@ -365,6 +367,13 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         },
     );
 
+    // 7. a model a node keeps on disk under its memory budget (not resident): asked for by
+    //    name, its agent loads it (evicting what it must) and the decision says what the load
+    //    cost. Only where some node has a budget and such a model (make up LADDER=full)
+    if let Some(row) = load_on_demand(&mut c, caller, &internal).await? {
+        rows.push(row);
+    }
+
     print_table(&rows);
     if !answer.is_empty() {
         println!("\nQ: {question}\nA: {answer}");
@@ -376,6 +385,104 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         println!("\nself-check: {failed} of {} checks FAILED", rows.len());
     }
     Ok(failed == 0)
+}
+
+/// Asks for a generate model that a node with a memory budget does not hold in memory; the
+/// row passes when it was served cold, is resident afterwards, and (where the budget had no
+/// room for it) something was evicted. `None` when no node has such a model.
+async fn load_on_demand(
+    c: &mut Client,
+    caller: &Caller,
+    internal: &pb::RoutingHints,
+) -> Result<Option<Row>, CliError> {
+    let status = |c: &mut Client| {
+        let req = caller.request(pb::FleetStatusRequest {});
+        let mut c = c.clone();
+        async move { Ok::<_, CliError>(c.fleet_status(req?).await?.into_inner()) }
+    };
+    let cold = |m: &pb::ModelStatus| {
+        m.task == pb::Task::Generate as i32
+            && (m.state == pb::ModelState::Available as i32
+                || m.state == pb::ModelState::Unloaded as i32)
+    };
+    let before = status(c).await?;
+    let Some((node, model)) = before.nodes.iter().find_map(|n| {
+        let budget = n.memory.filter(|m| m.budget_bytes > 0)?;
+        let m = n
+            .models
+            .iter()
+            .filter(|m| cold(m))
+            .max_by_key(|m| m.parameters)?;
+        Some((n, (m, budget)))
+    }) else {
+        return Ok(None);
+    };
+    let (model, budget) = model;
+    let needs_room = budget.used_bytes + model.budget_bytes > budget.budget_bytes;
+    let evictions = |s: &pb::FleetStatusResponse| -> Vec<(String, u64)> {
+        s.nodes
+            .iter()
+            .filter(|n| n.node_id == node.node_id)
+            .flat_map(|n| &n.models)
+            .map(|m| (m.name.clone(), m.evictions_total))
+            .collect()
+    };
+    let was = evictions(&before);
+    let check = format!("load on demand ({})", model.name);
+    let t = Instant::now();
+    let mut req = chat("What is the capital of France?", 8, internal.clone());
+    if let Some(r) = req.request.as_mut() {
+        r.model = model.name.clone();
+    }
+    let (d, _) = match generate(c, caller, req).await {
+        Ok(r) => r,
+        Err(s) => return Ok(Some(failed(&check, &s, t))),
+    };
+    let served = t.elapsed();
+    let cold_ms = match d.as_ref().and_then(|d| d.target.as_ref()) {
+        Some(pb::decision::Target::Local(l)) => l.cold_load_ms,
+        _ => 0,
+    };
+    // the agent's next report shows the model resident (reports come every interval)
+    let until = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let s = status(c).await?;
+        let resident = s
+            .nodes
+            .iter()
+            .filter(|n| n.node_id == node.node_id)
+            .flat_map(|n| &n.models)
+            .any(|m| m.name == model.name && m.state == pb::ModelState::Ready as i32);
+        if resident || Instant::now() > until {
+            break (resident, s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (resident, now) = after;
+    let evicted: Vec<String> = evictions(&now)
+        .into_iter()
+        .filter(|(name, n)| was.iter().any(|(w, before)| w == name && n > before))
+        .map(|(name, _)| name)
+        .collect();
+    let mut row = Row::served(
+        check,
+        d.as_ref(),
+        t,
+        format!(
+            "decided cold (+{cold_ms} ms to load), served in {} ms; evicted: {}",
+            served.as_millis(),
+            if evicted.is_empty() {
+                "nothing".to_string()
+            } else {
+                evicted.join(", ")
+            }
+        ),
+        cold_ms > 0 && resident && (!needs_room || !evicted.is_empty()),
+    );
+    if !resident {
+        row.result.push_str("; not resident afterwards");
+    }
+    Ok(Some(row))
 }
 
 /// The ready generate models' (quality, name), smallest quality first.

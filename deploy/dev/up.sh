@@ -2,16 +2,21 @@
 # `make up`: a gateway and two agents on this box with the real models and the default policy,
 # a self-check through the gateway, then serving until Ctrl-C.
 # ONCE=1: exit after the self-check (status 0 only if every check passed).
+# LADDER=full: node B also has Qwen2.5-Coder-1.5B, under a memory budget that cannot hold
+# every model at once (deploy/dev/agent-b-full.toml): the self-check loads one on demand.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/release
+B_CONFIG=deploy/dev/agent-b.toml
+[ "${LADDER:-default}" = full ] && B_CONFIG=deploy/dev/agent-b-full.toml
+config_of() { if [ "$1" = b ]; then echo "$B_CONFIG"; else echo "deploy/dev/agent-$1.toml"; fi; }
 GATEWAY=http://127.0.0.1:7400
 LOGS=build/logs
 mkdir -p "$LOGS"
 
 echo "== validating configs and the policy"
 "$BIN/edgewise-gateway" --config deploy/dev/gateway.toml validate || exit 1
-for n in a b; do "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" validate || exit 1; done
+for n in a b; do "$BIN/edgewise-agent" --config "$(config_of $n)" validate || exit 1; done
 echo "   (plaintext mode, tls.plaintext = true: no TLS and no caller credentials on localhost; a local development setup)"
 
 pids=()
@@ -29,14 +34,15 @@ export EDGEWISE_LOG=${EDGEWISE_LOG:-info}
 "$BIN/edgewise-gateway" --config deploy/dev/gateway.toml run 2>"$LOGS/gateway.log" &
 pids+=($!)
 for n in a b; do
-  "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" run 2>"$LOGS/agent-$n.log" &
+  "$BIN/edgewise-agent" --config "$(config_of $n)" run 2>"$LOGS/agent-$n.log" &
   pids+=($!)
 done
 echo "== started gateway (gRPC 127.0.0.1:7400, OpenAI-compatible HTTP http://127.0.0.1:7480/v1), agent-a (127.0.0.1:7301), agent-b (127.0.0.1:7302); logs in $LOGS/"
 
 for n in a b; do
   port=$((7300 + $([ "$n" = a ] && echo 1 || echo 2)))
-  "$BIN/edgewise-agent" call --addr "http://127.0.0.1:$port" wait-ready --timeout-secs 180 >/dev/null \
+  # a first start writes each model's mapped copy (Qwen 1.5B: about 12 s)
+  "$BIN/edgewise-agent" call --addr "http://127.0.0.1:$port" wait-ready --timeout-secs 300 >/dev/null \
     || { echo "agent-$n did not become ready; see $LOGS/agent-$n.log" >&2; exit 1; }
 done
 echo "== fleet"
