@@ -363,7 +363,11 @@ intra_op_threads = $THREADS
 [state]
 dir = "state"
 TOML
-  # first without a budget: each model's cost measured, kept in the state store
+  # first without a budget: the first start writes the mapped copies, the second loads from
+  # them as every later start does; each model's cost is measured, kept in the state store
+  "$BIN/edgewise-agent" --config "$dir/agent.toml" run 2>"$dir/agent-copies.log" & pid=$!; pids+=("$pid")
+  "$BIN/edgewise-agent" call --addr http://127.0.0.1:7520 wait-ready --timeout-secs 120 >/dev/null
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   "$BIN/edgewise-agent" --config "$dir/agent.toml" run 2>"$dir/agent-measure.log" & pid=$!; pids+=("$pid")
   "$BIN/edgewise-agent" call --addr http://127.0.0.1:7520 wait-ready --timeout-secs 120 >/dev/null
   echo "== residency: first token after an unload against resident (smollm2-135m-q4, then qwen2.5-coder-0.5b-q4 alone)"

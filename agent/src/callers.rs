@@ -8,6 +8,9 @@ use edgewise_tls::Identity;
 
 use crate::error::AgentError;
 
+/// A rule for who may make a call: (TLS on, the peer's identity, `server.operators`).
+pub type Rule = fn(bool, Option<&Identity>, &[String]) -> Result<(), AgentError>;
+
 /// Admits or refuses a caller by the identity in its verified certificate.
 pub fn admit(tls: bool, peer: Option<&Identity>, operators: &[String]) -> Result<(), AgentError> {
     if !tls {

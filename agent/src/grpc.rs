@@ -66,18 +66,21 @@ pub struct AgentService {
 impl AgentService {
     /// Refuses callers the agent does not serve (see [`crate::callers`]).
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let node = &self.inference.node;
-        crate::callers::admit(
-            node.tls.is_some(),
-            edgewise_tls::net::peer_identity(request).as_ref(),
-            &node.config.operators,
-        )
-        .map_err(|e| status(&e))
+        self.check_caller(request, crate::callers::admit)
     }
 
+    /// Refuses callers that may not manage the agent's models.
     fn admit_operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.check_caller(request, crate::callers::admit_operator)
+    }
+
+    fn check_caller<T>(
+        &self,
+        request: &Request<T>,
+        rule: crate::callers::Rule,
+    ) -> Result<(), Status> {
         let node = &self.inference.node;
-        crate::callers::admit_operator(
+        rule(
             node.tls.is_some(),
             edgewise_tls::net::peer_identity(request).as_ref(),
             &node.config.operators,
