@@ -255,11 +255,18 @@ async fn a_stuck_store_fails_requests_fast_turns_health_off_and_lets_the_gateway
     // released, the store applies the timed-out reservation and then its release, and closes
     drop(held);
     store.close(Duration::from_secs(10)).await.unwrap();
-    let store = edgewise_gateway::store::Store::open(&edgewise_gateway::store::StoreOptions {
+    drop(store);
+    // sled's own threads let go of the database's file lock a moment after the last handle
+    // is dropped: reopen once they have (a kill -9 leaves no such holder)
+    let options = edgewise_gateway::store::StoreOptions {
         dir: Some(state.path().to_path_buf()),
         write_timeout: Duration::from_secs(10),
+    };
+    let store = poll(Duration::from_secs(10), || {
+        let opened = edgewise_gateway::store::Store::open(&options).map_err(|e| e.to_string());
+        async move { opened }
     })
-    .unwrap();
+    .await;
     let entries = store.spend_entries().await.unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].reserved, 0, "{entries:?}");
