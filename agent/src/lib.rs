@@ -246,6 +246,25 @@ impl Agent {
                     || now.onnxruntime_library != next.onnxruntime_library,
             ),
             ("report.gateways", now.gateways != next.gateways),
+            (
+                "models.memory_budget / keep_alive_ms / max_keep_alive_ms",
+                now.memory != next.memory,
+            ),
+            (
+                "models.limits.*.pin / keep_alive_ms / kv_budget_mb",
+                now.limits.iter().any(|(name, l)| {
+                    let n = next.limits.get(name).copied().unwrap_or_default();
+                    (l.pin, l.keep_alive, l.kv_budget_bytes)
+                        != (n.pin, n.keep_alive, n.kv_budget_bytes)
+                }) || next.limits.iter().any(|(name, n)| {
+                    !now.limits.contains_key(name)
+                        && (n.pin || n.keep_alive.is_some() || n.kv_budget_bytes.is_some())
+                }),
+            ),
+            (
+                "runtime.mapped_copies",
+                now.mapped_copies != next.mapped_copies,
+            ),
             ("state.dir", now.state_dir != next.state_dir),
             ("tls (mode or file paths)", now.tls != next.tls),
         ]
