@@ -202,25 +202,40 @@ pub struct Point {
     pub cost_usd: f64,
 }
 
+/// One item under a cascade at `threshold`: (answered right, answered locally).
+fn cascade_item(r: &Row, score: Score, threshold: f32, external: bool) -> (bool, bool) {
+    let kept = r.rungs.iter().find(|g| score.of(&g.scores) >= threshold);
+    match (kept, external) {
+        (Some(g), _) => (g.correct, true),
+        (None, true) => (r.hosted_correct, false),
+        (None, false) => (r.rungs.last().is_some_and(|g| g.correct), true),
+    }
+}
+
+/// Per item under a cascade at `threshold` (hosted step allowed): (right, local) as 0/1,
+/// and the hosted model's right answers, for bounds over the items.
+pub fn cascade_items(rows: &[Row], score: Score, threshold: f32) -> [Vec<f64>; 3] {
+    let one = |b: bool| f64::from(u8::from(b));
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    for r in rows {
+        let (right, local) = cascade_item(r, score, threshold, true);
+        out[0].push(one(right));
+        out[1].push(one(local));
+        out[2].push(one(r.hosted_correct));
+    }
+    out
+}
+
 /// A cascade at `threshold`: each rung answers until one is confident; when none is, the
 /// hosted model answers if `external` (else the largest rung's answer stands).
 pub fn cascade(rows: &[Row], score: Score, threshold: f32, external: bool) -> Point {
     let (mut right, mut local, mut cost) = (0usize, 0usize, 0.0);
     for r in rows {
-        let kept = r.rungs.iter().find(|g| score.of(&g.scores) >= threshold);
-        match (kept, external) {
-            (Some(g), _) => {
-                local += 1;
-                right += usize::from(g.correct);
-            }
-            (None, true) => {
-                right += usize::from(r.hosted_correct);
-                cost += r.hosted_cost_usd;
-            }
-            (None, false) => {
-                local += 1;
-                right += usize::from(r.rungs.last().is_some_and(|g| g.correct));
-            }
+        let (correct, here) = cascade_item(r, score, threshold, external);
+        right += usize::from(correct);
+        local += usize::from(here);
+        if !here {
+            cost += r.hosted_cost_usd;
         }
     }
     let n = rows.len().max(1) as f64;
@@ -260,31 +275,62 @@ pub struct Calibration {
     pub score: Score,
     pub threshold: f32,
     pub point: Point,
+    /// With a confidence level: (level, the kept quality's one-sided lower bound at it).
+    pub lower: Option<(f64, f64)>,
 }
 
-pub fn calibrate(rows: &[Row], target: f64, scores: &[Score]) -> Option<Calibration> {
+/// Every (score, threshold) whose point estimate keeps `target` of the hosted quality, the
+/// most local first (then the best quality).
+fn candidates(rows: &[Row], target: f64, scores: &[Score]) -> Vec<Calibration> {
     let need = target * hosted(rows).quality;
-    let mut best: Option<Calibration> = None;
+    let mut all = Vec::new();
     for &score in scores {
         for t in thresholds(rows, score) {
             let point = cascade(rows, score, t, true);
-            if point.quality + 1e-12 < need {
-                continue;
-            }
-            let better = best.is_none_or(|b| {
-                (point.local_share, point.quality) > (b.point.local_share, b.point.quality)
-            });
-            if better {
-                // a threshold between this value and the next lower one, rounded for a policy
-                best = Some(Calibration {
+            if point.quality + 1e-12 >= need {
+                all.push(Calibration {
                     score,
+                    // a threshold between this value and the next lower one, rounded for a
+                    // policy
                     threshold: if t.is_finite() { t } else { 0.0 },
                     point,
+                    lower: None,
                 });
             }
         }
     }
-    best
+    // stable: among equals, the first signal and threshold found stays first
+    all.sort_by(|a, b| {
+        (b.point.local_share, b.point.quality)
+            .partial_cmp(&(a.point.local_share, a.point.quality))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    all
+}
+
+/// The threshold that serves the most locally while its point estimate keeps `target`.
+pub fn calibrate(rows: &[Row], target: f64, scores: &[Score]) -> Option<Calibration> {
+    candidates(rows, target, scores).into_iter().next()
+}
+
+/// As `calibrate`, but the kept quality (the cascade's right answers over the hosted
+/// model's, on the same items) must clear `target` at its one-sided lower bound at
+/// confidence `level` (a paired bootstrap over the items), not at its point estimate.
+pub fn calibrate_bounded(
+    rows: &[Row],
+    target: f64,
+    scores: &[Score],
+    level: f64,
+    boot: &super::bounds::Bootstrap,
+) -> Option<Calibration> {
+    candidates(rows, target, scores).into_iter().find_map(|c| {
+        let [right, _, hosted] = cascade_items(rows, c.score, c.threshold);
+        let lower = boot.lower(&right, &hosted, level);
+        (lower + 1e-12 >= target).then_some(Calibration {
+            lower: Some((level, lower)),
+            ..c
+        })
+    })
 }
 
 /// The local share of a random mix of one local model (accuracy `q`) with the hosted
@@ -489,6 +535,39 @@ mod tests {
         // 75 %: one wrong local answer is allowed
         let c = calibrate(&rows, 0.75, &Score::CONFIDENCE).unwrap();
         assert_eq!((c.threshold, c.point.local_share), (-0.9, 0.75));
+    }
+
+    #[test]
+    fn a_bounded_calibration_keeps_the_target_at_its_lower_bound() {
+        // 200 items: the small model is right on the confident half and on a quarter of the
+        // rest; the hosted model on all. Confidence falls with the item index.
+        let rows: Vec<Row> = (0..200)
+            .map(|i| {
+                let right = i < 100 || i % 4 == 0;
+                row(&[(right, -(i as f32) / 100.0)], true)
+            })
+            .collect();
+        let boot = crate::eval::bounds::Bootstrap::new(rows.len(), 1000, 1);
+        let point = calibrate(&rows, 0.9, &Score::CONFIDENCE).unwrap();
+        let bounded = calibrate_bounded(&rows, 0.9, &Score::CONFIDENCE, 0.9, &boot).unwrap();
+        // the point estimate sits at the target; the bound needs a margin below it, so
+        // fewer items stay local
+        assert!(
+            point.point.quality >= 0.9 && point.point.quality < 0.92,
+            "{point:?}"
+        );
+        assert!(
+            bounded.point.local_share < point.point.local_share,
+            "{bounded:?}"
+        );
+        let (level, lower) = bounded.lower.unwrap();
+        assert_eq!(level, 0.9);
+        assert!(lower >= 0.9 && bounded.point.quality > lower, "{bounded:?}");
+        // at 100 % only right answers stay local: no spread, so the bound and the point
+        // estimate agree (the confident half and item 100)
+        let exact = calibrate_bounded(&rows, 1.0, &Score::CONFIDENCE, 0.9, &boot).unwrap();
+        assert_eq!(exact.point.local_share, 0.505);
+        assert_eq!(exact.lower, Some((0.9, 1.0)));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum EvalCommand {
         outcomes: Vec<PathBuf>,
         #[arg(long, default_value_t = 0.95)]
         target: f64,
+        /// The target must hold at this confidence: the kept quality's one-sided lower bound
+        /// (a paired bootstrap over the items, fixed seed) clears it. 0: the point estimate.
+        #[arg(long, default_value_t = 0.9)]
+        confidence: f64,
         /// cascade (confidence signals) or learned (P(adequate) from --heads).
         #[arg(long, default_value = "cascade")]
         estimator: String,
@@ -215,6 +219,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
         EvalCommand::Calibrate {
             outcomes,
             target,
+            confidence,
             estimator,
             max_tokens,
             heads,
@@ -229,14 +234,30 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     "--target {target} must be in 0..=1"
                 )));
             }
+            if !(*confidence == 0.0 || (0.5..1.0).contains(confidence)) {
+                return Err(EvalError::Usage(format!(
+                    "--confidence {confidence} must be 0 (the point estimate) or in 0.5..1"
+                )));
+            }
             let (all, sources) = read_all(outcomes)?;
             let none =
                 || EvalError::Usage(format!("no threshold keeps {target} of the hosted quality"));
+            let fit = |rows: &[analysis::Row], scores: &[Score]| {
+                if *confidence == 0.0 {
+                    analysis::calibrate(rows, *target, scores)
+                } else {
+                    let boot = super::bounds::Bootstrap::new(
+                        rows.len(),
+                        super::bounds::DRAWS,
+                        super::bounds::SEED,
+                    );
+                    analysis::calibrate_bounded(rows, *target, scores, *confidence, &boot)
+                }
+            };
             let block = match estimator.as_str() {
                 "cascade" => {
                     let t = analysis::table(&all, prices.prices());
-                    let c = analysis::calibrate(&t.rows, *target, &Score::CONFIDENCE)
-                        .ok_or_else(none)?;
+                    let c = fit(&t.rows, &Score::CONFIDENCE).ok_or_else(none)?;
                     super::render_calibration(&c, *target, *max_tokens, &sources)
                 }
                 "learned" => {
@@ -250,8 +271,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     })?;
                     let cv = train::cross_fitted(&all, &x)?;
                     let t = analysis::table(&cv, prices.prices());
-                    let c = analysis::calibrate(&t.rows, *target, &[Score::Adequacy])
-                        .ok_or_else(none)?;
+                    let c = fit(&t.rows, &[Score::Adequacy]).ok_or_else(none)?;
                     let base = policy.parent().unwrap_or(std::path::Path::new("."));
                     let rel = |p: &std::path::Path| relative(p, base);
                     let models: Vec<String> = h.models().iter().map(|m| m.to_string()).collect();

@@ -3,6 +3,7 @@
 //! calibrated threshold written into a policy (`calibrate`), and the routing report.
 
 pub mod analysis;
+pub mod bounds;
 mod command;
 pub mod items;
 mod policy_edit;

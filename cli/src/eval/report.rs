@@ -110,6 +110,7 @@ pub fn render(
             100.0 * b.oracle
         );
     }
+    intervals(&mut out, &t);
     if let Some(lt) = &lt {
         let _ = writeln!(
             out,
@@ -139,6 +140,68 @@ pub fn render(
         );
     }
     out
+}
+
+/// The confidence level of the report's intervals and bounded calibrations.
+const LEVEL: f64 = 0.9;
+
+/// The cascade's figures with their 90 % intervals (a paired bootstrap over the items), and
+/// the threshold chosen so that the kept quality's lower bound, not its point estimate,
+/// clears the target.
+fn intervals(out: &mut String, t: &Table) {
+    let boot =
+        super::bounds::Bootstrap::new(t.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
+    let ones = vec![1.0; t.rows.len()];
+    let _ = writeln!(
+        out,
+        "\nThe cascade with {:.0} % intervals (bootstrap over the items, {} resamples), and calibrated on the kept quality's one-sided {:.0} % lower bound:\n",
+        100.0 * LEVEL,
+        super::bounds::DRAWS,
+        100.0 * LEVEL
+    );
+    let _ = writeln!(
+        out,
+        "| target | in-sample local [interval] | kept quality [interval] | bounded: local / kept (lower bound) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let pct = |x: f64| format!("{:.1}", 100.0 * x);
+    for target in TARGETS {
+        let point = analysis::calibrate(&t.rows, target, &Score::CONFIDENCE).map(|c| {
+            let [right, local, hosted] = analysis::cascade_items(&t.rows, c.score, c.threshold);
+            let (ll, lh) = boot.interval(&local, &ones, LEVEL);
+            let (kl, kh) = boot.interval(&right, &hosted, LEVEL);
+            let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
+            format!(
+                "{} % [{}, {}] | {} % [{}, {}]",
+                pct(c.point.local_share),
+                pct(ll),
+                pct(lh),
+                pct(kept),
+                pct(kl),
+                pct(kh)
+            )
+        });
+        let bounded =
+            analysis::calibrate_bounded(&t.rows, target, &Score::CONFIDENCE, LEVEL, &boot).map(
+                |c| {
+                    let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
+                    let lower = c.lower.map_or(0.0, |(_, l)| l);
+                    format!(
+                        "{} % / {} % ({} %)",
+                        pct(c.point.local_share),
+                        pct(kept),
+                        pct(lower)
+                    )
+                },
+            );
+        let _ = writeln!(
+            out,
+            "| {:.0} % | {} | {} |",
+            100.0 * target,
+            point.unwrap_or_else(|| "— | —".into()),
+            bounded.unwrap_or_else(|| "—".into())
+        );
+    }
 }
 
 /// Held-out: calibrate on the odd lines, measure on the even ones, and the other way
@@ -173,22 +236,98 @@ pub fn render_learned(
 ) -> String {
     let (path, sha, models) = heads;
     format!(
-        "adequacy:\n  estimator: learned\n  heads: {path}\n  sha256: {sha}\n  features: {features}\n  models: [{}]\n  threshold: {:.4}\n  calibrated: \"{source}; target {target}: {:.1} % local, quality {:.3} (held-out heads)\"\n",
+        "adequacy:\n  estimator: learned\n  heads: {path}\n  sha256: {sha}\n  features: {features}\n  models: [{}]\n  threshold: {:.4}\n  calibrated: \"{source}; target {target}{}: {:.1} % local, quality {:.3} (held-out heads)\"\n",
         models.join(", "),
         (f64::from(c.threshold) * 1e4).floor() / 1e4,
+        confidence(c),
         100.0 * c.point.local_share,
         c.point.quality
     )
 }
 
+/// ` at 90 % confidence (kept-quality lower bound 0.951)` for a bounded calibration.
+fn confidence(c: &Calibration) -> String {
+    c.lower.map_or(String::new(), |(level, lower)| {
+        format!(
+            " at {:.0} % confidence (kept-quality lower bound {lower:.3}, bootstrap)",
+            100.0 * level
+        )
+    })
+}
+
 /// The policy block `calibrate` writes, with where it came from.
 pub fn render_calibration(c: &Calibration, target: f64, max_tokens: u32, source: &str) -> String {
     format!(
-        "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}: {:.1} % local, quality {:.3}\"\n",
+        "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}{}: {:.1} % local, quality {:.3}\"\n",
         c.score.name(),
         // rounded down, so the calibrated boundary answer stays on its side
         (f64::from(c.threshold) * 1e4).floor() / 1e4,
+        confidence(c),
         100.0 * c.point.local_share,
         c.point.quality
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::run::Outcome;
+
+    fn outcome(line: usize, model: &str, parameters: u64, correct: bool, logprob: f32) -> Outcome {
+        Outcome {
+            set: "s".into(),
+            line,
+            group: "g".into(),
+            model: model.into(),
+            parameters,
+            size_bytes: parameters,
+            correct,
+            hosted_correct: Some(true),
+            prompt_tokens: 10,
+            completion_tokens: 2,
+            latency_ms: 1.0,
+            mean_logprob: logprob,
+            min_logprob: logprob,
+            p10_logprob: logprob,
+            cut: false,
+            p_adequate: None,
+            reply: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_report_bounds_the_cascade_and_calibrates_on_the_lower_bound() {
+        // one local model, right on its confident items and on a third of the rest
+        let outcomes: Vec<Outcome> = (0..300)
+            .map(|i| outcome(i, "lm", 100, i < 150 || i % 3 == 0, -(i as f32) / 100.0))
+            .collect();
+        let prices = Prices {
+            input_per_million_usd: 1.0,
+            output_per_million_usd: 2.0,
+        };
+        let md = render("s", &outcomes, None, prices);
+        let table = md
+            .split("calibrated on the kept quality's one-sided 90 % lower bound")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{md}"));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| 90 %"))
+            .unwrap_or_else(|| panic!("{table}"));
+        // seed fixed: | 90 % | 65.3 % [60.7, 70.0] | 90.0 % [87.0, 92.7] | 62.3 % / 92.0 % (90.0 %) |
+        let nums: Vec<f64> = row
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let (local, lo, hi, kept, klo, khi) =
+            (nums[1], nums[2], nums[3], nums[4], nums[5], nums[6]);
+        assert!(
+            lo < local && local < hi && klo < kept && kept < khi,
+            "{row}"
+        );
+        assert!(kept >= 90.0, "{row}");
+        // bounded: less local, and its lower bound clears the target
+        let (b_local, b_lower) = (nums[7], nums[9]);
+        assert!(b_local < local && b_lower >= 90.0, "{row}");
+    }
 }
