@@ -70,6 +70,8 @@ pub struct Row {
     pub rungs: Vec<Rung>,
     pub hosted_correct: bool,
     pub hosted_cost_usd: f64,
+    /// The item's kind (an exact-answer kind, an MMLU subject).
+    pub group: String,
 }
 
 /// The cascade's ladder and its rows, and every model's accuracy.
@@ -140,6 +142,7 @@ pub fn table(outcomes: &[Outcome], prices: Prices) -> Table {
                 .collect(),
             hosted_correct: first.hosted_correct.unwrap_or(true),
             hosted_cost_usd,
+            group: first.group.clone(),
         });
     }
     let mut by_model: BTreeMap<String, Vec<(bool, [f32; 4])>> = BTreeMap::new();
@@ -333,6 +336,36 @@ pub fn calibrate_bounded(
     })
 }
 
+/// Leave one group out: for each kind of item, the threshold calibrated on every other kind
+/// (`fit`), measured on the kind left out; pooled over the kinds, the local share and the
+/// kept quality (right answers over the hosted model's), and how many kinds were left out.
+/// A kind whose fit finds no threshold is sent to the hosted model whole. `None` with fewer
+/// than two kinds.
+pub fn leave_one_group_out(
+    rows: &[Row],
+    fit: impl Fn(&[Row]) -> Option<Calibration>,
+) -> Option<(f64, f64, usize)> {
+    let mut groups: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if groups.len() < 2 {
+        return None;
+    }
+    let (mut local, mut right, mut hosted) = (0.0, 0.0, 0.0);
+    for g in &groups {
+        let (out, rest): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.group == *g);
+        let [r, l, h] = match fit(&rest) {
+            Some(c) => cascade_items(&out, c.score, c.threshold),
+            None => cascade_items(&out, Score::Adequacy, f32::INFINITY),
+        };
+        local += l.iter().sum::<f64>();
+        right += r.iter().sum::<f64>();
+        hosted += h.iter().sum::<f64>();
+    }
+    let n = rows.len().max(1) as f64;
+    Some((local / n, right / hosted.max(1.0), groups.len()))
+}
+
 /// The local share of a random mix of one local model (accuracy `q`) with the hosted
 /// model (accuracy `qe`) that keeps `target × qe` in expectation.
 fn mix_share(q: f64, qe: f64, target: f64) -> f64 {
@@ -466,6 +499,7 @@ mod tests {
                 .collect(),
             hosted_correct,
             hosted_cost_usd: 1.0,
+            group: String::new(),
         }
     }
 
@@ -568,6 +602,32 @@ mod tests {
         let exact = calibrate_bounded(&rows, 1.0, &Score::CONFIDENCE, 0.9, &boot).unwrap();
         assert_eq!(exact.point.local_share, 0.505);
         assert_eq!(exact.lower, Some((0.9, 1.0)));
+    }
+
+    #[test]
+    fn leaving_a_kind_out_measures_the_threshold_on_a_kind_it_never_saw() {
+        // kind a: confident and right; kind b: just as confident and always wrong
+        let mut rows: Vec<Row> = (0..40)
+            .map(|i| Row {
+                group: if i < 20 { "a" } else { "b" }.into(),
+                ..row(&[(i < 20, -0.1)], true)
+            })
+            .collect();
+        // a third kind the small model is unsure of and sometimes right on
+        rows.extend((0..20).map(|i| Row {
+            group: "c".into(),
+            ..row(&[(i % 2 == 0, -2.0)], true)
+        }));
+        let fit = |r: &[Row]| calibrate(r, 0.9, &Score::CONFIDENCE);
+        let (local, kept, groups) = leave_one_group_out(&rows, fit).unwrap();
+        assert_eq!(groups, 3);
+        // calibrated without b, the threshold keeps b's confident wrong answers: the promise
+        // breaks on the kind left out, which in-sample calibration hides
+        let in_sample = calibrate(&rows, 0.9, &Score::CONFIDENCE).unwrap();
+        assert!(in_sample.point.quality >= 0.9, "{in_sample:?}");
+        assert!(kept < 0.9, "{local} {kept}");
+        // one kind alone: nothing to leave out
+        assert!(leave_one_group_out(&rows[..20], fit).is_none());
     }
 
     #[test]
