@@ -433,23 +433,10 @@ mod tests {
     #[test]
     fn an_answer_cut_at_max_tokens_is_never_kept() {
         let outcome = |model: &str, parameters: u64, correct: bool, cut: bool| Outcome {
-            set: "s".into(),
-            line: 1,
-            group: "g".into(),
-            model: model.into(),
-            parameters,
-            size_bytes: parameters,
-            correct,
-            hosted_correct: Some(true),
-            prompt_tokens: 10,
             completion_tokens: 12,
-            latency_ms: 1.0,
-            mean_logprob: -0.01,
-            min_logprob: -0.01,
-            p10_logprob: -0.01,
             cut,
             p_adequate: Some(0.9),
-            reply: String::new(),
+            ..Outcome::example(1, model, parameters, correct, -0.01)
         };
         let prices = Prices {
             input_per_million_usd: 1.0,

@@ -280,33 +280,11 @@ mod tests {
     use super::*;
     use crate::eval::run::Outcome;
 
-    fn outcome(line: usize, model: &str, parameters: u64, correct: bool, logprob: f32) -> Outcome {
-        Outcome {
-            set: "s".into(),
-            line,
-            group: "g".into(),
-            model: model.into(),
-            parameters,
-            size_bytes: parameters,
-            correct,
-            hosted_correct: Some(true),
-            prompt_tokens: 10,
-            completion_tokens: 2,
-            latency_ms: 1.0,
-            mean_logprob: logprob,
-            min_logprob: logprob,
-            p10_logprob: logprob,
-            cut: false,
-            p_adequate: None,
-            reply: String::new(),
-        }
-    }
-
     #[test]
     fn the_report_bounds_the_cascade_and_calibrates_on_the_lower_bound() {
         // one local model, right on its confident items and on a third of the rest
         let outcomes: Vec<Outcome> = (0..300)
-            .map(|i| outcome(i, "lm", 100, i < 150 || i % 3 == 0, -(i as f32) / 100.0))
+            .map(|i| Outcome::example(i, "lm", 100, i < 150 || i % 3 == 0, -(i as f32) / 100.0))
             .collect();
         let prices = Prices {
             input_per_million_usd: 1.0,

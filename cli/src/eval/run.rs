@@ -43,6 +43,39 @@ pub struct Outcome {
     pub reply: String,
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// An outcome of item `line` of set `s` (group `g`) for tests: hosted right, every signal
+    /// `logprob`, not cut.
+    pub(crate) fn example(
+        line: usize,
+        model: &str,
+        parameters: u64,
+        correct: bool,
+        logprob: f32,
+    ) -> Self {
+        Outcome {
+            set: "s".into(),
+            line,
+            group: "g".into(),
+            model: model.into(),
+            parameters,
+            size_bytes: parameters,
+            correct,
+            hosted_correct: Some(true),
+            prompt_tokens: 10,
+            completion_tokens: 2,
+            latency_ms: 1.0,
+            mean_logprob: logprob,
+            min_logprob: logprob,
+            p10_logprob: logprob,
+            cut: false,
+            p_adequate: None,
+            reply: String::new(),
+        }
+    }
+}
+
 /// A local generate model as the fleet reports it.
 #[derive(Debug, Clone)]
 pub struct LocalModel {
