@@ -1,6 +1,6 @@
 //! The node: every model slot with its state, limits and live figures, and the snapshot
 //! that capacity reports carry. A failed model stays in the table with its reason; it never
-//! stops the others. Residency (load, unload, eviction) is `residency.rs`.
+//! stops the others. Residency (load, unload, eviction) is `residency/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

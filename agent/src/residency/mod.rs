@@ -8,12 +8,12 @@
 //! lock (within its deadline); the first to get it loads, the rest find the model resident,
 //! so any number of requests cause one load. A model leaves memory only with no lease held
 //! (`slot.rs`): an idle one at once, a busy one (operator unload) after it drains.
+//! `schedule.rs`: what loads at start and the keep-alive reaper; `operator.rs`: the
+//! operator's load, unload (with its drain) and pin.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use tokio_util::sync::CancellationToken;
 
 use crate::budget::show;
 use crate::error::AgentError;
@@ -23,6 +23,9 @@ use crate::node::Node;
 use crate::scheduler::{Batcher, EncoderRun};
 use crate::slot::{Lease, ModelSlot, SlotState};
 use crate::store::Measured;
+
+mod operator;
+mod schedule;
 
 /// A model never loaded here is estimated to take this many times its file size in memory
 /// (its first load holds the prepacked weights on the heap: Qwen2.5 0.5B 4-bit measured
@@ -173,7 +176,10 @@ impl Node {
     }
 
     /// Loads `slot`, evicting for room. The caller holds `lifecycle`.
-    async fn load_locked(self: &Arc<Self>, slot: &Arc<ModelSlot>) -> Result<Lease, AgentError> {
+    pub(super) async fn load_locked(
+        self: &Arc<Self>,
+        slot: &Arc<ModelSlot>,
+    ) -> Result<Lease, AgentError> {
         if let Some(l) = slot.lease() {
             return Ok(l);
         }
@@ -369,7 +375,7 @@ impl Node {
         }
     }
 
-    fn no_room(&self, slot: &ModelSlot, budget: u64, used: u64) -> AgentError {
+    pub(super) fn no_room(&self, slot: &ModelSlot, budget: u64, used: u64) -> AgentError {
         let held: Vec<String> = self
             .slots
             .values()
@@ -400,7 +406,7 @@ impl Node {
 
     /// Unloads `slot` if it is resident and idle (the caller holds `lifecycle`). Returns
     /// whether it did.
-    async fn unload_idle(&self, slot: &ModelSlot, why: Unload) -> bool {
+    pub(super) async fn unload_idle(&self, slot: &ModelSlot, why: Unload) -> bool {
         let taken = {
             let mut state = slot.write();
             // leases are taken under the read lock: none can start while this is held
@@ -423,7 +429,7 @@ impl Node {
         true
     }
 
-    async fn finish_unload(
+    pub(super) async fn finish_unload(
         &self,
         slot: &ModelSlot,
         model: Arc<LoadedModel>,
@@ -449,189 +455,10 @@ impl Node {
         };
         self.unloads_total[i].fetch_add(1, Ordering::Relaxed);
     }
-
-    /// At start: without a budget every model; with one, the pinned models, then the others
-    /// in order while they fit without evicting anything.
-    pub async fn load_at_start(self: &Arc<Self>, on_each: impl Fn(&ModelSlot, usize, usize)) {
-        let mut order: Vec<&Arc<ModelSlot>> = self.slots.values().collect();
-        order.sort_by_key(|s| !s.is_pinned());
-        let total = order.len();
-        for (i, slot) in order.into_iter().enumerate() {
-            on_each(slot, i, total);
-            if !slot.read().loadable() {
-                continue;
-            }
-            if let Some(budget) = self.budget
-                && !slot.is_pinned()
-                && self.used_bytes() + slot.cost() > budget
-            {
-                tracing::info!(model = %slot.name, need = %show(slot.cost()), free = %show(budget.saturating_sub(self.used_bytes())), "not loaded at start: it loads when a request needs it");
-                continue;
-            }
-            let _held = self.lifecycle.lock().await;
-            match self.load_locked(slot).await {
-                Ok(lease) => drop(lease),
-                Err(AgentError::MemoryBudget { .. }) if slot.is_pinned() => {
-                    let e = self.no_room(slot, self.budget.unwrap_or(0), self.used_bytes());
-                    tracing::error!(model = %slot.name, "pinned model does not fit: {e}");
-                    *slot.write() = SlotState::Failed(format!("pinned, but {e}"));
-                    self.state_changed(slot);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Unloads idle models past their keep-alive until `stop`. Wakes when the next one is due
-    /// (at least every second, to see new leases and pins).
-    pub async fn reap_idle(self: Arc<Self>, stop: CancellationToken) {
-        if self.slots.values().all(|s| s.keep_alive.is_none()) {
-            return;
-        }
-        loop {
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let mut next = now + 1000;
-            for slot in self.slots.values() {
-                let resident = matches!(&*slot.read(), SlotState::Ready { .. });
-                let Some(at) = slot.unload_at().filter(|_| resident && !slot.busy()) else {
-                    continue;
-                };
-                if at > now {
-                    next = next.min(at);
-                    continue;
-                }
-                let _held = self.lifecycle.lock().await;
-                // looked at again under the lock: a request may have come meanwhile
-                let due = slot
-                    .unload_at()
-                    .is_some_and(|at| at <= self.epoch.elapsed().as_millis() as u64);
-                if due {
-                    self.unload_idle(slot, Unload::Idle).await;
-                }
-            }
-            let wait = Duration::from_millis(next.saturating_sub(now).max(10));
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    fn slot(&self, name: &str) -> Result<&Arc<ModelSlot>, AgentError> {
-        self.slots.get(name).ok_or_else(|| {
-            AgentError::UnknownModel(
-                name.to_string(),
-                self.slots.keys().cloned().collect::<Vec<_>>().join(", "),
-            )
-        })
-    }
-
-    /// Operator: loads a model now (a failed one is tried again).
-    pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<(), AgentError> {
-        let slot = self.slot(name)?.clone();
-        let _held = self.lifecycle.lock().await;
-        {
-            let mut state = slot.write();
-            match &*state {
-                SlotState::Failed(_) if slot.manifest.is_some() => *state = SlotState::Available,
-                SlotState::Draining { .. } => {
-                    return Err(AgentError::ModelState {
-                        model: name.into(),
-                        state: "draining",
-                        why: "it is being unloaded; load it again once it is unloaded".into(),
-                    });
-                }
-                _ => {}
-            }
-        }
-        usable(&slot)?;
-        self.load_locked(&slot).await.map(drop)
-    }
-
-    /// Operator: unloads a model; one with requests in flight drains first (this returns
-    /// while it drains). A pinned model must be unpinned first.
-    pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), AgentError> {
-        let slot = self.slot(name)?.clone();
-        if slot.is_pinned() {
-            return Err(AgentError::ModelState {
-                model: name.into(),
-                state: "pinned",
-                why: "unpin it first".into(),
-            });
-        }
-        let _held = self.lifecycle.lock().await;
-        if self.unload_idle(&slot, Unload::Operator).await {
-            return Ok(());
-        }
-        let drained = {
-            let mut state = slot.write();
-            match std::mem::replace(&mut *state, SlotState::Unloaded) {
-                SlotState::Ready { model, batcher } => {
-                    *state = SlotState::Draining { model, batcher };
-                    true
-                }
-                other => {
-                    *state = other;
-                    false
-                }
-            }
-        };
-        if drained {
-            self.state_changed(&slot);
-            let node = self.clone();
-            tokio::spawn(async move { node.finish_drain(slot).await });
-        }
-        Ok(())
-    }
-
-    /// Waits until a draining model's last lease ends, then frees it.
-    async fn finish_drain(self: Arc<Self>, slot: Arc<ModelSlot>) {
-        loop {
-            let idle = slot.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if !slot.busy() {
-                break;
-            }
-            idle.await;
-        }
-        let _held = self.lifecycle.lock().await;
-        let taken = {
-            let mut state = slot.write();
-            match std::mem::replace(&mut *state, SlotState::Unloaded) {
-                SlotState::Draining { model, batcher } => Some((model, batcher)),
-                other => {
-                    *state = other;
-                    None
-                }
-            }
-        };
-        if let Some((model, batcher)) = taken {
-            self.finish_unload(&slot, model, batcher, Unload::Operator)
-                .await;
-        }
-    }
-
-    /// Operator: pins (loading it if it is not resident) or unpins a model. A pin lasts
-    /// until restart; `pin = true` in agent.toml keeps it.
-    pub async fn pin_model(self: &Arc<Self>, name: &str, pin: bool) -> Result<(), AgentError> {
-        let slot = self.slot(name)?.clone();
-        if !pin {
-            slot.pinned.store(false, Ordering::Relaxed);
-            self.changed();
-            return Ok(());
-        }
-        if slot.ready().is_none() {
-            self.load_model(name).await?;
-        }
-        slot.pinned.store(true, Ordering::Relaxed);
-        self.changed();
-        Ok(())
-    }
 }
 
 /// Whether a request may use (or load) the model in its state.
-fn usable(slot: &ModelSlot) -> Result<(), AgentError> {
+pub(super) fn usable(slot: &ModelSlot) -> Result<(), AgentError> {
     match &*slot.read() {
         SlotState::Failed(reason) => Err(AgentError::NotReady {
             model: slot.name.clone(),
