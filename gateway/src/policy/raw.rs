@@ -50,6 +50,11 @@ pub struct RawAdequacy {
     pub signal: Option<Spanned<String>>,
     pub threshold: Option<Spanned<f64>>,
     pub max_tokens: Option<Spanned<u32>>,
+    /// `cascade`: a threshold per model (rung), over `threshold` for the models named.
+    pub thresholds: Option<Spanned<HashMap<Spanned<String>, Spanned<f64>>>>,
+    /// `cascade`: models a judged request never starts on (they rarely keep an answer).
+    #[serde(default)]
+    pub skip: Vec<Spanned<String>>,
     /// Provenance written by `edgewise eval calibrate` (set, hash, target).
     pub calibrated: Option<Spanned<String>>,
     /// `learned`: the heads file (relative to this policy file), its SHA-256, the models

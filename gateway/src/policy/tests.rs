@@ -202,8 +202,57 @@ fn an_adequacy_block_is_checked_where_it_is_written() {
             signal: crate::routing::Signal::P10Logprob,
             threshold: -1.25,
             max_tokens: 64,
+            per_model: Vec::new(),
+            skip: Vec::new(),
             calibrated: Some("exact-answers".into()),
         })
+    );
+}
+
+#[test]
+fn a_cascade_takes_a_threshold_per_model_and_models_to_skip() {
+    let base = "routes:\n  - name: r\n    match: {tasks: [generate]}\n    adequacy:\n      estimator: cascade\n      threshold: -1.0\n";
+    let p = check(&[(
+        "p.yaml",
+        &format!("{base}      thresholds:\n        b: -0.5\n        c: -2\n      skip: [a]\n"),
+    )])
+    .unwrap();
+    let crate::routing::Adequacy::Cascade(c) = &p.routes[0].adequacy else {
+        panic!("not a cascade: {:?}", p.routes[0].adequacy)
+    };
+    assert_eq!(c.threshold_for("a"), -1.0);
+    assert_eq!(c.threshold_for("b"), -0.5);
+    assert_eq!(c.threshold_for("c"), -2.0);
+    assert!(c.skips("a") && !c.skips("b"));
+    // a per-model threshold that is not a log-probability, at its line and column
+    let e = check(&[(
+        "p.yaml",
+        &format!("{base}      thresholds:\n        b: 0.5\n"),
+    )])
+    .unwrap_err();
+    assert!(
+        e.contains("p.yaml:8:12: routes[0].adequacy.thresholds.b: 0.5 is not a log-probability"),
+        "{e}"
+    );
+    // a model both skipped and given a threshold
+    let e = check(&[(
+        "p.yaml",
+        &format!("{base}      thresholds: {{b: -0.5}}\n      skip: [b]\n"),
+    )])
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].adequacy.skip[0]: `b` also has a threshold"),
+        "{e}"
+    );
+    // only a cascade takes them
+    let e = check(&[(
+        "p.yaml",
+        "routes:\n  - name: r\n    adequacy:\n      estimator: static\n      skip: [a]\n",
+    )])
+    .unwrap_err();
+    assert!(
+        e.contains("routes[0].adequacy.skip: only a `cascade` takes this"),
+        "{e}"
     );
 }
 

@@ -237,6 +237,11 @@ fn adequacy(cx: &mut Ctx<'_>, path: &str, r: &RawRoute, tasks: &[Task]) -> Adequ
                     a.max_tokens.as_ref().map(|v| Spanned::new(*v.span(), ())),
                     "max_tokens",
                 ),
+                (
+                    a.thresholds.as_ref().map(|v| Spanned::new(*v.span(), ())),
+                    "thresholds",
+                ),
+                (a.skip.first().map(|v| Spanned::new(*v.span(), ())), "skip"),
             ] {
                 if let Some(v) = v {
                     cx.at(&v, format!("{path}.{key}"), "only a `cascade` takes this");
@@ -293,10 +298,13 @@ fn adequacy(cx: &mut Ctx<'_>, path: &str, r: &RawRoute, tasks: &[Task]) -> Adequ
                 Some(m) => **m,
                 None => 64,
             };
+            let (per_model, skip) = rungs(cx, path, a);
             Adequacy::Cascade(Cascade {
                 signal,
                 threshold,
                 max_tokens,
+                per_model,
+                skip,
                 calibrated: a.calibrated.as_ref().map(|c| c.to_string()),
             })
         }
@@ -310,6 +318,52 @@ fn adequacy(cx: &mut Ctx<'_>, path: &str, r: &RawRoute, tasks: &[Task]) -> Adequ
             Adequacy::Static
         }
     }
+}
+
+/// A cascade's `thresholds` (per model, each a log-probability) and `skip` (models a judged
+/// request never starts on); a model in both is refused.
+fn rungs(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    a: &super::raw::RawAdequacy,
+) -> (Vec<(String, f32)>, Vec<String>) {
+    let mut per_model = Vec::new();
+    // in file order, so problems are reported in it
+    let mut listed: Vec<_> = a.thresholds.iter().flat_map(|t| t.iter()).collect();
+    listed.sort_by_key(|(m, _)| super::raw::pos(m));
+    for (m, t) in listed {
+        if !(t.is_finite() && **t <= 0.0) {
+            cx.at(
+                t,
+                format!("{path}.thresholds.{}", m.as_str()),
+                format!("{} is not a log-probability (at most 0)", **t),
+            );
+            continue;
+        }
+        per_model.push((m.to_string(), **t as f32));
+    }
+    let mut skip: Vec<String> = Vec::new();
+    for (i, m) in a.skip.iter().enumerate() {
+        if per_model.iter().any(|(p, _)| p == m.as_str()) {
+            cx.at(
+                m,
+                format!("{path}.skip[{i}]"),
+                format!(
+                    "`{}` also has a threshold: a skipped model never answers, so give it one or the other",
+                    m.as_str()
+                ),
+            );
+        } else if skip.iter().any(|s| s == m.as_str()) {
+            cx.at(
+                m,
+                format!("{path}.skip[{i}]"),
+                format!("`{}` is listed twice", m.as_str()),
+            );
+        } else {
+            skip.push(m.to_string());
+        }
+    }
+    (per_model, skip)
 }
 
 /// `estimator: learned`: the heads file (its hash pinned, its models those listed), the

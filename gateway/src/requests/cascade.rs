@@ -4,6 +4,8 @@
 //! hosted model where its data class permits. The caller receives one answer, and the
 //! decision lists every step with its confidence.
 //!
+//! Each rung's answer is judged against its own threshold when the route fits one per model
+//! (`thresholds`); a model the route `skip`s is never asked first (`decide` passes it over).
 //! An answer cut at `max_tokens` is never kept as confident: it escalates whatever its signal.
 //!
 //! The decisions are `decide`'s, with `larger_than` set: data class, budget and capacity
@@ -68,11 +70,13 @@ where
     let mut routed = routed;
     loop {
         let candidate = format!("{}/{}", routed.node, routed.model);
+        // this rung's own threshold when the route fits one per model
+        let threshold = c.threshold_for(&routed.model);
         let step = |confidence: Option<pb::Confidence>, outcome: String| pb::CascadeStep {
             candidate: candidate.clone(),
             confidence,
             signal: c.signal.as_str().to_string(),
-            threshold: c.threshold,
+            threshold,
             outcome,
         };
         let confidence = done.confidence;
@@ -92,7 +96,7 @@ where
             "escalated"
         };
         let keep_as_is = match score {
-            Some(s) if s >= c.threshold => Some("kept".to_string()),
+            Some(s) if s >= threshold => Some("kept".to_string()),
             Some(_) => None,
             // nothing generated (or an agent that reports no confidence): nothing to judge
             None => Some("kept: the agent reported no confidence for this answer".to_string()),

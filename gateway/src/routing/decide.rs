@@ -288,16 +288,18 @@ pub fn decide(inputs: &Inputs<'_>, req: &RouteRequest, rng: &mut impl Rng) -> De
 }
 
 /// What a request needs of a model beyond its task.
-struct Needs {
+struct Needs<'a> {
     quality: f32,
     context: u64,
     /// The tighter of the caller's limit and the route's target, and which it is.
     latency: Option<(u32, &'static str)>,
     /// A learned route's threshold, which stands in for its static floor.
     learned: Option<f32>,
+    /// A cascade that judges this request and skips some models.
+    cascade: Option<&'a Cascade>,
 }
 
-fn needs(route: &Route, req: &RouteRequest, wanted: Option<&Wanted>) -> Needs {
+fn needs<'a>(route: &'a Route, req: &RouteRequest, wanted: Option<&Wanted>) -> Needs<'a> {
     // a generation that names one model is not held to the route's target (an evaluation
     // measures the model whatever its speed); the caller's own limit still holds
     let route_target = match (req.task, &req.space) {
@@ -320,11 +322,16 @@ fn needs(route: &Route, req: &RouteRequest, wanted: Option<&Wanted>) -> Needs {
         _ if learned.is_some() => 0.0,
         _ => route.min_quality,
     };
+    let cascade = match &route.adequacy {
+        Adequacy::Cascade(c) if !c.skip.is_empty() && c.judges(req) => Some(c),
+        _ => None,
+    };
     Needs {
         quality: req.min_quality.unwrap_or(0.0).max(floor),
         context: u64::from(req.prompt_tokens) + u64::from(req.max_tokens),
         latency,
         learned,
+        cascade,
     }
 }
 
@@ -334,7 +341,7 @@ fn rung_unfit(
     route: &Route,
     req: &RouteRequest,
     trace: &Trace,
-    need: &Needs,
+    need: &Needs<'_>,
 ) -> Option<RungWhy> {
     if trace
         .wanted
@@ -347,6 +354,9 @@ fn rung_unfit(
         && model.parameters <= p
     {
         return Some(RungWhy::NotLarger(p));
+    }
+    if need.cascade.is_some_and(|c| c.skips(&model.name)) {
+        return Some(RungWhy::Skipped);
     }
     if let Some(t) = need.learned {
         match req.p_adequate(&route.name, &model.name) {
@@ -471,7 +481,7 @@ fn fallback(
     route: &Route,
     req: &RouteRequest,
     condition: ExternalCondition,
-    need: &Needs,
+    need: &Needs<'_>,
 ) -> Decision {
     match external(
         inputs,

@@ -438,7 +438,7 @@ proptest! {
     ) {
         let all = [ExternalCondition::NoAdequateLocal, ExternalCondition::NoLocalCapacity];
         let mut r = route("r", Spill::Larger, Some(ext(&allowed, &all, 1e9)));
-        r.adequacy = Adequacy::Cascade(Cascade { signal: Signal::P10Logprob, threshold: -1.0, max_tokens: 64, calibrated: None });
+        r.adequacy = Adequacy::Cascade(Cascade { signal: Signal::P10Logprob, threshold: -1.0, max_tokens: 64, per_model: Vec::new(), skip: Vec::new(), calibrated: None });
         let p = policy(vec![r]);
         let providers = prices();
         let budgets = Budgets::default();

@@ -68,6 +68,8 @@ pub(super) enum RungWhy {
     NotLarger(u64),
     NoHead,
     BelowThreshold(f32),
+    /// The route's cascade skips it for a short answer.
+    Skipped,
     Quality,
     Context,
     /// The request's output has a constraint the model's agent cannot follow.
@@ -145,6 +147,7 @@ pub enum Why<'a> {
         p: f32,
         threshold: f32,
     },
+    Skipped,
     Quality {
         has: f32,
         need: f32,
@@ -201,6 +204,7 @@ impl Why<'_> {
             Why::NotLarger(_) => "no larger than a model that answered with too little confidence",
             Why::NoHead => "no learned head",
             Why::BelowThreshold { .. } => "P(adequate) below the threshold",
+            Why::Skipped => "skipped by the cascade",
             Why::Quality { .. } => "quality below the floor",
             Why::Context { .. } => "context too short",
             Why::NoConstraints(_) => "does not decode under constraints",
@@ -235,6 +239,9 @@ impl fmt::Display for Why<'_> {
             Why::BelowThreshold { p, threshold } => write!(
                 f,
                 "P(adequate) {p:.3} is below the route's threshold {threshold}"
+            ),
+            Why::Skipped => f.write_str(
+                "the route's cascade skips it for short answers (`skip`: it rarely keeps one)",
             ),
             Why::Quality { has, need } => write!(f, "quality {has} is below the required {need}"),
             Why::Context { has, need } => write!(
@@ -535,6 +542,7 @@ impl Decision {
             },
             RungWhy::NotLarger(p) => Why::NotLarger(p),
             RungWhy::NoHead => Why::NoHead,
+            RungWhy::Skipped => Why::Skipped,
             RungWhy::BelowThreshold(p) => Why::BelowThreshold {
                 p,
                 threshold: match route.map(|r| &r.adequacy) {

@@ -154,6 +154,11 @@ pub struct Cascade {
     pub threshold: f32,
     /// Requests that may generate more tokens than this are routed as by `static`.
     pub max_tokens: u32,
+    /// A threshold per model (rung), fitted jointly; `threshold` for a model not named.
+    pub per_model: Vec<(String, f32)>,
+    /// Models a judged request never starts on: they rarely keep an answer, so asking them
+    /// first would only cost a generation thrown away.
+    pub skip: Vec<String>,
     /// Where the threshold came from (the evaluation set and target), for explain.
     pub calibrated: Option<String>,
 }
@@ -191,6 +196,19 @@ impl Cascade {
     /// that names no model.
     pub fn judges(&self, req: &RouteRequest) -> bool {
         req.space.is_none() && req.max_tokens > 0 && req.max_tokens <= self.max_tokens
+    }
+
+    /// The threshold `model`'s answers are judged against.
+    pub fn threshold_for(&self, model: &str) -> f32 {
+        self.per_model
+            .iter()
+            .find(|(m, _)| m == model)
+            .map_or(self.threshold, |(_, t)| *t)
+    }
+
+    /// Whether a judged request skips `model`.
+    pub fn skips(&self, model: &str) -> bool {
+        self.skip.iter().any(|m| m == model)
     }
 }
 
