@@ -394,19 +394,18 @@ TOML
   fi
 }
 
-routing() {
-  echo "== routing: the learned estimator's cost per decision"
-  cargo bench -q -p edgewise-cli --bench adequacy | tee "$OUT/adequacy.jsonl"
-  echo "== routing: each local model of make up's fleet on the committed item sets (stop make up first: same ports)"
-  local dir=$OUT/routing sets=(exact-answers mmlu-200) feat=models/wordllama-l2-supercat-256
-  rm -rf "$dir"; mkdir -p "$dir"
+# Each local generate model of make up's fleet answers every item of the sets named:
+# routing_outcomes DIR SET... (writes DIR/SET.jsonl; sets "want" to the number of agents)
+routing_outcomes() {
+  local dir=$1; shift
   EDGEWISE_LOG=warn "$BIN/edgewise-gateway" --config deploy/dev/gateway.toml run 2>"$dir/gateway.log" & pids+=($!)
   for n in a b; do
     EDGEWISE_LOG=warn "$BIN/edgewise-agent" --config "deploy/dev/agent-$n.toml" run 2>"$dir/agent-$n.log" & pids+=($!)
   done
-  local ports=(7301 7302) want=2
+  local ports=(7301 7302)
+  want=2
   # ROUTING_LADDER=full: also the opt-in Qwen2.5-Coder-1.5B (make models LADDER=full) on a
-  # third agent; its report goes to routing-full.md (about 15 more minutes)
+  # third agent; its report goes to routing-full.md (about 30 more minutes)
   if [ "${ROUTING_LADDER:-default}" = full ]; then
     sed -e 's/7302/7303/; s/agent-b/agent-c/g; s/include = .*/include = ["qwen2.5-coder-1.5b-q4"]/' \
       -e 's/"qwen2.5-coder-0.5b-q4"/"qwen2.5-coder-1.5b-q4"/; s|"../../|"'"$PWD"'/|' \
@@ -421,23 +420,41 @@ routing() {
     [ "$("$BIN/edgewise" fleet status 2>/dev/null | grep -c ' generate  ready')" -ge "$want" ] && break
     sleep 0.2
   done
-  local outs=() setargs=()
-  for s in "${sets[@]}"; do
+  for s in "$@"; do
     "$BIN/edgewise" --tenant dev eval run --set "eval/$s.jsonl" --out "$dir/$s.jsonl"
-    outs+=(--outcomes "$dir/$s.jsonl"); setargs+=(--set "eval/$s.jsonl")
   done
   cleanup; pids=()
+}
+
+routing() {
+  echo "== routing: the learned estimator's cost per decision"
+  cargo bench -q -p edgewise-cli --bench adequacy | tee "$OUT/adequacy.jsonl"
+  echo "== routing: each local model of make up's fleet on the committed item sets (stop make up first: same ports)"
+  # calibration sees the first three sets; short-held-out's kinds are in none of them
+  local dir=$OUT/routing sets=(exact-answers mmlu-200 short-answers) held=short-held-out
+  local feat=models/wordllama-l2-supercat-256 want=2
+  [ "${ROUTING_LADDER:-default}" = full ] && { dir=$OUT/routing-full; want=3; }
+  # ROUTING_KEEP=1: measure again from the outcomes of the last run (same fleet, same sets)
+  if [ "${ROUTING_KEEP:-0}" = 1 ] && [ -f "$dir/$held.jsonl" ]; then
+    rm -f "$dir/heads.json" "$dir/policy.yaml"
+  else
+    rm -rf "$dir"; mkdir -p "$dir"
+    routing_outcomes "$dir" "${sets[@]}" "$held"
+  fi
+  local outs=() setargs=()
+  for s in "${sets[@]}"; do outs+=(--outcomes "$dir/$s.jsonl"); setargs+=(--set "eval/$s.jsonl"); done
   local report=routing.md
   [ "$want" = 3 ] && report=routing-full.md
-  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" > "$OUT/$report"
+  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" \
+    --held-out "$dir/$held.jsonl" > "$OUT/$report"
   [ "$want" = 3 ] && { cat "$OUT/$report"; return; }
   # the policy blocks this run calibrates (the committed policy is written by hand from them)
   cp policies/default.yaml "$dir/policy.yaml"
   "$BIN/edgewise" eval train "${outs[@]}" "${setargs[@]}" --features "$feat" --out "$dir/heads.json"
   {
-    echo "cascade, over both sets:"
+    echo "cascade, over the calibration sets:"
     "$BIN/edgewise" eval calibrate "${outs[@]}" --target 0.95 --policy "$dir/policy.yaml"
-    echo "learned, over both sets:"
+    echo "learned, over the calibration sets:"
     "$BIN/edgewise" eval calibrate "${outs[@]}" --estimator learned --heads "$dir/heads.json" \
       "${setargs[@]}" --features "$feat" --target 0.95 --policy "$dir/policy.yaml"
   } > "$OUT/routing-calibration.txt"

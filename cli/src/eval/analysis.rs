@@ -203,25 +203,48 @@ pub struct Point {
     /// Fraction answered by a local model.
     pub local_share: f64,
     pub cost_usd: f64,
+    /// Local generations per item (rungs asked, kept or not).
+    pub generations: f64,
 }
 
-/// One item under a cascade at `threshold`: (answered right, answered locally).
-fn cascade_item(r: &Row, score: Score, threshold: f32, external: bool) -> (bool, bool) {
-    let kept = r.rungs.iter().find(|g| score.of(&g.scores) >= threshold);
-    match (kept, external) {
-        (Some(g), _) => (g.correct, true),
-        (None, true) => (r.hosted_correct, false),
-        (None, false) => (r.rungs.last().is_some_and(|g| g.correct), true),
+/// A cascade's thresholds, one per rung (smallest first); `None`: the rung is skipped
+/// (never asked). Rungs past its end are never kept.
+pub type Plan = Vec<Option<f32>>;
+
+/// One threshold for every rung of `rows`.
+pub fn uniform(rows: &[Row], threshold: f32) -> Plan {
+    vec![Some(threshold); rows.first().map_or(0, |r| r.rungs.len())]
+}
+
+/// One item under a cascade: (answered right, answered locally, rungs asked).
+fn cascade_item(
+    r: &Row,
+    score: Score,
+    plan: &[Option<f32>],
+    external: bool,
+) -> (bool, bool, usize) {
+    let mut asked = 0;
+    for (g, t) in r.rungs.iter().zip(plan) {
+        let Some(t) = t else { continue };
+        asked += 1;
+        if score.of(&g.scores) >= *t {
+            return (g.correct, true, asked);
+        }
+    }
+    if external {
+        (r.hosted_correct, false, asked)
+    } else {
+        (r.rungs.last().is_some_and(|g| g.correct), true, asked)
     }
 }
 
-/// Per item under a cascade at `threshold` (hosted step allowed): (right, local) as 0/1,
-/// and the hosted model's right answers, for bounds over the items.
-pub fn cascade_items(rows: &[Row], score: Score, threshold: f32) -> [Vec<f64>; 3] {
+/// Per item under a cascade (hosted step allowed): (right, local) as 0/1, and the hosted
+/// model's right answers, for bounds over the items.
+pub fn cascade_items(rows: &[Row], score: Score, plan: &[Option<f32>]) -> [Vec<f64>; 3] {
     let one = |b: bool| f64::from(u8::from(b));
     let mut out = [Vec::new(), Vec::new(), Vec::new()];
     for r in rows {
-        let (right, local) = cascade_item(r, score, threshold, true);
+        let (right, local, _) = cascade_item(r, score, plan, true);
         out[0].push(one(right));
         out[1].push(one(local));
         out[2].push(one(r.hosted_correct));
@@ -229,14 +252,21 @@ pub fn cascade_items(rows: &[Row], score: Score, threshold: f32) -> [Vec<f64>; 3
     out
 }
 
-/// A cascade at `threshold`: each rung answers until one is confident; when none is, the
-/// hosted model answers if `external` (else the largest rung's answer stands).
+/// A cascade at one `threshold` for every rung: each rung answers until one is confident;
+/// when none is, the hosted model answers if `external` (else the largest rung's answer
+/// stands).
 pub fn cascade(rows: &[Row], score: Score, threshold: f32, external: bool) -> Point {
-    let (mut right, mut local, mut cost) = (0usize, 0usize, 0.0);
+    cascade_plan(rows, score, &uniform(rows, threshold), external)
+}
+
+/// A cascade with a threshold per rung (`plan`).
+pub fn cascade_plan(rows: &[Row], score: Score, plan: &[Option<f32>], external: bool) -> Point {
+    let (mut right, mut local, mut cost, mut asked) = (0usize, 0usize, 0.0, 0usize);
     for r in rows {
-        let (correct, here) = cascade_item(r, score, threshold, external);
+        let (correct, here, a) = cascade_item(r, score, plan, external);
         right += usize::from(correct);
         local += usize::from(here);
+        asked += a;
         if !here {
             cost += r.hosted_cost_usd;
         }
@@ -246,6 +276,7 @@ pub fn cascade(rows: &[Row], score: Score, threshold: f32, external: bool) -> Po
         quality: right as f64 / n,
         local_share: local as f64 / n,
         cost_usd: cost,
+        generations: asked as f64 / n,
     }
 }
 
@@ -261,6 +292,28 @@ fn thresholds(rows: &[Row], score: Score) -> Vec<f32> {
     t
 }
 
+/// The thresholds tried for one rung of a joint fit: its own values (at most `most` of
+/// them, evenly spaced quantiles), and skipping it.
+fn rung_thresholds(rows: &[Row], rung: usize, score: Score, most: usize) -> Vec<Option<f32>> {
+    let mut v: Vec<f32> = rows
+        .iter()
+        .map(|r| score.of(&r.rungs[rung].scores))
+        .filter(|x| x.is_finite())
+        .collect();
+    v.sort_by(f32::total_cmp);
+    v.dedup();
+    let picked: Vec<f32> = if v.len() <= most {
+        v
+    } else {
+        let mut q: Vec<f32> = (0..most)
+            .map(|i| v[i * (v.len() - 1) / (most - 1).max(1)])
+            .collect();
+        q.dedup();
+        q
+    };
+    picked.into_iter().map(Some).chain([None]).collect()
+}
+
 /// Always the hosted model.
 pub fn hosted(rows: &[Row]) -> Point {
     let n = rows.len().max(1) as f64;
@@ -268,34 +321,83 @@ pub fn hosted(rows: &[Row]) -> Point {
         quality: rows.iter().filter(|r| r.hosted_correct).count() as f64 / n,
         local_share: 0.0,
         cost_usd: rows.iter().map(|r| r.hosted_cost_usd).sum(),
+        generations: 0.0,
     }
 }
 
-/// A calibrated cascade: the signal and threshold that serve the most locally while
+/// How a cascade's thresholds are fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// One threshold for every rung.
+    One,
+    /// One per rung, fitted jointly; a rung may be skipped.
+    PerRung,
+}
+
+/// A calibrated cascade: the signal and thresholds that serve the most locally while
 /// keeping `target` of the hosted model's quality.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     pub score: Score,
+    /// With `Fit::One`, every rung's; with `Fit::PerRung`, the largest asked rung's (the
+    /// default for a model the fit never saw).
     pub threshold: f32,
+    pub plan: Plan,
+    pub fit: Fit,
     pub point: Point,
     /// With a confidence level: (level, the kept quality's one-sided lower bound at it).
     pub lower: Option<(f64, f64)>,
 }
 
-/// Every (score, threshold) whose point estimate keeps `target` of the hosted quality, the
-/// most local first (then the best quality).
-fn candidates(rows: &[Row], target: f64, scores: &[Score]) -> Vec<Calibration> {
+/// Thresholds tried per rung in a joint fit (a ladder of three tries about 50³ plans).
+const JOINT_STEPS: usize = 48;
+
+/// Every plan whose point estimate keeps `target` of the hosted quality, the most local
+/// first (then the best quality, then the fewest generations).
+fn candidates(rows: &[Row], target: f64, scores: &[Score], fit: Fit) -> Vec<Calibration> {
     let need = target * hosted(rows).quality;
     let mut all = Vec::new();
+    let rungs = rows.first().map_or(0, |r| r.rungs.len());
     for &score in scores {
-        for t in thresholds(rows, score) {
-            let point = cascade(rows, score, t, true);
+        let plans: Vec<Plan> = match fit {
+            Fit::One => thresholds(rows, score)
+                .into_iter()
+                .map(|t| uniform(rows, t))
+                .collect(),
+            Fit::PerRung => {
+                let per: Vec<Vec<Option<f32>>> = (0..rungs)
+                    .map(|i| rung_thresholds(rows, i, score, JOINT_STEPS))
+                    .collect();
+                let mut plans: Vec<Plan> = vec![Vec::new()];
+                for options in &per {
+                    plans = plans
+                        .iter()
+                        .flat_map(|p| {
+                            options.iter().map(move |o| {
+                                let mut q = p.clone();
+                                q.push(*o);
+                                q
+                            })
+                        })
+                        .collect();
+                }
+                plans
+            }
+        };
+        for plan in plans {
+            let point = cascade_plan(rows, score, &plan, true);
             if point.quality + 1e-12 >= need {
+                let threshold = plan
+                    .iter()
+                    .rev()
+                    .find_map(|t| *t)
+                    .filter(|t| t.is_finite())
+                    .unwrap_or(0.0);
                 all.push(Calibration {
                     score,
-                    // a threshold between this value and the next lower one, rounded for a
-                    // policy
-                    threshold: if t.is_finite() { t } else { 0.0 },
+                    threshold,
+                    plan,
+                    fit,
                     point,
                     lower: None,
                 });
@@ -304,16 +406,16 @@ fn candidates(rows: &[Row], target: f64, scores: &[Score]) -> Vec<Calibration> {
     }
     // stable: among equals, the first signal and threshold found stays first
     all.sort_by(|a, b| {
-        (b.point.local_share, b.point.quality)
-            .partial_cmp(&(a.point.local_share, a.point.quality))
+        (b.point.local_share, b.point.quality, a.point.generations)
+            .partial_cmp(&(a.point.local_share, a.point.quality, b.point.generations))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     all
 }
 
-/// The threshold that serves the most locally while its point estimate keeps `target`.
-pub fn calibrate(rows: &[Row], target: f64, scores: &[Score]) -> Option<Calibration> {
-    candidates(rows, target, scores).into_iter().next()
+/// The plan that serves the most locally while its point estimate keeps `target`.
+pub fn calibrate(rows: &[Row], target: f64, scores: &[Score], fit: Fit) -> Option<Calibration> {
+    candidates(rows, target, scores, fit).into_iter().next()
 }
 
 /// As `calibrate`, but the kept quality (the cascade's right answers over the hosted
@@ -322,18 +424,23 @@ pub fn calibrate(rows: &[Row], target: f64, scores: &[Score]) -> Option<Calibrat
 pub fn calibrate_bounded(
     rows: &[Row],
     target: f64,
-    scores: &[Score],
+    (scores, fit): (&[Score], Fit),
     level: f64,
     boot: &super::bounds::Bootstrap,
 ) -> Option<Calibration> {
-    candidates(rows, target, scores).into_iter().find_map(|c| {
-        let [right, _, hosted] = cascade_items(rows, c.score, c.threshold);
-        let lower = boot.lower(&right, &hosted, level);
-        (lower + 1e-12 >= target).then_some(Calibration {
-            lower: Some((level, lower)),
-            ..c
+    // of the plans that serve as many items locally, only the best is bootstrapped
+    let mut tried = std::collections::HashSet::new();
+    candidates(rows, target, scores, fit)
+        .into_iter()
+        .filter(|c| tried.insert((c.point.local_share * 1e9) as u64))
+        .find_map(|c| {
+            let [right, _, hosted] = cascade_items(rows, c.score, &c.plan);
+            let lower = boot.lower(&right, &hosted, level);
+            (lower + 1e-12 >= target).then_some(Calibration {
+                lower: Some((level, lower)),
+                ..c
+            })
         })
-    })
 }
 
 /// Leave one group out: for each kind of item, the threshold calibrated on every other kind
@@ -355,8 +462,8 @@ pub fn leave_one_group_out(
     for g in &groups {
         let (out, rest): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.group == *g);
         let [r, l, h] = match fit(&rest) {
-            Some(c) => cascade_items(&out, c.score, c.threshold),
-            None => cascade_items(&out, Score::Adequacy, f32::INFINITY),
+            Some(c) => cascade_items(&out, c.score, &c.plan),
+            None => cascade_items(&out, Score::Adequacy, &[]),
         };
         local += l.iter().sum::<f64>();
         right += r.iter().sum::<f64>();
@@ -527,7 +634,7 @@ mod tests {
             (p.quality, p.local_share, p.cost_usd),
             (2.0 / 3.0, 1.0, 0.0)
         );
-        // an impossible threshold is always-hosted
+        // an impossible threshold is always-hosted (each rung asked in vain)
         assert_eq!(
             cascade(
                 &rows,
@@ -535,7 +642,10 @@ mod tests {
                 f32::INFINITY,
                 true
             ),
-            hosted(&rows)
+            Point {
+                generations: 2.0,
+                ..hosted(&rows)
+            }
         );
     }
 
@@ -548,14 +658,56 @@ mod tests {
             row(&[(false, -2.0)], true),
         ];
         // 100 %: only the two right answers may stay local (threshold -0.5)
-        let c = calibrate(&rows, 1.0, &Score::CONFIDENCE).unwrap();
+        let c = calibrate(&rows, 1.0, &Score::CONFIDENCE, Fit::One).unwrap();
         assert_eq!(
             (c.threshold, c.point.local_share, c.point.quality),
             (-0.5, 0.5, 1.0)
         );
         // 75 %: one wrong local answer is allowed
-        let c = calibrate(&rows, 0.75, &Score::CONFIDENCE).unwrap();
+        let c = calibrate(&rows, 0.75, &Score::CONFIDENCE, Fit::One).unwrap();
         assert_eq!((c.threshold, c.point.local_share), (-0.9, 0.75));
+    }
+
+    #[test]
+    fn thresholds_per_model_are_fitted_jointly_and_a_useless_rung_is_skipped() {
+        // the small model is sure of everything and right on a quarter; the large one is
+        // right exactly when it is sure (-0.1), wrong when unsure (-3.0)
+        let rows: Vec<Row> = (0..40)
+            .map(|i| {
+                let large_right = i % 5 != 0;
+                let large = if large_right { -0.1 } else { -3.0 };
+                row(&[(i % 4 == 0, -0.05), (large_right, large)], true)
+            })
+            .collect();
+        let one = calibrate(&rows, 1.0, &Score::CONFIDENCE, Fit::One).unwrap();
+        let joint = calibrate(&rows, 1.0, &Score::CONFIDENCE, Fit::PerRung).unwrap();
+        // one threshold above the small model's -0.05 also passes the large model's sure
+        // answers by: nothing local at 100 %
+        assert_eq!(one.point.local_share, 0.0, "{one:?}");
+        // per model: the small one skipped (it never asks), the large one kept when sure
+        assert_eq!(joint.plan, vec![None, Some(-0.1)], "{joint:?}");
+        assert_eq!(
+            (
+                joint.point.local_share,
+                joint.point.quality,
+                joint.point.generations
+            ),
+            (0.8, 1.0, 1.0)
+        );
+        // the policy block names each model (rounded down: -0.1 in f32 is below -0.1)
+        let block = crate::eval::render_calibration(
+            &joint,
+            &["small".into(), "large".into()],
+            1.0,
+            16,
+            "s",
+        );
+        assert!(
+            block.contains(
+                "  threshold: -0.1001\n  thresholds:\n    large: -0.1001\n  skip: [small]\n"
+            ),
+            "{block}"
+        );
     }
 
     #[test]
@@ -569,8 +721,9 @@ mod tests {
             })
             .collect();
         let boot = crate::eval::bounds::Bootstrap::new(rows.len(), 1000, 1);
-        let point = calibrate(&rows, 0.9, &Score::CONFIDENCE).unwrap();
-        let bounded = calibrate_bounded(&rows, 0.9, &Score::CONFIDENCE, 0.9, &boot).unwrap();
+        let point = calibrate(&rows, 0.9, &Score::CONFIDENCE, Fit::One).unwrap();
+        let bounded =
+            calibrate_bounded(&rows, 0.9, (&Score::CONFIDENCE, Fit::One), 0.9, &boot).unwrap();
         // the point estimate sits at the target; the bound needs a margin below it, so
         // fewer items stay local
         assert!(
@@ -586,7 +739,8 @@ mod tests {
         assert!(lower >= 0.9 && bounded.point.quality > lower, "{bounded:?}");
         // at 100 % only right answers stay local: no spread, so the bound and the point
         // estimate agree (the confident half and item 100)
-        let exact = calibrate_bounded(&rows, 1.0, &Score::CONFIDENCE, 0.9, &boot).unwrap();
+        let exact =
+            calibrate_bounded(&rows, 1.0, (&Score::CONFIDENCE, Fit::One), 0.9, &boot).unwrap();
         assert_eq!(exact.point.local_share, 0.505);
         assert_eq!(exact.lower, Some((0.9, 1.0)));
     }
@@ -605,12 +759,12 @@ mod tests {
             group: "c".into(),
             ..row(&[(i % 2 == 0, -2.0)], true)
         }));
-        let fit = |r: &[Row]| calibrate(r, 0.9, &Score::CONFIDENCE);
+        let fit = |r: &[Row]| calibrate(r, 0.9, &Score::CONFIDENCE, Fit::One);
         let (local, kept, groups) = leave_one_group_out(&rows, fit).unwrap();
         assert_eq!(groups, 3);
         // calibrated without b, the threshold keeps b's confident wrong answers: the promise
         // breaks on the kind left out, which in-sample calibration hides
-        let in_sample = calibrate(&rows, 0.9, &Score::CONFIDENCE).unwrap();
+        let in_sample = calibrate(&rows, 0.9, &Score::CONFIDENCE, Fit::One).unwrap();
         assert!(in_sample.point.quality >= 0.9, "{in_sample:?}");
         assert!(kept < 0.9, "{local} {kept}");
         // one kind alone: nothing to leave out

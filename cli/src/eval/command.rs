@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::analysis::{self, Prices, Score};
+use super::analysis::{self, Fit, Prices, Score};
 use super::{EvalError, run, train};
 use crate::client::Caller;
 use edgewise_gateway::adequacy::Features;
@@ -33,6 +33,10 @@ pub enum EvalCommand {
         outcomes: Vec<PathBuf>,
         #[command(flatten)]
         learned: LearnedArgs,
+        /// Outcomes on kinds calibration never saw: the cascade is calibrated on all of
+        /// --outcomes together and measured on these (a section of its own).
+        #[arg(long = "held-out")]
+        held_out: Vec<PathBuf>,
         #[command(flatten)]
         prices: PriceArgs,
     },
@@ -63,6 +67,10 @@ pub enum EvalCommand {
         /// The longest answer a cascade judges (a request's max_tokens).
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
+        /// cascade: `per-rung` (a threshold per model, fitted jointly; a model may be
+        /// skipped) or `one` (one threshold for every model).
+        #[arg(long, default_value = "per-rung")]
+        fit: String,
         /// learned: the heads file `train` wrote.
         #[arg(long)]
         heads: Option<PathBuf>,
@@ -181,6 +189,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
         EvalCommand::Report {
             outcomes,
             learned,
+            held_out,
             prices,
         } => {
             let fx = learned.load()?;
@@ -194,6 +203,18 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                 print!(
                     "{}",
                     super::render(&set, &o, cv.as_deref(), prices.prices())
+                );
+            }
+            if !held_out.is_empty() {
+                let (fit_on, sources) = read_all(outcomes)?;
+                let (measured, held) = read_all(held_out)?;
+                print!(
+                    "{}",
+                    super::render_held_out(
+                        (&fit_on, &sources),
+                        (&measured, &held),
+                        prices.prices()
+                    )?
                 );
             }
             Ok(())
@@ -222,6 +243,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             confidence,
             estimator,
             max_tokens,
+            fit: fit_name,
             heads,
             learned,
             policy,
@@ -242,23 +264,32 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             let (all, sources) = read_all(outcomes)?;
             let none =
                 || EvalError::Usage(format!("no threshold keeps {target} of the hosted quality"));
-            let fit = |rows: &[analysis::Row], scores: &[Score]| {
+            let per_rung = match fit_name.as_str() {
+                "per-rung" => Fit::PerRung,
+                "one" => Fit::One,
+                other => {
+                    return Err(EvalError::Usage(format!(
+                        "--fit `{other}`: expected per-rung or one"
+                    )));
+                }
+            };
+            let fit = |rows: &[analysis::Row], scores: &[Score], how: Fit| {
                 if *confidence == 0.0 {
-                    analysis::calibrate(rows, *target, scores)
+                    analysis::calibrate(rows, *target, scores, how)
                 } else {
                     let boot = super::bounds::Bootstrap::new(
                         rows.len(),
                         super::bounds::DRAWS,
                         super::bounds::SEED,
                     );
-                    analysis::calibrate_bounded(rows, *target, scores, *confidence, &boot)
+                    analysis::calibrate_bounded(rows, *target, (scores, how), *confidence, &boot)
                 }
             };
             let block = match estimator.as_str() {
                 "cascade" => {
                     let t = analysis::table(&all, prices.prices());
-                    let c = fit(&t.rows, &Score::CONFIDENCE).ok_or_else(none)?;
-                    super::render_calibration(&c, *target, *max_tokens, &sources)
+                    let c = fit(&t.rows, &Score::CONFIDENCE, per_rung).ok_or_else(none)?;
+                    super::render_calibration(&c, &t.ladder, *target, *max_tokens, &sources)
                 }
                 "learned" => {
                     let heads_path = heads.as_ref().ok_or_else(|| {
@@ -271,7 +302,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     })?;
                     let cv = train::cross_fitted(&all, &x)?;
                     let t = analysis::table(&cv, prices.prices());
-                    let c = fit(&t.rows, &[Score::Adequacy]).ok_or_else(none)?;
+                    let c = fit(&t.rows, &[Score::Adequacy], Fit::One).ok_or_else(none)?;
                     let base = policy.parent().unwrap_or(std::path::Path::new("."));
                     let rel = |p: &std::path::Path| relative(p, base);
                     let models: Vec<String> = h.models().iter().map(|m| m.to_string()).collect();

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 pub use command::{EvalCommand, main};
 pub use policy_edit::write_adequacy;
-pub use report::{render, render_calibration, render_learned};
+pub use report::{render, render_calibration, render_held_out, render_learned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::analysis::{self, Calibration, Prices, Score, Table};
+use super::analysis::{self, Calibration, Fit, Prices, Score, Table};
 use edgewise_gateway::routing::Signal;
 
 pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
@@ -89,12 +89,12 @@ pub fn render(
     for target in TARGETS {
         let b = analysis::baselines(&t, target);
         let (c, q) = cell(
-            analysis::calibrate(&t.rows, target, &Score::CONFIDENCE),
+            analysis::calibrate(&t.rows, target, &Score::CONFIDENCE, Fit::One),
             true,
         );
         let (lc, lq) = cell(
             lt.as_ref()
-                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Score::Adequacy])),
+                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Score::Adequacy], Fit::One)),
             false,
         );
         let held = held_out(&t, target).map_or("—".into(), |(s, k)| {
@@ -127,8 +127,8 @@ pub fn render(
         }
     }
     // confidential requests may not leave the box: the cascade ends at the largest rung
-    if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Score::CONFIDENCE) {
-        let local = analysis::cascade(&t.rows, c.score, c.threshold, false);
+    if let Some(c) = analysis::calibrate(&t.rows, 0.95, &Score::CONFIDENCE, Fit::One) {
+        let local = analysis::cascade_plan(&t.rows, c.score, &c.plan, false);
         let best_local = t.ladder.iter().map(|m| t.accuracy[m]).fold(0.0, f64::max);
         let _ = writeln!(
             out,
@@ -146,69 +146,182 @@ pub fn render(
 const LEVEL: f64 = 0.9;
 
 /// The cascade's figures with their 90 % intervals (a paired bootstrap over the items), and
-/// the threshold chosen so that the kept quality's lower bound, not its point estimate,
-/// clears the target.
+/// the thresholds chosen so that the kept quality's lower bound, not its point estimate,
+/// clears the target; for one threshold and for one per rung.
 fn intervals(out: &mut String, t: &Table) {
     let boot =
         super::bounds::Bootstrap::new(t.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
-    let ones = vec![1.0; t.rows.len()];
     let _ = writeln!(
         out,
-        "\nThe cascade with {:.0} % intervals (bootstrap over the items, {} resamples), calibrated on the kept quality's one-sided {:.0} % lower bound, and leave-one-group-out (calibrated on every kind of item but one, measured on that one, pooled):\n",
+        "\nThe cascade with {:.0} % intervals (bootstrap over the items, {} resamples), calibrated on the kept quality's one-sided {:.0} % lower bound, and leave-one-group-out (calibrated on every kind of item but one, measured on that one, pooled); one threshold for every model, or one per model fitted jointly (a model may be skipped):\n",
         100.0 * LEVEL,
         super::bounds::DRAWS,
         100.0 * LEVEL
     );
     let _ = writeln!(
         out,
-        "| target | in-sample local [interval] | kept quality [interval] | bounded: local / kept (lower bound) | leave-one-group-out: local / kept (kinds) |"
+        "| target | thresholds | in-sample local [interval] | kept quality [interval] | bounded: local / kept (lower bound) | local generations per item | leave-one-group-out: local / kept (kinds) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    let pct = |x: f64| format!("{:.1}", 100.0 * x);
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for target in TARGETS {
-        let point = analysis::calibrate(&t.rows, target, &Score::CONFIDENCE).map(|c| {
-            let [right, local, hosted] = analysis::cascade_items(&t.rows, c.score, c.threshold);
-            let (ll, lh) = boot.interval(&local, &ones, LEVEL);
-            let (kl, kh) = boot.interval(&right, &hosted, LEVEL);
-            let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
-            format!(
-                "{} % [{}, {}] | {} % [{}, {}]",
-                pct(c.point.local_share),
-                pct(ll),
-                pct(lh),
-                pct(kept),
-                pct(kl),
-                pct(kh)
-            )
-        });
-        let bounded =
-            analysis::calibrate_bounded(&t.rows, target, &Score::CONFIDENCE, LEVEL, &boot).map(
-                |c| {
-                    let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
-                    let lower = c.lower.map_or(0.0, |(_, l)| l);
-                    format!(
-                        "{} % / {} % ({} %)",
-                        pct(c.point.local_share),
-                        pct(kept),
-                        pct(lower)
-                    )
-                },
+        for fit in [Fit::One, Fit::PerRung] {
+            let point = analysis::calibrate(&t.rows, target, &Score::CONFIDENCE, fit)
+                .map(|c| measured(&c, &t.rows, &boot));
+            let bounded = analysis::calibrate_bounded(
+                &t.rows,
+                target,
+                (&Score::CONFIDENCE, fit),
+                LEVEL,
+                &boot,
             );
-        // calibrated on every kind but one, measured on the one left out
-        let logo = analysis::leave_one_group_out(&t.rows, |rows| {
-            analysis::calibrate(rows, target, &Score::CONFIDENCE)
-        })
-        .map_or("—".into(), |(local, kept, kinds)| {
-            format!("{} % / {} % ({kinds})", pct(local), pct(kept))
-        });
-        let _ = writeln!(
-            out,
-            "| {:.0} % | {} | {} | {logo} |",
-            100.0 * target,
-            point.unwrap_or_else(|| "— | —".into()),
-            bounded.unwrap_or_else(|| "—".into())
-        );
+            let bounded_cell = bounded.as_ref().map_or("—".into(), |c| {
+                let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
+                let lower = c.lower.map_or(0.0, |(_, l)| l);
+                format!(
+                    "{} % / {} % ({} %) {}",
+                    pct(c.point.local_share),
+                    pct(kept),
+                    pct(lower),
+                    plan_text(c, &t.ladder)
+                )
+            });
+            let generations = bounded
+                .as_ref()
+                .map_or("—".into(), |c| format!("{:.2}", c.point.generations));
+            // calibrated on every kind but one, measured on the one left out
+            let logo = analysis::leave_one_group_out(&t.rows, |rows| {
+                analysis::calibrate(rows, target, &Score::CONFIDENCE, fit)
+            })
+            .map_or("—".into(), |(local, kept, kinds)| {
+                format!("{} % / {} % ({kinds})", pct(local), pct(kept))
+            });
+            let _ = writeln!(
+                out,
+                "| {:.0} % | {} | {} | {bounded_cell} | {generations} | {logo} |",
+                100.0 * target,
+                fit_name(fit),
+                point.unwrap_or_else(|| "— | —".into()),
+            );
+        }
     }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn fit_name(fit: Fit) -> &'static str {
+    match fit {
+        Fit::One => "one",
+        Fit::PerRung => "per model",
+    }
+}
+
+/// `local % [interval] | kept % [interval]` of a calibration on `rows`.
+fn measured(c: &Calibration, rows: &[analysis::Row], boot: &super::bounds::Bootstrap) -> String {
+    let ones = vec![1.0; rows.len()];
+    let [right, local, hosted] = analysis::cascade_items(rows, c.score, &c.plan);
+    let (ll, lh) = boot.interval(&local, &ones, LEVEL);
+    let (kl, kh) = boot.interval(&right, &hosted, LEVEL);
+    let share = local.iter().sum::<f64>() / rows.len().max(1) as f64;
+    let kept = right.iter().sum::<f64>() / hosted.iter().sum::<f64>().max(1.0);
+    format!(
+        "{} % [{}, {}] | {} % [{}, {}]",
+        pct(share),
+        pct(ll),
+        pct(lh),
+        pct(kept),
+        pct(kl),
+        pct(kh)
+    )
+}
+
+/// `(p10_logprob: smollm2 skip, qwen −0.52)`.
+fn plan_text(c: &Calibration, ladder: &[String]) -> String {
+    let rungs: Vec<String> = ladder
+        .iter()
+        .zip(&c.plan)
+        .map(|(m, t)| match t {
+            Some(t) if t.is_finite() => format!("{m} {t:.3}"),
+            Some(_) => format!("{m} never kept"),
+            None => format!("{m} skipped"),
+        })
+        .collect();
+    format!("({}: {})", c.score.name(), rungs.join(", "))
+}
+
+/// The cascade calibrated on every outcome of `fit_on` (its sets' names in `sources`) and
+/// measured on `measured`, outcomes on kinds of item the calibration never saw: the figure
+/// a new user's traffic is promised. With the baselines on the held-out items themselves
+/// (in-sample there, so generous to them).
+pub fn render_held_out(
+    (fit_on, sources): (&[super::run::Outcome], &str),
+    (measured_on, held): (&[super::run::Outcome], &str),
+    prices: Prices,
+) -> Result<String, super::EvalError> {
+    let ft = analysis::table(fit_on, prices);
+    let ht = analysis::table(measured_on, prices);
+    if ft.ladder != ht.ladder {
+        return Err(super::EvalError::Usage(format!(
+            "the held-out outcomes were answered by {:?} and the calibration's by {:?}: run both on one fleet",
+            ht.ladder, ft.ladder
+        )));
+    }
+    let fboot =
+        super::bounds::Bootstrap::new(ft.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
+    let hboot =
+        super::bounds::Bootstrap::new(ht.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
+    let mut groups: Vec<&str> = ht.rows.iter().map(|r| r.group.as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Held out: {held} ({} items of {} kinds calibration never saw: {})\n",
+        ht.rows.len(),
+        groups.len(),
+        groups.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "Calibrated on {sources} ({} items) at the kept quality's one-sided {:.0} % lower bound, then measured here with {:.0} % intervals:\n",
+        ft.rows.len(),
+        100.0 * LEVEL,
+        100.0 * LEVEL
+    );
+    let _ = writeln!(
+        out,
+        "| target | thresholds | local [interval] | kept quality [interval] | local generations per item | random at matched cost | best fixed split | oracle |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for target in TARGETS {
+        let b = analysis::baselines(&ht, target);
+        for fit in [Fit::One, Fit::PerRung] {
+            let Some(c) = analysis::calibrate_bounded(
+                &ft.rows,
+                target,
+                (&Score::CONFIDENCE, fit),
+                LEVEL,
+                &fboot,
+            ) else {
+                continue;
+            };
+            let p = analysis::cascade_plan(&ht.rows, c.score, &c.plan, true);
+            let _ = writeln!(
+                out,
+                "| {:.0} % | {} {} | {} | {:.2} | {} % | {} % | {} % |",
+                100.0 * target,
+                fit_name(fit),
+                plan_text(&c, &ft.ladder),
+                measured(&c, &ht.rows, &hboot),
+                p.generations,
+                pct(b.random),
+                pct(b.best_split),
+                pct(b.oracle)
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Held-out: calibrate on the odd lines, measure on the even ones, and the other way
@@ -225,8 +338,8 @@ fn held_out(t: &Table, target: f64) -> Option<(f64, f64)> {
     let mut share = 0.0;
     let mut kept = 0.0;
     for (fit, test) in [(&halves[0], &halves[1]), (&halves[1], &halves[0])] {
-        let c = analysis::calibrate(fit, target, &Score::CONFIDENCE)?;
-        let p = analysis::cascade(test, c.score, c.threshold, true);
+        let c = analysis::calibrate(fit, target, &Score::CONFIDENCE, Fit::One)?;
+        let p = analysis::cascade_plan(test, c.score, &c.plan, true);
         share += p.local_share / 2.0;
         kept += p.quality / analysis::hosted(test).quality.max(1e-9) / 2.0;
     }
@@ -262,13 +375,38 @@ fn confidence(c: &Calibration) -> String {
     })
 }
 
-/// The policy block `calibrate` writes, with where it came from.
-pub fn render_calibration(c: &Calibration, target: f64, max_tokens: u32, source: &str) -> String {
+/// The policy block `calibrate` writes, with where it came from. A per-model fit names each
+/// model of `ladder` with its threshold, or in `skip`.
+pub fn render_calibration(
+    c: &Calibration,
+    ladder: &[String],
+    target: f64,
+    max_tokens: u32,
+    source: &str,
+) -> String {
+    // rounded down, so the calibrated boundary answer stays on its side
+    let round = |t: f32| (f64::from(t) * 1e4).floor() / 1e4;
+    let mut rungs = String::new();
+    if c.fit == Fit::PerRung {
+        let (mut named, mut skipped) = (Vec::new(), Vec::new());
+        for (m, t) in ladder.iter().zip(&c.plan) {
+            match t {
+                Some(t) if t.is_finite() => named.push(format!("    {m}: {:.4}\n", round(*t))),
+                _ => skipped.push(m.as_str()),
+            }
+        }
+        if !named.is_empty() {
+            rungs.push_str("  thresholds:\n");
+            rungs.push_str(&named.concat());
+        }
+        if !skipped.is_empty() {
+            rungs.push_str(&format!("  skip: [{}]\n", skipped.join(", ")));
+        }
+    }
     format!(
-        "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}{}: {:.1} % local, quality {:.3}\"\n",
+        "adequacy:\n  estimator: cascade\n  signal: {}\n  threshold: {:.4}\n{rungs}  max_tokens: {max_tokens}\n  calibrated: \"{source}; target {target}{}: {:.1} % local, quality {:.3}\"\n",
         c.score.name(),
-        // rounded down, so the calibrated boundary answer stays on its side
-        (f64::from(c.threshold) * 1e4).floor() / 1e4,
+        round(c.threshold),
         confidence(c),
         100.0 * c.point.local_share,
         c.point.quality
