@@ -35,6 +35,8 @@ pub struct Generation {
     pub constrained: bool,
     /// The request has tools: the reply is read for calls, which are sent whole.
     pub calls: Option<CallParser>,
+    /// Report the confidence over the first this many tokens when they are out (0: never).
+    pub judge_after: u32,
 }
 
 enum Stop {
@@ -143,6 +145,7 @@ impl Generation {
                         text: tail,
                         done: Some(done),
                         tool_calls,
+                        judged: None,
                     })
                     .await;
             }
@@ -221,11 +224,17 @@ impl Generation {
                 None => (pushed.text, Vec::new()),
                 Some(p) => split(p.push(&pushed.text)),
             };
-            if !out.is_empty() || !tool_calls.is_empty() {
+            // a cascade judges a long answer by its first tokens: their confidence goes out
+            // with the chunk that carries the last of them, even an empty one
+            let judged = (self.judge_after > 0 && progress.generated == self.judge_after)
+                .then(|| confidence(&progress.logprobs))
+                .flatten();
+            if !out.is_empty() || !tool_calls.is_empty() || judged.is_some() {
                 let chunk = pb::GenerateChunk {
                     text: out,
                     done: None,
                     tool_calls,
+                    judged,
                 };
                 let sent = match self.deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), tx.send(chunk)).await {

@@ -233,6 +233,7 @@ impl Inference {
             events: events_rx,
             constrained,
             calls: (calls != Calls::Off).then(tools::CallParser::default),
+            judge_after: req.judge_after_tokens,
         };
         // the generation is the caller's request still: its spans stay in the caller's trace
         let span = tracing::info_span!("inference", model = %req.model, task = "generate");

@@ -34,6 +34,12 @@ pub struct LocalCall {
     pub guard: crate::fleet::InFlight,
 }
 
+/// What an agent is asked for: the model, and the route whose decision chose it.
+pub struct AgentCall {
+    pub model: String,
+    pub route: String,
+}
+
 pub enum Routed {
     Local(LocalCall),
     External(ExternalCall),
@@ -157,15 +163,21 @@ pub fn explain_adequacy(policy: &ActivePolicy, req: &RouteRequest, d: &mut pb::D
                 candidate: format!("{}/{}", t.node_id, t.model),
                 confidence: None,
                 signal: c.signal.as_str().to_string(),
-                threshold: c.threshold,
-                outcome: if c.judges(req) {
+                threshold: c.threshold_for(&t.model),
+                outcome: {
                     let hosted = route
                         .external
                         .as_ref()
                         .map_or(String::new(), |e| format!(", then {}/{} where the data class permits", e.provider, e.model));
-                    format!("planned: answers first; below the threshold a larger local model answers again{hosted}")
-                } else {
-                    format!("not judged: max_tokens {} is not in 1..={}", req.max_tokens, c.max_tokens)
+                    let judged = if c.judges(req) {
+                        "answers first".to_string()
+                    } else if c.judges_start(req) {
+                        format!("answers first, judged by its first {} tokens (held, then streamed when kept)", c.max_tokens)
+                    } else {
+                        // a request that names its model
+                        return;
+                    };
+                    format!("planned: {judged}; below the threshold a larger local model answers again{hosted}")
                 },
             });
         }
@@ -367,7 +379,7 @@ pub async fn with_retries<T, F, Fut>(
     call: F,
 ) -> Result<Served<T>, GatewayError>
 where
-    F: Fn(AgentClient, String, Option<Duration>) -> Fut,
+    F: Fn(AgentClient, AgentCall, Option<Duration>) -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,
 {
     let mut retried: Vec<pb::Excluded> = Vec::new();
@@ -383,7 +395,14 @@ where
                 let span =
                     tracing::info_span!("agent.call", node = %routed.node, model = %routed.model);
                 let answer = tracing::Instrument::instrument(
-                    call(client, routed.model.clone(), remaining),
+                    call(
+                        client,
+                        AgentCall {
+                            model: routed.model.clone(),
+                            route: routed.decision.route.clone(),
+                        },
+                        remaining,
+                    ),
                     span,
                 );
                 // the gateway's own timer: its deadline ends before tonic's server timer, so

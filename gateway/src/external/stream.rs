@@ -72,6 +72,7 @@ pub async fn pipe(
                     text,
                     done: None,
                     tool_calls: Vec::new(),
+                    judged: None,
                 };
                 if tx
                     .send(Ok(pb::GatewayGenerateChunk::of_chunk(chunk)))
@@ -120,6 +121,7 @@ pub async fn pipe(
                     text: String::new(),
                     done: Some(done),
                     tool_calls: Vec::new(),
+                    judged: None,
                 };
                 let _ = tx.send(Ok(pb::GatewayGenerateChunk::of_chunk(chunk))).await;
                 return;

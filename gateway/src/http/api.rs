@@ -254,6 +254,7 @@ pub async fn chat(State(front): State<Arc<Front>>, request: Request) -> Result<R
             tool_choice: chat.tool_choice.clone(),
             parallel_tool_calls: chat.parallel_tool_calls,
             keep_alive_ms: chat.hints.keep_alive_ms,
+            judge_after_tokens: 0,
         }),
         routing: Some(hints),
     };

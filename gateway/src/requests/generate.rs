@@ -86,9 +86,25 @@ async fn tracked(
     route_req.p_adequate = crate::adequacy::estimate(&policy.policy, &messages);
     let tokens = (route_req.prompt_tokens, route_req.prompt_tokens_max);
     let gen_req = body.request.unwrap_or_default();
-    let call = |mut client: AgentClient, model: String, timeout: Option<Duration>| {
+    // routes whose cascade judges this request by its first tokens, and how many
+    let judged_by_start: Vec<(String, u32)> = policy
+        .policy
+        .routes
+        .iter()
+        .filter_map(|r| match &r.adequacy {
+            Adequacy::Cascade(c) if c.judges_start(&route_req) => {
+                Some((r.name.clone(), c.max_tokens))
+            }
+            _ => None,
+        })
+        .collect();
+    let call = |mut client: AgentClient, to: dispatch::AgentCall, timeout: Option<Duration>| {
         let mut r = gen_req.clone();
-        r.model = model;
+        r.model = to.model;
+        r.judge_after_tokens = judged_by_start
+            .iter()
+            .find(|(route, _)| *route == to.route)
+            .map_or(0, |(_, n)| *n);
         async move {
             let mut stream = client
                 .generate(with_timeout(r, timeout))
@@ -102,7 +118,8 @@ async fn tracked(
     let mut served =
         dispatch::with_retries(state, &policy, route_req.clone(), deadline, &call).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    // a cascade route's short answer: whole answers, judged, escalated while not confident
+    // a cascade route's answer: judged (whole, or by its first tokens), escalated while not
+    // confident
     if let Served::Local(_, routed) = &served
         && let Some(c) = cascade_of(&policy, &routed.decision.route, &route_req)
         && let Some(t) = track.as_mut()
@@ -136,6 +153,7 @@ async fn tracked(
                         text,
                         done: Some(done),
                         tool_calls: Vec::new(),
+                        judged: None,
                     }),
                 ] {
                     let _ = tx.send(Ok(chunk)).await;
@@ -143,6 +161,11 @@ async fn tracked(
                 drop(slot);
                 return Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
             }
+            Ok(cascade::Outcome::Streaming {
+                held,
+                stream,
+                routed,
+            }) => served = Served::Local((Some(held), *stream), routed),
             Ok(cascade::Outcome::External(ext)) => served = Served::External(ext),
             Err(e) => return Err(e),
         }
@@ -220,7 +243,7 @@ async fn tracked(
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-/// The route's cascade, when it has one and this request is a short answer it judges.
+/// The route's cascade, when it has one and it judges this request (whole or by its start).
 fn cascade_of(
     policy: &crate::state::ActivePolicy,
     route: &str,
@@ -228,7 +251,7 @@ fn cascade_of(
 ) -> Option<Cascade> {
     let r = policy.policy.routes.iter().find(|r| r.name == route)?;
     match &r.adequacy {
-        Adequacy::Cascade(c) if c.judges(req) => Some(c.clone()),
+        Adequacy::Cascade(c) if c.judges(req) || c.judges_start(req) => Some(c.clone()),
         _ => None,
     }
 }

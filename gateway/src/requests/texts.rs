@@ -173,8 +173,8 @@ async fn untracked<Q: TextsCall>(
     )?;
     route_req.findings =
         crate::dataclass::findings(&policy.policy, inner.texts().iter().map(String::as_str));
-    let call = |client, model: String, timeout: Option<Duration>| {
-        Q::call(client, with_timeout(inner.for_model(model), timeout))
+    let call = |client, to: dispatch::AgentCall, timeout: Option<Duration>| {
+        Q::call(client, with_timeout(inner.for_model(to.model), timeout))
     };
     match dispatch::with_retries(state, &policy, route_req, deadline, call).await? {
         Served::Local(out, routed) => Ok((out, routed.decision)),

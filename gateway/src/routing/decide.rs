@@ -323,7 +323,9 @@ fn needs<'a>(route: &'a Route, req: &RouteRequest, wanted: Option<&Wanted>) -> N
         _ => route.min_quality,
     };
     let cascade = match &route.adequacy {
-        Adequacy::Cascade(c) if !c.skip.is_empty() && c.judges(req) => Some(c),
+        Adequacy::Cascade(c) if !c.skip.is_empty() && (c.judges(req) || c.judges_start(req)) => {
+            Some(c)
+        }
         _ => None,
     };
     Needs {

@@ -241,7 +241,7 @@ impl fmt::Display for Why<'_> {
                 "P(adequate) {p:.3} is below the route's threshold {threshold}"
             ),
             Why::Skipped => f.write_str(
-                "the route's cascade skips it for short answers (`skip`: it rarely keeps one)",
+                "the route's cascade skips it (`skip`: it rarely keeps an answer it judges)",
             ),
             Why::Quality { has, need } => write!(f, "quality {has} is below the required {need}"),
             Why::Context { has, need } => write!(

@@ -152,7 +152,8 @@ impl Signal {
 pub struct Cascade {
     pub signal: Signal,
     pub threshold: f32,
-    /// Requests that may generate more tokens than this are routed as by `static`.
+    /// The longest answer judged whole; a longer one (or one with `max_tokens` unset) is
+    /// judged by its first this many tokens.
     pub max_tokens: u32,
     /// A threshold per model (rung), fitted jointly; `threshold` for a model not named.
     pub per_model: Vec<(String, f32)>,
@@ -196,6 +197,12 @@ impl Cascade {
     /// that names no model.
     pub fn judges(&self, req: &RouteRequest) -> bool {
         req.space.is_none() && req.max_tokens > 0 && req.max_tokens <= self.max_tokens
+    }
+
+    /// Whether the cascade judges this request by its first `max_tokens` tokens while it
+    /// streams: a longer answer, or one whose `max_tokens` is unset, that names no model.
+    pub fn judges_start(&self, req: &RouteRequest) -> bool {
+        req.space.is_none() && (req.max_tokens == 0 || req.max_tokens > self.max_tokens)
     }
 
     /// The threshold `model`'s answers are judged against.

@@ -125,14 +125,23 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         "{o}"
     );
     assert!(o.contains("target: local lm-small on node "), "{o}");
-    // (longer than the cascade judges: routed by the manifest quality alone)
-    let (o, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "24", "Hello"])).await);
+    // a long answer is judged by its first 16 tokens: the tiny random-weight models are
+    // never that confident, and confidential data may not leave, so the larger model's
+    // answer is kept below the threshold and streams on
+    let (o, _) = ok(&run(cli(&["route", "explain", "--max-tokens", "24", "Hello"])).await);
+    assert!(
+        o.contains("/lm-small — planned: answers first, judged by its first 16 tokens"),
+        "{o}"
+    );
+    let long = ["generate", "--raw", "--data-class", "confidential"];
+    let (o, e) = ok(&run(cli(&[&long[..], &["--max-tokens", "24", "Hello"]].concat())).await);
     assert!(!o.trim().is_empty(), "{o}");
-    assert!(e.contains("target: local lm-small"), "{e}");
-    assert!(!e.contains("cascade: "), "{e}");
-    // a short answer would go through the route's cascade (run in 5.)
+    assert!(e.contains("target: local lm-large"), "{e}");
+    assert!(e.contains("lm-small") && e.contains("escalated"), "{e}");
+    assert!(e.contains("kept below the threshold"), "{e}");
+    // a short answer goes through the route's cascade whole (run in 5.)
     let (o, _) = ok(&run(cli(&["route", "explain", "--max-tokens", "4", "Hello"])).await);
-    assert!(o.contains("/lm-small — planned: answers first"), "{o}");
+    assert!(o.contains("/lm-small — planned: answers first;"), "{o}");
 
     // 2. saturated: hold lm-small's only slot; the next request spills to lm-large
     let mut slow = slow_reader(&a.url).await;
@@ -152,7 +161,7 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
     assert!(o.contains("rule: spill: larger"), "{o}");
     assert!(o.contains("target: local lm-large on node "), "{o}");
     assert!(o.contains("/lm-small — no free slot (1 busy of 1)"), "{o}");
-    let (_, e) = ok(&run(cli(&["generate", "--raw", "--max-tokens", "24", "Hello"])).await);
+    let (_, e) = ok(&run(cli(&[&long[..], &["--max-tokens", "24", "Hello"]].concat())).await);
     assert!(
         e.contains("rule: spill: larger") && e.contains("target: local lm-large"),
         "{e}"
@@ -231,10 +240,20 @@ async fn the_default_policy_routes_spills_refuses_and_falls_back_as_documented()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["refused_fallback", "external_call"], "{lines:?}");
-    assert_eq!(lines[0]["data_class"], "confidential");
-    assert!((lines[1]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
-    assert_eq!(lines[1]["prompt_tokens"], 9);
+    // the two long confidential answers' cascades were refused the hosted step too
+    assert_eq!(
+        kinds,
+        [
+            "refused_fallback",
+            "refused_fallback",
+            "refused_fallback",
+            "external_call"
+        ],
+        "{lines:?}"
+    );
+    assert!(lines[..3].iter().all(|l| l["data_class"] == "confidential"));
+    assert!((lines[3]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
+    assert_eq!(lines[3]["prompt_tokens"], 9);
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
         !text.contains("France") && !text.contains("Secret plans"),

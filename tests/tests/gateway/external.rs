@@ -58,6 +58,31 @@ async fn generate(
     Ok((decision, text, done.unwrap()))
 }
 
+/// As `generate`, counting the text chunks.
+async fn generate_chunks(
+    g: &Gateway,
+    r: Request<pb::GatewayGenerateRequest>,
+) -> Result<(pb::Decision, usize, pb::GenerateDone), tonic::Status> {
+    let mut s = client(g).generate(r).await?.into_inner();
+    let decision = s.message().await?.unwrap().decision.unwrap();
+    let (mut chunks, mut done) = (0, None);
+    while let Some(m) = s.message().await? {
+        let c = m.chunk.unwrap();
+        chunks += usize::from(!c.text.is_empty());
+        done = c.done.or(done);
+    }
+    Ok((decision, chunks, done.unwrap()))
+}
+
+/// A 64-token answer that runs to its limit (past the cascade's bound of 8).
+fn long_request(class: &str) -> Request<pb::GatewayGenerateRequest> {
+    let mut r = chat_request(class, 64);
+    if let Some(g) = r.get_mut().request.as_mut() {
+        g.ignore_eos = true;
+    }
+    r
+}
+
 #[tokio::test]
 async fn a_permitted_fallback_is_streamed_billed_by_usage_and_audited() {
     let mock = MockProvider::start(KEY).await;
@@ -529,9 +554,17 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
         c.mean_logprob <= 0.0 && c.min_logprob <= c.p10_logprob && c.tokens >= 1,
         "{c:?}"
     );
-    // a long answer is not the cascade's: routed as by static quality, no steps
-    let (d, _, _) = generate(&g, chat_request("internal", 64)).await.unwrap();
-    assert!(d.cascade.is_empty(), "{d:?}");
+    // a long answer is judged by its first 8 tokens (the route's bound) and, kept, streams
+    // on from the same generation: 64 tokens in all, sent as they come
+    let (d, chunks, done) = generate_chunks(&g, long_request("internal")).await.unwrap();
+    assert_eq!(steps(&d), [("small".into(), "kept".into())]);
+    assert_eq!(d.cascade[0].confidence.map(|c| c.tokens), Some(8), "{d:?}");
+    assert_eq!(
+        done.usage.map(|u| u.completion_tokens),
+        Some(64),
+        "{done:?}"
+    );
+    assert!(chunks > 2, "held then streamed: {chunks} chunks");
     // an answer cut at max_tokens is never kept, however confident: both rungs are cut, so
     // the hosted model answers
     let (d, _, _) = generate(&g, chat_request("internal", 4)).await.unwrap();
@@ -570,6 +603,39 @@ async fn a_cascade_escalates_only_while_not_confident_and_confidential_data_stay
     );
     assert!(!text.is_empty());
     assert_eq!(mock.state.requests().len(), hosted_before + 1);
+
+    // a long answer not confident at its start: each rung judged by its first 8 tokens,
+    // then hosted (which cannot ignore end-of-sequence: a plain 64-token request)
+    let (d, _, _) = generate_chunks(&g, chat_request("internal", 64))
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(&d),
+        [
+            ("small".into(), "escalated".into()),
+            ("large".into(), "escalated".into())
+        ],
+        "{:?}",
+        d.cascade
+    );
+    assert_eq!(mock.state.requests().len(), hosted_before + 2);
+    // confidential and long: the larger model's begun answer is kept and streams on
+    let (d, _, done) = generate_chunks(&g, long_request("confidential"))
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(&d),
+        [
+            ("small".into(), "escalated".into()),
+            ("large".into(), "kept below the threshold".into())
+        ]
+    );
+    assert_eq!(
+        done.usage.map(|u| u.completion_tokens),
+        Some(64),
+        "{done:?}"
+    );
+    let hosted_before = hosted_before + 1;
 
     // confidential: the hosted step is forbidden, so the largest local answer stands
     let (d, text, _) = generate(&g, chat_request("confidential", 4)).await.unwrap();
