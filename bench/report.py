@@ -500,9 +500,12 @@ def render(out_dir, target):
             "The hosted model is the recorded oracle: GPT-4's recorded MMLU outcomes, and right on the",
             "exact answers (they are questions a frontier model answers exactly; not recorded). Costs",
             "are gpt-4o-mini's prices on the local tokenizer's prompt count and the local answer's length.",
-            "Cascade thresholds are chosen in-sample (RouteLLM's calibration) and, in the held-out column,",
-            "on the other half of the items; the learned estimator's probabilities always come from",
-            "heads trained on the other half.",
+            "Per set: cascade thresholds chosen in-sample (RouteLLM's calibration) and, in the held-out",
+            "column, on the other half of the items; the learned estimator's probabilities always come",
+            "from heads trained on the other half. Then the same with 90 % intervals, calibrated on a",
+            "lower bound and left out kind by kind. The last section is the promise's test: the cascade",
+            "calibrated as `eval calibrate` does on the three calibration sets together, measured on",
+            "`short-held-out`, whose kinds none of them has.",
             "",
             "MMLU items are asked with a choice constraint (the reply is one of the four letters, the",
             "rule the quality script uses too). Asked free-form in the run before it (2026-12-03,",
@@ -529,6 +532,19 @@ def render(out_dir, target):
             # headline: each set's 95 % row, estimators against the best baseline
             for part in text.split("### ")[1:]:
                 name = part.split(" ", 1)[0]
+                if name == "Held":
+                    # the shipped rule (a threshold per model, bounded over items and kinds)
+                    row = next((ln for ln in part.splitlines()
+                                if ln.startswith("| 95 % | per model, bound over items and kinds")), None)
+                    if row:
+                        c = [x.strip() for x in row.strip("|").split("|")]
+                        head.append(
+                            f"Routing on kinds calibration never saw (`short-held-out`) at 95 %, calibrated as the "
+                            f"default policy is: {c[2]} local, keeping {c[3]} of the hosted quality; best fixed "
+                            f"split {c[6]}, random at matched cost {c[5]}, oracle {c[7]} (goal: ≥ 95 % kept "
+                            f"and ≥ 45 % local)."
+                        )
+                    continue
                 row = next((ln for ln in part.splitlines() if ln.startswith("| 95 % |")), None)
                 if not row:
                     continue
@@ -554,8 +570,7 @@ def render(out_dir, target):
         if cal.exists():
             md += ["The policy blocks this run calibrated (`edgewise eval calibrate --target 0.95`):", "", "```"]
             md += cal.read_text().splitlines() + ["```", ""]
-            md += ["The committed default policy is written by hand from these blocks; it still",
-                   "carries a block calibrated on the point estimate (see `policies/default.yaml`).", ""]
+            md += ["The committed default policy carries the cascade block (`eval calibrate --write`).", ""]
 
     emb, when = rows(out_dir, "embed")
     if emb:

@@ -445,7 +445,7 @@ routing() {
   for s in "${sets[@]}"; do outs+=(--outcomes "$dir/$s.jsonl"); setargs+=(--set "eval/$s.jsonl"); done
   local report=routing.md
   [ "$want" = 3 ] && report=routing-full.md
-  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --features "$feat" \
+  "$BIN/edgewise" eval report "${outs[@]}" "${setargs[@]}" --set "eval/$held.jsonl" --features "$feat" \
     --held-out "$dir/$held.jsonl" > "$OUT/$report"
   [ "$want" = 3 ] && { cat "$OUT/$report"; return; }
   # the policy blocks this run calibrates (the committed policy is written by hand from them)

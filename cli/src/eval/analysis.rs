@@ -223,12 +223,14 @@ fn cascade_item(
     plan: &[Option<f32>],
     external: bool,
 ) -> (bool, bool, usize) {
+    // P(adequate) is known before any answer: only the chosen model generates
+    let before = score == Score::Adequacy;
     let mut asked = 0;
     for (g, t) in r.rungs.iter().zip(plan) {
         let Some(t) = t else { continue };
-        asked += 1;
+        asked += usize::from(!before);
         if score.of(&g.scores) >= *t {
-            return (g.correct, true, asked);
+            return (g.correct, true, asked.max(1));
         }
     }
     if external {
@@ -347,6 +349,8 @@ pub struct Calibration {
     pub point: Point,
     /// With a confidence level: (level, the kept quality's one-sided lower bound at it).
     pub lower: Option<(f64, f64)>,
+    /// What the bound's bootstrap resampled (`items`, `kinds`); empty without a bound.
+    pub bound_over: &'static str,
 }
 
 /// Thresholds tried per rung in a joint fit (a ladder of three tries about 50³ plans).
@@ -400,6 +404,7 @@ fn candidates(rows: &[Row], target: f64, scores: &[Score], fit: Fit) -> Vec<Cali
                     fit,
                     point,
                     lower: None,
+                    bound_over: "",
                 });
             }
         }
@@ -426,7 +431,7 @@ pub fn calibrate_bounded(
     target: f64,
     (scores, fit): (&[Score], Fit),
     level: f64,
-    boot: &super::bounds::Bootstrap,
+    boots: &[super::bounds::Bootstrap],
 ) -> Option<Calibration> {
     // of the plans that serve as many items locally, only the best is bootstrapped
     let mut tried = std::collections::HashSet::new();
@@ -435,12 +440,63 @@ pub fn calibrate_bounded(
         .filter(|c| tried.insert((c.point.local_share * 1e9) as u64))
         .find_map(|c| {
             let [right, _, hosted] = cascade_items(rows, c.score, &c.plan);
-            let lower = boot.lower(&right, &hosted, level);
+            // the lowest of the bounds
+            let lower = boots
+                .iter()
+                .map(|b| b.lower(&right, &hosted, level))
+                .fold(f64::INFINITY, f64::min);
             (lower + 1e-12 >= target).then_some(Calibration {
                 lower: Some((level, lower)),
+                bound_over: match boots {
+                    [b] => b.over,
+                    _ => "items and over kinds, the lower",
+                },
                 ..c
             })
         })
+}
+
+/// What a bootstrap over the rows resamples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Items,
+    /// Items, and whole groups (kinds, subjects): the lower bound of the two.
+    Kinds,
+}
+
+impl Resample {
+    /// The bootstraps a bound takes the lowest of: over items; for `Kinds` over whole kinds
+    /// too (few kinds spread little, so the item bound stays).
+    pub fn bootstraps(self, rows: &[Row]) -> Vec<super::bounds::Bootstrap> {
+        use super::bounds::{Bootstrap, DRAWS, SEED};
+        let items = Bootstrap::new(rows.len(), DRAWS, SEED);
+        match self {
+            Resample::Items => vec![items],
+            Resample::Kinds => vec![items, Bootstrap::by_group(&group_index(rows), DRAWS, SEED)],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Resample::Items => "items",
+            Resample::Kinds => "items and kinds",
+        }
+    }
+}
+
+/// Each row's group as an index (groups numbered in order of first appearance), for a
+/// bootstrap over groups.
+pub fn group_index(rows: &[Row]) -> Vec<usize> {
+    let mut seen: Vec<&str> = Vec::new();
+    rows.iter()
+        .map(|r| match seen.iter().position(|g| *g == r.group) {
+            Some(i) => i,
+            None => {
+                seen.push(&r.group);
+                seen.len() - 1
+            }
+        })
+        .collect()
 }
 
 /// Leave one group out: for each kind of item, the threshold calibrated on every other kind
@@ -722,8 +778,14 @@ mod tests {
             .collect();
         let boot = crate::eval::bounds::Bootstrap::new(rows.len(), 1000, 1);
         let point = calibrate(&rows, 0.9, &Score::CONFIDENCE, Fit::One).unwrap();
-        let bounded =
-            calibrate_bounded(&rows, 0.9, (&Score::CONFIDENCE, Fit::One), 0.9, &boot).unwrap();
+        let bounded = calibrate_bounded(
+            &rows,
+            0.9,
+            (&Score::CONFIDENCE, Fit::One),
+            0.9,
+            std::slice::from_ref(&boot),
+        )
+        .unwrap();
         // the point estimate sits at the target; the bound needs a margin below it, so
         // fewer items stay local
         assert!(
@@ -739,8 +801,14 @@ mod tests {
         assert!(lower >= 0.9 && bounded.point.quality > lower, "{bounded:?}");
         // at 100 % only right answers stay local: no spread, so the bound and the point
         // estimate agree (the confident half and item 100)
-        let exact =
-            calibrate_bounded(&rows, 1.0, (&Score::CONFIDENCE, Fit::One), 0.9, &boot).unwrap();
+        let exact = calibrate_bounded(
+            &rows,
+            1.0,
+            (&Score::CONFIDENCE, Fit::One),
+            0.9,
+            std::slice::from_ref(&boot),
+        )
+        .unwrap();
         assert_eq!(exact.point.local_share, 0.505);
         assert_eq!(exact.lower, Some((0.9, 1.0)));
     }

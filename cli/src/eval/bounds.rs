@@ -19,6 +19,8 @@ pub const SEED: u64 = 0x5eed_ed9e;
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
     weights: Vec<Vec<u16>>,
+    /// What a resample draws: `items` or `kinds`.
+    pub over: &'static str,
 }
 
 impl Bootstrap {
@@ -35,7 +37,34 @@ impl Bootstrap {
                 w
             })
             .collect();
-        Self { weights }
+        Self {
+            weights,
+            over: "items",
+        }
+    }
+
+    /// `draws` resamples of whole groups: each draws as many groups as there are, with
+    /// replacement, and takes every item of each (`group[i]` is item i's group). Kinds of
+    /// request differ more than items of one kind, and traffic brings kinds calibration
+    /// never saw: resampling kinds bounds what a new kind may do, which resampling items
+    /// (all of the same kinds) does not.
+    pub fn by_group(group: &[usize], draws: usize, seed: u64) -> Self {
+        let g = group.iter().max().map_or(0, |m| m + 1);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let weights = (0..draws)
+            .map(|_| {
+                let mut times = vec![0u16; g];
+                for _ in 0..g {
+                    let k = rng.random_range(0..g);
+                    times[k] = times[k].saturating_add(1);
+                }
+                group.iter().map(|&k| times[k]).collect()
+            })
+            .collect();
+        Self {
+            weights,
+            over: "kinds",
+        }
     }
 
     /// The ratio Σ num / Σ den on every resample (a resample whose denominator is 0 counts
@@ -110,6 +139,27 @@ mod tests {
         );
         // ~ 2 × 1.645 × sqrt(0.21 / 100) = 0.151 at 100 items
         assert!((small - 0.151).abs() < 0.03, "{small}");
+    }
+
+    #[test]
+    fn a_bootstrap_over_kinds_spreads_as_the_kinds_differ() {
+        // 10 kinds of 40 items: right on all of the even kinds, none of the odd ones
+        let group: Vec<usize> = (0..400).map(|i| i / 40).collect();
+        let num: Vec<f64> = group
+            .iter()
+            .map(|g| f64::from(u8::from(g % 2 == 0)))
+            .collect();
+        let den = vec![1.0; 400];
+        let items = Bootstrap::new(400, DRAWS, SEED).interval(&num, &den, 0.9);
+        let kinds = Bootstrap::by_group(&group, DRAWS, SEED).interval(&num, &den, 0.9);
+        // items: ~ 2 × 1.645 × sqrt(0.25 / 400) = 0.08 wide; kinds: ~ 2 × 1.645 × sqrt(0.25
+        // / 10) = 0.52 wide
+        assert!(items.1 - items.0 < 0.12, "{items:?}");
+        assert!(kinds.1 - kinds.0 > 0.35, "{kinds:?}");
+        // kinds that agree spread no more than their items
+        let same: Vec<f64> = (0..400).map(|i| f64::from(u8::from(i % 2 == 0))).collect();
+        let k = Bootstrap::by_group(&group, DRAWS, SEED).interval(&same, &den, 0.9);
+        assert!(k.1 - k.0 < 0.01, "{k:?}");
     }
 
     #[test]

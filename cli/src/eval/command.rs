@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::analysis::{self, Fit, Prices, Score};
+use super::analysis::{self, Fit, Prices, Resample, Score};
 use super::{EvalError, run, train};
 use crate::client::Caller;
 use edgewise_gateway::adequacy::Features;
@@ -71,6 +71,10 @@ pub enum EvalCommand {
         /// skipped) or `one` (one threshold for every model).
         #[arg(long, default_value = "per-rung")]
         fit: String,
+        /// What the bootstrap resamples: `kinds` (whole groups of items — a kind or an MMLU
+        /// subject — so the bound covers kinds that differ as the sets' kinds do) or `items`.
+        #[arg(long, default_value = "kinds")]
+        resample: String,
         /// learned: the heads file `train` wrote.
         #[arg(long)]
         heads: Option<PathBuf>,
@@ -208,11 +212,24 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             if !held_out.is_empty() {
                 let (fit_on, sources) = read_all(outcomes)?;
                 let (measured, held) = read_all(held_out)?;
+                // the learned estimator: its threshold from heads cross-fitted on the
+                // calibration sets, measured with heads trained on all of them
+                let learned = match &fx {
+                    Some((f, x)) => {
+                        let heads = train::train(f, &fit_on, x, sources.clone())?;
+                        Some((
+                            train::cross_fitted(&fit_on, x)?,
+                            train::predicted(&heads, &measured, x)?,
+                        ))
+                    }
+                    None => None,
+                };
                 print!(
                     "{}",
                     super::render_held_out(
                         (&fit_on, &sources),
                         (&measured, &held),
+                        learned.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
                         prices.prices()
                     )?
                 );
@@ -244,6 +261,7 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
             estimator,
             max_tokens,
             fit: fit_name,
+            resample,
             heads,
             learned,
             policy,
@@ -273,16 +291,21 @@ pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
                     )));
                 }
             };
+            let resample = match resample.as_str() {
+                "kinds" => Resample::Kinds,
+                "items" => Resample::Items,
+                other => {
+                    return Err(EvalError::Usage(format!(
+                        "--resample `{other}`: expected kinds or items"
+                    )));
+                }
+            };
             let fit = |rows: &[analysis::Row], scores: &[Score], how: Fit| {
                 if *confidence == 0.0 {
                     analysis::calibrate(rows, *target, scores, how)
                 } else {
-                    let boot = super::bounds::Bootstrap::new(
-                        rows.len(),
-                        super::bounds::DRAWS,
-                        super::bounds::SEED,
-                    );
-                    analysis::calibrate_bounded(rows, *target, (scores, how), *confidence, &boot)
+                    let boots = resample.bootstraps(rows);
+                    analysis::calibrate_bounded(rows, *target, (scores, how), *confidence, &boots)
                 }
             };
             let block = match estimator.as_str() {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::analysis::{self, Calibration, Fit, Prices, Score, Table};
+use super::analysis::{self, Calibration, Fit, Prices, Resample, Score, Table};
 use edgewise_gateway::routing::Signal;
 
 pub const TARGETS: [f64; 3] = [0.99, 0.95, 0.90];
@@ -149,11 +149,11 @@ const LEVEL: f64 = 0.9;
 /// the thresholds chosen so that the kept quality's lower bound, not its point estimate,
 /// clears the target; for one threshold and for one per rung.
 fn intervals(out: &mut String, t: &Table) {
-    let boot =
-        super::bounds::Bootstrap::new(t.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
+    let kinds = Resample::Kinds.bootstraps(&t.rows);
+    let boot = &kinds[0];
     let _ = writeln!(
         out,
-        "\nThe cascade with {:.0} % intervals (bootstrap over the items, {} resamples), calibrated on the kept quality's one-sided {:.0} % lower bound, and leave-one-group-out (calibrated on every kind of item but one, measured on that one, pooled); one threshold for every model, or one per model fitted jointly (a model may be skipped):\n",
+        "\nThe cascade with {:.0} % intervals (bootstrap over the items, {} resamples); bounded: calibrated so that the kept quality's one-sided {:.0} % lower bound (the lower of a bootstrap over the items and one over whole kinds, as `eval calibrate` takes it) clears the target; leave-one-group-out: bounded the same way on every kind of item but one, measured on that one, pooled. One threshold for every model, or one per model fitted jointly (a model may be skipped):\n",
         100.0 * LEVEL,
         super::bounds::DRAWS,
         100.0 * LEVEL
@@ -166,13 +166,13 @@ fn intervals(out: &mut String, t: &Table) {
     for target in TARGETS {
         for fit in [Fit::One, Fit::PerRung] {
             let point = analysis::calibrate(&t.rows, target, &Score::CONFIDENCE, fit)
-                .map(|c| measured(&c, &t.rows, &boot));
+                .map(|c| measured(&c, &t.rows, boot));
             let bounded = analysis::calibrate_bounded(
                 &t.rows,
                 target,
                 (&Score::CONFIDENCE, fit),
                 LEVEL,
-                &boot,
+                &kinds,
             );
             let bounded_cell = bounded.as_ref().map_or("—".into(), |c| {
                 let kept = c.point.quality / analysis::hosted(&t.rows).quality.max(1e-9);
@@ -188,9 +188,11 @@ fn intervals(out: &mut String, t: &Table) {
             let generations = bounded
                 .as_ref()
                 .map_or("—".into(), |c| format!("{:.2}", c.point.generations));
-            // calibrated on every kind but one, measured on the one left out
+            // calibrated as the policy is (bounded over kinds) on every kind but one,
+            // measured on the one left out
             let logo = analysis::leave_one_group_out(&t.rows, |rows| {
-                analysis::calibrate(rows, target, &Score::CONFIDENCE, fit)
+                let boots = Resample::Kinds.bootstraps(rows);
+                analysis::calibrate_bounded(rows, target, (&Score::CONFIDENCE, fit), LEVEL, &boots)
             })
             .map_or("—".into(), |(local, kept, kinds)| {
                 format!("{} % / {} % ({kinds})", pct(local), pct(kept))
@@ -257,6 +259,7 @@ fn plan_text(c: &Calibration, ladder: &[String]) -> String {
 pub fn render_held_out(
     (fit_on, sources): (&[super::run::Outcome], &str),
     (measured_on, held): (&[super::run::Outcome], &str),
+    learned: Option<(&[super::run::Outcome], &[super::run::Outcome])>,
     prices: Prices,
 ) -> Result<String, super::EvalError> {
     let ft = analysis::table(fit_on, prices);
@@ -267,8 +270,6 @@ pub fn render_held_out(
             ht.ladder, ft.ladder
         )));
     }
-    let fboot =
-        super::bounds::Bootstrap::new(ft.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
     let hboot =
         super::bounds::Bootstrap::new(ht.rows.len(), super::bounds::DRAWS, super::bounds::SEED);
     let mut groups: Vec<&str> = ht.rows.iter().map(|r| r.group.as_str()).collect();
@@ -294,24 +295,29 @@ pub fn render_held_out(
         "| target | thresholds | local [interval] | kept quality [interval] | local generations per item | random at matched cost | best fixed split | oracle |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let boots = [Resample::Items, Resample::Kinds].map(|r| (r, r.bootstraps(&ft.rows)));
     for target in TARGETS {
         let b = analysis::baselines(&ht, target);
-        for fit in [Fit::One, Fit::PerRung] {
+        for (fit, (resample, fboot)) in [Fit::One, Fit::PerRung]
+            .into_iter()
+            .flat_map(|f| boots.iter().map(move |b| (f, b)))
+        {
             let Some(c) = analysis::calibrate_bounded(
                 &ft.rows,
                 target,
                 (&Score::CONFIDENCE, fit),
                 LEVEL,
-                &fboot,
+                fboot,
             ) else {
                 continue;
             };
             let p = analysis::cascade_plan(&ht.rows, c.score, &c.plan, true);
             let _ = writeln!(
                 out,
-                "| {:.0} % | {} {} | {} | {:.2} | {} % | {} % | {} % |",
+                "| {:.0} % | {}, bound over {} {} | {} | {:.2} | {} % | {} % | {} % |",
                 100.0 * target,
                 fit_name(fit),
+                resample.name(),
                 plan_text(&c, &ft.ladder),
                 measured(&c, &ht.rows, &hboot),
                 p.generations,
@@ -319,6 +325,31 @@ pub fn render_held_out(
                 pct(b.best_split),
                 pct(b.oracle)
             );
+        }
+        // the learned estimator: the smallest model whose P(adequate) clears the threshold
+        if let Some((lf, lh)) = &learned {
+            let (lft, lht) = (analysis::table(lf, prices), analysis::table(lh, prices));
+            let boots = Resample::Kinds.bootstraps(&lft.rows);
+            if let Some(c) = analysis::calibrate_bounded(
+                &lft.rows,
+                target,
+                (&[Score::Adequacy], Fit::One),
+                LEVEL,
+                &boots,
+            ) {
+                let p = analysis::cascade_plan(&lht.rows, c.score, &c.plan, true);
+                let _ = writeln!(
+                    out,
+                    "| {:.0} % | learned, bound over items and kinds (P(adequate) ≥ {:.3}) | {} | {:.2} | {} % | {} % | {} % |",
+                    100.0 * target,
+                    c.threshold,
+                    measured(&c, &lht.rows, &hboot),
+                    p.generations,
+                    pct(b.random),
+                    pct(b.best_split),
+                    pct(b.oracle)
+                );
+            }
         }
     }
     Ok(out)
@@ -369,8 +400,9 @@ pub fn render_learned(
 fn confidence(c: &Calibration) -> String {
     c.lower.map_or(String::new(), |(level, lower)| {
         format!(
-            " at {:.0} % confidence (kept-quality lower bound {lower:.3}, bootstrap)",
-            100.0 * level
+            " at {:.0} % confidence (kept-quality lower bound {lower:.3}, bootstrap over {})",
+            100.0 * level,
+            c.bound_over
         )
     })
 }
@@ -430,14 +462,14 @@ mod tests {
         };
         let md = render("s", &outcomes, None, prices);
         let table = md
-            .split("calibrated on the kept quality's one-sided 90 % lower bound")
+            .split("| target | thresholds |")
             .nth(1)
             .unwrap_or_else(|| panic!("{md}"));
         let row = table
             .lines()
-            .find(|l| l.starts_with("| 90 %"))
+            .find(|l| l.starts_with("| 90 % | one |"))
             .unwrap_or_else(|| panic!("{table}"));
-        // seed fixed: | 90 % | 65.3 % [60.7, 70.0] | 90.0 % [87.0, 92.7] | 62.3 % / 92.0 % (90.0 %) |
+        // seed fixed: | 90 % | one | 65.3 % [60.7, 70.0] | 90.0 % [87.0, 92.7] | 62.3 % / 92.0 % (90.0 %) …
         let nums: Vec<f64> = row
             .split(|c: char| !(c.is_ascii_digit() || c == '.'))
             .filter_map(|s| s.parse().ok())

@@ -107,6 +107,24 @@ pub fn cross_fitted(
     Ok(out)
 }
 
+/// The outcomes with P(adequate) from `heads` (trained on other items): what the estimator
+/// says about items it never saw, as a policy carrying these heads would.
+pub fn predicted(
+    heads: &Heads,
+    outcomes: &[Outcome],
+    x: &BTreeMap<(String, usize), Vec<f32>>,
+) -> Result<Vec<Outcome>, EvalError> {
+    let mut out = outcomes.to_vec();
+    for o in &mut out {
+        let Some(h) = heads.heads.iter().find(|h| h.model == o.model) else {
+            continue;
+        };
+        let f = item_features(x, o)?;
+        o.p_adequate = Some(heads::sigmoid(heads::dot(&h.weights, f) + h.bias));
+    }
+    Ok(out)
+}
+
 /// An outcome's item features, or which item no `--set` had.
 fn item_features<'a>(
     x: &'a BTreeMap<(String, usize), Vec<f32>>,
