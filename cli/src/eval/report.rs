@@ -278,7 +278,7 @@ pub fn render_held_out(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### Held out: {held} ({} items of {} kinds calibration never saw: {})\n",
+        "### Held out: {held}: {} items of {} kinds calibration never saw ({})\n",
         ht.rows.len(),
         groups.len(),
         groups.join(", ")
@@ -321,6 +321,20 @@ pub fn render_held_out(
                 plan_text(&c, &ft.ladder),
                 measured(&c, &ht.rows, &hboot),
                 p.generations,
+                pct(b.random),
+                pct(b.best_split),
+                pct(b.oracle)
+            );
+        }
+        // hindsight: the most one threshold could serve here, chosen on these very items
+        if let Some(c) = analysis::calibrate(&ht.rows, target, &Score::CONFIDENCE, Fit::One) {
+            let _ = writeln!(
+                out,
+                "| {:.0} % | hindsight: one threshold chosen on these items {} | {} | {:.2} | {} % | {} % | {} % |",
+                100.0 * target,
+                plan_text(&c, &ht.ladder),
+                measured(&c, &ht.rows, &hboot),
+                c.point.generations,
                 pct(b.random),
                 pct(b.best_split),
                 pct(b.oracle)
