@@ -240,22 +240,7 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
     // 4. saturate the smallest adequate model (the gateway counts its own in-flight requests
     //    at once), then one more request must spill to a larger one
     // the generation above has finished; let the reports say so (at most a few intervals)
-    let settle = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < settle {
-        let s = c
-            .fleet_status(caller.request(pb::FleetStatusRequest {})?)
-            .await?
-            .into_inner();
-        let busy = s
-            .nodes
-            .iter()
-            .flat_map(|n| &n.models)
-            .any(|m| m.task == pb::Task::Generate as i32 && m.in_flight > 0);
-        if !busy {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settle(&mut c, caller).await?;
     let t = Instant::now();
     let explain = c
         .explain(caller.request(pb::ExplainRequest {
@@ -270,6 +255,23 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         Some(pb::decision::Target::Local(l)) => Some((l.node_id.clone(), l.model.clone())),
         _ => None,
     };
+    // a larger resident generate model the route may spill to: the policy's cascade may skip
+    // the smaller ones, so the first choice can be the largest (one that is not resident may
+    // be too slow to load within the route's latency target)
+    let first_size = smallest.as_ref().and_then(|(node, model)| {
+        fleet
+            .nodes
+            .iter()
+            .filter(|n| &n.node_id == node)
+            .flat_map(|n| &n.models)
+            .find(|m| &m.name == model)
+            .map(|m| m.parameters)
+    });
+    let larger = fleet.nodes.iter().flat_map(|n| &n.models).any(|m| {
+        m.task == pb::Task::Generate as i32
+            && m.state == pb::ModelState::Ready as i32
+            && first_size.is_some_and(|p| m.parameters > p)
+    });
     let slots = smallest.as_ref().and_then(|(node, model)| {
         fleet
             .nodes
@@ -301,7 +303,7 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                 held.push(s);
             }
             match generate(&mut c, caller, chat(question, 8, internal.clone())).await {
-                Ok((d, _)) => {
+                Ok((d, _)) if larger => {
                     let chosen = d.as_ref().and_then(|d| match &d.target {
                         Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
                         _ => None,
@@ -314,6 +316,34 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                         chosen.is_some_and(|m| m != model)
                             && d.as_ref().is_some_and(|d| d.rule == "spill: larger"),
                     )
+                }
+                // nothing larger resident: a larger model loaded on demand, or the hosted
+                // model where one is configured and permitted
+                Ok((d, _)) => Row::served(
+                    format!("capacity ({slots} held on {model}, nothing larger resident)"),
+                    d.as_ref(),
+                    t,
+                    "served by a model loaded on demand or the hosted model",
+                    d.as_ref().is_some_and(|d| match &d.target {
+                        Some(pb::decision::Target::External(_)) => true,
+                        Some(pb::decision::Target::Local(l)) => {
+                            l.model != model && d.rule == "spill: larger"
+                        }
+                        None => false,
+                    }),
+                ),
+                // else the documented refusal: at capacity, named
+                Err(s) if !larger => {
+                    let refused = s.code() == tonic::Code::ResourceExhausted
+                        && s.message().contains("at capacity");
+                    let mut row = failed(
+                        &format!("capacity ({slots} held on {model}, nothing larger resident)"),
+                        &s,
+                        t,
+                    );
+                    row.decision = "refused".into();
+                    row.ok = refused;
+                    row
                 }
                 Err(s) => failed("spill", &s, t),
             }
@@ -328,6 +358,7 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
     };
     drop(held); // cancels the held generations
     rows.push(row);
+    settle(&mut c, caller).await?;
 
     // 5. a request that needs more quality than the smallest local LM has: the smallest model
     //    that has it serves it (a larger size on the ladder), not the smallest overall
@@ -541,6 +572,28 @@ async fn quality_floor(
         }
         Err(s) => failed("quality floor", &s, t),
     })
+}
+
+/// Waits (at most 5 s) until the gateway's view has no generation in flight: the reports
+/// and the gateway's own counts catch up with generations that ended or were cancelled.
+async fn settle(c: &mut Client, caller: &Caller) -> Result<(), CliError> {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let s = c
+            .fleet_status(caller.request(pb::FleetStatusRequest {})?)
+            .await?
+            .into_inner();
+        let busy = s
+            .nodes
+            .iter()
+            .flat_map(|n| &n.models)
+            .any(|m| m.task == pb::Task::Generate as i32 && m.in_flight > 0);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 fn norm(v: &[f32]) -> f32 {
