@@ -94,5 +94,8 @@ done
 
 ensure_venv
 "$VENV/bin/python" tools/prepare_models.py real --downloads "$DL" --out models --ladder "$LADDER"
-# each generate model's manifest quality, measured once (about a minute a model)
-exec "$VENV/bin/python" tools/measure_quality.py --models-dir models --unmeasured --write
+# each generate model's manifest quality, measured once (about a minute a model), asked and
+# scored by the edgewise command line's own rule (`edgewise eval items` / `eval score`)
+"${CARGO:-cargo}" build -q -p edgewise-cli --bin edgewise
+exec "$VENV/bin/python" tools/measure_quality.py --models-dir models --edgewise target/debug/edgewise \
+  --unmeasured --write

@@ -1,5 +1,6 @@
 //! `edgewise eval run | report | calibrate`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -25,6 +26,19 @@ pub enum EvalCommand {
         /// Only the first N items.
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// How each item of a set is asked, as JSON lines: `line`, `message` (the user message),
+    /// `max_tokens`, and `choice` (the options a constrained reply is one of, or null). The
+    /// manifest quality script asks the items this way too.
+    Items {
+        #[arg(long)]
+        set: PathBuf,
+    },
+    /// Score replies by the evaluation's one rule: reads `{"line", "reply"}` JSON lines on
+    /// standard input, writes `{"line", "correct"}` lines.
+    Score {
+        #[arg(long)]
+        set: PathBuf,
     },
     /// The routing report (Markdown) from outcome files, one section per file; with
     /// --set and --features, the learned estimator too (heads cross-fitted on halves).
@@ -89,6 +103,14 @@ pub enum EvalCommand {
         #[command(flatten)]
         prices: PriceArgs,
     },
+}
+
+/// A reply to score (`eval score`'s input).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reply {
+    line: usize,
+    reply: String,
 }
 
 /// The item sets the outcomes came from and the request-feature folder.
@@ -161,6 +183,46 @@ impl PriceArgs {
 
 pub async fn main(caller: &Caller, cmd: &EvalCommand) -> Result<(), EvalError> {
     match cmd {
+        EvalCommand::Items { set } => {
+            let mut out = std::io::stdout().lock();
+            for item in super::items::load(set)? {
+                let choice = item.constraint().and_then(|c| match c.kind {
+                    Some(edgewise_proto::constraint::Kind::Choice(c)) => Some(c.options),
+                    _ => None,
+                });
+                let line = serde_json::json!({
+                    "line": item.line,
+                    "message": item.message(),
+                    "max_tokens": item.max_tokens(),
+                    "choice": choice,
+                });
+                writeln!(out, "{line}").map_err(|e| EvalError::Write("stdout".into(), e))?;
+            }
+            Ok(())
+        }
+        EvalCommand::Score { set } => {
+            let items = super::items::load(set)?;
+            let mut out = std::io::stdout().lock();
+            for (i, line) in std::io::stdin().lines().enumerate() {
+                let line = line.map_err(|e| EvalError::Read("stdin".into(), e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let bad = |message: String| EvalError::Item {
+                    file: "stdin".into(),
+                    line: i + 1,
+                    message,
+                };
+                let r: Reply = serde_json::from_str(&line)
+                    .map_err(|e| bad(format!("column {}: {e}", e.column())))?;
+                let item = items.iter().find(|it| it.line == r.line).ok_or_else(|| {
+                    bad(format!("{} has no item at line {}", set.display(), r.line))
+                })?;
+                let v = serde_json::json!({"line": r.line, "correct": item.is_correct(&r.reply)});
+                writeln!(out, "{v}").map_err(|e| EvalError::Write("stdout".into(), e))?;
+            }
+            Ok(())
+        }
         EvalCommand::Run {
             set,
             out,

@@ -1,8 +1,8 @@
 //! Evaluation item sets (JSON lines, committed under `eval/`) and how an answer is scored.
 //!
-//! Two shapes are read:
-//! The rule is the manifest quality's too (tools/modelprep/scoring.py): both are tested
-//! against eval/scoring-cases.jsonl.
+//! The one implementation of how an item is asked and scored: `edgewise eval items` and
+//! `eval score` expose it to the manifest quality script (tools/measure_quality.py), and
+//! eval/scoring-cases.jsonl pins it. Two shapes are read:
 //!
 //! - short exact answers: `{"kind", "question", "answer"}`; right when the answer is the
 //!   reply's first line or a whole word of it (case and a final period ignored);
@@ -180,8 +180,7 @@ fn exact(reply: &str, answer: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// The cases tools/modelprep/scoring.py (the manifest quality's rule) is tested against
-    /// too: one rule for an item, in Rust and in Python.
+    /// The committed cases that pin the rule (the manifest quality is measured through it).
     #[test]
     fn the_shared_scoring_cases() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
