@@ -499,34 +499,43 @@ pub fn group_index(rows: &[Row]) -> Vec<usize> {
         .collect()
 }
 
-/// Leave one group out: for each kind of item, the threshold calibrated on every other kind
-/// (`fit`), measured on the kind left out; pooled over the kinds, the local share and the
-/// kept quality (right answers over the hosted model's), and how many kinds were left out.
-/// A kind whose fit finds no threshold is sent to the hosted model whole. `None` with fewer
-/// than two kinds.
+/// Leave one group out: for each kind of item, the thresholds calibrated on every other kind
+/// (`fit`), measured on the kind left out. Per item, pooled over the kinds: (right, local)
+/// as 0/1 and the hosted model's right answers (as `cascade_items`, for bounds), and how
+/// many kinds were left out. A kind whose fit finds no threshold is sent to the hosted model
+/// whole. `None` with fewer than two kinds.
 pub fn leave_one_group_out(
     rows: &[Row],
     fit: impl Fn(&[Row]) -> Option<Calibration>,
-) -> Option<(f64, f64, usize)> {
+) -> Option<([Vec<f64>; 3], usize)> {
     let mut groups: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
     groups.sort_unstable();
     groups.dedup();
     if groups.len() < 2 {
         return None;
     }
-    let (mut local, mut right, mut hosted) = (0.0, 0.0, 0.0);
+    let mut pooled: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for g in &groups {
         let (out, rest): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.group == *g);
-        let [r, l, h] = match fit(&rest) {
+        let items = match fit(&rest) {
             Some(c) => cascade_items(&out, c.score, &c.plan),
             None => cascade_items(&out, Score::Adequacy, &[]),
         };
-        local += l.iter().sum::<f64>();
-        right += r.iter().sum::<f64>();
-        hosted += h.iter().sum::<f64>();
+        for (all, these) in pooled.iter_mut().zip(items) {
+            all.extend(these);
+        }
     }
-    let n = rows.len().max(1) as f64;
-    Some((local / n, right / hosted.max(1.0), groups.len()))
+    Some((pooled, groups.len()))
+}
+
+/// Local share and kept quality of per-item outcomes (as `cascade_items` gives them).
+pub fn shares(items: &[Vec<f64>; 3]) -> (f64, f64) {
+    let [right, local, hosted] = items;
+    let n = local.len().max(1) as f64;
+    (
+        local.iter().sum::<f64>() / n,
+        right.iter().sum::<f64>() / hosted.iter().sum::<f64>().max(1.0),
+    )
 }
 
 /// The local share of a random mix of one local model (accuracy `q`) with the hosted
@@ -552,10 +561,22 @@ pub struct Baselines {
 }
 
 pub fn baselines(t: &Table, target: f64) -> Baselines {
+    baselines_weighted(t, target, &vec![1; t.rows.len()])
+}
+
+/// The baselines with each row counted `w[i]` times (a bootstrap resample).
+pub fn baselines_weighted(t: &Table, target: f64, w: &[u16]) -> Baselines {
     let rows = &t.rows;
-    let qe = hosted(rows).quality;
-    let n = rows.len().max(1) as f64;
-    let rung_quality = |i: usize| rows.iter().filter(|r| r.rungs[i].correct).count() as f64 / n;
+    let count = |f: &dyn Fn(&Row) -> bool| -> f64 {
+        rows.iter()
+            .zip(w)
+            .filter(|(r, _)| f(r))
+            .map(|(_, k)| f64::from(*k))
+            .sum()
+    };
+    let n = count(&|_| true).max(1.0);
+    let qe = count(&|r| r.hosted_correct) / n;
+    let rung_quality = |i: usize| count(&|r| r.rungs[i].correct) / n;
     let static_quality = if (0..t.ladder.len()).any(|i| rung_quality(i) >= target * qe) {
         1.0
     } else {
@@ -571,16 +592,10 @@ pub fn baselines(t: &Table, target: f64) -> Baselines {
         .fold(0.0, f64::max);
     // the oracle serves locally every item some rung gets right or the hosted model gets
     // wrong, then as many hosted-only items as the target leaves room for
-    let free = rows
-        .iter()
-        .filter(|r| r.rungs.iter().any(|g| g.correct) || !r.hosted_correct)
-        .count();
-    let best_quality = rows
-        .iter()
-        .filter(|r| r.rungs.iter().any(|g| g.correct) || r.hosted_correct)
-        .count() as f64;
-    let room = (best_quality - target * qe * n).max(0.0).floor() as usize;
-    let oracle = (free + room.min(rows.len() - free)) as f64 / n;
+    let free = count(&|r| r.rungs.iter().any(|g| g.correct) || !r.hosted_correct);
+    let best_quality = count(&|r| r.rungs.iter().any(|g| g.correct) || r.hosted_correct);
+    let room = (best_quality - target * qe * n).max(0.0).floor();
+    let oracle = (free + room.min(n - free)) / n;
     Baselines {
         static_quality,
         random,
@@ -828,7 +843,8 @@ mod tests {
             ..row(&[(i % 2 == 0, -2.0)], true)
         }));
         let fit = |r: &[Row]| calibrate(r, 0.9, &Score::CONFIDENCE, Fit::One);
-        let (local, kept, groups) = leave_one_group_out(&rows, fit).unwrap();
+        let (items, groups) = leave_one_group_out(&rows, fit).unwrap();
+        let (local, kept) = shares(&items);
         assert_eq!(groups, 3);
         // calibrated without b, the threshold keeps b's confident wrong answers: the promise
         // breaks on the kind left out, which in-sample calibration hides
@@ -862,5 +878,11 @@ mod tests {
         // best quality 3/4 and 0.95 x 0.75 x 4 = 2.85 leaves no room for the fourth
         assert_eq!(b.oracle, 0.75);
         assert_eq!(baselines(&t, 0.6).static_quality, 1.0);
+        // a resample that counts every row twice changes nothing; one without the hosted
+        // model's miss (and the last row twice) has hosted 1.0 and large 0.5: the best split
+        // serves (1 - 0.95) / (1 - 0.5) = 0.1 locally
+        assert_eq!(baselines_weighted(&t, 0.95, &[2, 2, 2, 2]), b);
+        let w = baselines_weighted(&t, 0.95, &[1, 1, 0, 2]);
+        assert!((w.best_split - 0.1).abs() < 1e-9, "{w:?}");
     }
 }

@@ -87,6 +87,17 @@ impl Bootstrap {
         r
     }
 
+    /// The central interval at `level` of any statistic of a resample, given its items'
+    /// multiplicities.
+    pub fn interval_with(&self, stat: impl Fn(&[u16]) -> f64, level: f64) -> (f64, f64) {
+        let mut r: Vec<f64> = self.weights.iter().map(|w| stat(w)).collect();
+        r.sort_by(f64::total_cmp);
+        (
+            quantile(&r, (1.0 - level) / 2.0),
+            quantile(&r, (1.0 + level) / 2.0),
+        )
+    }
+
     /// The one-sided lower bound of Σ num / Σ den at confidence `level` (0.5..1): the
     /// (1 − level) quantile of the resampled ratios.
     pub fn lower(&self, num: &[f64], den: &[f64], level: f64) -> f64 {

@@ -55,26 +55,36 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "\nServed locally at ≥ X % of the hosted quality (cascade: smallest first, in-sample threshold; held-out: threshold from the other half of the items, odd/even):\n"
+        "\nServed locally at ≥ X % of the hosted quality, with 90 % intervals over resampled items (cascade: smallest first, in-sample threshold; held-out: threshold from the other half of the items, odd/even):\n"
     );
     let _ = writeln!(
         out,
         "| target | cascade (signal, threshold) | cascade quality / cost saved | cascade held-out local / kept | learned (threshold) | learned quality / cost saved | static | random | best fixed split | oracle |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
-    let cell = |c: Option<Calibration>, named: bool| match c {
+    let boot = Resample::Items.bootstraps(&t.rows).remove(0);
+    let ones = vec![1.0; t.rows.len()];
+    // the local share's interval with the thresholds fixed
+    let spread = |c: &Calibration, rows: &[analysis::Row]| {
+        let [_, local, _] = analysis::cascade_items(rows, c.score, &c.plan);
+        let (lo, hi) = boot.interval(&local, &ones, LEVEL);
+        format!("[{}, {}]", pct(lo), pct(hi))
+    };
+    let cell = |c: Option<Calibration>, rows: &[analysis::Row], named: bool| match c {
         Some(c) => (
             if named {
                 format!(
-                    "**{:.1} %** ({}, {:.3})",
+                    "**{:.1} %** {} ({}, {:.3})",
                     100.0 * c.point.local_share,
+                    spread(&c, rows),
                     c.score.name(),
                     c.threshold
                 )
             } else {
                 format!(
-                    "**{:.1} %** ({:.3})",
+                    "**{:.1} %** {} ({:.3})",
                     100.0 * c.point.local_share,
+                    spread(&c, rows),
                     c.threshold
                 )
             },
@@ -90,24 +100,34 @@ pub fn render(
         let b = analysis::baselines(&t, target);
         let (c, q) = cell(
             analysis::calibrate(&t.rows, target, &Score::CONFIDENCE, Fit::One),
+            &t.rows,
             true,
         );
-        let (lc, lq) = cell(
-            lt.as_ref()
-                .and_then(|lt| analysis::calibrate(&lt.rows, target, &[Score::Adequacy], Fit::One)),
-            false,
-        );
+        let (lc, lq) = match &lt {
+            Some(lt) => cell(
+                analysis::calibrate(&lt.rows, target, &[Score::Adequacy], Fit::One),
+                &lt.rows,
+                false,
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        // each baseline with its interval over resampled items
+        let base = |f: fn(&analysis::Baselines) -> f64| {
+            let (lo, hi) =
+                boot.interval_with(|w| f(&analysis::baselines_weighted(&t, target, w)), LEVEL);
+            format!("{} % [{}, {}]", pct(f(&b)), pct(lo), pct(hi))
+        };
         let held = held_out(&t, target).map_or("—".into(), |(s, k)| {
             format!("{:.1} % / {:.1} %", 100.0 * s, 100.0 * k)
         });
         let _ = writeln!(
             out,
-            "| {:.0} % | {c} | {q} | {held} | {lc} | {lq} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
+            "| {:.0} % | {c} | {q} | {held} | {lc} | {lq} | {:.1} % | {} | {} | {} |",
             100.0 * target,
             100.0 * b.static_quality,
-            100.0 * b.random,
-            100.0 * b.best_split,
-            100.0 * b.oracle
+            base(|b| b.random),
+            base(|b| b.best_split),
+            base(|b| b.oracle)
         );
     }
     intervals(&mut out, &t);
@@ -160,7 +180,7 @@ fn intervals(out: &mut String, t: &Table) {
     );
     let _ = writeln!(
         out,
-        "| target | thresholds | in-sample local [interval] | kept quality [interval] | bounded: local / kept (lower bound) | local generations per item | leave-one-group-out: local / kept (kinds) |"
+        "| target | thresholds | in-sample local [interval] | kept quality [interval] | bounded: local / kept (lower bound) | local generations per item | leave-one-group-out: local / kept [intervals] (kinds) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for target in TARGETS {
@@ -194,8 +214,25 @@ fn intervals(out: &mut String, t: &Table) {
                 let boots = Resample::Kinds.bootstraps(rows);
                 analysis::calibrate_bounded(rows, target, (&Score::CONFIDENCE, fit), LEVEL, &boots)
             })
-            .map_or("—".into(), |(local, kept, kinds)| {
-                format!("{} % / {} % ({kinds})", pct(local), pct(kept))
+            .map_or("—".into(), |(items, kinds)| {
+                // intervals over the pooled items
+                let b = super::bounds::Bootstrap::new(
+                    items[0].len(),
+                    super::bounds::DRAWS,
+                    super::bounds::SEED,
+                );
+                let (local, kept) = analysis::shares(&items);
+                let (ll, lh) = b.interval(&items[1], &vec![1.0; items[1].len()], LEVEL);
+                let (kl, kh) = b.interval(&items[0], &items[2], LEVEL);
+                format!(
+                    "{} % [{}, {}] / {} % [{}, {}] ({kinds})",
+                    pct(local),
+                    pct(ll),
+                    pct(lh),
+                    pct(kept),
+                    pct(kl),
+                    pct(kh)
+                )
             });
             let _ = writeln!(
                 out,
@@ -298,6 +335,17 @@ pub fn render_held_out(
     let boots = [Resample::Items, Resample::Kinds].map(|r| (r, r.bootstraps(&ft.rows)));
     for target in TARGETS {
         let b = analysis::baselines(&ht, target);
+        // each baseline with its interval over resampled held-out items
+        let base = |f: fn(&analysis::Baselines) -> f64| {
+            let (lo, hi) =
+                hboot.interval_with(|w| f(&analysis::baselines_weighted(&ht, target, w)), LEVEL);
+            format!("{} % [{}, {}]", pct(f(&b)), pct(lo), pct(hi))
+        };
+        let (random, best_split, oracle) = (
+            base(|b| b.random),
+            base(|b| b.best_split),
+            base(|b| b.oracle),
+        );
         for (fit, (resample, fboot)) in [Fit::One, Fit::PerRung]
             .into_iter()
             .flat_map(|f| boots.iter().map(move |b| (f, b)))
@@ -314,30 +362,30 @@ pub fn render_held_out(
             let p = analysis::cascade_plan(&ht.rows, c.score, &c.plan, true);
             let _ = writeln!(
                 out,
-                "| {:.0} % | {}, bound over {} {} | {} | {:.2} | {} % | {} % | {} % |",
+                "| {:.0} % | {}, bound over {} {} | {} | {:.2} | {} | {} | {} |",
                 100.0 * target,
                 fit_name(fit),
                 resample.name(),
                 plan_text(&c, &ft.ladder),
                 measured(&c, &ht.rows, &hboot),
                 p.generations,
-                pct(b.random),
-                pct(b.best_split),
-                pct(b.oracle)
+                random,
+                best_split,
+                oracle
             );
         }
         // hindsight: the most one threshold could serve here, chosen on these very items
         if let Some(c) = analysis::calibrate(&ht.rows, target, &Score::CONFIDENCE, Fit::One) {
             let _ = writeln!(
                 out,
-                "| {:.0} % | hindsight: one threshold chosen on these items {} | {} | {:.2} | {} % | {} % | {} % |",
+                "| {:.0} % | hindsight: one threshold chosen on these items {} | {} | {:.2} | {} | {} | {} |",
                 100.0 * target,
                 plan_text(&c, &ht.ladder),
                 measured(&c, &ht.rows, &hboot),
                 c.point.generations,
-                pct(b.random),
-                pct(b.best_split),
-                pct(b.oracle)
+                random,
+                best_split,
+                oracle
             );
         }
         // the learned estimator: the smallest model whose P(adequate) clears the threshold
@@ -354,14 +402,14 @@ pub fn render_held_out(
                 let p = analysis::cascade_plan(&lht.rows, c.score, &c.plan, true);
                 let _ = writeln!(
                     out,
-                    "| {:.0} % | learned, bound over items and kinds (P(adequate) ≥ {:.3}) | {} | {:.2} | {} % | {} % | {} % |",
+                    "| {:.0} % | learned, bound over items and kinds (P(adequate) ≥ {:.3}) | {} | {:.2} | {} | {} | {} |",
                     100.0 * target,
                     c.threshold,
                     measured(&c, &lht.rows, &hboot),
                     p.generations,
-                    pct(b.random),
-                    pct(b.best_split),
-                    pct(b.oracle)
+                    random,
+                    best_split,
+                    oracle
                 );
             }
         }
