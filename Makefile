@@ -7,7 +7,7 @@ CARGO ?= cargo
 ORT_LIB := build/onnxruntime/libonnxruntime.so.1.31.1
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: help prereqs onnxruntime models prometheus testvenv fixtures build release test lint miri fmt up install bench clean
+.PHONY: help prereqs onnxruntime models prometheus postgres testvenv fixtures build release test lint miri fmt up install bench clean
 
 help:
 	@echo "make up           run a gateway and two agents on this box with the real models (ONCE=1: self-check, then exit)"
@@ -36,6 +36,11 @@ models: prereqs
 prometheus:
 	@bash tools/fetch_prometheus.sh
 
+# A PostgreSQL server for the shared-ledger tests: the machine's, else Debian's packages
+# unpacked into build/postgres
+postgres:
+	@bash tools/fetch_postgres.sh
+
 # The pinned openai SDK in build/test-venv (tests/ drives the gateway's HTTP API with it)
 testvenv: prereqs
 	@bash tools/fetch_test_venv.sh
@@ -59,13 +64,15 @@ lint: testvenv
 
 # EDGEWISE_TEST_REAL_MODELS=required: the real-model tests fail (instead of skipping) without models/;
 # EDGEWISE_TEST_SDK=required: the openai SDK test fails without build/test-venv.
+# EDGEWISE_TEST_POSTGRES=required: the shared-ledger tests fail without a PostgreSQL server.
 # The binaries are built first: tests/ runs the real edgewise-agent (cargo test builds only
 # the binaries of the package under test).
-test: onnxruntime models prometheus testvenv lint
+test: onnxruntime models prometheus postgres testvenv lint
 	python3 -m unittest discover -s bench -p 'test_*.py'
 	python3 -m unittest discover -s tools -p 'test_*.py'
 	$(CARGO) build --workspace --bins
-	EDGEWISE_TEST_REAL_MODELS=required EDGEWISE_TEST_SDK=required $(CARGO) test --workspace --no-fail-fast
+	EDGEWISE_TEST_REAL_MODELS=required EDGEWISE_TEST_SDK=required EDGEWISE_TEST_POSTGRES=required \
+	  $(CARGO) test --workspace --no-fail-fast
 
 # The agent's one unsafe module (engine/kv.rs) under Miri's aliasing and memory checks. Opt-in:
 # it needs a nightly toolchain, and building the agent for Miri takes minutes.

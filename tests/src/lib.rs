@@ -11,3 +11,4 @@
 pub mod harness;
 pub mod mock_provider;
 pub mod otlp;
+pub mod postgres;

@@ -12,6 +12,7 @@
 //! Routing reads today's spend from a copy in memory that the store thread keeps current, so
 //! deciding never waits for the disk.
 
+pub mod postgres;
 pub(crate) mod writer;
 
 pub use writer::Mirror;

@@ -1,0 +1,461 @@
+//! The budget ledger on PostgreSQL, shared by every gateway that names the same database.
+//!
+//! The promise is the embedded store's — reserve a hosted call's worst case before it is
+//! made, settle it to what was billed, never overspend, lose nothing acknowledged — held
+//! across gateways by one authoritative row per (day, tenant, provider):
+//!
+//! - **reserve** is one statement: a conditional `UPDATE … WHERE spent + reserved + cost <=
+//!   limit` and the insert of a reservation row whose id the gateway made, so two gateways
+//!   can never both take the last of a budget (PostgreSQL re-checks the condition on the
+//!   row's newest version when a concurrent update commits first);
+//! - **settle** is one transaction keyed by that id and idempotent: a second settle of the
+//!   same id changes nothing and answers what the first one charged;
+//! - each reservation holds a **lease** on the database's clock (no gateway clock matters);
+//!   any gateway **sweeps** expired leases (`FOR UPDATE SKIP LOCKED`, so sweepers never wait
+//!   on each other) and charges them at their worst case, as the embedded store charges a
+//!   reservation it finds open at start; a settle that arrives after that **refunds** the
+//!   difference, once.
+//!
+//! Limits stay parameters (the policy's), so budgets need no configuration in the database.
+
+pub mod migrate;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+
+use crate::ledger::{LedgerError, Reservation, Settled, SpendKey, Spending};
+
+/// How to reach the shared ledger.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// libpq-style connection parameters (`host=… port=… user=… dbname=…`); a `host` that
+    /// starts with `/` is a unix socket directory.
+    pub params: String,
+    /// Connections per gateway: one hot row gains nothing from more.
+    pub pool_size: usize,
+    /// This gateway's id, recorded on its reservations.
+    pub gateway: String,
+    /// The longest any one ledger operation may take, connecting included: past it the
+    /// operation fails (fail closed: no hosted call without its reservation).
+    pub timeout: Duration,
+}
+
+impl PgOptions {
+    pub fn new(params: impl Into<String>, gateway: impl Into<String>) -> Self {
+        Self {
+            params: params.into(),
+            pool_size: 8,
+            gateway: gateway.into(),
+            timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// The ledger's failures, named for the operator: where the database is (never its
+/// password) and what was not done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgError {
+    #[error("the shared ledger ({at}): {detail}")]
+    Unavailable { at: String, detail: String },
+    #[error(
+        "the shared ledger ({at}) did not answer the {what} within {bound:?}; nothing that needed it was done"
+    )]
+    Timeout {
+        at: String,
+        what: &'static str,
+        bound: Duration,
+    },
+    #[error("the shared ledger's connection parameters: {0}")]
+    Config(String),
+}
+
+impl From<PgError> for LedgerError {
+    fn from(e: PgError) -> Self {
+        LedgerError::Storage(e.to_string())
+    }
+}
+
+/// The shared ledger: a pool of connections to one PostgreSQL database.
+#[derive(Clone)]
+pub struct PgLedger {
+    pool: Pool,
+    at: String,
+    gateway: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PgLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLedger")
+            .field("at", &self.at)
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+/// `host/dbname` of a connection config, for messages (never the password).
+fn describe(c: &tokio_postgres::Config) -> String {
+    let host = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "postgresql://{host}:{}/{}",
+        c.get_ports().first().copied().unwrap_or(5432),
+        c.get_dbname().unwrap_or("")
+    )
+}
+
+impl PgLedger {
+    /// A pool over `options.params` (TLS through `tls` when given, else plaintext), with
+    /// the schema migrated to the newest version.
+    pub async fn connect(
+        options: &PgOptions,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, PgError> {
+        let mut config: tokio_postgres::Config = options
+            .params
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
+        // a dead peer is noticed by the timeouts, not after the kernel's retries
+        config
+            .connect_timeout(options.timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10));
+        let at = describe(&config);
+        let mcfg = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                mcfg,
+            ),
+            None => Manager::from_config(config, tokio_postgres::NoTls, mcfg),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| PgError::Config(e.to_string()))?;
+        let ledger = Self {
+            pool,
+            at,
+            gateway: options.gateway.clone(),
+            timeout: options.timeout,
+        };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// Brings the schema to the newest version (safe when several gateways start at once).
+    pub async fn migrate(&self) -> Result<i32, PgError> {
+        self.bounded("migration", async {
+            let mut c = self.client().await?;
+            migrate::migrate(&mut c).await.map_err(|e| self.failed(&e))
+        })
+        .await
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.pool.get().await.map_err(|e| PgError::Unavailable {
+            at: self.at.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn failed(&self, e: &tokio_postgres::Error) -> PgError {
+        PgError::Unavailable {
+            at: self.at.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Runs `op` within the ledger's bound.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        op: impl std::future::Future<Output = Result<T, PgError>>,
+    ) -> Result<T, PgError> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .map_err(|_| PgError::Timeout {
+                at: self.at.clone(),
+                what,
+                bound: self.timeout,
+            })?
+    }
+
+    /// Reserves `r.nanos` under reservation `id` if spent + reserved + `r.nanos` stays within
+    /// `limit`, with a lease of `lease` on the database's clock. Retrying with the same id
+    /// after a lost answer is safe: a reservation that committed is found, not taken twice.
+    pub async fn reserve(
+        &self,
+        id: &str,
+        r: &Reservation,
+        limit: u64,
+        lease: Duration,
+    ) -> Result<(), LedgerError> {
+        let (nanos, limit) = (signed(r.nanos)?, signed(limit)?);
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let taken = self
+            .bounded("reservation", async {
+                let c = self.client().await?;
+                c.execute(
+                    "INSERT INTO ledger_budget (day, tenant, provider) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&r.day, &r.tenant, &r.provider],
+                )
+                .await
+                .map_err(|e| self.failed(&e))?;
+                let inserted = c
+                    .execute(
+                        "WITH b AS (
+                             UPDATE ledger_budget SET reserved = reserved + $4
+                             WHERE day = $1 AND tenant = $2 AND provider = $3
+                               AND spent + reserved + $4 <= $5
+                             RETURNING 1)
+                         INSERT INTO ledger_reservation
+                             (id, day, tenant, provider, nanos, gateway, lease_until, state)
+                         SELECT $6, $1, $2, $3, $4, $7,
+                                now() + $8::float8 * interval '1 millisecond', 'open'
+                         FROM b",
+                        &[
+                            &r.day,
+                            &r.tenant,
+                            &r.provider,
+                            &nanos,
+                            &limit,
+                            &id,
+                            &self.gateway,
+                            &(lease_ms as f64),
+                        ],
+                    )
+                    .await;
+                match inserted {
+                    Ok(1) => Ok(Some(true)),
+                    // not admitted — unless this id was (a retry after a lost answer, when
+                    // the budget has no room for it a second time)
+                    Ok(_) => {
+                        let found = c
+                            .query_opt("SELECT 1 FROM ledger_reservation WHERE id = $1", &[&id])
+                            .await
+                            .map_err(|e| self.failed(&e))?;
+                        Ok(found.map_or(Some(false), |_| None))
+                    }
+                    // the same id committed before (its answer was lost): already reserved
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                    Err(e) => Err(self.failed(&e)),
+                }
+            })
+            .await?;
+        match taken {
+            Some(true) | None => Ok(()),
+            Some(false) => {
+                let spent = self
+                    .total(&SpendKey::new(&r.day, &r.tenant, &r.provider))
+                    .await?;
+                Err(LedgerError::OverBudget {
+                    tenant: r.tenant.clone(),
+                    provider: r.provider.clone(),
+                    spent,
+                    limit: limit as u64,
+                    cost: r.nanos,
+                })
+            }
+        }
+    }
+
+    /// Spent + reserved of one key.
+    async fn total(&self, k: &SpendKey) -> Result<u64, PgError> {
+        self.bounded("read", async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT spent + reserved FROM ledger_budget
+                     WHERE day = $1 AND tenant = $2 AND provider = $3",
+                    &[&k.day, &k.tenant, &k.provider],
+                )
+                .await
+                .map_err(|e| self.failed(&e))?;
+            Ok(row.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+        })
+        .await
+    }
+
+    /// Replaces reservation `id` by what was billed (`None`: its worst case). Idempotent: a
+    /// second settle of the id charges nothing more and answers the first one's figures. A
+    /// reservation a sweep already charged at its worst case is settled late: the
+    /// difference is refunded, once.
+    pub async fn settle(&self, id: &str, charged: Option<u64>) -> Result<Settled, LedgerError> {
+        let charged = charged.map(signed).transpose()?;
+        let out = self
+            .bounded("settlement", async {
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(|e| self.failed(&e))?;
+                // open → settled: the reservation leaves `reserved`, the charge enters `spent`
+                let mut rows = tx
+                    .query(
+                        "WITH r AS (
+                             UPDATE ledger_reservation SET state = 'settled',
+                                    charged = coalesce($2, nanos)
+                             WHERE id = $1 AND state = 'open'
+                             RETURNING day, tenant, provider, nanos, charged)
+                         UPDATE ledger_budget b
+                         SET reserved = b.reserved - r.nanos, spent = b.spent + r.charged
+                         FROM r
+                         WHERE b.day = r.day AND b.tenant = r.tenant AND b.provider = r.provider
+                         RETURNING r.nanos, r.charged",
+                        &[&id, &charged],
+                    )
+                    .await
+                    .map_err(|e| self.failed(&e))?;
+                if rows.is_empty() {
+                    // expired → settled: the sweep charged the worst case; charge the bill
+                    rows = tx
+                        .query(
+                            "WITH r AS (
+                                 UPDATE ledger_reservation SET state = 'settled',
+                                        charged = coalesce($2, nanos)
+                                 WHERE id = $1 AND state = 'expired'
+                                 RETURNING day, tenant, provider, nanos, charged)
+                             UPDATE ledger_budget b
+                             SET spent = greatest(b.spent - r.nanos + r.charged, 0)
+                             FROM r
+                             WHERE b.day = r.day AND b.tenant = r.tenant
+                               AND b.provider = r.provider
+                             RETURNING r.nanos, r.charged",
+                            &[&id, &charged],
+                        )
+                        .await
+                        .map_err(|e| self.failed(&e))?;
+                }
+                if rows.is_empty() {
+                    // settled before: answer what it came to
+                    rows = tx
+                        .query(
+                            "SELECT nanos, charged FROM ledger_reservation
+                             WHERE id = $1 AND state = 'settled'",
+                            &[&id],
+                        )
+                        .await
+                        .map_err(|e| self.failed(&e))?;
+                }
+                tx.commit().await.map_err(|e| self.failed(&e))?;
+                Ok(rows.first().map(|row| Settled {
+                    reserved: row.get::<_, i64>(0).max(0) as u64,
+                    charged: row.get::<_, i64>(1).max(0) as u64,
+                }))
+            })
+            .await?;
+        out.ok_or_else(|| LedgerError::NoReservation(id.to_string()))
+    }
+
+    /// Extends an open reservation's lease (a stream that is still going), to `lease` from
+    /// now on the database's clock. False when it is no longer open.
+    pub async fn extend(&self, id: &str, lease: Duration) -> Result<bool, LedgerError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX) as f64;
+        Ok(self
+            .bounded("lease extension", async {
+                let c = self.client().await?;
+                c.execute(
+                    "UPDATE ledger_reservation
+                     SET lease_until = now() + $2::float8 * interval '1 millisecond'
+                     WHERE id = $1 AND state = 'open'",
+                    &[&id, &lease_ms],
+                )
+                .await
+                .map_err(|e| self.failed(&e))
+            })
+            .await?
+            == 1)
+    }
+
+    /// Charges at their worst case up to `most` open reservations whose lease has passed
+    /// (their gateway died, or lost the database, mid-call), and returns them for the audit.
+    /// Any gateway may sweep; sweepers skip the rows another holds.
+    pub async fn sweep(&self, most: i64) -> Result<Vec<(String, Reservation)>, LedgerError> {
+        Ok(self
+            .bounded("sweep", async {
+                let c = self.client().await?;
+                let rows = c
+                    .query(
+                        "WITH x AS (
+                             SELECT id FROM ledger_reservation
+                             WHERE state = 'open' AND lease_until < now()
+                             ORDER BY lease_until LIMIT $1
+                             FOR UPDATE SKIP LOCKED),
+                         r AS (
+                             UPDATE ledger_reservation t SET state = 'expired', charged = t.nanos
+                             FROM x WHERE t.id = x.id
+                             RETURNING t.id, t.day, t.tenant, t.provider, t.nanos),
+                         total AS (
+                             SELECT day, tenant, provider, sum(nanos)::bigint AS n
+                             FROM r GROUP BY day, tenant, provider),
+                         u AS (
+                             UPDATE ledger_budget b
+                             SET reserved = b.reserved - total.n, spent = b.spent + total.n
+                             FROM total
+                             WHERE b.day = total.day AND b.tenant = total.tenant
+                               AND b.provider = total.provider)
+                         SELECT id, day, tenant, provider, nanos FROM r",
+                        &[&most],
+                    )
+                    .await
+                    .map_err(|e| self.failed(&e))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        (
+                            row.get::<_, String>(0),
+                            Reservation {
+                                day: row.get(1),
+                                tenant: row.get(2),
+                                provider: row.get(3),
+                                nanos: row.get::<_, i64>(4).max(0) as u64,
+                            },
+                        )
+                    })
+                    .collect())
+            })
+            .await?)
+    }
+
+    /// Every (day, tenant, provider) with its spent + reserved and reserved, across gateways.
+    pub async fn spend_entries(&self) -> Result<Vec<Spending>, LedgerError> {
+        Ok(self
+            .bounded("read", async {
+                let c = self.client().await?;
+                let rows = c
+                    .query(
+                        "SELECT day, tenant, provider, spent + reserved, reserved
+                         FROM ledger_budget ORDER BY day, tenant, provider",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| self.failed(&e))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| Spending {
+                        key: SpendKey::new(row.get(0), row.get(1), row.get(2)),
+                        spent: row.get::<_, i64>(3).max(0) as u64,
+                        reserved: row.get::<_, i64>(4).max(0) as u64,
+                    })
+                    .collect())
+            })
+            .await?)
+    }
+}
+
+/// A nano-USD amount as PostgreSQL's bigint.
+fn signed(v: u64) -> Result<i64, LedgerError> {
+    i64::try_from(v)
+        .map_err(|_| LedgerError::Storage(format!("{v} nano-USD is past the ledger's range")))
+}

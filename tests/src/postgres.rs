@@ -1,0 +1,237 @@
+//! A real PostgreSQL server for the shared-ledger tests: one cluster per test, in a
+//! temporary directory (stopped and removed when it is dropped), listening on a unix socket
+//! inside it only (no TCP port to collide on), with `fsync` off (a killed process keeps the
+//! page cache; only an OS crash would need it). `initdb` refuses to run as root, and tests run as root in CI: the cluster then
+//! belongs to the `postgres` user when there is one, else `nobody`.
+//!
+//! The server comes from `build/postgres/bin` (`tools/fetch_postgres.sh` unpacks one there
+//! on a machine without one), `pg_config --bindir` or Debian's `/usr/lib/postgresql/*/bin`. Under `make test`
+//! (EDGEWISE_TEST_POSTGRES=required) a missing server fails the test instead of skipping it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    user: Option<String>,
+    next_db: AtomicUsize,
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`, if any.
+fn bindir() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fetched = root.join("build/postgres/bin");
+    let mut candidates = vec![fetched];
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        candidates.push(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ));
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev());
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+}
+
+/// Whether the tests must have a server (under `make test`) rather than skip.
+fn required() -> bool {
+    std::env::var("EDGEWISE_TEST_POSTGRES").as_deref() == Ok("required")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl Postgres {
+    /// A running server, or `None` (with why on stderr) when there is none to run and the
+    /// tests may skip.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = bindir() else {
+            assert!(
+                !required(),
+                "no PostgreSQL server found (pg_config, /usr/lib/postgresql/*/bin, build/postgres/bin): run tools/fetch_postgres.sh"
+            );
+            eprintln!("skipping: no PostgreSQL server (run tools/fetch_postgres.sh)");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("edgewise-pg-")
+            .tempdir()
+            .unwrap();
+        let user = is_root().then(|| {
+            let ok = |u: &str| {
+                Command::new("id")
+                    .arg("-u")
+                    .arg(u)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if ok("postgres") { "postgres" } else { "nobody" }.to_string()
+        });
+        if let Some(u) = &user {
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg(u)
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown {u} {}", dir.path().display());
+        }
+        let pg = Postgres {
+            dir,
+            bin,
+            user,
+            next_db: AtomicUsize::new(0),
+        };
+        let data = pg.dir.path().join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "edgewise",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
+            pg.dir.path().display()
+        );
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                pg.dir.path().join("log").to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        Some(pg)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        let mut c = match &self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(u).arg("--").arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        // a server unpacked by tools/fetch_postgres.sh finds its libpq beside it
+        let libs = self.bin.join("../../../x86_64-linux-gnu");
+        if self
+            .bin
+            .starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/postgres"))
+            && libs.is_dir()
+        {
+            c.env("LD_LIBRARY_PATH", libs);
+        }
+        c
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let out = self.command(tool).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {}: {}{}\n{}",
+            exe.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Connection parameters for database `db` (over the unix socket).
+    pub fn params(&self, db: &str) -> String {
+        format!(
+            "host={} user=edgewise dbname={db}",
+            self.dir.path().display()
+        )
+    }
+
+    /// A new, empty database of its own for one test: its connection parameters.
+    pub async fn database(&self) -> String {
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{n}");
+        let (client, conn) =
+            tokio_postgres::connect(&self.params("postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        self.params(&name)
+    }
+
+    /// Stops the server at once (as a crash would) and starts it again on the same data.
+    pub fn restart_immediate(&self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
+            self.dir.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                self.dir.path().join("log").to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let args = ["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"];
+        let _ = self.command("pg_ctl").args(args).output();
+    }
+}
