@@ -220,6 +220,7 @@ fn run_one(variant: &str, load: &str, callers: usize, seconds: f64, base: &std::
             Store::open(&StoreOptions {
                 dir: Some(dir.path().to_path_buf()),
                 write_timeout: bound,
+                shared: None,
             })
             .unwrap_or_else(|e| panic!("{e}")),
         )

@@ -36,6 +36,33 @@ pub struct RawGatewayConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub telemetry: edgewise_ops::otlp::RawTelemetry,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`: the budget ledger several gateways share (PostgreSQL); absent: this gateway's
+/// own (sled, in `state.dir`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sled` (the default) or `postgres`.
+    pub backend: Option<String>,
+    /// libpq-style parameters without the password: `host=db port=5432 user=edgewise
+    /// dbname=edgewise` (a `host` starting with `/` is a unix socket directory).
+    pub postgres: Option<String>,
+    /// The password, from a file or a systemd credential (never in this file).
+    pub password_file: Option<PathBuf>,
+    pub password_credential: Option<String>,
+    /// TLS to the database, trusting this CA besides the system's (`tls = true` with the
+    /// system roots alone).
+    pub tls: Option<bool>,
+    pub ca_file: Option<PathBuf>,
+    pub pool_size: Option<u32>,
+    /// The longest one ledger operation may take before the hosted call is refused.
+    pub timeout_ms: Option<u64>,
+    /// A reservation's lease before any gateway may charge it at its worst case.
+    pub lease_ms: Option<u64>,
+    pub sweep_interval_ms: Option<u64>,
 }
 
 /// `[limits]`: what one request may ask for (hostile or mistaken input is refused early).
@@ -324,6 +351,7 @@ impl GatewayFile {
                 providers.push(p);
             }
         }
+        let shared_ledger = store(raw.store, &at, &id, credentials.as_deref(), &mut problems);
         if !problems.is_empty() {
             return Err(Diagnostics(problems));
         }
@@ -343,9 +371,150 @@ impl GatewayFile {
                 metrics_listen,
                 http,
                 otlp,
+                shared_ledger,
             },
         })
     }
+}
+
+/// Validates `[store]`: the shared ledger's parameters, password and TLS.
+fn store(
+    raw: RawStore,
+    at: &Layered<()>,
+    gateway: &str,
+    credentials: Option<&Path>,
+    problems: &mut Vec<edgewise_diag::Diagnostic>,
+) -> Option<crate::SharedLedgerConfig> {
+    match raw.backend.as_deref().unwrap_or("sled") {
+        "sled" => {
+            if raw.postgres.is_some() {
+                problems.push(at.problem(
+                    "store.postgres",
+                    "set `backend = \"postgres\"` to use it (the default backend is sled)",
+                ));
+            }
+            return None;
+        }
+        "postgres" => {}
+        other => {
+            problems.push(at.problem(
+                "store.backend",
+                format!("`{other}` is not one of sled, postgres"),
+            ));
+            return None;
+        }
+    }
+    let before = problems.len();
+    let Some(params) = raw.postgres else {
+        problems.push(at.problem(
+            "store.backend",
+            "the postgres backend needs `postgres = \"host=… user=… dbname=…\"`",
+        ));
+        return None;
+    };
+    match params.parse::<tokio_postgres::Config>() {
+        Ok(c) if c.get_password().is_some() => problems.push(at.problem(
+            "store.postgres",
+            "holds a password: put it in password_file or password_credential instead",
+        )),
+        Ok(c) if c.get_hosts().is_empty() => {
+            problems.push(at.problem("store.postgres", "names no host"))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(at.problem(
+            "store.postgres",
+            format!("not libpq connection parameters ({e})"),
+        )),
+    }
+    let password_path = match (&raw.password_file, &raw.password_credential) {
+        (Some(f), None) => Some(("store.password_file", at.base().join(f))),
+        (None, Some(c)) => match credentials {
+            Some(dir) if !c.contains('/') && !c.is_empty() => {
+                Some(("store.password_credential", dir.join(c)))
+            }
+            Some(_) => {
+                problems.push(at.problem(
+                    "store.password_credential",
+                    "must be a plain credential name",
+                ));
+                None
+            }
+            None => {
+                problems.push(at.problem(
+                    "store.password_credential",
+                    "CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit, or password_file)",
+                ));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(at.problem(
+                "store.password_credential",
+                "set password_file or password_credential, not both",
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let password = password_path.and_then(|(key, file)| match std::fs::read_to_string(&file) {
+        Ok(p) if !p.trim_end_matches(['\r', '\n']).is_empty() => {
+            Some(p.trim_end_matches(['\r', '\n']).to_string())
+        }
+        Ok(_) => {
+            problems.push(at.problem(key, format!("{} is empty", file.display())));
+            None
+        }
+        Err(e) => {
+            problems.push(at.problem(key, format!("cannot read {}: {e}", file.display())));
+            None
+        }
+    });
+    let ca = raw.ca_file.map(|f| at.base().join(f));
+    let tls = if raw.tls.unwrap_or(false) || ca.is_some() {
+        match edgewise_tls::public_client_config(ca.as_deref(), "the shared ledger") {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(at.problem("store.ca_file", e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut bounded = |key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| -> u64 {
+        let v = v.unwrap_or(default);
+        if !(lo..=hi).contains(&v) {
+            problems.push(at.problem(
+                &format!("store.{key}"),
+                format!("{v} is not in {lo}..={hi}"),
+            ));
+        }
+        v
+    };
+    let pool_size = bounded("pool_size", raw.pool_size.map(u64::from), 8, 1, 64);
+    let timeout_ms = bounded("timeout_ms", raw.timeout_ms, 1500, 100, 10_000);
+    let lease_ms = bounded("lease_ms", raw.lease_ms, 120_000, 1_000, 86_400_000);
+    let sweep_ms = bounded(
+        "sweep_interval_ms",
+        raw.sweep_interval_ms,
+        5_000,
+        100,
+        600_000,
+    );
+    if problems.len() > before {
+        return None;
+    }
+    // the password goes into the parameters here, after validation, and is never echoed
+    let mut options = crate::store::postgres::PgOptions::new(params, gateway);
+    options.password = password;
+    options.pool_size = pool_size as usize;
+    options.timeout = Duration::from_millis(timeout_ms);
+    Some(crate::SharedLedgerConfig {
+        options,
+        tls,
+        lease: Duration::from_millis(lease_ms),
+        sweep_every: Duration::from_millis(sweep_ms),
+    })
 }
 
 /// Validates one `[providers.NAME]` block and reads its key (never echoing it).
@@ -711,5 +880,62 @@ mod tests {
         let g = GatewayFile::load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(g.gateway.limits.max_tokens, 64);
         assert_eq!(g.gateway.limits.max_texts, 256);
+    }
+
+    #[test]
+    fn the_shared_ledger_is_validated_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(dir.path().join("policies")).ok();
+        let file = dir.path().join("gateway.toml");
+        let head = "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[store]\nbackend = \"postgres\"\n";
+        let load = |body: &str| {
+            std::fs::write(&file, format!("{head}{body}")).ok();
+            GatewayFile::load(&file, &[])
+        };
+        let err = |body: &str| load(body).err().map(|d| d.to_string()).unwrap_or_default();
+        // a password written into the parameters is refused, and not echoed
+        let e = err("postgres = \"host=db user=edgewise password=hunter2 dbname=ledger\"\n");
+        assert_eq!(
+            e,
+            format!(
+                "{}:7:12: store.postgres: holds a password: put it in password_file or password_credential instead",
+                file.display()
+            )
+        );
+        assert!(!e.contains("hunter2"));
+        let e = err("postgres = \"host=db\"\npassword_file = \"missing\"\npool_size = 0\n");
+        assert!(e.contains(":8:17: store.password_file: cannot read"), "{e}");
+        assert!(
+            e.contains(":9:13: store.pool_size: 0 is not in 1..=64"),
+            "{e}"
+        );
+        assert!(err("").contains(":6:11: store.backend: the postgres backend needs"));
+        std::fs::write(&file, "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[store]\nbackend = \"redis\"\n").ok();
+        let e = GatewayFile::load(&file, &[])
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains(":6:11: store.backend: `redis` is not one of sled, postgres"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("pw"), "s3cret\n").ok();
+        let g = load("postgres = \"host=/run/postgresql user=edgewise dbname=ledger\"\npassword_file = \"pw\"\nlease_ms = 30000\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let shared = g
+            .gateway
+            .shared_ledger
+            .unwrap_or_else(|| panic!("no shared ledger"));
+        assert_eq!(shared.options.password.as_deref(), Some("s3cret"));
+        assert_eq!(shared.lease, Duration::from_secs(30));
+        assert!(!format!("{:?}", shared.options).contains("s3cret"));
+        // sled stays the default
+        std::fs::write(
+            &file,
+            "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n",
+        )
+        .ok();
+        let g = GatewayFile::load(&file, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.gateway.shared_ledger.is_none());
     }
 }

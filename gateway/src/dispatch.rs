@@ -462,19 +462,25 @@ where
 }
 
 /// Reservations left open by a gateway that stopped mid-call: charged at their worst case,
-/// closed, and audited.
+/// closed, and audited. With a shared ledger: any gateway's whose lease ran out.
 pub async fn settle_abandoned(state: &State) {
+    let shared = state.store.shared_ledger().is_some();
+    let outcome = if shared {
+        "its lease ran out before it was settled: its gateway stopped or lost the shared ledger mid-call (charged the worst case; a late settle refunds the difference)"
+    } else {
+        "interrupted by a gateway restart (charged the worst case)"
+    };
     match state.store.settle_abandoned().await {
         Ok(open) => {
             for (id, r) in open {
-                tracing::warn!(decision = %id, tenant = %r.tenant, provider = %r.provider, "an external call was interrupted by a restart; charged its worst case");
+                tracing::warn!(decision = %id, tenant = %r.tenant, provider = %r.provider, "{outcome}");
                 let record = pb::AuditRecord {
                     unix_ms: crate::audit::now_ms(),
                     decision_id: id,
                     tenant: r.tenant,
                     kind: "external_call".into(),
                     provider: r.provider,
-                    outcome: "interrupted by a gateway restart (charged the worst case)".into(),
+                    outcome: outcome.into(),
                     reserved_usd: crate::ledger::usd(r.nanos),
                     cost_usd: crate::ledger::usd(r.nanos),
                     ..Default::default()
@@ -485,6 +491,24 @@ pub async fn settle_abandoned(state: &State) {
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot settle abandoned reservations"),
+    }
+}
+
+/// With a shared ledger: sweeps expired leases (any gateway's) and re-reads every gateway's
+/// spend for routing, every `every`, until stopped.
+pub async fn sweep_shared(
+    state: std::sync::Arc<State>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        settle_abandoned(&state).await;
     }
 }
 

@@ -69,6 +69,22 @@ pub struct GatewayConfig {
     pub http: Option<http::HttpConfig>,
     /// Where traces are exported (OTLP); `None`: not exported.
     pub otlp: Option<edgewise_ops::otlp::OtlpConfig>,
+    /// The budget ledger shared with other gateways (`[store]` in gateway.toml); `None`:
+    /// this gateway's own, in its state directory.
+    pub shared_ledger: Option<SharedLedgerConfig>,
+}
+
+/// Where the shared ledger is and how reservations in it are held.
+#[derive(Debug, Clone)]
+pub struct SharedLedgerConfig {
+    pub options: store::postgres::PgOptions,
+    /// TLS to the database (the project's rustls configuration, with its CA); `None`:
+    /// plaintext (a unix socket or loopback).
+    pub tls: Option<rustls::ClientConfig>,
+    /// A reservation's lease (see `store::SharedLedger`).
+    pub lease: std::time::Duration,
+    /// How often this gateway sweeps expired leases and re-reads every gateway's spend.
+    pub sweep_every: std::time::Duration,
 }
 
 impl GatewayConfig {
@@ -87,6 +103,7 @@ impl GatewayConfig {
             metrics_listen: None,
             http: None,
             otlp: None,
+            shared_ledger: None,
         }
     }
 }
@@ -146,9 +163,18 @@ impl Gateway {
         for w in policy::unconfigured_providers(&policy.policy, &names) {
             tracing::warn!("{w}");
         }
+        let shared = match &config.shared_ledger {
+            Some(c) => Some(store::SharedLedger {
+                ledger: store::postgres::PgLedger::new(&c.options, c.tls.clone())
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+                lease: c.lease,
+            }),
+            None => None,
+        };
         let store = store::Store::open(&store::StoreOptions {
             dir: config.state_dir.clone(),
             write_timeout: config.store_timeout,
+            shared,
         })
         .map_err(|e| StartError::Store(e.to_string()))?;
         let providers =
@@ -202,6 +228,13 @@ impl Gateway {
             <pb::gateway_server::GatewayServer<grpc::GatewayService> as tonic::server::NamedService>::NAME,
             stop.clone(),
         ));
+        if let Some(c) = &config.shared_ledger {
+            tokio::spawn(dispatch::sweep_shared(
+                state.clone(),
+                c.sweep_every,
+                stop.clone(),
+            ));
+        }
         // reflection lets grpcurl and similar tools call the gateway without the .proto files
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

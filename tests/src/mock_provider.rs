@@ -43,6 +43,9 @@ pub struct MockState {
     pub seen: Mutex<Vec<Seen>>,
     /// When set, the next request is received (and seen) but never answered.
     pub stall_next: std::sync::atomic::AtomicBool,
+    /// While true, requests are received (and seen) and wait to be answered until it is
+    /// false again.
+    pub hold: tokio::sync::watch::Sender<bool>,
 }
 
 impl MockState {
@@ -321,6 +324,7 @@ async fn handle(state: Arc<MockState>, req: Request<hyper::body::Incoming>) -> R
     {
         futures::future::pending::<()>().await;
     }
+    let _ = state.hold.subscribe().wait_for(|held| !held).await;
     let failure = state.failures.lock().ok().and_then(|mut q| q.pop_front());
     if let Some(f) = failure {
         let mut r = full(
@@ -397,6 +401,7 @@ impl MockProvider {
             report_usage: std::sync::atomic::AtomicBool::new(true),
             seen: Mutex::new(Vec::new()),
             stall_next: std::sync::atomic::AtomicBool::new(false),
+            hold: tokio::sync::watch::Sender::new(false),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {

@@ -108,25 +108,7 @@ impl Postgres {
                 "UTF8",
             ],
         );
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
-            pg.dir.path().display()
-        );
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                pg.dir.path().join("log").to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
+        pg.start_again();
         Some(pg)
     }
 
@@ -194,6 +176,12 @@ impl Postgres {
 
     /// Stops the server at once (as a crash would) and starts it again on the same data.
     pub fn restart_immediate(&self) {
+        self.stop_immediate();
+        self.start_again();
+    }
+
+    /// Stops the server at once, as a crash would.
+    pub fn stop_immediate(&self) {
         let data = self.dir.path().join("data");
         self.run(
             "pg_ctl",
@@ -206,6 +194,11 @@ impl Postgres {
                 "stop",
             ],
         );
+    }
+
+    /// Starts the stopped server again on the same data (and socket).
+    pub fn start_again(&self) {
+        let data = self.dir.path().join("data");
         let opts = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
             self.dir.path().display()

@@ -189,3 +189,194 @@ async fn an_acknowledged_reservation_survives_a_crash_of_the_server() {
     let s = l.settle("kept", Some(500)).await.unwrap();
     assert_eq!(s.charged, 500);
 }
+
+// ---- gateways sharing the ledger: real gateways, the mock hosted API over HTTPS ----
+
+mod gateways {
+    use super::*;
+    use edgewise_gateway::providers::Kind;
+    use edgewise_gateway::{Gateway, GatewayConfig, SharedLedgerConfig};
+    use edgewise_proto as pb;
+    use edgewise_tests::harness::{chat_request, gateway_client, provider};
+    use edgewise_tests::mock_provider::MockProvider;
+
+    const KEY: &str = "sk-test-shared-ledger-0123456789";
+
+    /// Hosted only: every generate request may go to the mock, within `budget` a day.
+    fn policy(budget: f64) -> String {
+        format!(
+            "default_data_class: internal\nroutes:\n  - name: hosted\n    min_quality: 0.5\n    external:\n      allowed: true\n      provider: openai\n      model: gpt-x\n      data_classes: [public, internal]\n      when: [no_adequate_local, no_local_capacity]\n      daily_budget_usd: {budget}\n"
+        )
+    }
+
+    /// A gateway with its own policy folder and, when `params` is given, the shared ledger.
+    async fn start(
+        id: &str,
+        budget: f64,
+        mock: &MockProvider,
+        params: Option<&str>,
+    ) -> (Gateway, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), policy(budget)).unwrap();
+        let mut config = GatewayConfig::new(vec![dir.path().to_path_buf()], id);
+        config.providers = vec![provider("openai", Kind::OpenAi, mock, 1.0)];
+        config.shared_ledger = params.map(|p| SharedLedgerConfig {
+            options: PgOptions::new(p, id),
+            tls: None,
+            lease: Duration::from_secs(60),
+            sweep_every: Duration::from_secs(1),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (Gateway::start(config, listener).await.unwrap(), dir)
+    }
+
+    /// Runs one hosted generation to its end: its decision, or the status it failed with.
+    async fn hosted(g: &Gateway) -> Result<pb::Decision, tonic::Status> {
+        hosted_at(g.addr).await
+    }
+
+    async fn hosted_at(addr: std::net::SocketAddr) -> Result<pb::Decision, tonic::Status> {
+        let mut s = gateway_client(addr)
+            .generate(chat_request("internal", 16))
+            .await?
+            .into_inner();
+        let d = s.message().await?.unwrap().decision.unwrap();
+        while s.message().await?.is_some() {}
+        Ok(d)
+    }
+
+    fn worst_case(d: &pb::Decision) -> f64 {
+        match &d.target {
+            Some(pb::decision::Target::External(e)) => e.worst_case_usd,
+            other => panic!("not hosted: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn three_gateways_spend_one_budget_and_never_more() {
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        // one request's worst case, from a gateway of its own
+        let (probe, _p) = start("probe", 1.0, &mock, None).await;
+        let w = worst_case(&hosted(&probe).await.unwrap());
+        drop(probe);
+        let before = mock.state.requests().len();
+        // a daily budget for 5 such calls, shared by three gateways
+        let params = pg.database().await;
+        let budget = 5.5 * w;
+        let mut gws = Vec::new();
+        for id in ["a", "b", "c"] {
+            gws.push(start(id, budget, &mock, Some(&params)).await);
+        }
+        // the provider holds its answers until every request has been decided, so no
+        // settlement frees budget while the others reserve
+        mock.state.hold.send_replace(true);
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls: Vec<_> = (0..60)
+            .map(|i| {
+                let (addr, failed) = (gws[i % 3].0.addr, failed.clone());
+                tokio::spawn(async move {
+                    let r = hosted_at(addr).await;
+                    if r.is_err() {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        // every request not at the provider has been refused before any answer is released
+        edgewise_tests::harness::wait_for(
+            "every request at the provider or refused",
+            Duration::from_secs(30),
+            || async {
+                mock.state.requests().len() - before
+                    + failed.load(std::sync::atomic::Ordering::SeqCst)
+                    >= 60
+            },
+        )
+        .await;
+        mock.state.hold.send_replace(false);
+        let mut results = Vec::new();
+        for c in calls {
+            results.push(c.await.unwrap());
+        }
+        let served = results.iter().filter(|r| r.is_ok()).count();
+        let over = results
+            .iter()
+            .filter(|r| {
+                r.as_ref().is_err_and(|s| {
+                    s.code() == tonic::Code::ResourceExhausted && s.message().contains("budget")
+                })
+            })
+            .count();
+        assert_eq!(
+            (served, over),
+            (5, 55),
+            "{:?}",
+            results
+                .iter()
+                .filter(|r| r.is_err())
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(mock.state.requests().len() - before, 5, "provider calls");
+        // settled to the usage billed: spent is at most the budget, nothing left reserved
+        let l = gateway(&params, "reader").await;
+        let spent = l.spend_entries().await.unwrap();
+        assert_eq!(spent.len(), 1, "{spent:?}");
+        assert_eq!(spent[0].reserved, 0, "{spent:?}");
+        assert!(spent[0].spent as f64 <= budget * 1e9, "{spent:?}");
+    }
+
+    #[tokio::test]
+    async fn without_the_ledger_hosted_calls_are_refused_at_once_and_resume_by_themselves() {
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let params = pg.database().await;
+        let (g, _p) = start("a", 1.0, &mock, Some(&params)).await;
+        hosted(&g).await.unwrap();
+        let before = mock.state.requests().len();
+        pg.stop_immediate();
+        // fail closed: UNAVAILABLE naming the shared ledger, within its bound (1.5 s), and no
+        // call reaches the provider
+        let t = std::time::Instant::now();
+        let e = hosted(&g).await.unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().contains("shared ledger") || e.message().contains("postgresql://"),
+            "{e:?}"
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}: {e:?}");
+        assert_eq!(mock.state.requests().len(), before);
+        // the gateway itself stays healthy (its health must not follow the database)
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{}", g.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        // back: hosted calls resume without a restart of the gateway
+        pg.start_again();
+        edgewise_tests::harness::wait_for(
+            "a hosted call to be served again",
+            Duration::from_secs(15),
+            || async { hosted(&g).await.is_ok() },
+        )
+        .await;
+        assert!(mock.state.requests().len() > before);
+    }
+}

@@ -261,6 +261,7 @@ async fn a_stuck_store_fails_requests_fast_turns_health_off_and_lets_the_gateway
     let options = edgewise_gateway::store::StoreOptions {
         dir: Some(state.path().to_path_buf()),
         write_timeout: Duration::from_secs(10),
+        shared: None,
     };
     let store = poll(Duration::from_secs(10), || {
         let opened = edgewise_gateway::store::Store::open(&options).map_err(|e| e.to_string());

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use edgewise_proto as pb;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::ledger::{LedgerError, Reservation, Settled, Spending};
+use crate::ledger::{LedgerError, Reservation, Settled, SpendKey, Spending};
 use crate::routing::Budgets;
 
 /// How long a request waits for the store by default before it fails with UNAVAILABLE.
@@ -60,6 +60,8 @@ pub struct StoreOptions {
     pub dir: Option<std::path::PathBuf>,
     /// The longest a request waits for a durable write (or a read) before UNAVAILABLE.
     pub write_timeout: Duration,
+    /// The budget ledger several gateways share; `None`: the ledger is this store's own.
+    pub shared: Option<SharedLedger>,
 }
 
 impl Default for StoreOptions {
@@ -67,8 +69,19 @@ impl Default for StoreOptions {
         Self {
             dir: None,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            shared: None,
         }
     }
+}
+
+/// The budget ledger several gateways share (PostgreSQL): reservations and settlements go
+/// there, every gateway's; the audit stays in this gateway's own store.
+#[derive(Debug, Clone)]
+pub struct SharedLedger {
+    pub ledger: postgres::PgLedger,
+    /// How long a reservation is held for its call before any gateway may charge it at its
+    /// worst case (a settle that comes later refunds the difference).
+    pub lease: Duration,
 }
 
 /// What the request side and the store thread share.
@@ -124,6 +137,8 @@ impl Shared {
 pub struct Store {
     tx: tokio::sync::mpsc::Sender<writer::Job>,
     shared: Arc<Shared>,
+    /// The shared ledger, when the gateway uses one.
+    ledger: Option<SharedLedger>,
 }
 
 /// Holds the store thread (fault injection) until dropped.
@@ -185,7 +200,11 @@ impl Store {
             .name("edgewise-store".into())
             .spawn(move || writer::run(rx, tables, thread_shared))
             .map_err(|e| io(&e))?;
-        Ok(Self { tx, shared })
+        Ok(Self {
+            tx,
+            shared,
+            ledger: options.shared.clone(),
+        })
     }
 
     /// Where the database is (for messages).
@@ -268,6 +287,14 @@ impl Store {
     /// time, or whose flush failed, is released as soon as the store gets to it (the call it
     /// was for is not made).
     pub async fn reserve(&self, id: &str, r: &Reservation, limit: u64) -> Result<(), LedgerError> {
+        if let Some(l) = &self.ledger {
+            if let Some(total) = l.ledger.reserve(id, r, limit, l.lease).await? {
+                self.shared
+                    .spend
+                    .set(SpendKey::new(&r.day, &r.tenant, &r.provider), total);
+            }
+            return Ok(());
+        }
         let (id, r) = (id.to_string(), r.clone());
         let release_id = id.clone();
         let answer = self
@@ -292,6 +319,13 @@ impl Store {
 
     /// Replaces reservation `id` by the actual cost; answered once that is on disk.
     pub async fn settle(&self, id: &str, charged: u64) -> Result<Settled, LedgerError> {
+        if let Some(l) = &self.ledger {
+            let (settled, total) = l.ledger.settle_with_total(id, Some(charged)).await?;
+            if let Some((key, total)) = total {
+                self.shared.spend.set(key, total);
+            }
+            return Ok(settled);
+        }
         let id = id.to_string();
         self.call("settlement", true, move |t| {
             t.ledger.settle(&id, Some(charged), &t.mirror)
@@ -303,6 +337,12 @@ impl Store {
     /// Reservations whose calls never settled (the gateway stopped mid-call): charged at
     /// their worst case and closed, durably. Returns them for the audit.
     pub async fn settle_abandoned(&self) -> Result<Vec<(String, Reservation)>, LedgerError> {
+        if let Some(l) = &self.ledger {
+            // any gateway's reservations whose lease ran out (this one's among them)
+            let swept = l.ledger.sweep(1000).await?;
+            self.refresh_spend().await?;
+            return Ok(swept);
+        }
         self.call("settlement of abandoned reservations", true, move |t| {
             t.ledger.settle_abandoned(&t.mirror)
         })
@@ -339,8 +379,32 @@ impl Store {
         self.call("audit read", false, |t| t.audit.len()).await
     }
 
+    /// The shared ledger's spend (every gateway's) into the copy routing reads.
+    pub async fn refresh_spend(&self) -> Result<(), LedgerError> {
+        if let Some(l) = &self.ledger {
+            for e in l.ledger.spend_entries().await? {
+                self.shared.spend.set(e.key, e.spent);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the ledger is shared with other gateways (and where).
+    pub fn shared_ledger(&self) -> Option<&SharedLedger> {
+        self.ledger.as_ref()
+    }
+
     /// Every (day, tenant, provider) with its spent + reserved and reserved-only nano-USD.
     pub async fn spend_entries(&self) -> Result<Vec<Spending>, StoreError> {
+        if let Some(l) = &self.ledger {
+            return l.ledger.spend_entries().await.map_err(|e| match e {
+                LedgerError::Store(e) => e,
+                other => StoreError::Io {
+                    path: l.ledger.at().to_string(),
+                    detail: other.to_string(),
+                },
+            });
+        }
         self.call("ledger read", false, |t| t.ledger.entries())
             .await
     }

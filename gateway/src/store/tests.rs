@@ -16,6 +16,7 @@ fn temporary(bound: Duration) -> Store {
     Store::open(&StoreOptions {
         dir: None,
         write_timeout: bound,
+        shared: None,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -104,6 +105,7 @@ fn on_disk() -> (tempfile::TempDir, StoreOptions) {
     let options = StoreOptions {
         dir: Some(dir.path().to_path_buf()),
         write_timeout: Duration::from_secs(10),
+        shared: None,
     };
     (dir, options)
 }

@@ -28,7 +28,7 @@ use tokio_postgres::error::SqlState;
 use crate::ledger::{LedgerError, Reservation, Settled, SpendKey, Spending};
 
 /// How to reach the shared ledger.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgOptions {
     /// libpq-style connection parameters (`host=… port=… user=… dbname=…`); a `host` that
     /// starts with `/` is a unix socket directory.
@@ -37,6 +37,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// This gateway's id, recorded on its reservations.
     pub gateway: String,
+    /// Read from a file or credential; never printed (`Debug` hides it).
+    pub password: Option<String>,
     /// The longest any one ledger operation may take, connecting included: past it the
     /// operation fails (fail closed: no hosted call without its reservation).
     pub timeout: Duration,
@@ -48,8 +50,21 @@ impl PgOptions {
             params: params.into(),
             pool_size: 8,
             gateway: gateway.into(),
+            password: None,
             timeout: Duration::from_millis(1500),
         }
+    }
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("params", &self.params)
+            .field("pool_size", &self.pool_size)
+            .field("gateway", &self.gateway)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -71,9 +86,26 @@ pub enum PgError {
     Config(String),
 }
 
+impl From<PgError> for super::StoreError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Timeout { at, what, bound } => super::StoreError::Timeout {
+                path: at,
+                what,
+                bound,
+            },
+            PgError::Unavailable { at, detail } => super::StoreError::Io { path: at, detail },
+            PgError::Config(detail) => super::StoreError::Io {
+                path: "the shared ledger".into(),
+                detail,
+            },
+        }
+    }
+}
+
 impl From<PgError> for LedgerError {
     fn from(e: PgError) -> Self {
-        LedgerError::Storage(e.to_string())
+        LedgerError::Store(e.into())
     }
 }
 
@@ -84,6 +116,9 @@ pub struct PgLedger {
     at: String,
     gateway: String,
     timeout: Duration,
+    /// Set once the schema is migrated (retried by the next operation until then, so a
+    /// gateway starts while the database is down).
+    migrated: std::sync::Arc<tokio::sync::OnceCell<i32>>,
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -120,10 +155,20 @@ impl PgLedger {
         options: &PgOptions,
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, PgError> {
+        let ledger = Self::new(options, tls)?;
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// A pool over `options.params`, connecting (and migrating) at its first use.
+    pub fn new(options: &PgOptions, tls: Option<rustls::ClientConfig>) -> Result<Self, PgError> {
         let mut config: tokio_postgres::Config = options
             .params
             .parse()
             .map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
+        if let Some(p) = &options.password {
+            config.password(p);
+        }
         // a dead peer is noticed by the timeouts, not after the kernel's retries
         config
             .connect_timeout(options.timeout)
@@ -145,26 +190,48 @@ impl PgLedger {
             .max_size(options.pool_size.max(1))
             .build()
             .map_err(|e| PgError::Config(e.to_string()))?;
-        let ledger = Self {
+        Ok(Self {
             pool,
             at,
             gateway: options.gateway.clone(),
             timeout: options.timeout,
-        };
-        ledger.migrate().await?;
-        Ok(ledger)
+            migrated: Default::default(),
+        })
+    }
+
+    /// Where the database is (for messages; never the password).
+    pub fn at(&self) -> &str {
+        &self.at
     }
 
     /// Brings the schema to the newest version (safe when several gateways start at once).
     pub async fn migrate(&self) -> Result<i32, PgError> {
         self.bounded("migration", async {
-            let mut c = self.client().await?;
-            migrate::migrate(&mut c).await.map_err(|e| self.failed(&e))
+            self.migrated
+                .get_or_try_init(|| async {
+                    let mut c = self.connection().await?;
+                    migrate::migrate(&mut c).await.map_err(|e| self.failed(&e))
+                })
+                .await
+                .copied()
         })
         .await
     }
 
+    /// A pooled connection to a migrated database.
     async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        if self.migrated.get().is_none() {
+            self.migrated
+                .get_or_try_init(|| async {
+                    let mut c = self.connection().await?;
+                    migrate::migrate(&mut c).await.map_err(|e| self.failed(&e))
+                })
+                .await?;
+        }
+        self.connection().await
+    }
+
+    async fn connection(&self) -> Result<deadpool_postgres::Object, PgError> {
         self.pool.get().await.map_err(|e| PgError::Unavailable {
             at: self.at.clone(),
             detail: e.to_string(),
@@ -194,15 +261,16 @@ impl PgLedger {
     }
 
     /// Reserves `r.nanos` under reservation `id` if spent + reserved + `r.nanos` stays within
-    /// `limit`, with a lease of `lease` on the database's clock. Retrying with the same id
-    /// after a lost answer is safe: a reservation that committed is found, not taken twice.
+    /// `limit`, with a lease of `lease` on the database's clock; answers the key's spent +
+    /// reserved after it (`None` for a retry). Retrying with the same id after a lost answer
+    /// is safe: a reservation that committed is found, not taken twice.
     pub async fn reserve(
         &self,
         id: &str,
         r: &Reservation,
         limit: u64,
         lease: Duration,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Option<u64>, LedgerError> {
         let (nanos, limit) = (signed(r.nanos)?, signed(limit)?);
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let taken = self
@@ -216,17 +284,20 @@ impl PgLedger {
                 .await
                 .map_err(|e| self.failed(&e))?;
                 let inserted = c
-                    .execute(
+                    .query_opt(
                         "WITH b AS (
                              UPDATE ledger_budget SET reserved = reserved + $4
                              WHERE day = $1 AND tenant = $2 AND provider = $3
                                AND spent + reserved + $4 <= $5
+                             RETURNING spent + reserved AS total),
+                         i AS (
+                             INSERT INTO ledger_reservation
+                                 (id, day, tenant, provider, nanos, gateway, lease_until, state)
+                             SELECT $6, $1, $2, $3, $4, $7,
+                                    now() + $8::float8 * interval '1 millisecond', 'open'
+                             FROM b
                              RETURNING 1)
-                         INSERT INTO ledger_reservation
-                             (id, day, tenant, provider, nanos, gateway, lease_until, state)
-                         SELECT $6, $1, $2, $3, $4, $7,
-                                now() + $8::float8 * interval '1 millisecond', 'open'
-                         FROM b",
+                         SELECT b.total FROM b, i",
                         &[
                             &r.day,
                             &r.tenant,
@@ -240,25 +311,26 @@ impl PgLedger {
                     )
                     .await;
                 match inserted {
-                    Ok(1) => Ok(Some(true)),
+                    Ok(Some(row)) => Ok(Taken::Now(row.get::<_, i64>(0).max(0) as u64)),
                     // not admitted — unless this id was (a retry after a lost answer, when
                     // the budget has no room for it a second time)
-                    Ok(_) => {
+                    Ok(None) => {
                         let found = c
                             .query_opt("SELECT 1 FROM ledger_reservation WHERE id = $1", &[&id])
                             .await
                             .map_err(|e| self.failed(&e))?;
-                        Ok(found.map_or(Some(false), |_| None))
+                        Ok(found.map_or(Taken::No, |_| Taken::Before))
                     }
                     // the same id committed before (its answer was lost): already reserved
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(Taken::Before),
                     Err(e) => Err(self.failed(&e)),
                 }
             })
             .await?;
         match taken {
-            Some(true) | None => Ok(()),
-            Some(false) => {
+            Taken::Now(total) => Ok(Some(total)),
+            Taken::Before => Ok(None),
+            Taken::No => {
                 let spent = self
                     .total(&SpendKey::new(&r.day, &r.tenant, &r.provider))
                     .await?;
@@ -295,6 +367,15 @@ impl PgLedger {
     /// reservation a sweep already charged at its worst case is settled late: the
     /// difference is refunded, once.
     pub async fn settle(&self, id: &str, charged: Option<u64>) -> Result<Settled, LedgerError> {
+        self.settle_with_total(id, charged).await.map(|(s, _)| s)
+    }
+
+    /// As `settle`, with the key's spent + reserved after it when this settle changed it.
+    pub async fn settle_with_total(
+        &self,
+        id: &str,
+        charged: Option<u64>,
+    ) -> Result<(Settled, Option<(SpendKey, u64)>), LedgerError> {
         let charged = charged.map(signed).transpose()?;
         let out = self
             .bounded("settlement", async {
@@ -312,7 +393,8 @@ impl PgLedger {
                          SET reserved = b.reserved - r.nanos, spent = b.spent + r.charged
                          FROM r
                          WHERE b.day = r.day AND b.tenant = r.tenant AND b.provider = r.provider
-                         RETURNING r.nanos, r.charged",
+                         RETURNING r.nanos, r.charged, b.day, b.tenant, b.provider,
+                                   b.spent + b.reserved",
                         &[&id, &charged],
                     )
                     .await
@@ -331,7 +413,8 @@ impl PgLedger {
                              FROM r
                              WHERE b.day = r.day AND b.tenant = r.tenant
                                AND b.provider = r.provider
-                             RETURNING r.nanos, r.charged",
+                             RETURNING r.nanos, r.charged, b.day, b.tenant, b.provider,
+                                       b.spent + b.reserved",
                             &[&id, &charged],
                         )
                         .await
@@ -349,9 +432,19 @@ impl PgLedger {
                         .map_err(|e| self.failed(&e))?;
                 }
                 tx.commit().await.map_err(|e| self.failed(&e))?;
-                Ok(rows.first().map(|row| Settled {
-                    reserved: row.get::<_, i64>(0).max(0) as u64,
-                    charged: row.get::<_, i64>(1).max(0) as u64,
+                Ok(rows.first().map(|row| {
+                    let settled = Settled {
+                        reserved: row.get::<_, i64>(0).max(0) as u64,
+                        charged: row.get::<_, i64>(1).max(0) as u64,
+                    };
+                    // a settle that changed the budget row says what it is now
+                    let total = (row.len() > 2).then(|| {
+                        (
+                            SpendKey::new(row.get(2), row.get(3), row.get(4)),
+                            row.get::<_, i64>(5).max(0) as u64,
+                        )
+                    });
+                    (settled, total)
                 }))
             })
             .await?;
@@ -452,6 +545,16 @@ impl PgLedger {
             })
             .await?)
     }
+}
+
+/// What a reservation attempt found.
+enum Taken {
+    /// Admitted now: the key's spent + reserved after it.
+    Now(u64),
+    /// Admitted by an earlier attempt with the same id.
+    Before,
+    /// No room in the budget.
+    No,
 }
 
 /// A nano-USD amount as PostgreSQL's bigint.
