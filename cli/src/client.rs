@@ -400,6 +400,51 @@ pub fn parse_since(s: &str, now: std::time::SystemTime) -> Result<u64, CliError>
 
 /// Writes audit records from `since` (and before `until`) as JSON lines to `out`, or stdout.
 /// A file is written whole or not at all (a temporary file renamed into place).
+/// Verifies every gateway's hash chain in the shared audit log; an error (non-zero exit)
+/// when a record was edited or deleted, or the log is not shared.
+pub async fn audit_verify(caller: &Caller) -> Result<(), CliError> {
+    let r = caller
+        .connect()
+        .await?
+        .verify_audit(caller.request(pb::VerifyAuditRequest {})?)
+        .await?
+        .into_inner();
+    if !r.unavailable.is_empty() {
+        return Err(CliError::Usage(r.unavailable));
+    }
+    let mut broken = 0;
+    for c in &r.chains {
+        if c.problems.is_empty() {
+            println!(
+                "gateway {}: {} record(s), 1..={}: intact",
+                c.gateway, c.records, c.last_seq
+            );
+        } else {
+            broken += 1;
+            println!(
+                "gateway {}: {} record(s), last {}: {} problem(s)",
+                c.gateway,
+                c.records,
+                c.last_seq,
+                c.problems.len()
+            );
+            for p in &c.problems {
+                println!("  {p}");
+            }
+        }
+    }
+    if r.chains.is_empty() {
+        println!("the shared audit log has no records yet");
+    }
+    if broken > 0 {
+        return Err(CliError::Usage(format!(
+            "{broken} of {} chain(s) are not intact",
+            r.chains.len()
+        )));
+    }
+    Ok(())
+}
+
 pub async fn audit_export(
     caller: &Caller,
     since: &str,

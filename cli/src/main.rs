@@ -155,6 +155,9 @@ enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Check every gateway's hash chain in the shared audit log: an edited record, or a
+    /// deleted one (a gap), is named; exits non-zero if any chain is not intact.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -270,6 +273,9 @@ fn main() -> ExitCode {
                     Command::Audit {
                         command: AuditCommand::Export { since, until, out },
                     } => cli::audit_export(&caller, since, until.as_deref(), out.as_deref()).await,
+                    Command::Audit {
+                        command: AuditCommand::Verify,
+                    } => cli::audit_verify(&caller).await,
                     Command::Spend { all_tenants } => {
                         let tenant = (!all_tenants).then_some(args.tenant.as_str());
                         cli::spend(&caller, tenant).await

@@ -60,7 +60,7 @@ impl AuditLog {
 /// A record as one JSON object (the `edgewise audit export` line format).
 pub fn to_json(r: &pb::AuditRecord) -> serde_json::Value {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.unix_ms);
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "time": humantime::format_rfc3339_millis(time).to_string(),
         "decision_id": r.decision_id,
         "kind": r.kind,
@@ -76,7 +76,15 @@ pub fn to_json(r: &pb::AuditRecord) -> serde_json::Value {
         "usage_reported": r.usage_reported,
         "reserved_usd": r.reserved_usd,
         "cost_usd": r.cost_usd,
-    })
+    });
+    // a shared audit log says which gateway wrote the record, and where in its chain
+    if !r.gateway.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("gateway".into(), r.gateway.clone().into());
+        o.insert("seq".into(), r.seq.into());
+    }
+    v
 }
 
 #[cfg(test)]

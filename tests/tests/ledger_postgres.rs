@@ -190,6 +190,90 @@ async fn an_acknowledged_reservation_survives_a_crash_of_the_server() {
     assert_eq!(s.charged, 500);
 }
 
+#[tokio::test]
+async fn the_audit_is_append_only_chained_per_gateway_and_tampering_is_named() {
+    let Some(pg) = server() else { return };
+    let params = pg.database().await;
+    let (a, b) = (gateway(&params, "a").await, gateway(&params, "b").await);
+    a.ensure_partitions(1).await.unwrap();
+    let record = |i: u64| edgewise_proto::AuditRecord {
+        unix_ms: 1_764_806_400_000 + i, // 2025-12-04, before any partition made ahead
+        decision_id: format!("d{i}"),
+        tenant: "t".into(),
+        kind: "external_call".into(),
+        ..Default::default()
+    };
+    for i in 0..6 {
+        a.append_audit(&record(i)).await.unwrap();
+        b.append_audit(&record(100 + i)).await.unwrap();
+    }
+    // a settle and its record in one transaction, on a's chain
+    a.reserve("r", &res("t", 500), 10_000, LEASE).await.unwrap();
+    let make = |s: &edgewise_gateway::ledger::Settled| edgewise_proto::AuditRecord {
+        cost_usd: s.charged as f64,
+        ..record(50)
+    };
+    a.settle_audited("r", Some(200), Some(&make)).await.unwrap();
+    // settled again: nothing charged, nothing audited twice
+    a.settle_audited("r", Some(200), Some(&make)).await.unwrap();
+    let all = b.audit_range(0, u64::MAX).await.unwrap();
+    assert_eq!(all.len(), 13, "{all:?}");
+    let of_a: Vec<u64> = all
+        .iter()
+        .filter(|r| r.gateway == "a")
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(of_a, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        all.iter()
+            .find(|r| r.decision_id == "d50")
+            .map(|r| r.cost_usd),
+        Some(200.0)
+    );
+    let intact = a.verify_audit().await.unwrap();
+    assert_eq!(intact.len(), 2);
+    assert!(intact.iter().all(|c| c.problems.is_empty()), "{intact:?}");
+    // the database refuses changes
+    let (client, conn) = tokio_postgres::connect(&params, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        "UPDATE audit_record SET unix_ms = 0 WHERE gateway = 'a' AND seq = 2",
+        "DELETE FROM audit_record WHERE gateway = 'b' AND seq = 3",
+        "TRUNCATE audit_record",
+    ] {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("append-only")),
+            "{sql}: {e}"
+        );
+    }
+    // a superuser can get past the trigger; the chains still tell
+    client
+        .batch_execute(
+            "ALTER TABLE audit_record DISABLE TRIGGER audit_no_change;
+             UPDATE audit_record SET record = record || '\\x00'::bytea WHERE gateway = 'a' AND seq = 2;
+             DELETE FROM audit_record WHERE gateway = 'b' AND seq = 3;",
+        )
+        .await
+        .unwrap();
+    let report = a.verify_audit().await.unwrap();
+    let problems = |g: &str| {
+        report
+            .iter()
+            .find(|c| c.gateway == g)
+            .map(|c| c.problems.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        problems("a"),
+        ["record 2 was edited: its hash does not match its content"]
+    );
+    assert_eq!(problems("b"), ["records 3..=3 are missing (deleted)"]);
+}
+
 // ---- gateways sharing the ledger: real gateways, the mock hosted API over HTTPS ----
 
 mod gateways {
@@ -326,6 +410,44 @@ mod gateways {
         assert_eq!(spent.len(), 1, "{spent:?}");
         assert_eq!(spent[0].reserved, 0, "{spent:?}");
         assert!(spent[0].spent as f64 <= budget * 1e9, "{spent:?}");
+        // one audit across the gateways: each served call once, settled in the same
+        // transaction as its record, on its gateway's chain; read from any gateway
+        let calls: Vec<pb::AuditRecord> = l
+            .audit_range(0, u64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "external_call")
+            .collect();
+        assert_eq!(calls.len(), 5, "{calls:?}");
+        let out = tokio::task::spawn_blocking({
+            let addr = gws[1].0.addr;
+            move || {
+                std::process::Command::new(
+                    edgewise_tests::harness::agent_bin().with_file_name("edgewise"),
+                )
+                .args([
+                    "--gateway",
+                    &format!("http://{addr}"),
+                    "--tenant",
+                    "ops",
+                    "audit",
+                    "verify",
+                ])
+                .output()
+                .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(": intact"), "{text}");
+        assert!(!text.contains("problem"), "{text}");
     }
 
     #[tokio::test]

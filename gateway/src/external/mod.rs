@@ -147,23 +147,9 @@ impl ExternalCall {
                 false,
             ),
         };
-        let charged = match state.store.settle(&self.id, charged).await {
-            Ok(s) => s.charged,
-            Err(e) => {
-                tracing::error!(decision = %self.id, error = %e, "cannot settle the reservation; it stays charged at the worst case");
-                self.reserved
-            }
-        };
         // served: the provider answered (billed by usage or at the worst case)
         let served = matches!(end, CallEnd::Billed(_) | CallEnd::Unreported { .. });
-        state.metrics.external(
-            &self.provider,
-            &self.tenant,
-            served,
-            crate::ledger::usd(charged),
-            (usage.prompt_tokens, usage.completion_tokens),
-        );
-        let record = pb::AuditRecord {
+        let record = |charged: u64| pb::AuditRecord {
             unix_ms: now_ms(),
             decision_id: self.id.clone(),
             tenant: self.tenant.clone(),
@@ -172,7 +158,7 @@ impl ExternalCall {
             kind: "external_call".into(),
             provider: self.provider.clone(),
             model: self.model.clone(),
-            outcome,
+            outcome: outcome.clone(),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             reserved_usd: usd(self.reserved),
@@ -181,11 +167,33 @@ impl ExternalCall {
             task: self.task.as_str().into(),
             declared_data_class: self.decision.declared_data_class.clone(),
             detections: self.decision.detections.clone(),
+            gateway: String::new(),
+            seq: 0,
         };
-        let outcome = record.outcome.clone();
-        if let Err(e) = state.store.append_audit(record).await {
-            tracing::error!(decision = %self.id, error = %e, "cannot write the audit record");
-        }
+        // settled and audited together (in one transaction where the ledger is shared)
+        let charged = match state
+            .store
+            .settle_audited(&self.id, charged, &|s: &crate::ledger::Settled| {
+                record(s.charged)
+            })
+            .await
+        {
+            Ok(s) => s.charged,
+            Err(e) => {
+                tracing::error!(decision = %self.id, error = %e, "cannot settle the reservation; it stays charged at the worst case");
+                if let Err(e) = state.store.append_audit(record(self.reserved)).await {
+                    tracing::error!(decision = %self.id, error = %e, "cannot write the audit record");
+                }
+                self.reserved
+            }
+        };
+        state.metrics.external(
+            &self.provider,
+            &self.tenant,
+            served,
+            crate::ledger::usd(charged),
+            (usage.prompt_tokens, usage.completion_tokens),
+        );
         tracing::info!(decision = %self.id, provider = %self.provider, model = %self.model, tenant = %self.tenant, cost_usd = usd(charged), outcome = %outcome, "external call closed");
         usd(charged)
     }

@@ -98,4 +98,11 @@ impl pb::gateway_server::Gateway for GatewayService {
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         Ok(operator::export_audit(self, request).await?)
     }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        Ok(operator::verify_audit(self, request).await?)
+    }
 }

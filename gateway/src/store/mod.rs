@@ -320,7 +320,7 @@ impl Store {
     /// Replaces reservation `id` by the actual cost; answered once that is on disk.
     pub async fn settle(&self, id: &str, charged: u64) -> Result<Settled, LedgerError> {
         if let Some(l) = &self.ledger {
-            let (settled, total) = l.ledger.settle_with_total(id, Some(charged)).await?;
+            let (settled, total) = l.ledger.settle_audited(id, Some(charged), None).await?;
             if let Some((key, total)) = total {
                 self.shared.spend.set(key, total);
             }
@@ -338,6 +338,10 @@ impl Store {
     /// their worst case and closed, durably. Returns them for the audit.
     pub async fn settle_abandoned(&self) -> Result<Vec<(String, Reservation)>, LedgerError> {
         if let Some(l) = &self.ledger {
+            // the audit log's partitions for the days ahead, once a day
+            if let Err(e) = l.ledger.ensure_partitions_daily().await {
+                tracing::warn!(error = %e, "cannot make the audit log's partitions ahead");
+            }
             // any gateway's reservations whose lease ran out (this one's among them)
             let swept = l.ledger.sweep(1000).await?;
             self.refresh_spend().await?;
@@ -350,8 +354,42 @@ impl Store {
         .map_err(LedgerError::Store)?
     }
 
-    /// Appends an audit record; answered once it is on disk.
+    /// Settles reservation `id` and appends the call's audit record, made from what was
+    /// settled: in one transaction where the ledger is shared, else one after the other.
+    pub async fn settle_audited(
+        &self,
+        id: &str,
+        charged: u64,
+        record: &(dyn Fn(&Settled) -> pb::AuditRecord + Sync),
+    ) -> Result<Settled, LedgerError> {
+        if let Some(l) = &self.ledger {
+            let (settled, total) = l
+                .ledger
+                .settle_audited(id, Some(charged), Some(record))
+                .await?;
+            if let Some((key, total)) = total {
+                self.shared.spend.set(key, total);
+            }
+            return Ok(settled);
+        }
+        let settled = self.settle(id, charged).await?;
+        if let Err(e) = self.append_audit(record(&settled)).await {
+            tracing::error!(decision = %id, error = %e, "cannot write the audit record");
+        }
+        Ok(settled)
+    }
+
+    /// Appends an audit record; answered once it is on disk. Where the audit is shared and
+    /// out of reach, the record is kept in this gateway's own log instead (and said so).
     pub async fn append_audit(&self, record: pb::AuditRecord) -> Result<(), StoreError> {
+        if let Some(l) = &self.ledger {
+            match l.ledger.append_audit(&record).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, decision = %record.decision_id, "the shared audit log is out of reach: the record is kept in this gateway's own")
+                }
+            }
+        }
         let path = self.shared.path.clone();
         self.call("audit append", true, move |t| t.audit.append(&record))
             .await?
@@ -361,12 +399,16 @@ impl Store {
             })
     }
 
-    /// Audit records with `since_ms <= unix_ms < until_ms`, oldest first.
+    /// Audit records with `since_ms <= unix_ms < until_ms`, oldest first (every gateway's
+    /// where the audit is shared).
     pub async fn audit_range(
         &self,
         since_ms: u64,
         until_ms: u64,
     ) -> Result<Vec<pb::AuditRecord>, StoreError> {
+        if let Some(l) = &self.ledger {
+            return Ok(l.ledger.audit_range(since_ms, until_ms).await?);
+        }
         self.call("audit read", false, move |t| {
             t.audit.range(since_ms, until_ms)
         })
@@ -377,6 +419,15 @@ impl Store {
     #[cfg(test)]
     async fn audit_len(&self) -> Result<usize, StoreError> {
         self.call("audit read", false, |t| t.audit.len()).await
+    }
+
+    /// Every gateway's hash chain in the shared audit log, verified; `None` where the audit
+    /// log is this gateway's own.
+    pub async fn verify_audit(
+        &self,
+    ) -> Option<Result<Vec<postgres::audit::ChainReport>, StoreError>> {
+        let l = self.ledger.as_ref()?;
+        Some(l.ledger.verify_audit().await.map_err(StoreError::from))
     }
 
     /// The shared ledger's spend (every gateway's) into the copy routing reads.

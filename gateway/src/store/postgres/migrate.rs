@@ -6,12 +6,13 @@
 use tokio_postgres::Client;
 
 /// The advisory lock key migrations hold ("edgewise" in ASCII).
-const LOCK: i64 = 0x6564_6765_7769_7365;
+pub(super) const LOCK: i64 = 0x6564_6765_7769_7365;
 
 /// Each migration's version and SQL, in order. Never edit one that has shipped: add another.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE ledger_budget (
     day      text   NOT NULL,
     tenant   text   NOT NULL,
@@ -35,7 +36,38 @@ CREATE TABLE ledger_reservation (
 );
 CREATE INDEX ledger_reservation_open ON ledger_reservation (lease_until) WHERE state = 'open';
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE audit_record (
+    day       date   NOT NULL,
+    gateway   text   NOT NULL,
+    seq       bigint NOT NULL CHECK (seq >= 1),
+    unix_ms   bigint NOT NULL,
+    record    bytea  NOT NULL,
+    prev_hash text   NOT NULL,
+    hash      text   NOT NULL,
+    PRIMARY KEY (day, gateway, seq)
+) PARTITION BY RANGE (day);
+-- a safety net: records of a day whose partition was not made ahead land here
+CREATE TABLE audit_record_default PARTITION OF audit_record DEFAULT;
+CREATE INDEX audit_record_chain ON audit_record (gateway, seq);
+CREATE INDEX audit_record_time ON audit_record (unix_ms);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit records are append-only: % refused', TG_OP;
+END
+$$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit_record
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_record
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_record_default
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+"#,
+    ),
+];
 
 /// Brings the schema to the newest version; returns it.
 pub async fn migrate(client: &mut Client) -> Result<i32, tokio_postgres::Error> {

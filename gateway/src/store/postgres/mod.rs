@@ -18,12 +18,15 @@
 //!
 //! Limits stay parameters (the policy's), so budgets need no configuration in the database.
 
+pub mod audit;
 pub mod migrate;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
+
+use edgewise_proto as pb;
 
 use crate::ledger::{LedgerError, Reservation, Settled, SpendKey, Spending};
 
@@ -119,6 +122,11 @@ pub struct PgLedger {
     /// Set once the schema is migrated (retried by the next operation until then, so a
     /// gateway starts while the database is down).
     migrated: std::sync::Arc<tokio::sync::OnceCell<i32>>,
+    /// The head of this gateway's audit chain (`None` until read from the database); held
+    /// while a record is appended, so the chain has one writer.
+    chain: std::sync::Arc<tokio::sync::Mutex<Option<audit::Head>>>,
+    /// The UTC day the audit partitions ahead were last made.
+    partitioned: std::sync::Arc<tokio::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -196,6 +204,8 @@ impl PgLedger {
             gateway: options.gateway.clone(),
             timeout: options.timeout,
             migrated: Default::default(),
+            chain: Default::default(),
+            partitioned: Default::default(),
         })
     }
 
@@ -367,18 +377,26 @@ impl PgLedger {
     /// reservation a sweep already charged at its worst case is settled late: the
     /// difference is refunded, once.
     pub async fn settle(&self, id: &str, charged: Option<u64>) -> Result<Settled, LedgerError> {
-        self.settle_with_total(id, charged).await.map(|(s, _)| s)
+        self.settle_audited(id, charged, None).await.map(|(s, _)| s)
     }
 
-    /// As `settle`, with the key's spent + reserved after it when this settle changed it.
-    pub async fn settle_with_total(
+    /// As `settle`, with the key's spent + reserved after it when this settle changed it, and
+    /// (`audit`) the call's audit record, made from what was settled, appended to this
+    /// gateway's chain in the same transaction: the ledger and the audit never disagree.
+    pub async fn settle_audited(
         &self,
         id: &str,
         charged: Option<u64>,
+        audit: Option<&(dyn Fn(&Settled) -> pb::AuditRecord + Sync)>,
     ) -> Result<(Settled, Option<(SpendKey, u64)>), LedgerError> {
         let charged = charged.map(signed).transpose()?;
         let out = self
             .bounded("settlement", async {
+                // this gateway's chain is written by one transaction at a time
+                let mut chain = match audit {
+                    Some(_) => Some(self.chain.lock().await),
+                    None => None,
+                };
                 let mut c = self.client().await?;
                 let tx = c.transaction().await.map_err(|e| self.failed(&e))?;
                 // open → settled: the reservation leaves `reserved`, the charge enters `spent`
@@ -420,6 +438,7 @@ impl PgLedger {
                         .await
                         .map_err(|e| self.failed(&e))?;
                 }
+                let changed = !rows.is_empty();
                 if rows.is_empty() {
                     // settled before: answer what it came to
                     rows = tx
@@ -431,8 +450,7 @@ impl PgLedger {
                         .await
                         .map_err(|e| self.failed(&e))?;
                 }
-                tx.commit().await.map_err(|e| self.failed(&e))?;
-                Ok(rows.first().map(|row| {
+                let out = rows.first().map(|row| {
                     let settled = Settled {
                         reserved: row.get::<_, i64>(0).max(0) as u64,
                         charged: row.get::<_, i64>(1).max(0) as u64,
@@ -445,7 +463,23 @@ impl PgLedger {
                         )
                     });
                     (settled, total)
-                }))
+                });
+                // audited once: by the settle that changed the ledger
+                let mut next_head = None;
+                if let (Some(make), Some(chain), Some((settled, _)), true) =
+                    (audit, chain.as_mut(), out.as_ref(), changed)
+                {
+                    let head = match chain.as_ref() {
+                        Some(h) => h.clone(),
+                        None => self.load_head(&*tx).await?,
+                    };
+                    next_head = Some(self.insert_audit(&*tx, &head, &make(settled)).await?);
+                }
+                tx.commit().await.map_err(|e| self.failed(&e))?;
+                if let (Some(chain), Some(h)) = (chain.as_mut(), next_head) {
+                    **chain = Some(h);
+                }
+                Ok(out)
             })
             .await?;
         out.ok_or_else(|| LedgerError::NoReservation(id.to_string()))
