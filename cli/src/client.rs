@@ -373,7 +373,55 @@ pub async fn fleet_status(caller: &Caller) -> Result<(), CliError> {
             );
         }
     }
+    print!("{}", gateways_table(&s));
     Ok(())
+}
+
+/// The gateways sharing the ledger, and a warning when they route by different policies.
+fn gateways_table(s: &pb::FleetStatusResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if !s.gateways_unavailable.is_empty() {
+        let _ = writeln!(
+            out,
+            "gateways: cannot read the shared ledger's heartbeats: {}",
+            s.gateways_unavailable
+        );
+    }
+    if s.gateways.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:<10} {:<18} LAST SEEN",
+        "GATEWAY", "VERSION", "POLICY"
+    );
+    for g in &s.gateways {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:<18} {:.1} s ago",
+            g.id,
+            g.version,
+            g.policy_digest,
+            g.seen_ms_ago as f64 / 1000.0
+        );
+    }
+    let mut digests: Vec<&str> = s
+        .gateways
+        .iter()
+        .map(|g| g.policy_digest.as_str())
+        .collect();
+    digests.sort_unstable();
+    digests.dedup();
+    if digests.len() > 1 {
+        let _ = writeln!(
+            out,
+            "warning: the gateways route by {} different policies ({}): the same request may be decided differently depending on the gateway",
+            digests.len(),
+            digests.join(", ")
+        );
+    }
+    out
 }
 
 /// A point in time from the command line: RFC 3339 (`2026-11-24T08:00:00Z`), a UTC date

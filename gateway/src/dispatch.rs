@@ -509,6 +509,14 @@ pub async fn sweep_shared(
             _ = tick.tick() => {}
         }
         settle_abandoned(&state).await;
+        if let Some(l) = state.store.shared_ledger()
+            && let Err(e) = l
+                .ledger
+                .heartbeat(env!("CARGO_PKG_VERSION"), &state.policy().hash)
+                .await
+        {
+            tracing::warn!(error = %e, "cannot record this gateway's heartbeat");
+        }
     }
 }
 

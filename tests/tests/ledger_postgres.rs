@@ -451,6 +451,73 @@ mod gateways {
     }
 
     #[tokio::test]
+    async fn fleet_status_lists_every_gateway_and_warns_when_their_policies_differ() {
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let params = pg.database().await;
+        // two gateways whose policies differ (their budgets do)
+        let (a, _pa) = start("gw-a", 1.0, &mock, Some(&params)).await;
+        let (_b, _pb) = start("gw-b", 2.0, &mock, Some(&params)).await;
+        let mut c = gateway_client(a.addr);
+        edgewise_tests::harness::wait_for(
+            "both gateways' heartbeats",
+            Duration::from_secs(15),
+            || {
+                let mut c = c.clone();
+                async move {
+                    let mut r = tonic::Request::new(pb::FleetStatusRequest {});
+                    r.metadata_mut()
+                        .insert("x-edgewise-tenant", "ops".parse().unwrap());
+                    c.fleet_status(r)
+                        .await
+                        .is_ok_and(|s| s.into_inner().gateways.len() == 2)
+                }
+            },
+        )
+        .await;
+        let mut r = tonic::Request::new(pb::FleetStatusRequest {});
+        r.metadata_mut()
+            .insert("x-edgewise-tenant", "ops".parse().unwrap());
+        let s = c.fleet_status(r).await.unwrap().into_inner();
+        let ids: Vec<&str> = {
+            let mut v: Vec<&str> = s.gateways.iter().map(|g| g.id.as_str()).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(ids, ["gw-a", "gw-b"]);
+        assert!(
+            s.gateways
+                .iter()
+                .all(|g| !g.version.is_empty() && g.seen_ms_ago < 15_000)
+        );
+        let addr = a.addr;
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(
+                edgewise_tests::harness::agent_bin().with_file_name("edgewise"),
+            )
+            .args([
+                "--gateway",
+                &format!("http://{addr}"),
+                "--tenant",
+                "ops",
+                "fleet",
+                "status",
+            ])
+            .output()
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("gw-a") && text.contains("gw-b"), "{text}");
+        assert!(
+            text.contains("warning: the gateways route by 2 different policies"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn without_the_ledger_hosted_calls_are_refused_at_once_and_resume_by_themselves() {
         let Some(pg) = server() else { return };
         let mock = MockProvider::start(KEY).await;

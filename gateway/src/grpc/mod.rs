@@ -82,7 +82,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
-        Ok(operator::fleet_status(self, request)?)
+        Ok(operator::fleet_status(self, request).await?)
     }
 
     async fn spend(

@@ -47,18 +47,39 @@ pub(super) fn explain(
     Ok(Response::new(proto))
 }
 
-pub(super) fn fleet_status(
+pub(super) async fn fleet_status(
     service: &GatewayService,
     request: Request<pb::FleetStatusRequest>,
 ) -> Result<Response<pb::FleetStatusResponse>, GatewayError> {
     let state = &service.state;
     state.auth.operator(&request)?;
+    // the gateways sharing the ledger, from their heartbeats
+    let (gateways, gateways_unavailable) = match state.store.shared_ledger() {
+        None => (Vec::new(), String::new()),
+        Some(l) => match l.ledger.peers().await {
+            Ok(peers) => (
+                peers
+                    .into_iter()
+                    .map(|p| pb::GatewayPeer {
+                        id: p.id,
+                        version: p.version,
+                        policy_digest: p.policy_digest,
+                        seen_ms_ago: p.seen_ms_ago,
+                    })
+                    .collect(),
+                String::new(),
+            ),
+            Err(e) => (Vec::new(), e.to_string()),
+        },
+    };
     Ok(Response::new(pb::FleetStatusResponse {
         gateway_id: state.id.clone(),
         nodes: state.registry.status(Instant::now()),
         policy_hash: state.policy().hash.clone(),
         policy_reloads: state.metrics.reloads.load(Ordering::Relaxed),
         policy_reload_failures: state.metrics.reload_failures.load(Ordering::Relaxed),
+        gateways,
+        gateways_unavailable,
     }))
 }
 

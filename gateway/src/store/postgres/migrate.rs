@@ -67,6 +67,18 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_record_default
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE gateway (
+    id            text        PRIMARY KEY,
+    version       text        NOT NULL,
+    policy_digest text        NOT NULL,
+    started       timestamptz NOT NULL,
+    last_seen     timestamptz NOT NULL
+);
+"#,
+    ),
 ];
 
 /// Brings the schema to the newest version; returns it.
