@@ -470,22 +470,29 @@ pub async fn settle_abandoned(state: &State) {
     } else {
         "interrupted by a gateway restart (charged the worst case)"
     };
-    match state.store.settle_abandoned().await {
+    let record = |id: &str, r: &crate::ledger::Reservation| pb::AuditRecord {
+        unix_ms: crate::audit::now_ms(),
+        decision_id: id.to_string(),
+        tenant: r.tenant.clone(),
+        kind: "external_call".into(),
+        provider: r.provider.clone(),
+        outcome: outcome.into(),
+        reserved_usd: crate::ledger::usd(r.nanos),
+        cost_usd: crate::ledger::usd(r.nanos),
+        ..Default::default()
+    };
+    // shared: each charge and its record in one transaction; own: one after the other
+    let audited = shared.then_some(
+        &record as &(dyn Fn(&str, &crate::ledger::Reservation) -> pb::AuditRecord + Sync),
+    );
+    match state.store.settle_abandoned_audited(audited).await {
         Ok(open) => {
             for (id, r) in open {
                 tracing::warn!(decision = %id, tenant = %r.tenant, provider = %r.provider, "{outcome}");
-                let record = pb::AuditRecord {
-                    unix_ms: crate::audit::now_ms(),
-                    decision_id: id,
-                    tenant: r.tenant,
-                    kind: "external_call".into(),
-                    provider: r.provider,
-                    outcome: outcome.into(),
-                    reserved_usd: crate::ledger::usd(r.nanos),
-                    cost_usd: crate::ledger::usd(r.nanos),
-                    ..Default::default()
-                };
-                if let Err(e) = state.store.append_audit(record).await {
+                if shared {
+                    continue;
+                }
+                if let Err(e) = state.store.append_audit(record(&id, &r)).await {
                     tracing::error!(error = %e, "cannot write the audit record");
                 }
             }

@@ -450,6 +450,141 @@ mod gateways {
         assert!(!text.contains("problem"), "{text}");
     }
 
+    /// Runs `n` hosted calls at once on `addr` while the provider holds its answers, until
+    /// each is at the provider or refused; then releases them. (served, refused).
+    async fn held_round(
+        mock: &MockProvider,
+        addr: std::net::SocketAddr,
+        n: usize,
+    ) -> (usize, usize) {
+        let before = mock.state.requests().len();
+        mock.state.hold.send_replace(true);
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let failed = failed.clone();
+                tokio::spawn(async move {
+                    let r = hosted_at(addr).await;
+                    if r.is_err() {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        edgewise_tests::harness::wait_for(
+            "every call at the provider or refused",
+            Duration::from_secs(30),
+            || async {
+                mock.state.requests().len() - before
+                    + failed.load(std::sync::atomic::Ordering::SeqCst)
+                    >= n
+            },
+        )
+        .await;
+        mock.state.hold.send_replace(false);
+        let mut served = 0;
+        for c in calls {
+            served += usize::from(c.await.unwrap().is_ok());
+        }
+        (served, n - served)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_killed_mid_call_is_charged_by_another_and_restarts_under_its_id() {
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let (probe, _p) = start("probe", 1.0, &mock, None).await;
+        let w = worst_case(&hosted(&probe).await.unwrap());
+        drop(probe);
+        let params = pg.database().await;
+        let budget = 10.5 * w;
+        // gateway A: the real binary, with a 3 s lease on its reservations
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("policies")).unwrap();
+        std::fs::write(d.join("policies/p.yaml"), policy(budget)).unwrap();
+        std::fs::write(
+            d.join("gateway.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nid = \"gw-a\"\n\n[policies]\npaths = [\"policies\"]\n\n\
+                 [state]\ndir = \"state\"\n\n[tls]\nplaintext = true\n\n{}\n\
+                 [store]\nbackend = \"postgres\"\npostgres = \"{params}\"\nlease_ms = 3000\nsweep_interval_ms = 1000\n",
+                mock.provider_toml(1.0, 2.0)
+            ),
+        )
+        .unwrap();
+        let bin = edgewise_tests::harness::agent_bin().with_file_name("edgewise-gateway");
+        let run_a = || {
+            let (p, mut n) = edgewise_tests::harness::daemon(
+                &bin,
+                &d.join("gateway.toml"),
+                "info",
+                Some(&d.join("gateway.log")),
+            );
+            let addr: std::net::SocketAddr = n.serving_addr().parse().unwrap();
+            (p, addr)
+        };
+        let (a, addr) = run_a();
+        hosted_at(addr).await.unwrap();
+        // four calls held at the provider, then A is killed (SIGKILL) mid-call
+        let before = mock.state.requests().len();
+        mock.state.hold.send_replace(true);
+        let held: Vec<_> = (0..4).map(|_| tokio::spawn(hosted_at(addr))).collect();
+        edgewise_tests::harness::wait_for(
+            "four calls at the provider",
+            Duration::from_secs(30),
+            || async { mock.state.requests().len() - before >= 4 },
+        )
+        .await;
+        drop(a);
+        for h in held {
+            assert!(h.await.unwrap().is_err());
+        }
+        mock.state.hold.send_replace(false);
+        // gateway B charges A's four at their worst case once their leases run out
+        let (b, _pb) = start("gw-b", budget, &mock, Some(&params)).await;
+        let l = gateway(&params, "reader").await;
+        let cost = (w * 1e9).ceil() as u64;
+        let first = {
+            let e = l.spend_entries().await.unwrap();
+            e[0].spent - e[0].reserved
+        };
+        edgewise_tests::harness::wait_for(
+            "A's four reservations charged at their worst case",
+            Duration::from_secs(10),
+            || async {
+                l.spend_entries()
+                    .await
+                    .is_ok_and(|e| e[0].reserved == 0 && e[0].spent == first + 4 * cost)
+            },
+        )
+        .await;
+        let swept: Vec<_> = l
+            .audit_range(0, u64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.outcome.starts_with("its lease ran out"))
+            .collect();
+        assert_eq!(swept.len(), 4, "{swept:?}");
+        // A again, under its id: it serves, and its chain goes on where it stopped
+        let (_a, addr) = run_a();
+        hosted_at(addr).await.unwrap();
+        let chains = l.verify_audit().await.unwrap();
+        assert!(chains.iter().all(|c| c.problems.is_empty()), "{chains:?}");
+        let a_chain = chains.iter().find(|c| c.gateway == "gw-a").unwrap();
+        assert_eq!((a_chain.records, a_chain.last_seq), (2, 2), "{chains:?}");
+        // what is left admits exactly that many more worst cases, at once
+        let spent = l.spend_entries().await.unwrap()[0].spent;
+        let room = ((budget * 1e9).floor() as u64 - spent) / cost;
+        assert!(room >= 1, "{spent} of {budget}");
+        assert_eq!(
+            held_round(&mock, b.addr, 10).await,
+            (room as usize, 10 - room as usize)
+        );
+    }
+
     #[tokio::test]
     async fn fleet_status_lists_every_gateway_and_warns_when_their_policies_differ() {
         let Some(pg) = server() else { return };

@@ -337,13 +337,22 @@ impl Store {
     /// Reservations whose calls never settled (the gateway stopped mid-call): charged at
     /// their worst case and closed, durably. Returns them for the audit.
     pub async fn settle_abandoned(&self) -> Result<Vec<(String, Reservation)>, LedgerError> {
+        self.settle_abandoned_audited(None).await
+    }
+
+    /// As `settle_abandoned`; where the ledger is shared, each one's audit record (`audit`)
+    /// is written in the same transaction as its charge.
+    pub async fn settle_abandoned_audited(
+        &self,
+        audit: Option<&postgres::SweptRecord<'_>>,
+    ) -> Result<Vec<(String, Reservation)>, LedgerError> {
         if let Some(l) = &self.ledger {
             // the audit log's partitions for the days ahead, once a day
             if let Err(e) = l.ledger.ensure_partitions_daily().await {
                 tracing::warn!(error = %e, "cannot make the audit log's partitions ahead");
             }
             // any gateway's reservations whose lease ran out (this one's among them)
-            let swept = l.ledger.sweep(1000).await?;
+            let swept = l.ledger.sweep_audited(1000, audit).await?;
             self.refresh_spend().await?;
             return Ok(swept);
         }
@@ -360,7 +369,7 @@ impl Store {
         &self,
         id: &str,
         charged: u64,
-        record: &(dyn Fn(&Settled) -> pb::AuditRecord + Sync),
+        record: &postgres::SettledRecord<'_>,
     ) -> Result<Settled, LedgerError> {
         if let Some(l) = &self.ledger {
             let (settled, total) = l

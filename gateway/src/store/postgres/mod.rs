@@ -387,7 +387,7 @@ impl PgLedger {
         &self,
         id: &str,
         charged: Option<u64>,
-        audit: Option<&(dyn Fn(&Settled) -> pb::AuditRecord + Sync)>,
+        audit: Option<&SettledRecord<'_>>,
     ) -> Result<(Settled, Option<(SpendKey, u64)>), LedgerError> {
         let charged = charged.map(signed).transpose()?;
         let out = self
@@ -509,10 +509,25 @@ impl PgLedger {
     /// (their gateway died, or lost the database, mid-call), and returns them for the audit.
     /// Any gateway may sweep; sweepers skip the rows another holds.
     pub async fn sweep(&self, most: i64) -> Result<Vec<(String, Reservation)>, LedgerError> {
+        self.sweep_audited(most, None).await
+    }
+
+    /// As `sweep`, with each charged reservation's audit record (`audit`) appended to this
+    /// gateway's chain in the same transaction.
+    pub async fn sweep_audited(
+        &self,
+        most: i64,
+        audit: Option<&SweptRecord<'_>>,
+    ) -> Result<Vec<(String, Reservation)>, LedgerError> {
         Ok(self
             .bounded("sweep", async {
-                let c = self.client().await?;
-                let rows = c
+                let mut chain = match audit {
+                    Some(_) => Some(self.chain.lock().await),
+                    None => None,
+                };
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(|e| self.failed(&e))?;
+                let rows = tx
                     .query(
                         "WITH x AS (
                              SELECT id FROM ledger_reservation
@@ -537,7 +552,7 @@ impl PgLedger {
                     )
                     .await
                     .map_err(|e| self.failed(&e))?;
-                Ok(rows
+                let swept: Vec<(String, Reservation)> = rows
                     .iter()
                     .map(|row| {
                         (
@@ -550,7 +565,25 @@ impl PgLedger {
                             },
                         )
                     })
-                    .collect())
+                    .collect();
+                let mut next_head = None;
+                if let (Some(make), Some(chain)) = (audit, chain.as_mut())
+                    && !swept.is_empty()
+                {
+                    let mut head = match chain.as_ref() {
+                        Some(h) => h.clone(),
+                        None => self.load_head(&*tx).await?,
+                    };
+                    for (id, r) in &swept {
+                        head = self.insert_audit(&*tx, &head, &make(id, r)).await?;
+                    }
+                    next_head = Some(head);
+                }
+                tx.commit().await.map_err(|e| self.failed(&e))?;
+                if let (Some(chain), Some(h)) = (chain.as_mut(), next_head) {
+                    **chain = Some(h);
+                }
+                Ok(swept)
             })
             .await?)
     }
@@ -580,6 +613,11 @@ impl PgLedger {
             .await?)
     }
 }
+
+/// Makes a settled call's audit record from what was settled.
+pub type SettledRecord<'a> = dyn Fn(&Settled) -> pb::AuditRecord + Sync + 'a;
+/// Makes the audit record of a reservation a sweep charged (its id and reservation).
+pub type SweptRecord<'a> = dyn Fn(&str, &Reservation) -> pb::AuditRecord + Sync + 'a;
 
 /// A gateway sharing the ledger, as its last heartbeat recorded it.
 #[derive(Debug, Clone, PartialEq)]
