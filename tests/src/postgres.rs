@@ -228,3 +228,99 @@ impl Drop for Postgres {
         let _ = self.command("pg_ctl").args(args).output();
     }
 }
+
+/// What a [`Proxy`] does with the bytes between the gateway and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Passes them both ways.
+    Up,
+    /// Accepts connections and drops every byte both ways, answering nothing: a partition
+    /// that a peer notices only by its own timeouts.
+    Blackhole,
+    /// Closes every connection at once (new and open ones).
+    Reset,
+}
+
+/// A TCP proxy on 127.0.0.1 (port 0) in front of the server's unix socket, to cut one
+/// gateway off the database while others keep it.
+pub struct Proxy {
+    pub port: u16,
+    link: tokio::sync::watch::Sender<Link>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(pg: &Postgres) -> Proxy {
+        let socket = pg.dir.path().join(".s.PGSQL.5432");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = tokio::sync::watch::Sender::new(Link::Up);
+        let watch = link.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (socket, mut state) = (socket.clone(), watch.subscribe());
+                tokio::spawn(async move {
+                    if *state.borrow() == Link::Reset {
+                        return;
+                    }
+                    let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else {
+                        return;
+                    };
+                    let (mut tr, mut tw) = tcp.into_split();
+                    let (mut ur, mut uw) = unix.into_split();
+                    let (mut a, mut b) = ([0u8; 8192], [0u8; 8192]);
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    loop {
+                        tokio::select! {
+                            n = tr.read(&mut a) => match n {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) if *state.borrow() == Link::Up => {
+                                    if uw.write_all(&a[..n]).await.is_err() { return; }
+                                }
+                                Ok(_) => {}
+                            },
+                            n = ur.read(&mut b) => match n {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) if *state.borrow() == Link::Up => {
+                                    if tw.write_all(&b[..n]).await.is_err() { return; }
+                                }
+                                Ok(_) => {}
+                            },
+                            changed = state.changed() => {
+                                if changed.is_err() || *state.borrow() == Link::Reset {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, link, task }
+    }
+
+    /// Connection parameters for database `db` through the proxy.
+    pub fn params(&self, db_params: &str) -> String {
+        let db = db_params
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("dbname="))
+            .unwrap_or("postgres");
+        format!(
+            "host=127.0.0.1 port={} user=edgewise dbname={db}",
+            self.port
+        )
+    }
+
+    pub fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -585,6 +585,44 @@ mod gateways {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_cut_off_the_database_fails_closed_while_the_others_serve() {
+        use edgewise_tests::postgres::{Link, Proxy};
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let params = pg.database().await;
+        let proxy = Proxy::start(&pg).await;
+        // b reaches the database through the proxy; a directly
+        let (a, _pa) = start("a", 1.0, &mock, Some(&params)).await;
+        let (b, _pb) = start("b", 1.0, &mock, Some(&proxy.params(&params))).await;
+        hosted(&b).await.unwrap();
+        for (link, what) in [
+            (Link::Blackhole, "a blackhole"),
+            (Link::Reset, "reset connections"),
+        ] {
+            proxy.set(link);
+            let before = mock.state.requests().len();
+            // b refuses hosted calls within its bound (1.5 s), never hanging, and sends
+            // nothing to the provider
+            let t = std::time::Instant::now();
+            let e = hosted(&b).await.unwrap_err();
+            let took = t.elapsed();
+            assert_eq!(e.code(), tonic::Code::Unavailable, "{what}: {e:?}");
+            assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
+            assert_eq!(mock.state.requests().len(), before, "{what}");
+            // a is not affected
+            hosted(&a).await.unwrap();
+            // healed: b serves again by itself
+            proxy.set(Link::Up);
+            edgewise_tests::harness::wait_for(
+                "b serving hosted calls again",
+                Duration::from_secs(15),
+                || async { hosted(&b).await.is_ok() },
+            )
+            .await;
+        }
+    }
+
     #[tokio::test]
     async fn fleet_status_lists_every_gateway_and_warns_when_their_policies_differ() {
         let Some(pg) = server() else { return };

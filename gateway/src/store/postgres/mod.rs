@@ -183,8 +183,10 @@ impl PgLedger {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10));
         let at = describe(&config);
+        // a connection is checked before each use (and dropped if it does not answer in
+        // time): one cut mid-answer by a partition would otherwise hang every later use
         let mcfg = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         };
         let manager = match tls {
             Some(tls) => Manager::from_config(
@@ -196,6 +198,12 @@ impl PgLedger {
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .timeouts(deadpool_postgres::Timeouts {
+                wait: Some(options.timeout),
+                create: Some(options.timeout),
+                recycle: Some(options.timeout),
+            })
             .build()
             .map_err(|e| PgError::Config(e.to_string()))?;
         Ok(Self {
