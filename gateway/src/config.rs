@@ -57,6 +57,9 @@ pub struct RawStore {
     /// system roots alone).
     pub tls: Option<bool>,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate for a database that authenticates by certificate (TLS on).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub pool_size: Option<u32>,
     /// The longest one ledger operation may take before the hosted call is refused.
     pub timeout_ms: Option<u64>,
@@ -470,11 +473,29 @@ fn store(
         }
     });
     let ca = raw.ca_file.map(|f| at.base().join(f));
-    let tls = if raw.tls.unwrap_or(false) || ca.is_some() {
-        match edgewise_tls::public_client_config(ca.as_deref(), "the shared ledger") {
+    let identity = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => Some((at.base().join(c), at.base().join(k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(at.problem("store.cert_file", "needs key_file too"));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(at.problem("store.key_file", "needs cert_file too"));
+            None
+        }
+    };
+    let tls = if raw.tls.unwrap_or(false) || ca.is_some() || identity.is_some() {
+        let id = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        match edgewise_tls::client_config_with_identity(ca.as_deref(), id, "the shared ledger") {
             Ok(c) => Some(c),
             Err(e) => {
-                problems.push(at.problem("store.ca_file", e));
+                let key = if identity.is_some() && !e.starts_with("ca_file") {
+                    "store.cert_file"
+                } else {
+                    "store.ca_file"
+                };
+                problems.push(at.problem(key, e));
                 None
             }
         }

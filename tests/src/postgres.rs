@@ -17,6 +17,16 @@ pub struct Postgres {
     bin: PathBuf,
     user: Option<String>,
     next_db: AtomicUsize,
+    /// TLS on TCP 127.0.0.1 at this port, clients authenticated by certificate only.
+    tls_port: Option<u16>,
+}
+
+/// The files a TLS client of [`Postgres::start_tls`] needs: the CA that signed the server's
+/// certificate, and a client certificate and key for the user `edgewise`.
+pub struct ClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`, if any.
@@ -57,6 +67,32 @@ impl Postgres {
     /// A running server, or `None` (with why on stderr) when there is none to run and the
     /// tests may skip.
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// A server that takes TLS connections on 127.0.0.1 only, authenticating clients by
+    /// certificate (`hostssl … cert`; plaintext TCP is refused), with the files a client
+    /// needs (in a directory of their own).
+    pub fn start_tls() -> Option<(Postgres, ClientFiles, tempfile::TempDir)> {
+        let pg = Self::start_with(true)?;
+        let client = tempfile::tempdir().unwrap();
+        let files = ClientFiles {
+            ca: client.path().join("ca.pem"),
+            cert: client.path().join("client.pem"),
+            key: client.path().join("client.key"),
+        };
+        std::fs::copy(pg.dir.path().join("ca.pem"), &files.ca).unwrap();
+        std::fs::rename(pg.dir.path().join("client.pem"), &files.cert).unwrap();
+        std::fs::rename(pg.dir.path().join("client.key"), &files.key).unwrap();
+        Some((pg, files, client))
+    }
+
+    /// The TCP port of a TLS server.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    fn start_with(tls: bool) -> Option<Postgres> {
         let Some(bin) = bindir() else {
             assert!(
                 !required(),
@@ -79,6 +115,15 @@ impl Postgres {
             };
             if ok("postgres") { "postgres" } else { "nobody" }.to_string()
         });
+        let tls_port = tls.then(|| {
+            write_certificates(dir.path());
+            // a free port, released for the server (PostgreSQL takes no port 0)
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         if let Some(u) = &user {
             let st = Command::new("chown")
                 .arg("-R")
@@ -93,6 +138,7 @@ impl Postgres {
             bin,
             user,
             next_db: AtomicUsize::new(0),
+            tls_port,
         };
         let data = pg.dir.path().join("data");
         pg.run(
@@ -108,6 +154,14 @@ impl Postgres {
                 "UTF8",
             ],
         );
+        if pg.tls_port.is_some() {
+            // the unix socket for the harness itself; TCP only over TLS with a certificate
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+            )
+            .unwrap();
+        }
         pg.start_again();
         Some(pg)
     }
@@ -150,8 +204,11 @@ impl Postgres {
 
     /// Connection parameters for database `db` (over the unix socket).
     pub fn params(&self, db: &str) -> String {
+        let port = self
+            .tls_port
+            .map_or(String::new(), |p| format!(" port={p}"));
         format!(
-            "host={} user=edgewise dbname={db}",
+            "host={} user=edgewise dbname={db}{port}",
             self.dir.path().display()
         )
     }
@@ -199,10 +256,16 @@ impl Postgres {
     /// Starts the stopped server again on the same data (and socket).
     pub fn start_again(&self) {
         let data = self.dir.path().join("data");
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200",
-            self.dir.path().display()
+        let d = self.dir.path().display();
+        let mut opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{d}' -c fsync=off -c max_connections=200"
         );
+        if let Some(port) = self.tls_port {
+            opts = format!(
+                "-c listen_addresses='127.0.0.1' -p {port} -c unix_socket_directories='{d}' -c fsync=off \
+                 -c ssl=on -c ssl_cert_file='{d}/server.pem' -c ssl_key_file='{d}/server.key' -c ssl_ca_file='{d}/ca.pem'"
+            );
+        }
         self.run(
             "pg_ctl",
             &[
@@ -227,6 +290,39 @@ impl Drop for Postgres {
         let args = ["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"];
         let _ = self.command("pg_ctl").args(args).output();
     }
+}
+
+/// A CA, a server certificate for localhost / 127.0.0.1 and a client certificate for the
+/// user `edgewise` (its common name), as PEM files in `dir`.
+fn write_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Edgewise test database CA");
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+    let leaf = |names: Vec<String>, cn: &str, cert: &str, key: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &issuer).unwrap();
+        std::fs::write(dir.join(cert), c.pem()).unwrap();
+        std::fs::write(dir.join(key), k.serialize_pem()).unwrap();
+        // PostgreSQL refuses a key others can read
+        std::fs::set_permissions(
+            dir.join(key),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        "localhost",
+        "server.pem",
+        "server.key",
+    );
+    leaf(Vec::new(), "edgewise", "client.pem", "client.key");
 }
 
 /// What a [`Proxy`] does with the bytes between the gateway and the database.

@@ -274,6 +274,67 @@ async fn the_audit_is_append_only_chained_per_gateway_and_tampering_is_named() {
     assert_eq!(problems("b"), ["records 3..=3 are missing (deleted)"]);
 }
 
+#[tokio::test]
+async fn tls_with_the_projects_rustls_config_a_custom_ca_and_a_client_certificate() {
+    let Some((pg, files, _client)) = Postgres::start_tls() else {
+        return;
+    };
+    let port = pg.tls_port().unwrap();
+    // the gateway's own configuration path: [store] with ca_file, cert_file and key_file
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let toml = |extra: &str| {
+        format!(
+            "[policies]\npaths = [\"policies\"]\n[tls]\nplaintext = true\n[store]\nbackend = \"postgres\"\n\
+             postgres = \"host=localhost port={port} user=edgewise dbname=postgres\"\n{extra}"
+        )
+    };
+    let load = |extra: &str| {
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, toml(extra)).unwrap();
+        edgewise_gateway::config::GatewayFile::load(&file, &[])
+            .unwrap()
+            .gateway
+            .shared_ledger
+            .unwrap()
+    };
+    let full = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display()
+    );
+    let c = load(&full);
+    let l = PgLedger::connect(&c.options, c.tls).await.unwrap();
+    l.reserve("tls", &res("t", 100), 1000, LEASE).await.unwrap();
+    assert_eq!(totals(&l, "t").await, (100, 100));
+    // without the client certificate the server refuses, and says so
+    let c = load(&format!("ca_file = \"{}\"\n", files.ca.display()));
+    let e = PgLedger::connect(&c.options, c.tls)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("postgresql://localhost"), "{e}");
+    assert!(e.contains("certificate"), "{e}");
+    // without the CA the server's certificate is not trusted
+    let c = load(&format!(
+        "tls = true\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.cert.display(),
+        files.key.display()
+    ));
+    let e = PgLedger::connect(&c.options, c.tls)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // and plaintext over TCP is refused by the server (no fallback from the client either)
+    let plain = PgOptions::new(
+        format!("host=localhost port={port} user=edgewise dbname=postgres"),
+        "g",
+    );
+    assert!(PgLedger::connect(&plain, None).await.is_err());
+}
+
 // ---- gateways sharing the ledger: real gateways, the mock hosted API over HTTPS ----
 
 mod gateways {

@@ -65,7 +65,7 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// A certificate chain and its key; the key file's contents never reach an error.
-fn load_pair(
+pub(crate) fn load_pair(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {

@@ -18,5 +18,5 @@ mod settings;
 
 pub use config::{ClientAuth, Tls, TlsError, TlsFiles, client_config, load_roots};
 pub use identity::{Identity, valid_name};
-pub use public::public_client_config;
+pub use public::{client_config_with_identity, public_client_config};
 pub use settings::{RawTls, TlsMode, validate};

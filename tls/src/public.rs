@@ -13,6 +13,17 @@ pub fn public_client_config(
     extra_ca: Option<&Path>,
     what: &str,
 ) -> Result<rustls::ClientConfig, String> {
+    client_config_with_identity(extra_ca, None, what)
+}
+
+/// As `public_client_config`, presenting the certificate chain and key in `identity`
+/// (`(cert_file, key_file)`) when the server asks for one (a database that authenticates
+/// clients by certificate). The key's contents never reach an error.
+pub fn client_config_with_identity(
+    extra_ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    what: &str,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -37,9 +48,17 @@ pub fn public_client_config(
         );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let (chain, key) = crate::config::load_pair(cert, key).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{}: {e}", cert.display()))
+        }
+    }
 }

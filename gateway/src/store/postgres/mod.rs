@@ -185,6 +185,10 @@ impl PgLedger {
         let at = describe(&config);
         // a connection is checked before each use (and dropped if it does not answer in
         // time): one cut mid-answer by a partition would otherwise hang every later use
+        // with TLS configured, never fall back to plaintext
+        if tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let mcfg = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
@@ -252,14 +256,14 @@ impl PgLedger {
     async fn connection(&self) -> Result<deadpool_postgres::Object, PgError> {
         self.pool.get().await.map_err(|e| PgError::Unavailable {
             at: self.at.clone(),
-            detail: e.to_string(),
+            detail: chain(&e),
         })
     }
 
     fn failed(&self, e: &tokio_postgres::Error) -> PgError {
         PgError::Unavailable {
             at: self.at.clone(),
-            detail: e.to_string(),
+            detail: chain(e),
         }
     }
 
@@ -682,6 +686,22 @@ impl PgLedger {
         })
         .await
     }
+}
+
+/// An error with its causes (`db error` alone says nothing; the server's message is below
+/// it).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// What a reservation attempt found.
