@@ -361,6 +361,17 @@ mod gateways {
         mock: &MockProvider,
         params: Option<&str>,
     ) -> (Gateway, tempfile::TempDir) {
+        start_leased(id, budget, mock, params, Duration::from_secs(60)).await
+    }
+
+    /// As `start`, its reservations leased for `lease`.
+    async fn start_leased(
+        id: &str,
+        budget: f64,
+        mock: &MockProvider,
+        params: Option<&str>,
+        lease: Duration,
+    ) -> (Gateway, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.yaml"), policy(budget)).unwrap();
         let mut config = GatewayConfig::new(vec![dir.path().to_path_buf()], id);
@@ -368,7 +379,7 @@ mod gateways {
         config.shared_ledger = params.map(|p| SharedLedgerConfig {
             options: PgOptions::new(p, id),
             tls: None,
-            lease: Duration::from_secs(60),
+            lease,
             sweep_every: Duration::from_secs(1),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -656,6 +667,73 @@ mod gateways {
             )
             .await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_settle_cut_off_waits_in_the_outbox_and_refunds_the_swept_worst_case_once() {
+        use edgewise_tests::postgres::{Link, Proxy};
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let params = pg.database().await;
+        let proxy = Proxy::start(&pg).await;
+        let (_a, _pa) = start("a", 1.0, &mock, Some(&params)).await;
+        let (b, _pb) = start_leased(
+            "b",
+            1.0,
+            &mock,
+            Some(&proxy.params(&params)),
+            Duration::from_secs(2),
+        )
+        .await;
+        let l = gateway(&params, "reader").await;
+        // b's call is at the provider when b loses the database
+        let before = mock.state.requests().len();
+        mock.state.hold.send_replace(true);
+        let call = tokio::spawn(hosted_at(b.addr));
+        edgewise_tests::harness::wait_for(
+            "b's call at the provider",
+            Duration::from_secs(30),
+            || async { mock.state.requests().len() > before },
+        )
+        .await;
+        let reserved = l.spend_entries().await.unwrap()[0].reserved;
+        proxy.set(Link::Blackhole);
+        mock.state.hold.send_replace(false);
+        // the caller has its answer; the settlement waits in b's outbox
+        let d = call.await.unwrap().unwrap();
+        assert!(matches!(d.target, Some(pb::decision::Target::External(_))));
+        assert_eq!(b.state.store.outbox_len().await.unwrap(), 1);
+        // a charges the reservation at its worst case once its lease runs out
+        edgewise_tests::harness::wait_for(
+            "a sweeping b's expired reservation",
+            Duration::from_secs(15),
+            || async {
+                l.spend_entries()
+                    .await
+                    .is_ok_and(|e| e[0].reserved == 0 && e[0].spent == reserved)
+            },
+        )
+        .await;
+        // healed: b's outbox settles late, refunding the difference once
+        proxy.set(Link::Up);
+        edgewise_tests::harness::wait_for("b's outbox sent", Duration::from_secs(15), || async {
+            b.state.store.outbox_len().await.is_ok_and(|n| n == 0)
+        })
+        .await;
+        let spent = l.spend_entries().await.unwrap()[0].spent;
+        assert!(spent < reserved, "refunded: {spent} of {reserved}");
+        let records = l.audit_range(0, u64::MAX).await.unwrap();
+        let of = |g: &str| records.iter().filter(|r| r.gateway == g).count();
+        assert_eq!((of("a"), of("b")), (1, 1), "{records:?}");
+        let billed = records.iter().find(|r| r.gateway == "b").unwrap();
+        assert_eq!((billed.cost_usd * 1e9).round() as u64, spent, "{billed:?}");
+        assert!(
+            l.verify_audit()
+                .await
+                .unwrap()
+                .iter()
+                .all(|c| c.problems.is_empty())
+        );
     }
 
     #[tokio::test]

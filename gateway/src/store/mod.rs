@@ -12,6 +12,7 @@
 //! Routing reads today's spend from a copy in memory that the store thread keeps current, so
 //! deciding never waits for the disk.
 
+mod outbox;
 pub mod postgres;
 pub(crate) mod writer;
 
@@ -347,6 +348,12 @@ impl Store {
         audit: Option<&postgres::SweptRecord<'_>>,
     ) -> Result<Vec<(String, Reservation)>, LedgerError> {
         if let Some(l) = &self.ledger {
+            // what waited for the ledger first: a settle after its lease ran out refunds
+            match self.flush_outbox().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sent = n, "the outbox reached the shared ledger"),
+                Err(e) => tracing::warn!(error = %e, "the outbox waits for the shared ledger"),
+            }
             // the audit log's partitions for the days ahead, once a day
             if let Err(e) = l.ledger.ensure_partitions_daily().await {
                 tracing::warn!(error = %e, "cannot make the audit log's partitions ahead");
@@ -372,14 +379,39 @@ impl Store {
         record: &postgres::SettledRecord<'_>,
     ) -> Result<Settled, LedgerError> {
         if let Some(l) = &self.ledger {
-            let (settled, total) = l
+            return match l
                 .ledger
                 .settle_audited(id, Some(charged), Some(record))
-                .await?;
-            if let Some((key, total)) = total {
-                self.shared.spend.set(key, total);
-            }
-            return Ok(settled);
+                .await
+            {
+                Ok((settled, total)) => {
+                    if let Some((key, total)) = total {
+                        self.shared.spend.set(key, total);
+                    }
+                    Ok(settled)
+                }
+                // out of reach: kept here and sent when it answers (its lease may charge
+                // the worst case meanwhile; this settle then refunds the difference)
+                Err(LedgerError::Store(e)) => {
+                    let template = record(&Settled {
+                        reserved: charged,
+                        charged,
+                    });
+                    self.defer(outbox::Pending::Settle {
+                        id: id.to_string(),
+                        charged,
+                        record: prost::Message::encode_to_vec(&template),
+                    })
+                    .await
+                    .map_err(LedgerError::Store)?;
+                    tracing::warn!(decision = %id, error = %e, "the shared ledger is out of reach: the settlement is kept in this gateway's outbox until it answers");
+                    Ok(Settled {
+                        reserved: charged,
+                        charged,
+                    })
+                }
+                Err(e) => Err(e),
+            };
         }
         let settled = self.settle(id, charged).await?;
         if let Err(e) = self.append_audit(record(&settled)).await {
@@ -389,13 +421,19 @@ impl Store {
     }
 
     /// Appends an audit record; answered once it is on disk. Where the audit is shared and
-    /// out of reach, the record is kept in this gateway's own log instead (and said so).
+    /// out of reach, the record waits in this gateway's outbox (else its own log) instead.
     pub async fn append_audit(&self, record: pb::AuditRecord) -> Result<(), StoreError> {
         if let Some(l) = &self.ledger {
             match l.ledger.append_audit(&record).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(error = %e, decision = %record.decision_id, "the shared audit log is out of reach: the record is kept in this gateway's own")
+                    tracing::warn!(error = %e, decision = %record.decision_id, "the shared audit log is out of reach: the record waits in this gateway's outbox");
+                    let pending = outbox::Pending::Audit {
+                        record: prost::Message::encode_to_vec(&record),
+                    };
+                    if self.defer(pending).await.is_ok() {
+                        return Ok(());
+                    }
                 }
             }
         }

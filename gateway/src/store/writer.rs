@@ -19,6 +19,9 @@ pub struct Tables {
     pub db: sled::Db,
     pub ledger: LedgerTrees,
     pub audit: AuditLog,
+    /// With a shared ledger: settlements and audit records that could not reach it yet,
+    /// kept durably here and sent when it answers again.
+    pub outbox: sled::Tree,
     pub mirror: Mirror,
 }
 
@@ -46,6 +49,7 @@ impl Tables {
         Ok(Self {
             ledger: LedgerTrees::open(&db)?,
             audit: AuditLog::open(&db)?,
+            outbox: db.open_tree("outbox")?,
             db,
             mirror: Mirror::default(),
         })
