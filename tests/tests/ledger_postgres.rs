@@ -736,6 +736,58 @@ mod gateways {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_longer_than_its_lease_renews_it_and_is_never_swept() {
+        let Some(pg) = server() else { return };
+        let mock = MockProvider::start(KEY).await;
+        let params = pg.database().await;
+        // 1.5 s leases, swept every second by the gateway itself
+        let lease = Duration::from_millis(1500);
+        let (g, _p) = start_leased("g", 1.0, &mock, Some(&params), lease).await;
+        let (client, conn) = tokio_postgres::connect(&params, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        mock.state.hold.send_replace(true);
+        let call = tokio::spawn(hosted_at(g.addr));
+        // held at the provider until its lease has been renewed twice past its first end
+        edgewise_tests::harness::wait_for(
+            "the lease renewed while the call goes on",
+            Duration::from_secs(20),
+            || async {
+                client
+                    .query_opt(
+                        "SELECT 1 FROM ledger_reservation WHERE state = 'open'
+                         AND lease_until > created + interval '3 seconds'",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_some())
+            },
+        )
+        .await;
+        mock.state.hold.send_replace(false);
+        call.await.unwrap().unwrap();
+        let l = gateway(&params, "reader").await;
+        let e = l.spend_entries().await.unwrap();
+        assert_eq!(e[0].reserved, 0);
+        let states: Vec<String> = client
+            .query("SELECT state FROM ledger_reservation", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(states, ["settled"], "never charged as abandoned");
+        let records = l.audit_range(0, u64::MAX).await.unwrap();
+        assert!(
+            records
+                .iter()
+                .all(|r| !r.outcome.starts_with("its lease ran out")),
+            "{records:?}"
+        );
+    }
+
     #[tokio::test]
     async fn fleet_status_lists_every_gateway_and_warns_when_their_policies_differ() {
         let Some(pg) = server() else { return };

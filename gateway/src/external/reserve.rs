@@ -61,6 +61,8 @@ pub async fn reserve(
     match state.store.reserve(&id, &reservation, limit).await {
         Ok(()) => {
             tracing::info!(decision = %id, route = %d.route, rule = %d.rule, provider = %provider, model = %model, worst_case_usd, "routed to an external provider");
+            let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            state.store.keep_leased(&id, settled.clone());
             Ok(ExternalCall {
                 decision,
                 id,
@@ -71,7 +73,7 @@ pub async fn reserve(
                 provider,
                 model,
                 reserved: reservation.nanos,
-                settled: Default::default(),
+                settled,
             })
         }
         Err(e @ LedgerError::OverBudget { .. }) => Err(NotReserved::OverBudget(e)),

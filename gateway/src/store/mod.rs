@@ -487,6 +487,40 @@ impl Store {
         Ok(())
     }
 
+    /// Renews reservation `id`'s lease on the shared ledger while its call goes on; false
+    /// once it is no longer open (settled, or charged after its lease ran out).
+    pub async fn extend_lease(&self, id: &str) -> bool {
+        let Some(l) = &self.ledger else {
+            return false;
+        };
+        match l.ledger.extend(id, l.lease).await {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(decision = %id, error = %e, "cannot renew the reservation's lease");
+                true
+            }
+        }
+    }
+
+    /// With a shared ledger: renews reservation `id`'s lease every third of it until
+    /// `settled` is set (or it is no longer open), so a long call is never charged as
+    /// abandoned while its gateway is alive.
+    pub fn keep_leased(&self, id: &str, settled: Arc<AtomicBool>) {
+        let Some(every) = self.ledger.as_ref().map(|l| l.lease / 3) else {
+            return;
+        };
+        let (store, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                if settled.load(Ordering::Acquire) || !store.extend_lease(&id).await {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Whether the ledger is shared with other gateways (and where).
     pub fn shared_ledger(&self) -> Option<&SharedLedger> {
         self.ledger.as_ref()
