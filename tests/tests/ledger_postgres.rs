@@ -876,6 +876,9 @@ mod gateways {
         );
         assert!(took < Duration::from_secs(5), "took {took:?}: {e:?}");
         assert_eq!(mock.state.requests().len(), before);
+        // the shared_ledger_up gauge says so
+        let up = || g.state.store.shared_ledger().unwrap().ledger.is_up();
+        assert!(!up());
         // the gateway itself stays healthy (its health must not follow the database)
         let mut health = tonic_health::pb::health_client::HealthClient::new(
             tonic::transport::Channel::from_shared(format!("http://{}", g.addr))
@@ -905,5 +908,6 @@ mod gateways {
         )
         .await;
         assert!(mock.state.requests().len() > before);
+        assert!(up());
     }
 }

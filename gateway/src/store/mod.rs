@@ -140,6 +140,8 @@ pub struct Store {
     shared: Arc<Shared>,
     /// The shared ledger, when the gateway uses one.
     ledger: Option<SharedLedger>,
+    /// Outbox entries seen at its last flush or write (for the gauge).
+    outbox_waiting: Arc<AtomicUsize>,
 }
 
 /// Holds the store thread (fault injection) until dropped.
@@ -205,6 +207,7 @@ impl Store {
             tx,
             shared,
             ledger: options.shared.clone(),
+            outbox_waiting: Arc::default(),
         })
     }
 
@@ -732,6 +735,24 @@ impl prometheus_client::collector::Collector for StoreGauges {
             None,
             healthy.metric_type(),
         )?)?;
+        if let Some(l) = &self.0.ledger {
+            // the gateway stays up while the shared ledger is down (local routing goes
+            // on): this says whether hosted calls can be reserved
+            let up = ConstGauge::new(i64::from(l.ledger.is_up()));
+            up.encode(encoder.encode_descriptor(
+                "shared_ledger_up",
+                "1 while the shared ledger (PostgreSQL) answered its last operation; hosted calls are refused while 0",
+                None,
+                up.metric_type(),
+            )?)?;
+            let waiting = ConstGauge::new(self.0.outbox_waiting.load(Ordering::Relaxed) as i64);
+            waiting.encode(encoder.encode_descriptor(
+                "shared_ledger_outbox",
+                "Settlements and audit records waiting in this gateway's outbox for the shared ledger",
+                None,
+                waiting.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

@@ -49,13 +49,18 @@ impl Store {
             })?,
         );
         let path = self.shared.path.clone();
-        self.call("outbox write", true, move |t| t.outbox.insert(key, value))
+        let n = self
+            .call("outbox write", true, move |t| {
+                t.outbox.insert(key, value).map(|_| t.outbox.len())
+            })
             .await?
-            .map(|_| ())
             .map_err(|e| StoreError::Io {
                 path,
                 detail: e.to_string(),
-            })
+            })?;
+        self.outbox_waiting
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Entries still waiting for the shared ledger.
@@ -80,6 +85,9 @@ impl Store {
             .await
             .map_err(LedgerError::Store)?;
         let mut sent = 0;
+        let waiting = entries.len();
+        self.outbox_waiting
+            .store(waiting, std::sync::atomic::Ordering::Relaxed);
         for (key, value) in entries {
             let Ok(p) = serde_json::from_slice::<Pending>(&value) else {
                 tracing::error!(key = %String::from_utf8_lossy(&key), "an outbox entry does not parse; left in place");
@@ -121,6 +129,8 @@ impl Store {
                 .map_err(LedgerError::Store)?
                 .map_err(|e| LedgerError::Storage(e.to_string()))?;
             sent += 1;
+            self.outbox_waiting
+                .store(waiting - sent, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(sent)
     }

@@ -127,6 +127,8 @@ pub struct PgLedger {
     chain: std::sync::Arc<tokio::sync::Mutex<Option<audit::Head>>>,
     /// The UTC day the audit partitions ahead were last made.
     partitioned: std::sync::Arc<tokio::sync::Mutex<Option<String>>>,
+    /// Whether the database answered the last operation (for the gauge).
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -218,6 +220,7 @@ impl PgLedger {
             migrated: Default::default(),
             chain: Default::default(),
             partitioned: Default::default(),
+            up: Default::default(),
         })
     }
 
@@ -267,19 +270,32 @@ impl PgLedger {
         }
     }
 
-    /// Runs `op` within the ledger's bound.
+    /// Runs `op` within the ledger's bound, noting whether the database answered.
     async fn bounded<T>(
         &self,
         what: &'static str,
         op: impl std::future::Future<Output = Result<T, PgError>>,
     ) -> Result<T, PgError> {
-        tokio::time::timeout(self.timeout, op)
+        let r = tokio::time::timeout(self.timeout, op)
             .await
             .map_err(|_| PgError::Timeout {
                 at: self.at.clone(),
                 what,
                 bound: self.timeout,
-            })?
+            })
+            .and_then(|r| r);
+        let answered = !matches!(
+            r,
+            Err(PgError::Timeout { .. } | PgError::Unavailable { .. })
+        );
+        self.up
+            .store(answered, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Whether the database answered the last operation.
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reserves `r.nanos` under reservation `id` if spent + reserved + `r.nanos` stays within
