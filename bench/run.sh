@@ -108,9 +108,42 @@ PY
   cat "$OUT/decide.jsonl"
 }
 
+# A PostgreSQL server for the shared ledger's runs (the machine's, else the one
+# tools/fetch_postgres.sh unpacks), on a unix socket in a temporary directory, fsync on.
+start_postgres() {
+  bash tools/fetch_postgres.sh >/dev/null
+  PG_BIN=build/postgres/bin
+  if [ -x "$PG_BIN/initdb" ]; then
+    export LD_LIBRARY_PATH="$PWD/build/postgres/usr/lib/x86_64-linux-gnu"
+  else
+    PG_BIN=$(pg_config --bindir 2>/dev/null || true)
+    [ -x "$PG_BIN/initdb" ] || PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | tail -n1)
+  fi
+  PG_DIR=$(mktemp -d /tmp/edgewise-bench-pg.XXXXXX)
+  PG_AS=()
+  if [ "$(id -u)" = 0 ]; then
+    local u=postgres
+    id -u postgres >/dev/null 2>&1 || u=nobody
+    chown "$u" "$PG_DIR"
+    PG_AS=(runuser -u "$u" --)
+  fi
+  "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U edgewise --auth=trust >/dev/null
+  "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$PG_DIR' -c max_connections=200" -w start >/dev/null
+  export LEDGER_POSTGRES="host=$PG_DIR user=edgewise dbname=postgres"
+}
+
+stop_postgres() {
+  "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null || true
+  rm -rf "$PG_DIR"
+  unset LEDGER_POSTGRES
+}
+
 ledger() {
-  echo "== budget ledger: reserve + settle cycles through the gateway's store and the design it replaced"
+  echo "== budget ledger: reserve + settle cycles through the gateway's store, the design it replaced, and the shared ledger (PostgreSQL)"
+  start_postgres
   cargo bench -q -p edgewise-gateway --bench ledger 2>/dev/null | tee "$OUT/ledger.jsonl"
+  stop_postgres
 }
 
 dataclass() {

@@ -215,12 +215,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn run_one(variant: &str, load: &str, callers: usize, seconds: f64, base: &std::path::Path) {
     let bound = edgewise_gateway::store::DEFAULT_WRITE_TIMEOUT;
     let dir = tempfile::tempdir_in(base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
-    let ledger = if variant == "store" {
+    let ledger = if variant == "store" || variant == "shared" {
+        // shared: the ledger on PostgreSQL (LEDGER_POSTGRES), a fresh database per run
+        let shared = (variant == "shared").then(|| shared_ledger(callers, load));
         Ledger::Store(
             Store::open(&StoreOptions {
                 dir: Some(dir.path().to_path_buf()),
                 write_timeout: bound,
-                shared: None,
+                shared,
             })
             .unwrap_or_else(|e| panic!("{e}")),
         )
@@ -250,6 +252,42 @@ fn run_one(variant: &str, load: &str, callers: usize, seconds: f64, base: &std::
     std::process::exit(0);
 }
 
+/// The shared ledger on a database of its own on the server LEDGER_POSTGRES names.
+fn shared_ledger(callers: usize, load: &str) -> edgewise_gateway::store::SharedLedger {
+    use edgewise_gateway::store::postgres::{PgLedger, PgOptions};
+    let params = std::env::var("LEDGER_POSTGRES").unwrap_or_else(|_| panic!("LEDGER_POSTGRES"));
+    let name = format!(
+        "bench_{}_{}_{callers}",
+        std::process::id(),
+        if load == "idle" { "idle" } else { "loaded" }
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&params, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{params}: {e}"));
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(client);
+        let _ = task.await;
+    });
+    let db = format!("{params} dbname={name}");
+    let mut options = PgOptions::new(db, "bench");
+    options.timeout = edgewise_gateway::store::DEFAULT_WRITE_TIMEOUT;
+    // connects (and migrates) at its first use, on the run's own runtime
+    let ledger = PgLedger::new(&options, None).unwrap_or_else(|e| panic!("{e}"));
+    edgewise_gateway::store::SharedLedger {
+        ledger,
+        lease: Duration::from_secs(60),
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a child run is told what to do by LEDGER_RUN
     let seconds: f64 = env_or("LEDGER_SECONDS", 5.0);
@@ -268,10 +306,16 @@ fn main() {
         .filter_map(|c| c.trim().parse().ok())
         .collect();
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    // with a PostgreSQL server to use, the shared ledger too
+    let variants: &[&str] = if std::env::var("LEDGER_POSTGRES").is_ok() {
+        &["store", "reference", "shared"]
+    } else {
+        &["store", "reference"]
+    };
     for (load, callers, variant) in ["idle", "two CPU burners"].into_iter().flat_map(|load| {
         callers
             .iter()
-            .flat_map(move |c| ["store", "reference"].map(|v| (load, *c, v)))
+            .flat_map(move |c| variants.iter().map(move |v| (load, *c, *v)))
     }) {
         {
             let _burners = (load != "idle").then(Burners::start);

@@ -309,7 +309,8 @@ impl PgLedger {
         limit: u64,
         lease: Duration,
     ) -> Result<Option<u64>, LedgerError> {
-        let (nanos, limit) = (signed(r.nanos)?, signed(limit)?);
+        // a limit past what the database holds is no limit
+        let (nanos, limit) = (signed(r.nanos)?, i64::try_from(limit).unwrap_or(i64::MAX));
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let taken = self
             .bounded("reservation", async {
