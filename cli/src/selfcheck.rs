@@ -103,7 +103,8 @@ async fn generate(
     Ok((d, text))
 }
 
-/// Waits until the gateway sees a ready model for every task.
+/// Waits until the gateway sees a ready model for every task and no model still loading
+/// (the policy may skip the first ready one: the checks need the fleet as it will be).
 async fn wait_ready(
     c: &mut Client,
     caller: &Caller,
@@ -122,12 +123,22 @@ async fn wait_ready(
                 .flat_map(|n| &n.models)
                 .any(|m| m.task == t as i32 && m.state == pb::ModelState::Ready as i32)
         };
-        if ready(pb::Task::Generate) && ready(pb::Task::Embed) && ready(pb::Task::Classify) {
+        let loading = s
+            .nodes
+            .iter()
+            .filter(|n| n.live)
+            .flat_map(|n| &n.models)
+            .any(|m| m.state == pb::ModelState::Loading as i32);
+        if ready(pb::Task::Generate)
+            && ready(pb::Task::Embed)
+            && ready(pb::Task::Classify)
+            && !loading
+        {
             return Ok(s);
         }
         if Instant::now() > until {
             return Err(CliError::Usage(format!(
-                "the gateway does not see a ready generate, embed and classify model after {timeout:?}"
+                "the gateway does not see a ready generate, embed and classify model (and no model still loading) after {timeout:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -294,8 +305,11 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
                     HOLD_TOKENS,
                     internal.clone(),
                 );
+                // pinned to the model it saturates: a named model is not held to the route's
+                // latency target (a cold first answer of 128 tokens may miss it) nor judged
                 if let Some(r) = hold.request.as_mut() {
                     r.ignore_eos = true;
+                    r.model = model.clone();
                 }
                 let req = caller.request(hold)?;
                 let mut s = c.generate(req).await?.into_inner();
@@ -555,7 +569,23 @@ async fn quality_floor(
         ..internal.clone()
     };
     let check = format!("needs quality {floor:.2} (> {} {:.2})", low.1, low.0);
-    Ok(match generate(c, caller, chat(question, 24, hints)).await {
+    // the held generations of the check before may still be ending on their agent: a model
+    // at capacity for a few seconds more is waited for, not failed
+    let until = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let r = generate(c, caller, chat(question, 24, hints.clone())).await;
+        match &r {
+            Err(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && s.message().contains("at capacity")
+                    && Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => break r,
+        }
+    };
+    Ok(match answer {
         Ok((d, text)) => {
             let chosen = d.as_ref().and_then(|d| match &d.target {
                 Some(pb::decision::Target::Local(l)) => Some(l.model.clone()),
