@@ -248,6 +248,14 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
         },
     );
 
+    // 3b. a model a node keeps on disk under its memory budget (not resident): asked for by
+    //    name, its agent loads it (evicting what it must) and the decision says what the load
+    //    cost. Only where some node has a budget and such a model (make up LADDER=full).
+    //    Before the capacity check, which could otherwise load it first by spilling to it
+    if let Some(row) = load_on_demand(&mut c, caller, &internal).await? {
+        rows.push(row);
+    }
+
     // 4. saturate the smallest adequate model (the gateway counts its own in-flight requests
     //    at once), then one more request must spill to a larger one
     // the generation above has finished; let the reports say so (at most a few intervals)
@@ -278,7 +286,12 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
             .find(|m| &m.name == model)
             .map(|m| m.parameters)
     });
-    let larger = fleet.nodes.iter().flat_map(|n| &n.models).any(|m| {
+    // as the fleet is now (the load-on-demand check may have made a larger model resident)
+    let now = c
+        .fleet_status(caller.request(pb::FleetStatusRequest {})?)
+        .await?
+        .into_inner();
+    let larger = now.nodes.iter().flat_map(|n| &n.models).any(|m| {
         m.task == pb::Task::Generate as i32
             && m.state == pb::ModelState::Ready as i32
             && first_size.is_some_and(|p| m.parameters > p)
@@ -411,13 +424,6 @@ pub async fn run(caller: &Caller, wait: Duration) -> Result<bool, CliError> {
             },
         },
     );
-
-    // 7. a model a node keeps on disk under its memory budget (not resident): asked for by
-    //    name, its agent loads it (evicting what it must) and the decision says what the load
-    //    cost. Only where some node has a budget and such a model (make up LADDER=full)
-    if let Some(row) = load_on_demand(&mut c, caller, &internal).await? {
-        rows.push(row);
-    }
 
     print_table(&rows);
     if !answer.is_empty() {
