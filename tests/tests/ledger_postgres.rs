@@ -386,6 +386,25 @@ mod gateways {
         (Gateway::start(config, listener).await.unwrap(), dir)
     }
 
+    /// The `edgewise` command line against the gateway at `addr`, as an operator.
+    async fn cli(addr: std::net::SocketAddr, args: &[&str]) -> std::process::Output {
+        let args: Vec<String> = ["--gateway", &format!("http://{addr}"), "--tenant", "ops"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args.iter().map(|s| s.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(
+                edgewise_tests::harness::agent_bin().with_file_name("edgewise"),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
     /// Runs one hosted generation to its end: its decision, or the status it failed with.
     async fn hosted(g: &Gateway) -> Result<pb::Decision, tonic::Status> {
         hosted_at(g.addr).await
@@ -464,26 +483,7 @@ mod gateways {
             .filter(|r| r.kind == "external_call")
             .collect();
         assert_eq!(calls.len(), 5, "{calls:?}");
-        let out = tokio::task::spawn_blocking({
-            let addr = gws[1].0.addr;
-            move || {
-                std::process::Command::new(
-                    edgewise_tests::harness::agent_bin().with_file_name("edgewise"),
-                )
-                .args([
-                    "--gateway",
-                    &format!("http://{addr}"),
-                    "--tenant",
-                    "ops",
-                    "audit",
-                    "verify",
-                ])
-                .output()
-                .unwrap()
-            }
-        })
-        .await
-        .unwrap();
+        let out = cli(gws[1].0.addr, &["audit", "verify"]).await;
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -828,24 +828,7 @@ mod gateways {
                 .iter()
                 .all(|g| !g.version.is_empty() && g.seen_ms_ago < 15_000)
         );
-        let addr = a.addr;
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(
-                edgewise_tests::harness::agent_bin().with_file_name("edgewise"),
-            )
-            .args([
-                "--gateway",
-                &format!("http://{addr}"),
-                "--tenant",
-                "ops",
-                "fleet",
-                "status",
-            ])
-            .output()
-            .unwrap()
-        })
-        .await
-        .unwrap();
+        let out = cli(a.addr, &["fleet", "status"]).await;
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("gw-a") && text.contains("gw-b"), "{text}");
