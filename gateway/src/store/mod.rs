@@ -12,8 +12,14 @@
 //! Routing reads today's spend from a copy in memory that the store thread keeps current, so
 //! deciding never waits for the disk.
 
+pub(crate) mod config;
+mod health;
 mod outbox;
 pub mod postgres;
+mod shared;
+
+pub use health::report_health;
+pub use shared::SharedLedger;
 pub(crate) mod writer;
 
 pub use writer::Mirror;
@@ -73,16 +79,6 @@ impl Default for StoreOptions {
             shared: None,
         }
     }
-}
-
-/// The budget ledger several gateways share (PostgreSQL): reservations and settlements go
-/// there, every gateway's; the audit stays in this gateway's own store.
-#[derive(Debug, Clone)]
-pub struct SharedLedger {
-    pub ledger: postgres::PgLedger,
-    /// How long a reservation is held for its call before any gateway may charge it at its
-    /// worst case (a settle that comes later refunds the difference).
-    pub lease: Duration,
 }
 
 /// What the request side and the store thread share.
@@ -471,64 +467,6 @@ impl Store {
         self.call("audit read", false, |t| t.audit.len()).await
     }
 
-    /// Every gateway's hash chain in the shared audit log, verified; `None` where the audit
-    /// log is this gateway's own.
-    pub async fn verify_audit(
-        &self,
-    ) -> Option<Result<Vec<postgres::audit::ChainReport>, StoreError>> {
-        let l = self.ledger.as_ref()?;
-        Some(l.ledger.verify_audit().await.map_err(StoreError::from))
-    }
-
-    /// The shared ledger's spend (every gateway's) into the copy routing reads.
-    pub async fn refresh_spend(&self) -> Result<(), LedgerError> {
-        if let Some(l) = &self.ledger {
-            for e in l.ledger.spend_entries().await? {
-                self.shared.spend.set(e.key, e.spent);
-            }
-        }
-        Ok(())
-    }
-
-    /// Renews reservation `id`'s lease on the shared ledger while its call goes on; false
-    /// once it is no longer open (settled, or charged after its lease ran out).
-    pub async fn extend_lease(&self, id: &str) -> bool {
-        let Some(l) = &self.ledger else {
-            return false;
-        };
-        match l.ledger.extend(id, l.lease).await {
-            Ok(open) => open,
-            Err(e) => {
-                tracing::warn!(decision = %id, error = %e, "cannot renew the reservation's lease");
-                true
-            }
-        }
-    }
-
-    /// With a shared ledger: renews reservation `id`'s lease every third of it until
-    /// `settled` is set (or it is no longer open), so a long call is never charged as
-    /// abandoned while its gateway is alive.
-    pub fn keep_leased(&self, id: &str, settled: Arc<AtomicBool>) {
-        let Some(every) = self.ledger.as_ref().map(|l| l.lease / 3) else {
-            return;
-        };
-        let (store, id) = (self.clone(), id.to_string());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tick.tick().await;
-                if settled.load(Ordering::Acquire) || !store.extend_lease(&id).await {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// Whether the ledger is shared with other gateways (and where).
-    pub fn shared_ledger(&self) -> Option<&SharedLedger> {
-        self.ledger.as_ref()
-    }
-
     /// Every (day, tenant, provider) with its spent + reserved and reserved-only nano-USD.
     pub async fn spend_entries(&self) -> Result<Vec<Spending>, StoreError> {
         if let Some(l) = &self.ledger {
@@ -648,112 +586,7 @@ impl Store {
             "Time from queueing a durable write (reservation, settlement, audit record) to its acknowledgement after the flush",
             self.shared.write_seconds.clone(),
         );
-        r.register_collector(Box::new(StoreGauges(self.clone())));
-    }
-}
-
-/// Keeps the gateway's health (the `Gateway` service and the server as a whole) in step with
-/// the store's: NOT_SERVING while an operation is stuck past the bound or the last flush
-/// failed. Checks four times per bound until `stop`.
-pub async fn report_health(
-    store: Store,
-    health: tonic_health::server::HealthReporter,
-    service: &'static str,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval((store.bound() / 4).max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy = true;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let why = store.unhealthy();
-        if why.is_some() == healthy {
-            healthy = why.is_none();
-            let status = if healthy {
-                tracing::info!(store = %store.path(), "the store is healthy again");
-                tonic_health::ServingStatus::Serving
-            } else {
-                tracing::warn!(
-                    reason = why.as_deref().unwrap_or_default(),
-                    "the store is unhealthy"
-                );
-                tonic_health::ServingStatus::NotServing
-            };
-            for name in ["", service] {
-                health.set_service_status(name, status).await;
-            }
-        }
-    }
-}
-
-/// The store's gauges, read at each scrape.
-#[derive(Clone)]
-struct StoreGauges(Store);
-
-impl std::fmt::Debug for StoreGauges {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreGauges")
-    }
-}
-
-impl prometheus_client::collector::Collector for StoreGauges {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let pending = ConstGauge::new(self.0.pending() as i64);
-        pending.encode(encoder.encode_descriptor(
-            "store_pending_operations",
-            "Store operations (writes and reads) queued or being applied",
-            None,
-            pending.metric_type(),
-        )?)?;
-        let healthy = ConstGauge::new(i64::from(self.0.unhealthy().is_none()));
-        let (flushes, writes) = self.0.flush_counts();
-        for (name, help, n) in [
-            (
-                "store_flushes",
-                "Flushes of the store (each covers every durable write queued before it)",
-                flushes,
-            ),
-            (
-                "store_flushed_writes",
-                "Durable writes made durable by those flushes",
-                writes,
-            ),
-        ] {
-            edgewise_ops::metrics::encode_counter(&mut encoder, (name, help, n))?;
-        }
-        healthy.encode(encoder.encode_descriptor(
-            "store_healthy",
-            "1 while the store completes its operations within the bound",
-            None,
-            healthy.metric_type(),
-        )?)?;
-        if let Some(l) = &self.0.ledger {
-            // the gateway stays up while the shared ledger is down (local routing goes
-            // on): this says whether hosted calls can be reserved
-            let up = ConstGauge::new(i64::from(l.ledger.is_up()));
-            up.encode(encoder.encode_descriptor(
-                "shared_ledger_up",
-                "1 while the shared ledger (PostgreSQL) answered its last operation; hosted calls are refused while 0",
-                None,
-                up.metric_type(),
-            )?)?;
-            let waiting = ConstGauge::new(self.0.outbox_waiting.load(Ordering::Relaxed) as i64);
-            waiting.encode(encoder.encode_descriptor(
-                "shared_ledger_outbox",
-                "Settlements and audit records waiting in this gateway's outbox for the shared ledger",
-                None,
-                waiting.metric_type(),
-            )?)?;
-        }
-        Ok(())
+        r.register_collector(Box::new(health::StoreGauges(self.clone())));
     }
 }
 
