@@ -26,21 +26,8 @@ pub struct Bootstrap {
 impl Bootstrap {
     /// `draws` resamples of `n` items, each `n` items drawn with replacement.
     pub fn new(n: usize, draws: usize, seed: u64) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let weights = (0..draws)
-            .map(|_| {
-                let mut w = vec![0u16; n];
-                for _ in 0..n {
-                    let i = rng.random_range(0..n);
-                    w[i] = w[i].saturating_add(1);
-                }
-                w
-            })
-            .collect();
-        Self {
-            weights,
-            over: "items",
-        }
+        let each: Vec<usize> = (0..n).collect();
+        Self::resample(&each, draws, seed, "items")
     }
 
     /// `draws` resamples of whole groups: each draws as many groups as there are, with
@@ -49,6 +36,11 @@ impl Bootstrap {
     /// never saw: resampling kinds bounds what a new kind may do, which resampling items
     /// (all of the same kinds) does not.
     pub fn by_group(group: &[usize], draws: usize, seed: u64) -> Self {
+        Self::resample(group, draws, seed, "kinds")
+    }
+
+    /// Items resampled by their groups (an item its own group: a plain bootstrap).
+    fn resample(group: &[usize], draws: usize, seed: u64, over: &'static str) -> Self {
         let g = group.iter().max().map_or(0, |m| m + 1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let weights = (0..draws)
@@ -61,10 +53,7 @@ impl Bootstrap {
                 group.iter().map(|&k| times[k]).collect()
             })
             .collect();
-        Self {
-            weights,
-            over: "kinds",
-        }
+        Self { weights, over }
     }
 
     /// The ratio Σ num / Σ den on every resample (a resample whose denominator is 0 counts
